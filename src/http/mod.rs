@@ -1,0 +1,197 @@
+//! HTTP/1.1 wire handling (RFC 9110/9112): head parsing with httparse into offsets, message
+//! framing, the chunked codec, head rewriting for both directions, and error responses.
+//!
+//! Nothing here does I/O and nothing here panics on input: every problem becomes an
+//! [`HttpError`], and [`HttpError::status`] is the one place that maps errors to status codes
+//! (DESIGN.md invariant 5).
+
+mod chunked;
+mod error;
+mod parse;
+mod rewrite;
+
+pub use chunked::ChunkedDecoder;
+pub use error::{write_error_response, HttpError};
+pub use parse::{parse_request, parse_response, ParseStatus};
+pub use rewrite::{rewrite_request, rewrite_response, ForwardInfo};
+
+use std::ops::Range;
+
+/// MAX_HEADERS is the most header fields a request or response may carry (→ 431 beyond).
+pub const MAX_HEADERS: usize = 100;
+
+/// Version is the HTTP/1.x minor version of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.0
+    Http10,
+    /// HTTP/1.1
+    Http11,
+}
+
+/// HeaderRange is one header field as byte offsets into the buffer the head was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeaderRange {
+    /// Offsets of the field name.
+    pub name: (u32, u32),
+    /// Offsets of the field value (surrounding whitespace already trimmed by httparse).
+    pub value: (u32, u32),
+}
+
+impl HeaderRange {
+    /// The field name bytes in `buf`.
+    #[inline]
+    pub fn name<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.name.0 as usize..self.name.1 as usize]
+    }
+    /// The field value bytes in `buf`.
+    #[inline]
+    pub fn value<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.value.0 as usize..self.value.1 as usize]
+    }
+}
+
+/// BodyKind is how a message body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body at all.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Transfer-Encoding: chunked.
+    Chunked,
+    /// Response only: the body runs until the upstream closes the connection.
+    UntilClose,
+}
+
+/// Method is the request method, with the ones the proxy treats specially named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET
+    Get,
+    /// HEAD (responses carry no body)
+    Head,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// DELETE
+    Delete,
+    /// OPTIONS
+    Options,
+    /// TRACE
+    Trace,
+    /// CONNECT (answered 501: ringlb is not a forward proxy)
+    Connect,
+    /// PATCH
+    Patch,
+    /// Any other token.
+    Other,
+}
+
+impl Method {
+    /// Whether RFC 9110 §9.2.2 calls the method idempotent (safe to retry once sent).
+    pub fn is_idempotent(self) -> bool {
+        matches!(
+            self,
+            Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace
+        )
+    }
+}
+
+/// RequestHead is a parsed request head, kept as offsets into the read buffer (no copies).
+///
+/// Reuse one per connection: `parse_request` clears and refills it, so the header vector keeps
+/// its capacity and parsing allocates nothing after the first request.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    /// The method.
+    pub method: Method,
+    /// Offsets of the method token (for forwarding `Other` methods verbatim).
+    pub method_range: (u32, u32),
+    /// Offsets of the request target (origin-form `/path?query`, or absolute-form).
+    pub target: (u32, u32),
+    /// Offsets of the path part of the target (no query); for absolute-form, the path after the authority.
+    pub path: (u32, u32),
+    /// Offsets of the query (after `?`, without it), if any.
+    pub query: Option<(u32, u32)>,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// All header fields in order.
+    pub headers: Vec<HeaderRange>,
+    /// The Host header value, if present (exactly one allowed; two → 400).
+    pub host: Option<(u32, u32)>,
+    /// Request body framing after the smuggling checks.
+    pub body: BodyKind,
+    /// Whether the client wants the connection kept after this exchange (version default +
+    /// `Connection: close` / `keep-alive`).
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+    /// Length of the head including the final CRLFCRLF.
+    pub head_len: usize,
+}
+
+impl Default for RequestHead {
+    fn default() -> Self {
+        RequestHead {
+            method: Method::Get,
+            method_range: (0, 0),
+            target: (0, 0),
+            path: (0, 0),
+            query: None,
+            version: Version::Http11,
+            headers: Vec::with_capacity(32),
+            host: None,
+            body: BodyKind::None,
+            keep_alive: true,
+            expect_continue: false,
+            head_len: 0,
+        }
+    }
+}
+
+/// ResponseHead is a parsed response head, kept as offsets into the read buffer.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Offsets of the reason phrase.
+    pub reason: (u32, u32),
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// All header fields in order.
+    pub headers: Vec<HeaderRange>,
+    /// Response body framing, given the request method and the status.
+    pub body: BodyKind,
+    /// Whether the upstream connection may be reused after this response.
+    pub keep_alive: bool,
+    /// Length of the head including the final CRLFCRLF.
+    pub head_len: usize,
+}
+
+impl Default for ResponseHead {
+    fn default() -> Self {
+        ResponseHead {
+            status: 0,
+            reason: (0, 0),
+            version: Version::Http11,
+            headers: Vec::with_capacity(32),
+            body: BodyKind::None,
+            keep_alive: true,
+            head_len: 0,
+        }
+    }
+}
+
+/// Returns the bytes of an offset pair.
+#[inline]
+pub fn slice(buf: &[u8], r: (u32, u32)) -> &[u8] {
+    &buf[r.0 as usize..r.1 as usize]
+}
+
+/// Converts an offset pair into a `Range<usize>`.
+#[inline]
+pub fn range(r: (u32, u32)) -> Range<usize> {
+    r.0 as usize..r.1 as usize
+}

@@ -1,0 +1,26 @@
+//! ringlb: a thread-per-core HTTP/1.1 reverse proxy and load balancer on io_uring.
+//!
+//! # Layout
+//! - [`config`]: the TOML file format and the validated runtime `Config`.
+//! - [`server`]: starts and stops the whole proxy ([`Server`]): control thread + shards.
+//! - [`shard`]: one pinned thread with its own monoio runtime, listeners, pool and selectors.
+//! - [`http`]: head parsing, framing, chunked codec, head rewriting, error responses.
+//! - [`proxy`]: the per-connection request loop: route → select → forward → failover.
+//! - [`upstream`]: peers, upstream groups, the per-shard connection pool.
+//! - [`balance`]: the `Selector` trait, one file per algorithm, the eligibility wrapper.
+//! - [`demo`]: in-process demo backends for `ringlb demo`.
+//!
+//! Invariants (see DESIGN.md): the request path takes no locks and does no cross-shard
+//! communication; one shard = one core = one runtime; bad input gets a clear HTTP answer.
+
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod proxy;
+pub mod server;
+pub mod shard;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::Server;
