@@ -1,0 +1,1 @@
+//! Demo backends (in progress).
