@@ -243,12 +243,10 @@ impl Config {
 
     /// Parses and validates config text; `source` names it in errors.
     pub fn from_toml_str(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let file: file::ConfigFile = toml::from_str(text).map_err(|e| {
-            ConfigError {
-                file: source.to_string(),
-                key: String::new(),
-                reason: e.to_string().trim_end().to_string(),
-            }
+        let file: file::ConfigFile = toml::from_str(text).map_err(|e| ConfigError {
+            file: source.to_string(),
+            key: String::new(),
+            reason: e.to_string().trim_end().to_string(),
         })?;
         validate::validate(file, source)
     }

@@ -7,6 +7,9 @@ pub enum HttpError {
     /// 400: malformed request or ambiguous framing.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// 404: routes are configured and none matches the request.
+    #[error("no route for this request")]
+    NotFound,
     /// 408: the client did not send its head in time.
     #[error("request timeout")]
     RequestTimeout,

@@ -1,1 +1,251 @@
-//! (in progress)
+//! One shard: a pinned OS thread with its own monoio runtime, its own SO_REUSEPORT listeners,
+//! its own replica of every upstream group (selectors, pool, peer state), and a control channel
+//! it drains without blocking.
+//!
+//! Invariants kept here (DESIGN.md 1 and 2): nothing a request touches is shared with another
+//! shard; the shard learns about the world only by draining its control channel (`try_recv`)
+//! between requests and on a short tick.
+
+mod notify;
+
+pub use notify::Notify;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use monoio::io::Canceller;
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::config::{Config, Driver};
+use crate::proxy::{self, Router};
+use crate::upstream::UpstreamGroup;
+
+/// How often a shard drains its control channel when no request does it first.
+pub const CONTROL_TICK: Duration = Duration::from_millis(5);
+
+/// How often a shard closes expired idle upstream connections.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// ControlMsg is what the control side tells a shard.
+#[derive(Debug, Clone)]
+pub enum ControlMsg {
+    /// Stop accepting, close idle connections, let in-flight requests finish within the
+    /// shutdown timeout, then stop the shard.
+    Shutdown,
+}
+
+/// ShardCtx is everything the connections of one shard share (behind an `Rc`).
+pub struct ShardCtx {
+    /// The shard's index.
+    pub id: usize,
+    /// The configuration this shard runs (immutable snapshot).
+    pub config: Arc<Config>,
+    /// This shard's replica of every upstream group, in config order.
+    pub groups: Vec<UpstreamGroup>,
+    /// Route table: request → group index.
+    pub router: Router,
+    /// The control channel, drained with `try_recv` only.
+    control: Receiver<ControlMsg>,
+    /// Set once shutdown began: connections finish their request and close.
+    shutting_down: Cell<bool>,
+    /// Open downstream connections.
+    connections: Cell<usize>,
+    /// Notified when a connection closes and when shutdown begins.
+    changed: Notify,
+    /// Cancels every accept and idle keep-alive read at shutdown.
+    canceller: RefCell<Canceller>,
+}
+
+impl ShardCtx {
+    /// Builds a shard's context from the config.
+    pub fn new(id: usize, config: Arc<Config>, control: Receiver<ControlMsg>) -> Self {
+        let groups = config.upstreams.iter().map(UpstreamGroup::new).collect();
+        let router = Router::new(&config);
+        ShardCtx {
+            id,
+            config,
+            groups,
+            router,
+            control,
+            shutting_down: Cell::new(false),
+            connections: Cell::new(0),
+            changed: Notify::default(),
+            canceller: RefCell::new(Canceller::new()),
+        }
+    }
+
+    /// Applies every pending control message, without blocking.
+    pub fn drain_control(&self) {
+        while let Ok(msg) = self.control.try_recv() {
+            match msg {
+                ControlMsg::Shutdown => self.begin_shutdown(),
+            }
+        }
+    }
+
+    fn begin_shutdown(&self) {
+        if self.shutting_down.replace(true) {
+            return;
+        }
+        tracing::debug!(
+            shard = self.id,
+            "shutdown: stop accepting, closing idle connections"
+        );
+        let old = std::mem::take(&mut *self.canceller.borrow_mut());
+        *self.canceller.borrow_mut() = old.cancel();
+        self.changed.notify_all();
+    }
+
+    /// Whether shutdown began.
+    #[inline]
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// A handle that shutdown cancels: for accepts and idle keep-alive reads.
+    pub fn cancel_handle(&self) -> monoio::io::CancelHandle {
+        self.canceller.borrow().handle()
+    }
+
+    /// Open downstream connections right now.
+    pub fn connection_count(&self) -> usize {
+        self.connections.get()
+    }
+}
+
+/// Counts one open connection; dropping it (even when the task is dropped) uncounts it.
+struct ConnGuard(Rc<ShardCtx>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+        self.0.changed.notify_all();
+    }
+}
+
+/// Runs one shard on the current thread until it has shut down.
+///
+/// `ready` is called once the runtime is built (with the driver's name), or with the reason it
+/// could not be built.
+pub fn run(
+    ctx: ShardCtx,
+    listeners: Vec<std::net::TcpListener>,
+    ready: impl FnOnce(Result<&'static str, String>),
+) {
+    let entries = ctx.config.server.uring_entries;
+    let uring = match ctx.config.server.driver {
+        Driver::Epoll => false,
+        Driver::Auto => monoio::utils::detect_uring(),
+        Driver::IoUring => {
+            if !monoio::utils::detect_uring() {
+                ready(Err(
+                    "driver = \"io_uring\" but io_uring is not available here \
+                     (kernel.io_uring_disabled, seccomp, memlock limit or an old kernel)"
+                        .to_string(),
+                ));
+                return;
+            }
+            true
+        }
+    };
+    // One arm per driver type: monoio's runtime is generic over it.
+    macro_rules! run_with {
+        ($driver:ty, $name:expr) => {
+            match monoio::RuntimeBuilder::<$driver>::new()
+                .with_entries(entries)
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => {
+                    ready(Ok($name));
+                    rt.block_on(shard_main(Rc::new(ctx), listeners));
+                }
+                Err(e) => ready(Err(format!("cannot build the {} runtime: {e}", $name))),
+            }
+        };
+    }
+    if uring {
+        run_with!(monoio::IoUringDriver, "io_uring");
+    } else {
+        run_with!(monoio::LegacyDriver, "epoll");
+    }
+}
+
+async fn shard_main(ctx: Rc<ShardCtx>, listeners: Vec<std::net::TcpListener>) {
+    for l in listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(accept_loop(ctx.clone(), l));
+            }
+            Err(e) => tracing::error!(shard = ctx.id, "cannot register listener: {e}"),
+        }
+    }
+    let mut last_reap = Instant::now();
+    loop {
+        ctx.drain_control();
+        if ctx.is_shutting_down() {
+            break;
+        }
+        monoio::time::sleep(CONTROL_TICK).await;
+        let now = Instant::now();
+        if now.duration_since(last_reap) >= REAP_EVERY {
+            last_reap = now;
+            for g in &ctx.groups {
+                g.pool.reap(now);
+            }
+        }
+    }
+    // Drain: in-flight requests finish (their connections close afterwards), bounded.
+    let deadline = Instant::now() + ctx.config.server.shutdown_timeout;
+    for g in &ctx.groups {
+        g.pool.clear();
+    }
+    while ctx.connections.get() > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::warn!(
+                shard = ctx.id,
+                open = ctx.connections.get(),
+                "shutdown timeout: closing connections still open"
+            );
+            break;
+        }
+        let _ = monoio::time::timeout(left, ctx.changed.notified()).await;
+    }
+}
+
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
+    let max = ctx.config.server.max_connections;
+    loop {
+        while ctx.connections.get() >= max && !ctx.is_shutting_down() {
+            ctx.changed.notified().await;
+        }
+        if ctx.is_shutting_down() {
+            return;
+        }
+        match listener.cancelable_accept(ctx.cancel_handle()).await {
+            Ok((stream, addr)) => {
+                ctx.connections.set(ctx.connections.get() + 1);
+                let guard = ConnGuard(ctx.clone());
+                monoio::spawn(serve_conn(guard, stream, addr));
+            }
+            Err(e) => {
+                if ctx.is_shutting_down() {
+                    return;
+                }
+                // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
+                tracing::warn!(shard = ctx.id, "accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    proxy::serve(&guard.0, stream, addr).await;
+}

@@ -1,1 +1,145 @@
-//! (in progress)
+//! Upstream groups as a shard sees them: peers, their shard-local state, the selectors, and the
+//! per-shard connection pool.
+//!
+//! Everything here is owned by one shard and touched only from its thread (DESIGN.md invariant
+//! 1): plain fields and `Cell`s, no atomics, no locks.
+
+mod pool;
+
+pub use pool::{Pool, PooledConn};
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+
+use crate::balance::{build_selector, select_eligible, PeerId, Selector};
+use crate::config::{PoolConfig, Timeouts, UpstreamConfig};
+
+/// Peer is one peer of a group with its shard-local state.
+pub struct Peer {
+    /// The address as written in the config, for logs.
+    pub address: String,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Configured weight (0 = drained: no new requests).
+    pub weight: u32,
+    /// Backup peers only get traffic when no primary is eligible.
+    pub backup: bool,
+    /// Requests in flight to this peer from this shard.
+    pub active: Cell<u32>,
+}
+
+impl Peer {
+    /// Whether the shard may send a new request to this peer.
+    #[inline]
+    pub fn is_eligible(&self) -> bool {
+        self.weight > 0
+    }
+}
+
+/// UpstreamGroup is one `[[upstream]]` inside a shard: peers, selectors, pool, timeouts.
+pub struct UpstreamGroup {
+    /// The group's name.
+    pub name: String,
+    /// Peers in config order; a `PeerId` indexes this.
+    pub peers: Vec<Peer>,
+    /// Selector over `primary_ids`.
+    primary: RefCell<Box<dyn Selector>>,
+    /// Which peer each primary selector candidate is.
+    primary_ids: Vec<PeerId>,
+    /// Selector over `backup_ids`.
+    backup: RefCell<Box<dyn Selector>>,
+    /// Which peer each backup selector candidate is.
+    backup_ids: Vec<PeerId>,
+    /// Idle upstream connections of this shard, per peer.
+    pub pool: Pool,
+    /// Resolved timeouts of this group.
+    pub timeouts: Timeouts,
+}
+
+impl UpstreamGroup {
+    /// Builds a shard's replica of a configured group.
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        let peers: Vec<Peer> = cfg
+            .peers
+            .iter()
+            .map(|p| Peer {
+                address: p.address.clone(),
+                addr: p.addr,
+                weight: p.weight,
+                backup: p.backup,
+                active: Cell::new(0),
+            })
+            .collect();
+        let primary_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| !peers[i].backup).collect();
+        let backup_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| peers[i].backup).collect();
+        let weights =
+            |ids: &[PeerId]| -> Vec<u32> { ids.iter().map(|&i| peers[i].weight).collect() };
+        let primary = build_selector(cfg.algorithm, &weights(&primary_ids));
+        let backup = build_selector(cfg.algorithm, &weights(&backup_ids));
+        let pool_cfg: PoolConfig = cfg.pool;
+        UpstreamGroup {
+            name: cfg.name.clone(),
+            pool: Pool::new(peers.len(), pool_cfg),
+            peers,
+            primary: RefCell::new(primary),
+            primary_ids,
+            backup: RefCell::new(backup),
+            backup_ids,
+            timeouts: cfg.timeouts,
+        }
+    }
+
+    /// Selects a peer for a request: primaries first, backups only when no primary is eligible.
+    /// `tried` says which peers this request already tried (they are skipped).
+    pub fn select(&self, hash: Option<u64>, tried: &TriedSet) -> Option<PeerId> {
+        let peers = &self.peers;
+        let ok = |id: PeerId| peers[id].is_eligible() && !tried.contains(id);
+        let ids = &self.primary_ids;
+        let mut primary = self.primary.borrow_mut();
+        if let Some(c) = select_eligible(primary.as_mut(), hash, |c| ok(ids[c])) {
+            return Some(ids[c]);
+        }
+        let ids = &self.backup_ids;
+        let mut backup = self.backup.borrow_mut();
+        select_eligible(backup.as_mut(), hash, |c| ok(ids[c])).map(|c| ids[c])
+    }
+}
+
+/// TriedSet is the set of peers one request has already tried (a bitset, no allocation for
+/// groups of up to 128 peers).
+#[derive(Debug, Default, Clone)]
+pub struct TriedSet {
+    /// Bits for peers 0..128.
+    low: u128,
+    /// Peers beyond 128, rarely used.
+    high: Vec<PeerId>,
+}
+
+impl TriedSet {
+    /// Marks `id` as tried.
+    pub fn insert(&mut self, id: PeerId) {
+        if id < 128 {
+            self.low |= 1 << id;
+        } else if !self.high.contains(&id) {
+            self.high.push(id);
+        }
+    }
+    /// Whether `id` was tried.
+    #[inline]
+    pub fn contains(&self, id: PeerId) -> bool {
+        if id < 128 {
+            self.low & (1 << id) != 0
+        } else {
+            self.high.contains(&id)
+        }
+    }
+    /// Whether no peer was tried yet.
+    pub fn is_empty(&self) -> bool {
+        self.low == 0 && self.high.is_empty()
+    }
+    /// Forgets every peer.
+    pub fn clear(&mut self) {
+        self.low = 0;
+        self.high.clear();
+    }
+}
