@@ -1,8 +1,202 @@
 //! The config file format: serde structs that mirror the TOML exactly.
-// STUB: to be implemented (see the config helper's brief).
-use serde::Deserialize;
+//!
+//! Every struct rejects unknown keys (`deny_unknown_fields`), every duration is a `*_ms:
+//! Option<u64>`, and every optional key is an `Option` so `validate.rs` alone decides the
+//! defaults and checks ranges (where it can name the key path in its errors). Nothing here
+//! checks values beyond their TOML type, except `workers`, whose shape (`"auto"` or an integer)
+//! is decided while deserializing.
+//!
+//! Keys that later issues will add to `[[upstream]]` (`hash_key`, `health`, `retry`,
+//! `circuit_breaker`) are deliberately not declared: `deny_unknown_fields` rejects them, and
+//! `locate.rs` rewrites that error to "`health` is not supported yet" (declaring them would
+//! list them in toml's "expected one of …" for every other typo).
+use std::fmt;
 
-/// ConfigFile is the whole file.
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// ConfigFile is the whole file: `[server]`, `[timeouts]`, `[limits]`, `[[upstream]]`,
+/// `[[route]]`. Every table is optional; `[[upstream]]` is required by validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    /// The `[server]` table.
+    #[serde(default)]
+    pub server: ServerFile,
+    /// The `[timeouts]` table: global defaults.
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    /// The `[limits]` table.
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// The `[[upstream]]` array of tables, in file order.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamFile>,
+    /// The `[[route]]` array of tables, in file order.
+    #[serde(default)]
+    pub route: Vec<RouteFile>,
+}
+
+/// ServerFile is the `[server]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerFile {
+    /// `listen = ["0.0.0.0:8080"]`: socket addresses. Default `["0.0.0.0:8080"]`.
+    pub listen: Option<Vec<String>>,
+    /// `workers = "auto" | N`. Default `auto`.
+    pub workers: Option<WorkersFile>,
+    /// `cpus = "0-3,8"`: a Linux cpulist. Excludes `numa_node`.
+    pub cpus: Option<String>,
+    /// `numa_node = N`: pin to that node's CPUs. Excludes `cpus`.
+    pub numa_node: Option<u64>,
+    /// `admin = "127.0.0.1:9900"`; `""` disables. Default `127.0.0.1:9900`.
+    pub admin: Option<String>,
+    /// Default 10000.
+    pub shutdown_timeout_ms: Option<u64>,
+    /// Default 4096.
+    pub backlog: Option<u64>,
+    /// `driver = "auto" | "io_uring" | "epoll"`. Default `auto`.
+    pub driver: Option<DriverFile>,
+    /// Per shard. Default 65536.
+    pub max_connections: Option<u64>,
+    /// Default 1024; 256..=32768.
+    pub uring_entries: Option<u64>,
+}
+
+/// WorkersFile is `workers = "auto"` or `workers = N` as written (N is range-checked later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkersFile {
+    /// `"auto"`.
+    Auto,
+    /// An integer as written (may be 0 or negative; validation rejects those with the key path).
+    Count(i64),
+}
+
+impl<'de> Deserialize<'de> for WorkersFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WorkersVisitor;
+
+        impl Visitor<'_> for WorkersVisitor {
+            type Value = WorkersFile;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"auto\" or an integer >= 1")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WorkersFile, E> {
+                if v == "auto" {
+                    Ok(WorkersFile::Auto)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                }
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<WorkersFile, E> {
+                Ok(WorkersFile::Count(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<WorkersFile, E> {
+                i64::try_from(v)
+                    .map(WorkersFile::Count)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+
+        deserializer.deserialize_any(WorkersVisitor)
+    }
+}
+
+/// DriverFile is `driver = "auto" | "io_uring" | "epoll"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DriverFile {
+    /// `"auto"`.
+    Auto,
+    /// `"io_uring"`.
+    IoUring,
+    /// `"epoll"`.
+    Epoll,
+}
+
+/// TimeoutsFile is `[timeouts]`, and an upstream's `timeouts = { … }` overrides.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TimeoutsFile {
+    /// Upstream TCP connect.
+    pub connect_ms: Option<u64>,
+    /// Complete client request head.
+    pub request_header_ms: Option<u64>,
+    /// Each upstream read.
+    pub upstream_read_ms: Option<u64>,
+    /// Each upstream write.
+    pub upstream_write_ms: Option<u64>,
+    /// Idle keep-alive client connection.
+    pub client_idle_ms: Option<u64>,
+}
+
+/// LimitsFile is `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsFile {
+    /// Default 16384; 1024..=1 MiB.
+    pub max_header_bytes: Option<u64>,
+    /// Default 8192; at most `max_header_bytes`.
+    pub max_request_line_bytes: Option<u64>,
+    /// Default unlimited.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// UpstreamFile is one `[[upstream]]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ConfigFile {}
+pub(crate) struct UpstreamFile {
+    /// Required, unique, non-empty.
+    pub name: String,
+    /// Default `round_robin`; checked against the known names in validation.
+    pub algorithm: Option<String>,
+    /// `peers = [{ address = "…", weight = 1, backup = false, region = "…" }, …]`.
+    #[serde(default)]
+    pub peers: Vec<PeerFile>,
+    /// Per-key overrides of the global `[timeouts]`.
+    pub timeouts: Option<TimeoutsFile>,
+    /// `pool = { max_idle_per_peer = 64, idle_timeout_ms = 30000 }`.
+    pub pool: Option<PoolFile>,
+}
+
+/// PeerFile is one inline table in an upstream's `peers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PeerFile {
+    /// `ip:port` or `host:port`.
+    pub address: String,
+    /// Default 1; 0 = drained.
+    pub weight: Option<u32>,
+    /// Default false.
+    pub backup: Option<bool>,
+    /// Optional label.
+    pub region: Option<String>,
+}
+
+/// PoolFile is an upstream's `pool = { … }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PoolFile {
+    /// Default 64; 0 disables pooling.
+    pub max_idle_per_peer: Option<u64>,
+    /// Default 30000; must be > 0.
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// RouteFile is one `[[route]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteFile {
+    /// Host to match (no port).
+    pub host: Option<String>,
+    /// Path prefix; must start with `/`.
+    pub path_prefix: Option<String>,
+    /// `"Name: value"`.
+    pub header: Option<String>,
+    /// Name of an `[[upstream]]`.
+    pub upstream: String,
+}

@@ -7,6 +7,7 @@
 
 mod cpus;
 mod file;
+mod locate;
 mod validate;
 
 use std::fmt;
@@ -14,7 +15,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub use cpus::{parse_cpu_list, CpuSetError};
+pub use cpus::{
+    allowed_cpus, format_cpu_list, numa_node_cpus, parse_cpu_list, CpuSetError, MAX_CPUS,
+};
 
 /// Config is the validated, resolved runtime configuration of a whole ringlb process.
 #[derive(Debug, Clone)]
@@ -29,7 +32,8 @@ pub struct Config {
     pub limits: Limits,
     /// Upstream groups, in file order; routes refer to them by index.
     pub upstreams: Vec<UpstreamConfig>,
-    /// Routes, in file order; the first match wins. Empty means "everything to upstream 0".
+    /// Routes, in file order; the first match wins. Empty means "everything to upstream 0"
+    /// (several upstreams and no routes is valid: the others then get no traffic).
     pub routes: Vec<RouteConfig>,
 }
 
@@ -196,11 +200,11 @@ impl Default for PoolConfig {
 /// RouteConfig is one `[[route]]`: all present conditions must match.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
-    /// Host header (port stripped) compared case-insensitively.
+    /// Host header (port stripped) compared case-insensitively; stored lowercase.
     pub host: Option<String>,
     /// Request path must start with this.
     pub path_prefix: Option<String>,
-    /// Header name (case-insensitive) and exact value.
+    /// Header name (case-insensitive; stored lowercase) and exact value (trimmed).
     pub header: Option<(String, String)>,
     /// Index into `Config::upstreams`.
     pub upstream: usize,
@@ -229,6 +233,22 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Formats a duration as whole milliseconds, the unit of the file's `*_ms` keys.
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+/// Writes a [`Timeouts`] as `name value` lines, each prefixed by `indent`, for
+/// [`Config::describe`].
+fn write_timeouts(out: &mut String, indent: &str, t: &Timeouts) -> fmt::Result {
+    use fmt::Write as _;
+    writeln!(out, "{indent}connect         {}", ms(t.connect))?;
+    writeln!(out, "{indent}request_header  {}", ms(t.request_header))?;
+    writeln!(out, "{indent}upstream_read   {}", ms(t.upstream_read))?;
+    writeln!(out, "{indent}upstream_write  {}", ms(t.upstream_write))?;
+    writeln!(out, "{indent}client_idle     {}", ms(t.client_idle))
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -242,13 +262,16 @@ impl Config {
     }
 
     /// Parses and validates config text; `source` names it in errors.
+    ///
+    /// Errors carry the key path and, where the key is written in `text`, its line, e.g.
+    ///
+    /// ```text
+    /// ringlb.toml: key `server.foo`: unknown field `foo`, expected one of `listen`, … (line 3)
+    /// ```
     pub fn from_toml_str(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let file: file::ConfigFile = toml::from_str(text).map_err(|e| ConfigError {
-            file: source.to_string(),
-            key: String::new(),
-            reason: e.to_string().trim_end().to_string(),
-        })?;
-        validate::validate(file, source)
+        let file: file::ConfigFile =
+            toml::from_str(text).map_err(|e| locate::toml_error(text, source, &e))?;
+        validate::validate(file, source).map_err(|e| locate::with_line(text, e))
     }
 
     /// One entry per shard to run: the CPU it is pinned to (`None` = no CPU known).
@@ -263,8 +286,277 @@ impl Config {
             .collect()
     }
 
+    /// describe is the resolved setup as stable, human-readable text, for `ringlb check`:
+    /// listeners, shards and their CPUs, driver, admin, limits, timeouts, every upstream
+    /// (algorithm, peers as written and resolved, pool, timeouts) and the routes.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_description(&mut out);
+        out
+    }
+
+    /// The body of [`Config::describe`].
+    fn write_description(&self, out: &mut String) -> fmt::Result {
+        use fmt::Write as _;
+
+        let s = &self.server;
+        writeln!(out, "config {}", self.source)?;
+        writeln!(out, "server")?;
+        let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
+        writeln!(out, "  listen            {}", listen.join(", "))?;
+        let shard_cpus = self.shard_cpus();
+        let workers = match s.workers {
+            Workers::Auto => "auto".to_string(),
+            Workers::Count(n) => n.to_string(),
+        };
+        let pin_set = match &s.cpus {
+            Some(cpus) => format!("cpus {}", format_cpu_list(cpus)),
+            None => format!("allowed cpus {}", format_cpu_list(&allowed_cpus())),
+        };
+        writeln!(
+            out,
+            "  shards            {} (workers = {workers}, {pin_set})",
+            shard_cpus.len()
+        )?;
+        for (i, cpu) in shard_cpus.iter().enumerate() {
+            match cpu {
+                Some(cpu) => writeln!(out, "    shard {i} -> cpu {cpu}")?,
+                None => writeln!(out, "    shard {i} -> unpinned")?,
+            }
+        }
+        let driver = match s.driver {
+            Driver::Auto => "auto",
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        };
+        writeln!(out, "  driver            {driver}")?;
+        match s.admin {
+            Some(addr) => writeln!(out, "  admin             {addr}")?,
+            None => writeln!(out, "  admin             disabled")?,
+        }
+        writeln!(out, "  backlog           {}", s.backlog)?;
+        writeln!(out, "  max_connections   {} per shard", s.max_connections)?;
+        writeln!(out, "  uring_entries     {}", s.uring_entries)?;
+        writeln!(out, "  shutdown_timeout  {}", ms(s.shutdown_timeout))?;
+
+        let l = &self.limits;
+        writeln!(out, "limits")?;
+        writeln!(out, "  max_header_bytes        {}", l.max_header_bytes)?;
+        writeln!(
+            out,
+            "  max_request_line_bytes  {}",
+            l.max_request_line_bytes
+        )?;
+        match l.max_body_bytes {
+            Some(n) => writeln!(out, "  max_body_bytes          {n}")?,
+            None => writeln!(out, "  max_body_bytes          unlimited")?,
+        }
+        writeln!(out, "timeouts")?;
+        write_timeouts(out, "  ", &self.timeouts)?;
+
+        for (i, u) in self.upstreams.iter().enumerate() {
+            writeln!(out, "upstream[{i}] \"{}\"", u.name)?;
+            writeln!(out, "  algorithm  {}", u.algorithm.name())?;
+            writeln!(out, "  peers")?;
+            for (j, p) in u.peers.iter().enumerate() {
+                write!(
+                    out,
+                    "    [{j}] {} -> {}  weight {}",
+                    p.address, p.addr, p.weight
+                )?;
+                if p.weight == 0 {
+                    write!(out, " (drained)")?;
+                }
+                if p.backup {
+                    write!(out, "  backup")?;
+                }
+                if let Some(region) = &p.region {
+                    write!(out, "  region {region}")?;
+                }
+                writeln!(out)?;
+            }
+            writeln!(
+                out,
+                "  pool       max_idle_per_peer {}, idle_timeout {}",
+                u.pool.max_idle_per_peer,
+                ms(u.pool.idle_timeout)
+            )?;
+            writeln!(out, "  timeouts")?;
+            write_timeouts(out, "    ", &u.timeouts)?;
+        }
+
+        writeln!(out, "routes")?;
+        if self.routes.is_empty() {
+            let first = self.upstreams.first().map_or("", |u| u.name.as_str());
+            writeln!(out, "  (none: every request goes to upstream \"{first}\")")?;
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let mut conditions = Vec::new();
+            if let Some(host) = &r.host {
+                conditions.push(format!("host {host}"));
+            }
+            if let Some(prefix) = &r.path_prefix {
+                conditions.push(format!("path_prefix {prefix}"));
+            }
+            if let Some((name, value)) = &r.header {
+                conditions.push(format!("header {name}: {value}"));
+            }
+            if conditions.is_empty() {
+                conditions.push("any request".to_string());
+            }
+            let target = self
+                .upstreams
+                .get(r.upstream)
+                .map_or("?", |u| u.name.as_str());
+            writeln!(
+                out,
+                "  [{i}] {} -> upstream \"{target}\"",
+                conditions.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+
     /// The index of the upstream named `name`.
     pub fn upstream_index(&self, name: &str) -> Option<usize> {
         self.upstreams.iter().position(|u| u.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"
+[server]
+listen = ["127.0.0.1:0", "[::1]:0"]
+workers = 2
+admin = ""
+
+[limits]
+max_body_bytes = 1000
+
+[[upstream]]
+name = "api"
+algorithm = "smooth_weighted"
+peers = [
+  { address = "127.0.0.1:8001", weight = 3, region = "eu-1" },
+  { address = "localhost:8002", weight = 0 },
+  { address = "127.0.0.1:8003", backup = true },
+]
+pool = { max_idle_per_peer = 8, idle_timeout_ms = 5000 }
+timeouts = { connect_ms = 250 }
+
+[[upstream]]
+name = "static"
+peers = [{ address = "127.0.0.1:9001" }]
+
+[[route]]
+host = "api.example.com"
+path_prefix = "/v1"
+header = "X-Canary: true"
+upstream = "api"
+
+[[route]]
+upstream = "static"
+"#;
+
+    #[test]
+    fn describe_shows_the_resolved_setup() {
+        let c = Config::from_toml_str(TEXT, "ringlb.toml").unwrap();
+        let d = c.describe();
+        println!("{d}");
+        for want in [
+            "config ringlb.toml\n",
+            "  listen            127.0.0.1:0, [::1]:0\n",
+            "  shards            2 (workers = 2, allowed cpus ",
+            "    shard 0 -> cpu ",
+            "    shard 1 -> cpu ",
+            "  driver            auto\n",
+            "  admin             disabled\n",
+            "  backlog           4096\n",
+            "  max_connections   65536 per shard\n",
+            "  uring_entries     1024\n",
+            "  shutdown_timeout  10000 ms\n",
+            "  max_header_bytes        16384\n",
+            "  max_request_line_bytes  8192\n",
+            "  max_body_bytes          1000\n",
+            "upstream[0] \"api\"\n",
+            "  algorithm  smooth_weighted\n",
+            "    [0] 127.0.0.1:8001 -> 127.0.0.1:8001  weight 3  region eu-1\n",
+            "    [1] localhost:8002 -> ",
+            ":8002  weight 0 (drained)\n",
+            "    [2] 127.0.0.1:8003 -> 127.0.0.1:8003  weight 1  backup\n",
+            "  pool       max_idle_per_peer 8, idle_timeout 5000 ms\n",
+            "  timeouts\n    connect         250 ms\n",
+            "timeouts\n  connect         1000 ms\n",
+            "    client_idle     60000 ms\n",
+            "upstream[1] \"static\"\n",
+            "  algorithm  round_robin\n",
+            "  [0] host api.example.com, path_prefix /v1, header x-canary: true \
+             -> upstream \"api\"\n",
+            "  [1] any request -> upstream \"static\"\n",
+        ] {
+            assert!(d.contains(want), "missing {want:?} in:\n{d}");
+        }
+        // Stable: the same config describes the same way.
+        assert_eq!(d, c.describe());
+    }
+
+    #[test]
+    fn describe_without_routes() {
+        let text = "[server]\ncpus = \"0\"\n\
+                    [[upstream]]\nname = \"a\"\npeers = [{ address = \"127.0.0.1:1\" }]\n";
+        // CPU 0 may not be allowed in every sandbox; skip rather than fail there.
+        let Ok(c) = Config::from_toml_str(text, "x.toml") else {
+            return;
+        };
+        let d = c.describe();
+        assert!(d.contains("(workers = auto, cpus 0)"), "{d}");
+        assert!(d.contains("    shard 0 -> cpu 0\n"), "{d}");
+        assert!(
+            d.contains("routes\n  (none: every request goes to upstream \"a\")\n"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn from_file_names_the_file_in_errors() {
+        let path = std::env::temp_dir().join(format!("ringlb-config-{}.toml", std::process::id()));
+        std::fs::write(&path, "[server]\nworkers = 0\n").unwrap();
+        let e = Config::from_file(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        let shown = e.to_string();
+        assert!(shown.starts_with(&path.display().to_string()), "{shown}");
+        assert!(
+            shown.contains("key `server.workers`") && shown.contains("(line 2)"),
+            "{shown}"
+        );
+
+        let missing = std::env::temp_dir().join("ringlb-config-does-not-exist.toml");
+        let e = Config::from_file(&missing).unwrap_err();
+        assert!(e.to_string().contains("cannot read file"), "{e}");
+    }
+
+    #[test]
+    fn error_display_examples() {
+        let e = Config::from_toml_str("[server]\nfoo = 1\n", "ringlb.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ringlb.toml: key `server.foo`: unknown field `foo`, expected one of `listen`, \
+             `workers`, `cpus`, `numa_node`, `admin`, `shutdown_timeout_ms`, `backlog`, \
+             `driver`, `max_connections`, `uring_entries` (line 2)"
+        );
+        let e = Config::from_toml_str(
+            "[[upstream]]\nname = \"a\"\npeers = [{ address = \"10.0.0.1\" }]\n",
+            "ringlb.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ringlb.toml: key `upstream[0].peers[0].address`: `10.0.0.1` has no port \
+             (write `ip:port`, IPv6 as `[::1]:8080`) (line 3)"
+        );
     }
 }

@@ -359,7 +359,11 @@ impl Conn<'_> {
                     }
                 }
             }
-            match read_more(up, &mut self.ubuf, t.upstream_read, None, UPSTREAM_BUF).await {
+            let read = read_more(up, &mut self.ubuf, t.upstream_read, None, UPSTREAM_BUF).await;
+            if let Err(IoFail::Io(e)) = &read {
+                tracing::debug!(group = %group.name, "upstream read failed: {e}");
+            }
+            match read {
                 Ok(0) | Err(IoFail::Io(_)) => {
                     if self.ubuf.is_empty() {
                         let replayable = !body.started_streaming() && !self.interim_sent;
