@@ -76,6 +76,7 @@ fn init_logging(level: Option<&str>) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -120,7 +121,9 @@ fn serve_until_signal(server: Server) -> anyhow::Result<()> {
                 }
             }
         })?;
-    server.wait();
+    if !server.wait() {
+        anyhow::bail!("a shard stopped abnormally (see the log above)");
+    }
     tracing::info!("stopped");
     Ok(())
 }

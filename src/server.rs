@@ -182,23 +182,27 @@ impl Server {
     }
 
     /// Graceful stop: stop accepting, close idle connections, let in-flight requests finish
-    /// within `shutdown_timeout`, then join every shard.
-    pub fn shutdown(mut self) {
+    /// within `shutdown_timeout`, then join every shard. Returns false if a shard panicked.
+    pub fn shutdown(mut self) -> bool {
         self.handle.shutdown();
-        self.join();
+        self.join()
     }
 
     /// Waits until every shard has stopped (after someone called a [`ShutdownHandle`]).
-    pub fn wait(mut self) {
-        self.join();
+    /// Returns false if a shard panicked.
+    pub fn wait(mut self) -> bool {
+        self.join()
     }
 
-    fn join(&mut self) {
+    fn join(&mut self) -> bool {
+        let mut clean = true;
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a shard thread panicked");
+                clean = false;
             }
         }
+        clean
     }
 }
 
@@ -206,7 +210,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         if !self.threads.is_empty() {
             self.handle.shutdown();
-            self.join();
+            let _ = self.join();
         }
     }
 }

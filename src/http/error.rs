@@ -1,5 +1,9 @@
-//! The one place where errors become HTTP status codes.
-// STUB: to be implemented (see the http helper's brief).
+//! The one place where errors become HTTP status codes (DESIGN.md invariant 5).
+//!
+//! [`HttpError::status`] maps every error the proxy answers itself to exactly one status code, and
+//! [`write_error_response`] turns it into a complete, self-delimited response on the wire.
+
+use super::rewrite::push_u64;
 
 /// HttpError is every way a request can fail that the proxy itself answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -39,11 +43,207 @@ pub enum HttpError {
 impl HttpError {
     /// The status code this error is answered with.
     pub fn status(&self) -> u16 {
-        todo!()
+        match self {
+            HttpError::BadRequest(_) => 400,
+            HttpError::NotFound => 404,
+            HttpError::RequestTimeout => 408,
+            HttpError::PayloadTooLarge => 413,
+            HttpError::UriTooLong => 414,
+            HttpError::HeaderTooLarge => 431,
+            HttpError::NotImplemented(_) => 501,
+            HttpError::BadGateway(_) => 502,
+            HttpError::ServiceUnavailable(_) => 503,
+            HttpError::GatewayTimeout(_) => 504,
+        }
+    }
+
+    /// The reason phrase sent with [`HttpError::status`] (RFC 9110 §15 wording; 413 is
+    /// "Content Too Large" since RFC 9110 renamed "Payload Too Large").
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HttpError::BadRequest(_) => "Bad Request",
+            HttpError::NotFound => "Not Found",
+            HttpError::RequestTimeout => "Request Timeout",
+            HttpError::PayloadTooLarge => "Content Too Large",
+            HttpError::UriTooLong => "URI Too Long",
+            HttpError::HeaderTooLarge => "Request Header Fields Too Large",
+            HttpError::NotImplemented(_) => "Not Implemented",
+            HttpError::BadGateway(_) => "Bad Gateway",
+            HttpError::ServiceUnavailable(_) => "Service Unavailable",
+            HttpError::GatewayTimeout(_) => "Gateway Timeout",
+        }
+    }
+
+    /// The short detail text for the response body, if the variant carries one.
+    pub fn detail(&self) -> Option<&'static str> {
+        match self {
+            HttpError::BadRequest(d)
+            | HttpError::NotImplemented(d)
+            | HttpError::BadGateway(d)
+            | HttpError::ServiceUnavailable(d)
+            | HttpError::GatewayTimeout(d) => Some(d),
+            HttpError::NotFound
+            | HttpError::RequestTimeout
+            | HttpError::PayloadTooLarge
+            | HttpError::UriTooLong
+            | HttpError::HeaderTooLarge => None,
+        }
+    }
+
+    /// Whether the client connection must be closed after answering this error.
+    ///
+    /// True for every request-side error (400, 408, 413, 414, 431, 501): after those the framing
+    /// of the rest of the byte stream is unknown or untrusted (RFC 9112 §6.3 item 4 requires the
+    /// close for bad framing), so the proxy must not read a next request from it. False for
+    /// 502/503/504, where the request itself was fine and fully consumed.
+    pub fn closes_connection(&self) -> bool {
+        !matches!(
+            self,
+            HttpError::NotFound
+                | HttpError::BadGateway(_)
+                | HttpError::ServiceUnavailable(_)
+                | HttpError::GatewayTimeout(_)
+        )
     }
 }
 
-/// Writes a complete error response for `err` to `out`.
-pub fn write_error_response(_err: &HttpError, _keep_alive: bool, _out: &mut Vec<u8>) {
-    todo!()
+/// Writes a complete error response for `err` to `out` (appending; `out` is not cleared).
+///
+/// The response is `HTTP/1.1 <code> <reason>`, a `text/plain` body such as
+/// `502 Bad Gateway: connect failed\n` with its `Content-Length`, `Connection: keep-alive` or
+/// `Connection: close` per `keep_alive`, and `Retry-After: 1` for 503. The caller decides
+/// `keep_alive`; see [`HttpError::closes_connection`] for errors that forbid keeping it.
+pub fn write_error_response(err: &HttpError, keep_alive: bool, out: &mut Vec<u8>) {
+    let status = err.status();
+    let reason = err.reason().as_bytes();
+    let detail = err.detail();
+
+    // Body: "<code> <reason>[: <detail>]\n".
+    let mut body_len = 3 + 1 + reason.len() + 1;
+    if let Some(d) = detail {
+        body_len += 2 + d.len();
+    }
+
+    out.reserve(160 + 2 * reason.len() + detail.map_or(0, str::len));
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    push_u64(out, body_len as u64);
+    out.extend_from_slice(if keep_alive {
+        b"\r\nConnection: keep-alive\r\n".as_slice()
+    } else {
+        b"\r\nConnection: close\r\n".as_slice()
+    });
+    if status == 503 {
+        out.extend_from_slice(b"Retry-After: 1\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    if let Some(d) = detail {
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(d.as_bytes());
+    }
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let cases = [
+            (HttpError::BadRequest("x"), 400),
+            (HttpError::RequestTimeout, 408),
+            (HttpError::PayloadTooLarge, 413),
+            (HttpError::UriTooLong, 414),
+            (HttpError::HeaderTooLarge, 431),
+            (HttpError::NotImplemented("x"), 501),
+            (HttpError::BadGateway("x"), 502),
+            (HttpError::ServiceUnavailable("x"), 503),
+            (HttpError::GatewayTimeout("x"), 504),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.status(), code, "{err:?}");
+            assert!(!err.reason().is_empty());
+            assert_eq!(err.closes_connection(), code < 502, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn bad_gateway_response_bytes() {
+        let mut out = b"prefix".to_vec();
+        write_error_response(&HttpError::BadGateway("connect failed"), true, &mut out);
+        let body = "502 Bad Gateway: connect failed\n";
+        let expected = format!(
+            "prefixHTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn service_unavailable_has_retry_after() {
+        let mut out = Vec::new();
+        write_error_response(
+            &HttpError::ServiceUnavailable("no eligible peer"),
+            false,
+            &mut out,
+        );
+        let body = "503 Service Unavailable: no eligible peer\n";
+        let expected = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn detail_less_response_bytes() {
+        let mut out = Vec::new();
+        write_error_response(&HttpError::HeaderTooLarge, false, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 431 Request Header Fields Too Large\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 36\r\n\
+             Connection: close\r\n\r\n431 Request Header Fields Too Large\n"
+        );
+    }
+
+    #[test]
+    fn every_error_body_matches_content_length() {
+        let errs = [
+            HttpError::BadRequest("bad"),
+            HttpError::RequestTimeout,
+            HttpError::PayloadTooLarge,
+            HttpError::UriTooLong,
+            HttpError::HeaderTooLarge,
+            HttpError::NotImplemented("CONNECT"),
+            HttpError::BadGateway("x"),
+            HttpError::ServiceUnavailable("y"),
+            HttpError::GatewayTimeout("z"),
+        ];
+        for err in errs {
+            let mut out = Vec::new();
+            write_error_response(&err, true, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let cl: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert_eq!(cl, body.len(), "{err:?}");
+            assert!(body.starts_with(&format!("{} {}", err.status(), err.reason())));
+        }
+    }
 }

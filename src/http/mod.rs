@@ -117,6 +117,8 @@ pub struct RequestHead {
     /// Offsets of the request target (origin-form `/path?query`, or absolute-form).
     pub target: (u32, u32),
     /// Offsets of the path part of the target (no query); for absolute-form, the path after the authority.
+    /// An absolute-form target without a path (`http://host?q`) gives an empty range here; the
+    /// rewriter then sends `/`. For asterisk-form (`OPTIONS *`) it is the `*`.
     pub path: (u32, u32),
     /// Offsets of the query (after `?`, without it), if any.
     pub query: Option<(u32, u32)>,

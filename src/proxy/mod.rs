@@ -189,14 +189,23 @@ impl Conn<'_> {
         write_all(&mut self.io, &mut self.out, wait).await.is_ok() && keep_alive
     }
 
+    /// Answers 404 (no route). The request body, if any, was not read: close unless it has none.
+    async fn reply_not_found(&mut self) -> bool {
+        let keep = self.head.keep_alive && self.head.body == BodyKind::None;
+        if keep {
+            self.rpos = self.head.head_len;
+        }
+        self.reply_error(&HttpError::NotFound, keep).await
+    }
+
     /// Proxies the request in `self.head`; returns whether the client connection stays open.
     async fn handle_request(&mut self) -> bool {
         let ctx = self.ctx;
         let Some(group_idx) = ctx.router.route(&self.rbuf, &self.head) else {
-            return self.reply_error(&HttpError::NotFound, false).await;
+            return self.reply_not_found().await;
         };
         let Some(group) = ctx.groups.get(group_idx) else {
-            return self.reply_error(&HttpError::NotFound, false).await;
+            return self.reply_not_found().await;
         };
         let head_len = self.head.head_len;
         let mut body = BodyProgress::new(self.head.body, ctx.config.limits.max_body_bytes);
@@ -206,6 +215,11 @@ impl Conn<'_> {
         };
         self.out.clear();
         rewrite_request(&self.rbuf, &self.head, &self.fwd, &mut self.out);
+        if self.head.host.is_none() {
+            // HTTP/1.0 clients may omit Host; the upstream request is HTTP/1.1, which needs
+            // one: like nginx, name the upstream group.
+            insert_host(&mut self.out, group.name.as_bytes());
+        }
         // With `Expect: 100-continue` and no body bytes yet, the body waits for the upstream's
         // 100 (relayed to the client); otherwise what is buffered goes out with the head.
         let expect = self.head.expect_continue && buffered == 0 && !body.done();
@@ -614,4 +628,14 @@ async fn connect(group: &UpstreamGroup, peer: PeerId) -> Result<TcpStream, HttpE
             Err(HttpError::BadGateway("upstream connect timed out"))
         }
     }
+}
+
+/// Inserts `Host: <host>` right after the request line of the head in `out`.
+fn insert_host(out: &mut Vec<u8>, host: &[u8]) {
+    let Some(eol) = out.windows(2).position(|w| w == b"\r\n") else {
+        return;
+    };
+    let at = eol + 2;
+    let line: Vec<u8> = [b"Host: ".as_slice(), host, b"\r\n"].concat();
+    out.splice(at..at, line);
 }

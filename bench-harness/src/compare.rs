@@ -1,0 +1,338 @@
+//! The `compare` subcommand: the same load against ringlb, nginx and HAProxy, in interleaved
+//! rounds, with CPU time per request taken from `/proc`.
+//!
+//! Order of a run: resolve tools → start three backends (pinned to the load CPU) → start every
+//! proxy (pinned to the proxy CPU) and wait until each answers → wrk directly against one
+//! backend (the baseline: what the load side can do without a proxy) → warm each proxy up →
+//! rounds; in each round every proxy once, in the same order → print the tables. Every process
+//! started is stopped by its guard's Drop, on success, error, or Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::backend::Backend;
+use crate::procstat::{tree_cpu_seconds, tree_rss_kib, CoreTicks};
+use crate::proxy::{ProxyKind, ProxySpec, RunningProxy};
+use crate::report::{Report, RunRow};
+use crate::setup::{
+    check_interrupted, free_port, install_signal_handlers, ScratchDir, SetupArgs, Tools,
+};
+use crate::wrk::Load;
+
+/// BACKENDS is how many backends every proxy balances over.
+const BACKENDS: usize = 3;
+
+/// CompareArgs are the options of `compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Options shared with other subcommands (binaries, CPUs, which proxies).
+    #[command(flatten)]
+    setup: SetupArgs,
+
+    /// Seconds each measured wrk run lasts.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    duration: u64,
+
+    /// Rounds; each round runs every proxy once, in the same order.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    rounds: u32,
+
+    /// Open connections wrk keeps (`-c`).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    connections: u32,
+
+    /// wrk threads (`-t`); they all share the load CPU.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    threads: u32,
+
+    /// Seconds of unmeasured load against each proxy before the first round (0 = none).
+    #[arg(long, default_value_t = 2, value_name = "SECS")]
+    warmup: u64,
+
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Print the tables as Markdown.
+    #[arg(long)]
+    markdown: bool,
+}
+
+/// Runs `compare`.
+pub fn run(args: &CompareArgs) -> Result<()> {
+    if args.duration == 0 || args.rounds == 0 || args.connections == 0 || args.threads == 0 {
+        bail!("--duration, --rounds, --connections and --threads must be at least 1");
+    }
+    if args.connections < args.threads {
+        bail!("wrk needs --connections >= --threads");
+    }
+    install_signal_handlers();
+    let setup = &args.setup;
+    let tools = setup.resolve_tools()?;
+    setup.check_cpus()?;
+    let scratch = ScratchDir::create(setup.keep_tmp)?;
+    let load = Load {
+        wrk: tools.wrk.clone(),
+        taskset: tools.taskset.clone(),
+        cpu: setup.load_cpu,
+        threads: args.threads,
+        connections: args.connections,
+    };
+
+    let backends = (0..BACKENDS)
+        .map(|i| Backend::start(&format!("backend-{i}"), setup.load_cpu, setup.body_bytes))
+        .collect::<Result<Vec<_>>>()?;
+    let addrs: Vec<_> = backends.iter().map(Backend::addr).collect();
+    eprintln!(
+        "backends: {} (pinned to CPU {}, {}-byte bodies)",
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        setup.load_cpu,
+        setup.body_bytes
+    );
+
+    // Start every proxy before measuring anything: a proxy that fails to start fails the run
+    // early, and all of them see the same conditions.
+    let mut proxies = Vec::new();
+    for (kind, program) in &tools.proxies {
+        let spec = ProxySpec {
+            kind: *kind,
+            program,
+            taskset: &tools.taskset,
+            cpu: setup.proxy_cpu,
+            port: free_port()?,
+            backends: &addrs,
+            dir: scratch.path().join(kind.name()),
+        };
+        let mut p = RunningProxy::start(&spec)?;
+        p.wait_ready(Duration::from_secs(15))?;
+        eprintln!(
+            "{}: ready at {} (pid {}): {}",
+            kind.name(),
+            p.url(),
+            p.pid(),
+            p.command_line()
+        );
+        proxies.push(p);
+    }
+
+    // Baseline: the load side alone, straight at one backend.
+    let url = format!("http://{}/", addrs[0]);
+    eprintln!("baseline: {}", load.command_line(args.duration, &url));
+    let bench = Bench {
+        load: &load,
+        seconds: args.duration,
+        backends: &backends,
+        scratch: &scratch,
+        proxy_cpu: setup.proxy_cpu,
+    };
+    let baseline = bench.measure(&url, None, "backend", 0)?;
+    eprintln!("  {}", one_line(&baseline));
+
+    if args.warmup > 0 {
+        for p in &proxies {
+            eprintln!("warm-up: {} for {} s", p.kind().name(), args.warmup);
+            let out = scratch
+                .path()
+                .join(format!("wrk-warmup-{}.txt", p.kind().name()));
+            load.run(&p.url(), args.warmup, &out)?;
+        }
+    }
+
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        for p in &mut proxies {
+            check_interrupted()?;
+            let label = p.kind().name();
+            eprintln!(
+                "round {round}/{}: {}: {}",
+                args.rounds,
+                label,
+                load.command_line(args.duration, &p.url())
+            );
+            let row = bench.measure(&p.url(), Some(p.pid()), label, round)?;
+            eprintln!("  {}", one_line(&row));
+            p.check_alive()?;
+            runs.push(row);
+        }
+    }
+
+    let report = Report {
+        settings: settings(args, &tools),
+        versions: versions(&tools),
+        baseline: Some(baseline),
+        runs,
+    };
+    // Proxies and backends stop (guards) before the output, so nothing runs while we print.
+    drop(proxies);
+    drop(backends);
+    println!();
+    print!("{}", report.render(args.markdown));
+    if let Some(path) = &args.json {
+        std::fs::write(path, report.to_json())
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Bench is what every measured run shares.
+struct Bench<'a> {
+    /// wrk settings.
+    load: &'a Load,
+    /// Seconds per run.
+    seconds: u64,
+    /// The backends, for their request counters.
+    backends: &'a [Backend],
+    /// Where wrk reports go.
+    scratch: &'a ScratchDir,
+    /// The proxies' core, to see how busy it was.
+    proxy_cpu: usize,
+}
+
+impl Bench<'_> {
+    /// One wrk run against `url`, with the CPU time of the proxy's process tree (rooted at
+    /// `pid`) sampled around it.
+    fn measure(&self, url: &str, pid: Option<u32>, label: &str, round: u32) -> Result<RunRow> {
+        let load = self.load;
+        let served_before: Vec<u64> = self.backends.iter().map(Backend::served).collect();
+        let cores_before = (CoreTicks::read(self.proxy_cpu), CoreTicks::read(load.cpu));
+        let backends_cpu = || self.backends.iter().map(Backend::cpu_seconds).sum::<f64>();
+        let backends_cpu_before = backends_cpu();
+        let cpu_before = pid.map(tree_cpu_seconds);
+        let out = self.scratch.path().join(format!("wrk-{label}-{round}.txt"));
+        let (wrk, wrk_cpu) = load.run(url, self.seconds, &out)?;
+        let cpu_after = pid.map(tree_cpu_seconds);
+        let backends_cpu_after = backends_cpu();
+        let cores_after = (CoreTicks::read(self.proxy_cpu), CoreTicks::read(load.cpu));
+        let rss_kib = pid.map(tree_rss_kib);
+        let backend_requests = self
+            .backends
+            .iter()
+            .zip(served_before)
+            .map(|(b, before)| b.served().saturating_sub(before))
+            .collect();
+        Ok(RunRow {
+            label: label.to_string(),
+            round,
+            wrk,
+            cpu_seconds: cpu_before
+                .zip(cpu_after)
+                .map(|(before, after)| (after - before).max(0.0)),
+            rss_kib,
+            backend_requests,
+            load_cpu_seconds: wrk_cpu + (backends_cpu_after - backends_cpu_before).max(0.0),
+            proxy_core_busy: pid.and(cores_after.0.busy_percent_since(&cores_before.0)),
+            load_core_busy: cores_after.1.busy_percent_since(&cores_before.1),
+        })
+    }
+}
+
+/// A progress line for one run.
+fn one_line(r: &RunRow) -> String {
+    let mut s = format!(
+        "{:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, {} errors",
+        r.wrk.req_per_s,
+        r.wrk.p50_us,
+        r.wrk.p99_us,
+        r.wrk.errors()
+    );
+    if let (Some(us), Some(pct)) = (r.cpu_us_per_req(), r.cpu_percent()) {
+        s.push_str(&format!(", proxy CPU {us:.2} µs/req ({pct:.0} %)"));
+    }
+    if let Some(pct) = r.load_cpu_percent() {
+        s.push_str(&format!(", load side CPU {pct:.0} %"));
+    }
+    if let Some(b) = r.proxy_core_busy {
+        s.push_str(&format!(", proxy core {b:.0} % busy"));
+    }
+    if let Some(b) = r.load_core_busy {
+        s.push_str(&format!(", load core {b:.0} % busy"));
+    }
+    s
+}
+
+fn settings(args: &CompareArgs, tools: &Tools) -> Vec<(String, String)> {
+    let s = &args.setup;
+    [
+        ("duration_s", args.duration.to_string()),
+        ("rounds", args.rounds.to_string()),
+        ("connections", args.connections.to_string()),
+        ("wrk_threads", args.threads.to_string()),
+        ("warmup_s", args.warmup.to_string()),
+        ("proxy_cpu", s.proxy_cpu.to_string()),
+        ("load_cpu", s.load_cpu.to_string()),
+        ("backends", BACKENDS.to_string()),
+        ("body_bytes", s.body_bytes.to_string()),
+        (
+            "proxies",
+            tools
+                .proxies
+                .iter()
+                .map(|(k, _)| k.name())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// First line of each tool's version output; ringlb's also names the binary's path.
+fn versions(tools: &Tools) -> Vec<(String, String)> {
+    let mut v = vec![("wrk".to_string(), version_line(&tools.wrk, "-v"))];
+    for (kind, program) in &tools.proxies {
+        let version = match kind {
+            ProxyKind::Ringlb => format!(
+                "{} ({})",
+                version_line(program, "--version"),
+                program.display()
+            ),
+            ProxyKind::Nginx | ProxyKind::Haproxy => version_line(program, "-v"),
+        };
+        v.push((kind.name().to_string(), version));
+    }
+    v
+}
+
+/// The first non-empty line `program arg` prints (stdout, then stderr); `unknown` if it fails
+/// or takes more than 2 s (a binary that ignores the flag and starts serving is killed).
+fn version_line(program: &PathBuf, arg: &str) -> String {
+    let Ok(mut child) = Command::new(program)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        return "unknown".into();
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return "unknown".into();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Ok(out) = child.wait_with_output() else {
+        return "unknown".into();
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .map_or_else(|| "unknown".into(), |l| l.trim().to_string())
+}
