@@ -61,6 +61,8 @@ pub(crate) struct ServerFile {
     pub max_connections: Option<u64>,
     /// Default 1024; 256..=32768.
     pub uring_entries: Option<u64>,
+    /// `uring_taskrun = "defer" | "coop" | "interrupt"`. Default `defer`.
+    pub uring_taskrun: Option<UringTaskrunFile>,
 }
 
 /// WorkersFile is `workers = "auto"` or `workers = N` as written (N is range-checked later).
@@ -116,6 +118,18 @@ pub(crate) enum DriverFile {
     IoUring,
     /// `"epoll"`.
     Epoll,
+}
+
+/// UringTaskrunFile is `uring_taskrun = "defer" | "coop" | "interrupt"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum UringTaskrunFile {
+    /// `"defer"`.
+    Defer,
+    /// `"coop"`.
+    Coop,
+    /// `"interrupt"`.
+    Interrupt,
 }
 
 /// TimeoutsFile is `[timeouts]`, and an upstream's `timeouts = { … }` overrides.

@@ -12,11 +12,11 @@ use std::time::Duration;
 use super::cpus::{self, format_cpu_list, parse_cpu_list, MAX_CPUS};
 use super::file::{
     ConfigFile, DriverFile, LimitsFile, PeerFile, PoolFile, RouteFile, ServerFile, TimeoutsFile,
-    UpstreamFile, WorkersFile,
+    UpstreamFile, UringTaskrunFile, WorkersFile,
 };
 use super::{
     Algorithm, Config, ConfigError, Driver, Limits, PeerConfig, PoolConfig, RouteConfig,
-    ServerConfig, Timeouts, UpstreamConfig, Workers,
+    ServerConfig, Timeouts, UpstreamConfig, UringTaskrun, Workers,
 };
 
 /// Default `server.listen`.
@@ -231,6 +231,11 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         driver,
         max_connections,
         uring_entries,
+        uring_taskrun: match f.uring_taskrun {
+            None | Some(UringTaskrunFile::Defer) => UringTaskrun::Defer,
+            Some(UringTaskrunFile::Coop) => UringTaskrun::Coop,
+            Some(UringTaskrunFile::Interrupt) => UringTaskrun::Interrupt,
+        },
     })
 }
 

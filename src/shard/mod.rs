@@ -20,7 +20,7 @@ use crossbeam_channel::Receiver;
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::config::{Config, Driver};
+use crate::config::{Config, Driver, UringTaskrun};
 use crate::proxy::{self, Router};
 use crate::upstream::UpstreamGroup;
 
@@ -152,27 +152,72 @@ pub fn run(
             true
         }
     };
-    // One arm per driver type: monoio's runtime is generic over it.
-    macro_rules! run_with {
-        ($driver:ty, $name:expr) => {
-            match monoio::RuntimeBuilder::<$driver>::new()
-                .with_entries(entries)
-                .enable_timer()
-                .build()
-            {
-                Ok(mut rt) => {
-                    ready(Ok($name));
-                    rt.block_on(shard_main(Rc::new(ctx), listeners));
-                }
-                Err(e) => ready(Err(format!("cannot build the {} runtime: {e}", $name))),
+    if !uring {
+        match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                ready(Ok("epoll"));
+                rt.block_on(shard_main(Rc::new(ctx), listeners));
             }
-        };
+            Err(e) => ready(Err(format!("cannot build the epoll runtime: {e}"))),
+        }
+        return;
     }
-    if uring {
-        run_with!(monoio::IoUringDriver, "io_uring");
-    } else {
-        run_with!(monoio::LegacyDriver, "epoll");
+    // Try the configured task-run mode, then weaker ones if this kernel rejects its flags.
+    let modes = [
+        UringTaskrun::Defer,
+        UringTaskrun::Coop,
+        UringTaskrun::Interrupt,
+    ];
+    let wanted = ctx.config.server.uring_taskrun;
+    let first = modes.iter().position(|&m| m == wanted).unwrap_or(0);
+    let mut last_err = String::new();
+    for &mode in &modes[first..] {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .uring_builder(uring_builder(mode))
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                if mode != wanted {
+                    tracing::warn!(
+                        shard = ctx.id,
+                        "uring_taskrun = \"{}\" rejected by the kernel ({last_err}); using \"{}\"",
+                        wanted.name(),
+                        mode.name()
+                    );
+                }
+                ready(Ok("io_uring"));
+                rt.block_on(shard_main(Rc::new(ctx), listeners));
+                return;
+            }
+            Err(e) => last_err = e.to_string(),
+        }
     }
+    ready(Err(format!(
+        "cannot build the io_uring runtime: {last_err}"
+    )));
+}
+
+/// The io_uring setup flags for a task-run mode (see [`UringTaskrun`]).
+fn uring_builder(mode: UringTaskrun) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    match mode {
+        UringTaskrun::Defer => {
+            b.setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .setup_single_issuer()
+                .setup_defer_taskrun();
+        }
+        UringTaskrun::Coop => {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        UringTaskrun::Interrupt => {}
+    }
+    b
 }
 
 async fn shard_main(ctx: Rc<ShardCtx>, listeners: Vec<std::net::TcpListener>) {
