@@ -13,20 +13,39 @@ mod smooth_weighted;
 pub use round_robin::RoundRobin;
 pub use smooth_weighted::SmoothWeighted;
 
+use std::cell::Cell;
+use std::time::Instant;
+
 use crate::config::Algorithm;
 
 /// PeerId is a peer's index within its upstream group (its position in the config's peer list).
 pub type PeerId = usize;
 
+/// PeerLoad is the shard-local live load of one candidate: kept by the upstream group (so it
+/// survives selector rebuilds), updated by the proxy around each request, read by load-aware
+/// selectors through [`PickRequest::loads`].
+#[derive(Debug, Default, Clone)]
+pub struct PeerLoad {
+    /// Requests in flight to this peer from this shard.
+    pub active: Cell<u32>,
+    /// Peak-EWMA response latency estimate in nanoseconds (0 = no sample yet).
+    pub ewma_ns: Cell<f64>,
+    /// When `ewma_ns` was last updated.
+    pub ewma_at: Cell<Option<Instant>>,
+}
+
 /// PickRequest is what a selector is told about the request it picks for.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PickRequest {
+#[derive(Debug, Clone, Copy)]
+pub struct PickRequest<'a> {
     /// The request's hash key, for hashing algorithms (`None` when the group does not hash or
     /// the key is absent from the request).
     pub hash: Option<u64>,
     /// How many candidates were already yielded for this request (0 for the first choice).
     /// Hashing algorithms walk on from the key's position with it; rotating ones ignore it.
     pub nth: u32,
+    /// Live load of every candidate, indexed like the candidates (same length as the weights
+    /// the selector was built from).
+    pub loads: &'a [PeerLoad],
 }
 
 /// Selector is a load-balancing algorithm over a fixed set of candidates `0..len()`.
@@ -35,7 +54,7 @@ pub struct PickRequest {
 /// keeps the mapping (a group builds one selector over its primaries and one over its backups).
 pub trait Selector {
     /// Returns the next candidate in order of preference, or `None` when the set is empty.
-    fn pick(&mut self, req: &PickRequest) -> Option<usize>;
+    fn pick(&mut self, req: &PickRequest<'_>) -> Option<usize>;
     /// How many candidates the selector was built over.
     fn len(&self) -> usize;
     /// Whether the selector has no candidates.
@@ -60,6 +79,7 @@ pub fn build_selector(algorithm: Algorithm, weights: &[u32]) -> Box<dyn Selector
 pub fn select_eligible(
     selector: &mut dyn Selector,
     hash: Option<u64>,
+    loads: &[PeerLoad],
     mut eligible: impl FnMut(usize) -> bool,
 ) -> Option<usize> {
     let len = selector.len();
@@ -72,6 +92,7 @@ pub fn select_eligible(
         let candidate = selector.pick(&PickRequest {
             hash,
             nth: nth as u32,
+            loads,
         })?;
         if candidate < len && eligible(candidate) {
             return Some(candidate);
@@ -91,16 +112,16 @@ mod tests {
     fn eligible_wrapper_skips_ineligible_and_finds_the_only_eligible() {
         let mut sel = SmoothWeighted::new(&[100, 1, 1]);
         for _ in 0..50 {
-            assert_eq!(select_eligible(&mut sel, None, |c| c == 2), Some(2));
+            assert_eq!(select_eligible(&mut sel, None, &[], |c| c == 2), Some(2));
         }
-        assert_eq!(select_eligible(&mut sel, None, |_| false), None);
+        assert_eq!(select_eligible(&mut sel, None, &[], |_| false), None);
     }
 
     #[test]
     fn eligible_wrapper_keeps_rotation_among_the_rest() {
         let mut sel = RoundRobin::new(3);
         let got: Vec<usize> = (0..6)
-            .map(|_| select_eligible(&mut sel, None, |c| c != 1).unwrap())
+            .map(|_| select_eligible(&mut sel, None, &[], |c| c != 1).unwrap())
             .collect();
         assert_eq!(got, vec![0, 2, 0, 2, 0, 2]);
     }
@@ -108,6 +129,6 @@ mod tests {
     #[test]
     fn empty_selector_yields_none() {
         let mut sel = RoundRobin::new(0);
-        assert_eq!(select_eligible(&mut sel, None, |_| true), None);
+        assert_eq!(select_eligible(&mut sel, None, &[], |_| true), None);
     }
 }

@@ -20,7 +20,7 @@ impl RoundRobin {
 
 impl Selector for RoundRobin {
     #[inline]
-    fn pick(&mut self, _req: &PickRequest) -> Option<usize> {
+    fn pick(&mut self, _req: &PickRequest<'_>) -> Option<usize> {
         if self.len == 0 {
             return None;
         }
@@ -46,7 +46,14 @@ mod tests {
     fn rotates_in_order() {
         let mut rr = RoundRobin::new(3);
         let got: Vec<usize> = (0..7)
-            .map(|_| rr.pick(&PickRequest::default()).unwrap())
+            .map(|_| {
+                rr.pick(&PickRequest {
+                    hash: None,
+                    nth: 0,
+                    loads: &[],
+                })
+                .unwrap()
+            })
             .collect();
         assert_eq!(got, vec![0, 1, 2, 0, 1, 2, 0]);
     }

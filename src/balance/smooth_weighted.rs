@@ -33,7 +33,7 @@ impl SmoothWeighted {
 
 impl Selector for SmoothWeighted {
     #[inline]
-    fn pick(&mut self, _req: &PickRequest) -> Option<usize> {
+    fn pick(&mut self, _req: &PickRequest<'_>) -> Option<usize> {
         if self.total == 0 {
             return None;
         }
@@ -65,7 +65,14 @@ mod tests {
     fn seq(weights: &[u32], n: usize) -> Vec<usize> {
         let mut s = SmoothWeighted::new(weights);
         (0..n)
-            .map(|_| s.pick(&PickRequest::default()).unwrap())
+            .map(|_| {
+                s.pick(&PickRequest {
+                    hash: None,
+                    nth: 0,
+                    loads: &[],
+                })
+                .unwrap()
+            })
             .collect()
     }
 
@@ -86,7 +93,14 @@ mod tests {
     fn zero_weight_is_never_picked_and_all_zero_yields_none() {
         assert!(!seq(&[2, 0, 1], 30).contains(&1));
         let mut s = SmoothWeighted::new(&[0, 0]);
-        assert_eq!(s.pick(&PickRequest::default()), None);
+        assert_eq!(
+            s.pick(&PickRequest {
+                hash: None,
+                nth: 0,
+                loads: &[]
+            }),
+            None
+        );
     }
 
     #[test]

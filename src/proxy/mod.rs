@@ -168,13 +168,13 @@ impl Conn<'_> {
                 None => timeouts.client_idle,
             };
             // Only a connection with nothing pending is idle: shutdown may cancel that wait.
-            let cancel = self.rbuf.is_empty().then(|| ctx.cancel_handle());
+            let pending = !self.rbuf.is_empty();
+            let cancel = (!pending).then(|| ctx.cancel_handle());
             match read_more(&mut self.io, &mut self.rbuf, wait, cancel, CLIENT_BUF).await {
                 Ok(0) => return Ok(false),
                 Ok(_) => {}
-                Err(IoFail::Timeout) if !self.rbuf.is_empty() => {
-                    return Err(HttpError::RequestTimeout)
-                }
+                // (a timed-out read drops the buffer, so `pending` was taken before it)
+                Err(IoFail::Timeout) if pending => return Err(HttpError::RequestTimeout),
                 Err(_) => return Ok(false),
             }
         }
@@ -260,7 +260,7 @@ impl Conn<'_> {
                     },
                 };
                 let outcome = {
-                    let _active = ActiveGuard::new(&group.peers[peer_id].active);
+                    let _active = ActiveGuard::new(&group.load(peer_id).active);
                     self.exchange(group, &mut up, expect, &mut body).await
                 };
                 match outcome {

@@ -8,10 +8,10 @@ mod pool;
 
 pub use pool::{Pool, PooledConn};
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::SocketAddr;
 
-use crate::balance::{build_selector, select_eligible, PeerId, Selector};
+use crate::balance::{build_selector, select_eligible, PeerId, PeerLoad, Selector};
 use crate::config::{PoolConfig, Timeouts, UpstreamConfig};
 
 /// Peer is one peer of a group with its shard-local state.
@@ -24,8 +24,9 @@ pub struct Peer {
     pub weight: u32,
     /// Backup peers only get traffic when no primary is eligible.
     pub backup: bool,
-    /// Requests in flight to this peer from this shard.
-    pub active: Cell<u32>,
+    /// This peer's index among the primaries (or among the backups, for a backup peer): its
+    /// candidate index in that tier's selector and load table.
+    pub slot: usize,
 }
 
 impl Peer {
@@ -50,6 +51,10 @@ pub struct UpstreamGroup {
     backup: RefCell<Box<dyn Selector>>,
     /// Which peer each backup selector candidate is.
     backup_ids: Vec<PeerId>,
+    /// Live load of each primary, indexed like `primary_ids`.
+    primary_loads: Vec<PeerLoad>,
+    /// Live load of each backup, indexed like `backup_ids`.
+    backup_loads: Vec<PeerLoad>,
     /// Idle upstream connections of this shard, per peer.
     pub pool: Pool,
     /// Resolved timeouts of this group.
@@ -59,15 +64,24 @@ pub struct UpstreamGroup {
 impl UpstreamGroup {
     /// Builds a shard's replica of a configured group.
     pub fn new(cfg: &UpstreamConfig) -> Self {
+        let (mut primaries, mut backups) = (0, 0);
         let peers: Vec<Peer> = cfg
             .peers
             .iter()
-            .map(|p| Peer {
-                address: p.address.clone(),
-                addr: p.addr,
-                weight: p.weight,
-                backup: p.backup,
-                active: Cell::new(0),
+            .map(|p| {
+                let tier = if p.backup {
+                    &mut backups
+                } else {
+                    &mut primaries
+                };
+                *tier += 1;
+                Peer {
+                    address: p.address.clone(),
+                    addr: p.addr,
+                    weight: p.weight,
+                    backup: p.backup,
+                    slot: *tier - 1,
+                }
             })
             .collect();
         let primary_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| !peers[i].backup).collect();
@@ -84,8 +98,21 @@ impl UpstreamGroup {
             primary: RefCell::new(primary),
             primary_ids,
             backup: RefCell::new(backup),
+            primary_loads: vec![PeerLoad::default(); primaries],
+            backup_loads: vec![PeerLoad::default(); backups],
             backup_ids,
             timeouts: cfg.timeouts,
+        }
+    }
+
+    /// The live load of a peer.
+    #[inline]
+    pub fn load(&self, peer: PeerId) -> &PeerLoad {
+        let p = &self.peers[peer];
+        if p.backup {
+            &self.backup_loads[p.slot]
+        } else {
+            &self.primary_loads[p.slot]
         }
     }
 
@@ -96,12 +123,14 @@ impl UpstreamGroup {
         let ok = |id: PeerId| peers[id].is_eligible() && !tried.contains(id);
         let ids = &self.primary_ids;
         let mut primary = self.primary.borrow_mut();
-        if let Some(c) = select_eligible(primary.as_mut(), hash, |c| ok(ids[c])) {
+        if let Some(c) =
+            select_eligible(primary.as_mut(), hash, &self.primary_loads, |c| ok(ids[c]))
+        {
             return Some(ids[c]);
         }
         let ids = &self.backup_ids;
         let mut backup = self.backup.borrow_mut();
-        select_eligible(backup.as_mut(), hash, |c| ok(ids[c])).map(|c| ids[c])
+        select_eligible(backup.as_mut(), hash, &self.backup_loads, |c| ok(ids[c])).map(|c| ids[c])
     }
 }
 

@@ -1,0 +1,307 @@
+//! Shards, drivers, limits and the pool's lifecycle: what the server does besides forwarding.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn config(server_extra: &str, backend: &Backend, upstream_extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"\"\n{server_extra}\n\
+         [[upstream]]\nname = \"app\"\npeers = [{{ address = \"{}\" }}]\n{upstream_extra}\n",
+        backend.addr()
+    )
+}
+
+#[test]
+fn max_connections_stops_accepting_until_one_closes() {
+    let b = Backend::start("a");
+    let proxy = Proxy::start(&config("max_connections = 2", &b, ""));
+    let mut c1 = Client::connect(proxy.addr);
+    let mut c2 = Client::connect(proxy.addr);
+    assert_eq!(c1.roundtrip(&get("/1")).status, 200);
+    assert_eq!(c2.roundtrip(&get("/2")).status, 200);
+
+    // The third connection completes in the kernel's backlog but is not accepted: its request
+    // gets no answer while two connections are open.
+    let mut c3 = TcpStream::connect(proxy.addr).expect("connect");
+    c3.write_all(&get("/3")).expect("write");
+    c3.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    match c3.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("third connection was served beyond max_connections: {other:?}"),
+    }
+    assert_eq!(b.heads_seen(), 2);
+
+    // Closing one lets the shard accept the waiting connection and answer it.
+    drop(c1);
+    c3.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let mut c3 = Client::from_stream(c3);
+    let r = c3.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        b.requests().last().map(|r| r.path().to_string()),
+        Some("/3".into())
+    );
+    assert_eq!(c2.roundtrip(&get("/4")).status, 200);
+}
+
+#[test]
+fn epoll_driver_serves_requests() {
+    let b = Backend::start("a");
+    let cfg = ringlb::Config::from_toml_str(&config("driver = \"epoll\"", &b, ""), "<test>")
+        .expect("config");
+    let server = ringlb::Server::start(cfg).expect("start");
+    assert_eq!(server.driver(), "epoll");
+    let mut c = Client::connect(server.listen_addrs()[0]);
+    for i in 0..20 {
+        let r = c.roundtrip(&get(&format!("/{i}")));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), "a");
+    }
+    assert_eq!(
+        b.accepts(),
+        1,
+        "the epoll driver pools upstream connections too"
+    );
+    assert!(server.shutdown());
+}
+
+#[test]
+fn auto_driver_uses_io_uring_when_the_kernel_has_it() {
+    let b = Backend::start("a");
+    let cfg = ringlb::Config::from_toml_str(&config("", &b, ""), "<test>").expect("config");
+    let server = ringlb::Server::start(cfg).expect("start");
+    let expected = if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "epoll"
+    };
+    assert_eq!(server.driver(), expected);
+    let mut c = Client::connect(server.listen_addrs()[0]);
+    assert_eq!(c.roundtrip(&get("/")).status, 200);
+}
+
+#[test]
+fn shards_are_named_threads_pinned_to_their_cpus() {
+    let b = Backend::start("a");
+    let cpus = ringlb::config::allowed_cpus();
+    let list: Vec<String> = cpus.iter().take(2).map(|c| c.to_string()).collect();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\ncpus = \"{}\"\nadmin = \"\"\n\
+         [[upstream]]\nname = \"app\"\npeers = [{{ address = \"{}\" }}]\n",
+        list.join(","),
+        b.addr()
+    );
+    let proxy = Proxy::start(&toml);
+    let mut found = 0;
+    for entry in std::fs::read_dir("/proc/self/task").expect("tasks") {
+        let dir = entry.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let Some(n) = comm.trim().strip_prefix("ringlb-shard-") else {
+            continue;
+        };
+        let n: usize = n.parse().expect("shard index");
+        let status = std::fs::read_to_string(dir.join("status")).expect("status");
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list")
+            .trim()
+            .to_string();
+        let want = cpus[n % cpus.len().min(2)].to_string();
+        assert_eq!(
+            allowed, want,
+            "shard {n} pinned to {allowed}, wanted {want}"
+        );
+        found += 1;
+    }
+    assert!(found >= 2, "expected two shard threads, found {found}");
+    let mut c = Client::connect(proxy.addr);
+    assert_eq!(c.roundtrip(&get("/")).status, 200);
+}
+
+#[test]
+fn ipv6_listener_serves_when_loopback_v6_exists() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here: nothing to test");
+        return;
+    }
+    let b = Backend::start("a");
+    let toml = format!(
+        "[server]\nlisten = [\"[::1]:0\", \"127.0.0.1:0\"]\nworkers = 1\nadmin = \"\"\n\
+         [[upstream]]\nname = \"app\"\npeers = [{{ address = \"{}\" }}]\n",
+        b.addr()
+    );
+    let cfg = ringlb::Config::from_toml_str(&toml, "<test>").expect("config");
+    let server = ringlb::Server::start(cfg).expect("start");
+    let addrs = server.listen_addrs().to_vec();
+    assert!(addrs[0].is_ipv6() && addrs[0].port() != 0);
+    for addr in addrs {
+        let mut c = Client::connect(addr);
+        let r = c.roundtrip(&get("/"));
+        assert_eq!(r.status, 200);
+    }
+    let xff: Vec<String> = b
+        .requests()
+        .iter()
+        .map(|r| r.header("x-forwarded-for").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(xff, vec!["::1".to_string(), "127.0.0.1".to_string()]);
+}
+
+#[test]
+fn idle_pooled_connection_expires_after_idle_timeout() {
+    let b = Backend::start("a");
+    let proxy = Proxy::start(&config(
+        "",
+        &b,
+        "pool = { max_idle_per_peer = 8, idle_timeout_ms = 200 }",
+    ));
+    let mut c = Client::connect(proxy.addr);
+    assert_eq!(c.roundtrip(&get("/1")).status, 200);
+    assert_eq!(c.roundtrip(&get("/2")).status, 200);
+    assert_eq!(b.accepts(), 1);
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(c.roundtrip(&get("/3")).status, 200);
+    assert_eq!(
+        b.accepts(),
+        2,
+        "an expired idle connection must not be reused"
+    );
+}
+
+#[test]
+fn max_idle_zero_disables_pooling() {
+    let b = Backend::start("a");
+    let proxy = Proxy::start(&config(
+        "",
+        &b,
+        "pool = { max_idle_per_peer = 0, idle_timeout_ms = 30000 }",
+    ));
+    let mut c = Client::connect(proxy.addr);
+    for i in 0..5 {
+        assert_eq!(c.roundtrip(&get(&format!("/{i}"))).status, 200);
+    }
+    assert_eq!(b.accepts(), 5);
+}
+
+#[test]
+fn pooled_connection_closed_by_the_peer_is_replaced_transparently() {
+    // The backend keeps advertising keep-alive but closes every connection after one
+    // response: each pooled connection is dead by the time it is reused.
+    let b = Backend::with_handler("a", |r| {
+        let body = format!("ok {}", r.path());
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+        .close()
+    });
+    let proxy = Proxy::start(&config("", &b, ""));
+    let mut c = Client::connect(proxy.addr);
+    for i in 0..5 {
+        let r = c.roundtrip(&get(&format!("/{i}")));
+        assert_eq!(r.status, 200, "request {i}: {}", show(&r.head));
+        assert_eq!(r.body_str(), format!("ok /{i}"));
+    }
+    assert_eq!(
+        b.heads_seen(),
+        5,
+        "each request reached the backend exactly once"
+    );
+    assert_eq!(b.accepts(), 5);
+}
+
+#[test]
+fn no_matching_route_gets_404_and_keeps_the_connection() {
+    let b = Backend::start("a");
+    let toml = format!(
+        "{}\n[[route]]\nhost = \"a.example\"\nupstream = \"app\"\n",
+        config("", &b, "")
+    );
+    let proxy = Proxy::start(&toml);
+    let mut c = Client::connect(proxy.addr);
+    let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n");
+    r.assert_proxy_error(404);
+    let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: a.example:8080\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(b.heads_seen(), 1);
+}
+
+#[test]
+fn http10_request_without_host_gets_one_upstream() {
+    let b = Backend::start("a");
+    let proxy = Proxy::start(&config("", &b, ""));
+    let mut c = Client::connect(proxy.addr);
+    let r = c.roundtrip(b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(b.only_request().header("host"), Some("app"));
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ringlb")
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(bin()).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ringlb {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(bin()).arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["check", "demo", "--config", "--log-level"] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn demo_starts_three_backends_and_rotates_over_them() {
+    let mut child = Command::new(bin())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--log-level",
+            "warn",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr: SocketAddr = loop {
+        assert!(Instant::now() < deadline, "demo printed no address");
+        let line = lines.next().expect("demo output ended").expect("read");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.trim_end_matches('/').parse().expect("address");
+        }
+    };
+    let mut c = Client::connect(addr);
+    let bodies: Vec<String> = (0..3).map(|_| c.roundtrip(&get("/")).body_str()).collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    for (i, body) in bodies.iter().enumerate() {
+        assert_eq!(body, &format!("hello from demo backend {}: GET /\n", i + 1));
+    }
+}
