@@ -305,3 +305,64 @@ fn demo_starts_three_backends_and_rotates_over_them() {
         assert_eq!(body, &format!("hello from demo backend {}: GET /\n", i + 1));
     }
 }
+
+#[test]
+fn second_signal_exits_at_once() {
+    let b = Backend::with_handler("a", |_| Reply::ok("late").delay(Duration::from_secs(5)));
+    let mut p = ProxyConfig::with_backends(&[&b])
+        .shutdown_timeout_ms(30_000)
+        .spawn_binary();
+    let mut inflight = Client::connect(p.addr);
+    inflight.send(&get("/slow"));
+    b.wait_heads(1, Duration::from_secs(10));
+    p.signal(libc::SIGTERM);
+    // The first signal waits for the 5 s request; the second must not.
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    p.signal(libc::SIGINT);
+    let st = p
+        .wait_exit(Duration::from_secs(3))
+        .unwrap_or_else(|| panic!("still running after the second signal:\n{}", p.log_text()));
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(st.code(), Some(1), "exit status {st}");
+}
+
+/// A peer whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
+fn blackhole_peer() -> (socket2::Socket, Vec<TcpStream>, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue (never accepted).
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        if let Ok(c) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            fill.push(c);
+        }
+    }
+    (s, fill, addr)
+}
+
+#[test]
+fn connect_timeout_moves_on_to_the_next_peer() {
+    let (_hole, _fill, hole_addr) = blackhole_peer();
+    let b = Backend::start("b");
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"\"\n\
+         [timeouts]\nconnect_ms = 300\n\
+         [[upstream]]\nname = \"app\"\npeers = [{{ address = \"{hole_addr}\" }}, {{ address = \"{}\" }}]\n",
+        b.addr()
+    );
+    let proxy = Proxy::start(&toml);
+    let mut c = Client::connect(proxy.addr);
+    let t = Instant::now();
+    let r = c.roundtrip(&get("/"));
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{}", show(&r.head));
+    assert_eq!(r.body_str(), "b");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "first peer should have cost one connect timeout (300 ms), took {took:?}"
+    );
+}
