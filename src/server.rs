@@ -10,6 +10,7 @@ use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+use crate::proxy::Picker;
 use crate::shard::{self, ControlMsg, ShardCtx};
 
 /// Capacity of each shard's control channel.
@@ -70,6 +71,19 @@ impl Server {
     /// Starts the proxy: binds every listener of every shard (so bind errors surface here),
     /// spawns the shards and returns once each runtime is up.
     pub fn start(config: Config) -> Result<Server, StartError> {
+        Server::start_inner(config, None)
+    }
+
+    /// Starts the proxy with a custom [`Picker`] deciding each request's upstream group and
+    /// hash key instead of the config's routes (see `examples/custom_router.rs`).
+    pub fn start_with_picker(
+        config: Config,
+        picker: Arc<dyn Picker>,
+    ) -> Result<Server, StartError> {
+        Server::start_inner(config, Some(picker))
+    }
+
+    fn start_inner(config: Config, picker: Option<Arc<dyn Picker>>) -> Result<Server, StartError> {
         let config = Arc::new(config);
         let cpus = config.shard_cpus();
         let mut listen = config.server.listen.clone();
@@ -102,6 +116,7 @@ impl Server {
             let (tx, rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
             let (ready_tx, ready_rx) = mpsc::channel();
             let cfg = config.clone();
+            let picker = picker.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("ringlb-shard-{id}"))
                 .spawn(move || {
@@ -110,7 +125,7 @@ impl Server {
                             tracing::warn!(shard = id, cpu, "could not pin shard to its cpu");
                         }
                     }
-                    let ctx = ShardCtx::new(id, cfg, rx);
+                    let ctx = ShardCtx::new(id, cfg, rx, picker);
                     shard::run(ctx, listeners, |r| {
                         let _ = ready_tx.send(r);
                     });

@@ -9,8 +9,10 @@
 
 mod body;
 mod io;
+mod picker;
 mod route;
 
+pub use picker::{Pick, Picker, RequestInfo, Upstreams};
 pub use route::Router;
 
 use std::cell::Cell;
@@ -45,6 +47,7 @@ pub async fn serve(ctx: &ShardCtx, io: TcpStream, addr: SocketAddr) {
     let mut conn = Conn {
         ctx,
         io,
+        client: addr,
         fwd: ForwardInfo {
             client_ip: addr.ip().to_canonical(),
             proto: "http",
@@ -81,6 +84,8 @@ struct Conn<'a> {
     ctx: &'a ShardCtx,
     /// The client socket.
     io: TcpStream,
+    /// The client's address.
+    client: SocketAddr,
     /// What X-Forwarded-* says about the client.
     fwd: ForwardInfo,
     /// Bytes read from the client; the unconsumed ones start at `rpos`.
@@ -201,7 +206,17 @@ impl Conn<'_> {
     /// Proxies the request in `self.head`; returns whether the client connection stays open.
     async fn handle_request(&mut self) -> bool {
         let ctx = self.ctx;
-        let Some(group_idx) = ctx.router.route(&self.rbuf, &self.head) else {
+        let pick = match &ctx.picker {
+            Some(picker) => {
+                let info = RequestInfo::new(&self.rbuf, &self.head, self.client);
+                picker.pick(&info, &Upstreams::new(&ctx.upstream_names))
+            }
+            None => Pick {
+                upstream: ctx.router.route(&self.rbuf, &self.head),
+                hash: None,
+            },
+        };
+        let Some(group_idx) = pick.upstream else {
             return self.reply_not_found().await;
         };
         let Some(group) = ctx.groups.get(group_idx) else {

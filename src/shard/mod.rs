@@ -21,7 +21,7 @@ use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, Driver, UringTaskrun};
-use crate::proxy::{self, Router};
+use crate::proxy::{self, Picker, Router};
 use crate::upstream::UpstreamGroup;
 
 /// How often a shard drains its control channel when no request does it first.
@@ -46,8 +46,12 @@ pub struct ShardCtx {
     pub config: Arc<Config>,
     /// This shard's replica of every upstream group, in config order.
     pub groups: Vec<UpstreamGroup>,
-    /// Route table: request → group index.
+    /// Route table: request → group index (the default picker).
     pub router: Router,
+    /// A library user's picker, replacing `router` when set.
+    pub picker: Option<Arc<dyn Picker>>,
+    /// Upstream group names in config order (for pickers).
+    pub upstream_names: Vec<String>,
     /// The control channel, drained with `try_recv` only.
     control: Receiver<ControlMsg>,
     /// Set once shutdown began: connections finish their request and close.
@@ -62,14 +66,22 @@ pub struct ShardCtx {
 
 impl ShardCtx {
     /// Builds a shard's context from the config.
-    pub fn new(id: usize, config: Arc<Config>, control: Receiver<ControlMsg>) -> Self {
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        control: Receiver<ControlMsg>,
+        picker: Option<Arc<dyn Picker>>,
+    ) -> Self {
         let groups = config.upstreams.iter().map(UpstreamGroup::new).collect();
         let router = Router::new(&config);
+        let upstream_names = config.upstreams.iter().map(|u| u.name.clone()).collect();
         ShardCtx {
             id,
             config,
             groups,
             router,
+            picker,
+            upstream_names,
             control,
             shutting_down: Cell::new(false),
             connections: Cell::new(0),
