@@ -1,5 +1,5 @@
 //! Failover: the retry policy, exponential backoff, the per-shard retry budget, the per-peer
-//! circuit breaker.
+//! circuit breaker, and the failure hooks pickers may implement.
 //!
 //! Everything here is pure logic over shard-local state: no I/O, no clocks (every function
 //! takes `now`), no randomness of its own (a `fastrand::Rng` is passed in), no atomics or
@@ -7,7 +7,7 @@
 //!
 //! # How the request loop uses it
 //!
-//! Per upstream group per shard: one `Retrier` (policy + [`RetryBudget`] + jitter, in a later commit) and, when
+//! Per upstream group per shard: one [`Retrier`] (policy + [`RetryBudget`] + jitter) and, when
 //! the upstream has `circuit_breaker = { … }`, one [`CircuitBreaker`] per peer. Per request:
 //!
 //! ```text
@@ -43,6 +43,7 @@
 mod backoff;
 mod breaker;
 mod budget;
+mod hooks;
 mod policy;
 mod window;
 
@@ -51,4 +52,5 @@ pub use breaker::{
     Admission, BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker, Ticket,
 };
 pub use budget::{RetryBudget, WINDOW as BUDGET_WINDOW};
+pub use hooks::{DefaultHooks, FailureAction, FailureHooks, Next, PeerInfo, PolicyHooks, Retrier};
 pub use policy::{Failure, GiveUpReason, RetryDecision, RetryOn, RetryPolicy, TryContext};
