@@ -341,7 +341,12 @@ impl CircuitBreaker {
     /// Opens the breaker (once more since it was last closed).
     fn open(&mut self, now: Instant) -> BreakerTransition {
         self.opens = self.opens.saturating_add(1);
-        let until = now + self.config.open_duration(self.opens);
+        let open_for = self.config.open_duration(self.opens);
+        // A duration too large for the clock (validation caps it at a day) means a year.
+        let until = now
+            .checked_add(open_for)
+            .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+            .unwrap_or(now);
         self.enter(State::Open { until })
     }
 
@@ -617,6 +622,20 @@ mod tests {
         let a = b.allow(t0 + 60 * S);
         assert_eq!(a.ticket, None);
         assert_eq!(a.transition, t(Open, HalfOpen));
+    }
+
+    #[test]
+    fn huge_open_times_do_not_overflow_the_clock() {
+        let t0 = Instant::now();
+        let config = BreakerConfig {
+            failures: 1,
+            open: Duration::MAX,
+            open_max: Duration::MAX,
+            ..BreakerConfig::default()
+        };
+        let mut b = CircuitBreaker::new(config, t0);
+        fail_until_open(&mut b, t0);
+        assert!(b.open_until().is_some_and(|until| until > t0 + 300 * S));
     }
 
     #[test]

@@ -503,15 +503,16 @@ impl RetryPolicy {
     }
 
     /// request_deadline is when all tries of a request that started at `start` must be done
-    /// (`request_timeout`), if there is such a deadline.
+    /// (`request_timeout`), if there is such a deadline (a timeout too large for the clock
+    /// counts as none).
     pub fn request_deadline(&self, start: Instant) -> Option<Instant> {
-        self.request_timeout.map(|t| start + t)
+        self.request_timeout.and_then(|t| start.checked_add(t))
     }
 
     /// try_deadline is when a try starting at `now` must have its response head: the earlier
     /// of `now + per_try_timeout` and the request's deadline (`None`: neither is set).
     pub fn try_deadline(&self, now: Instant, request_deadline: Option<Instant>) -> Option<Instant> {
-        let per_try = self.per_try_timeout.map(|t| now + t);
+        let per_try = self.per_try_timeout.and_then(|t| now.checked_add(t));
         match (per_try, request_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -895,6 +896,14 @@ mod tests {
         assert_eq!(ctx.remaining, Some(Duration::ZERO));
         ctx.set_deadline(None, t0);
         assert_eq!(ctx.remaining, None);
+
+        let huge = RetryPolicy {
+            per_try_timeout: Some(Duration::MAX),
+            request_timeout: Some(Duration::MAX),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(huge.request_deadline(t0), None);
+        assert_eq!(huge.try_deadline(t0, None), None);
     }
 
     #[test]
