@@ -27,7 +27,8 @@
 //!         ctx.set_deadline(deadline, now)
 //!         match retrier.decide(hooks, failure, &peer_info, &ctx, now) {
 //!             Next::Retry { backoff } => {
-//!                 if let Some(d) = backoff { sleep(d); tried.clear() }
+//!                 if let Some(d) = backoff { sleep(d) }  (then select ignoring `tried`, but
+//!                                                       keep it: further retries back off too)
 //!                 ctx.begin_retry(backoff)
 //!             }
 //!             Next::Respond { status, .. } => answer with ringlb's error response
