@@ -6,14 +6,17 @@
 //! checks values beyond their TOML type, except `workers`, whose shape (`"auto"` or an integer)
 //! is decided while deserializing.
 //!
-//! Keys that later issues will add to `[[upstream]]` (`hash_key`, `health`, `retry`,
-//! `circuit_breaker`) are deliberately not declared: `deny_unknown_fields` rejects them, and
-//! `locate.rs` rewrites that error to "`health` is not supported yet" (declaring them would
-//! list them in toml's "expected one of …" for every other typo).
+//! Keys that later issues will add to `[[upstream]]` (`hash_key`, `health`) are deliberately
+//! not declared: `deny_unknown_fields` rejects them, and `locate.rs` rewrites that error to
+//! "`health` is not supported yet" (declaring them would list them in toml's "expected one of
+//! …" for every other typo). The failover keys' structs (`retry`, `circuit_breaker`) live in
+//! `failover.rs`.
 use std::fmt;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
+
+use super::failover::{BreakerFile, RetryFile};
 
 /// ConfigFile is the whole file: `[server]`, `[timeouts]`, `[limits]`, `[[upstream]]`,
 /// `[[route]]`. Every table is optional; `[[upstream]]` is required by validation.
@@ -175,6 +178,10 @@ pub(crate) struct UpstreamFile {
     pub timeouts: Option<TimeoutsFile>,
     /// `pool = { max_idle_per_peer = 64, idle_timeout_ms = 30000 }`.
     pub pool: Option<PoolFile>,
+    /// `retry = { max_retries = 3, on = ["connect_failure", "503"], … }`.
+    pub retry: Option<RetryFile>,
+    /// `circuit_breaker = { failures = 5, open_ms = 30000, … }`.
+    pub circuit_breaker: Option<BreakerFile>,
 }
 
 /// PeerFile is one inline table in an upstream's `peers`.

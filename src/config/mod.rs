@@ -6,6 +6,7 @@
 //! names the file, the key and the reason ([`ConfigError`]).
 
 mod cpus;
+mod failover;
 mod file;
 mod locate;
 mod validate;
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub use crate::failover::{BreakerConfig, RetryPolicy};
 pub use cpus::{
     allowed_cpus, format_cpu_list, numa_node_cpus, parse_cpu_list, CpuSetError, MAX_CPUS,
 };
@@ -193,6 +195,10 @@ pub struct UpstreamConfig {
     pub timeouts: Timeouts,
     /// Idle connection pool settings.
     pub pool: PoolConfig,
+    /// Retry policy (`retry = { … }`); every default when the key is absent.
+    pub retry: RetryPolicy,
+    /// Circuit breaker settings (`circuit_breaker = { … }`); `None`: no breaker.
+    pub circuit_breaker: Option<BreakerConfig>,
 }
 
 /// PeerConfig is one peer of an upstream group.
@@ -319,7 +325,8 @@ impl Config {
 
     /// describe is the resolved setup as stable, human-readable text, for `ringlb check`:
     /// listeners, shards and their CPUs, driver, admin, limits, timeouts, every upstream
-    /// (algorithm, peers as written and resolved, pool, timeouts) and the routes.
+    /// (algorithm, peers as written and resolved, pool, timeouts, retry, circuit breaker) and
+    /// the routes.
     pub fn describe(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -416,6 +423,7 @@ impl Config {
             )?;
             writeln!(out, "  timeouts")?;
             write_timeouts(out, "    ", &u.timeouts)?;
+            failover::write_upstream(out, u)?;
         }
 
         writeln!(out, "routes")?;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::cpus::{self, format_cpu_list, parse_cpu_list, MAX_CPUS};
+use super::failover;
 use super::file::{
     ConfigFile, DriverFile, LimitsFile, PeerFile, PoolFile, RouteFile, ServerFile, TimeoutsFile,
     UpstreamFile, UringTaskrunFile, WorkersFile,
@@ -474,6 +475,10 @@ fn upstream(
         Some(t) => timeouts(cx, t, global, &key("timeouts"))?,
     };
     let pool = pool(cx, i, f.pool.as_ref())?;
+    let retry = failover::retry(&key("retry"), f.retry.as_ref()).map_err(|(k, r)| cx.err(k, r))?;
+    let circuit_breaker =
+        failover::circuit_breaker(&key("circuit_breaker"), f.circuit_breaker.as_ref())
+            .map_err(|(k, r)| cx.err(k, r))?;
 
     Ok(UpstreamConfig {
         name: f.name.clone(),
@@ -481,6 +486,8 @@ fn upstream(
         peers,
         timeouts,
         pool,
+        retry,
+        circuit_breaker,
     })
 }
 
@@ -1032,8 +1039,6 @@ upstream = "static"
         for (key, value) in [
             ("hash_key", "\"client_ip\""),
             ("health", "{ kind = \"http\" }"),
-            ("retry", "{ max_retries = 3 }"),
-            ("circuit_breaker", "{ failures = 5 }"),
         ] {
             let shown = expect_err(
                 &format!("{MIN}{key} = {value}\n"),
