@@ -213,6 +213,12 @@ impl Retrier {
             }
         };
         match decision {
+            // Failing over to an untried peer after a connect failure is free: nothing reached
+            // any backend, so it cannot multiply load, and a refused peer must not cost a
+            // request its answer when the budget is low.
+            RetryDecision::Retry { backoff: None } if failure.is_connect() => {
+                Next::Retry { backoff: None }
+            }
             RetryDecision::Retry { backoff } if self.budget.try_acquire_retry(now) => {
                 Next::Retry { backoff }
             }
@@ -458,11 +464,15 @@ mod tests {
             ..RetryPolicy::default()
         };
         let (mut r, now) = retrier(policy);
-        let ctx = TryContext::default();
+        let ctx = TryContext {
+            idempotent: true,
+            request_sent: true,
+            ..TryContext::default()
+        };
         let p = peer();
         // 1/s × 10 s = 10 retries in the window, then none.
         let got: Vec<Next> = (0..11)
-            .map(|_| r.decide(&DefaultHooks, Failure::ConnectFailure, &p, &ctx, now))
+            .map(|_| r.decide(&DefaultHooks, Failure::Reset, &p, &ctx, now))
             .collect();
         assert!(got[..10].iter().all(|n| *n == AT_ONCE), "{got:?}");
         assert_eq!(
@@ -473,10 +483,17 @@ mod tests {
             }
         );
         assert_eq!(r.budget().counts(now), (1, 10));
+        // Failing over to an untried peer after a connect failure is free, even now.
+        let fresh = TryContext::default();
+        assert_eq!(
+            r.decide(&DefaultHooks, Failure::ConnectFailure, &p, &fresh, now),
+            AT_ONCE
+        );
+        assert_eq!(r.budget().counts(now), (1, 10));
         // Give-ups take nothing from the budget.
         let (mut r, now) = retrier(policy);
         let sent = TryContext {
-            request_sent: true,
+            idempotent: false,
             ..ctx
         };
         r.decide(&DefaultHooks, Failure::Reset, &p, &sent, now);

@@ -38,6 +38,9 @@ pub enum HttpError {
     /// 504: upstream timeout.
     #[error("gateway timeout: {0}")]
     GatewayTimeout(&'static str),
+    /// Any other 4xx/5xx status a picker's failure hook chose to answer with.
+    #[error("status {0}")]
+    Status(u16),
 }
 
 impl HttpError {
@@ -54,6 +57,7 @@ impl HttpError {
             HttpError::BadGateway(_) => 502,
             HttpError::ServiceUnavailable(_) => 503,
             HttpError::GatewayTimeout(_) => 504,
+            HttpError::Status(code) => *code,
         }
     }
 
@@ -71,6 +75,7 @@ impl HttpError {
             HttpError::BadGateway(_) => "Bad Gateway",
             HttpError::ServiceUnavailable(_) => "Service Unavailable",
             HttpError::GatewayTimeout(_) => "Gateway Timeout",
+            HttpError::Status(code) => status_reason(*code),
         }
     }
 
@@ -83,6 +88,7 @@ impl HttpError {
             | HttpError::ServiceUnavailable(d)
             | HttpError::GatewayTimeout(d) => Some(d),
             HttpError::NotFound
+            | HttpError::Status(_)
             | HttpError::RequestTimeout
             | HttpError::PayloadTooLarge
             | HttpError::UriTooLong
@@ -100,10 +106,37 @@ impl HttpError {
         !matches!(
             self,
             HttpError::NotFound
+                | HttpError::Status(_)
                 | HttpError::BadGateway(_)
                 | HttpError::ServiceUnavailable(_)
                 | HttpError::GatewayTimeout(_)
         )
+    }
+}
+
+/// The standard reason phrase of a status code (RFC 9110 §15), or a generic one.
+pub fn status_reason(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ if code < 500 => "Client Error",
+        _ => "Server Error",
     }
 }
 

@@ -23,12 +23,13 @@ use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::balance::PeerId;
+use crate::failover::{Failure, FailureAction, FailureHooks, Next, PeerInfo, TryContext};
 use crate::http::{
     parse_request, parse_response, rewrite_request, rewrite_response, write_error_response,
     BodyKind, ForwardInfo, HttpError, ParseStatus, RequestHead, ResponseHead, Version,
 };
 use crate::shard::ShardCtx;
-use crate::upstream::{TriedSet, UpstreamGroup};
+use crate::upstream::{Admit, TriedSet, UpstreamGroup};
 use body::BodyProgress;
 use io::{read_more, write_all, write_range, IoFail};
 
@@ -104,27 +105,89 @@ struct Conn<'a> {
     interim_sent: bool,
 }
 
-/// Exchange is how one try of a request on one upstream connection ended.
-enum Exchange {
-    /// The response was relayed completely.
-    Done {
-        /// The upstream connection may go back to the pool.
-        reuse_upstream: bool,
+/// TryResult is how one try of a request on one peer ended.
+enum TryResult {
+    /// The response was relayed completely (or as far as the client took it).
+    Relayed {
         /// The client connection may serve another request.
         keep_client: bool,
     },
+    /// The try failed before anything but interim responses reached the client.
+    Failed {
+        /// What failed.
+        failure: Failure,
+        /// Whether any request byte was written on the try's connection.
+        sent: bool,
+        /// For a status failure: the connection with its response head, to relay it when
+        /// the request is not retried.
+        held: Option<Held>,
+    },
+    /// The client went away, or the response broke off after it started: close.
+    ClientGone,
+}
+
+/// TryFail is why sending a request or reading its response head failed.
+enum TryFail {
     /// A pooled connection turned out closed before any response byte: the request may be
     /// sent again on a fresh connection.
     Stale,
-    /// Failed before anything reached the client: answer with this error.
-    Failed {
-        /// The answer.
-        err: HttpError,
-        /// Whether the client connection can still be used afterwards.
-        keep_client: bool,
+    /// The try failed.
+    Failure {
+        /// What failed.
+        failure: Failure,
+        /// Whether any request byte was written.
+        sent: bool,
     },
-    /// Failed after the response started (or the client went away): close the client.
-    Aborted,
+    /// The client went away.
+    ClientGone,
+}
+
+/// Held is an upstream connection whose final response head is parsed in `Conn::resp` and
+/// not relayed yet.
+struct Held {
+    /// The connection.
+    up: TcpStream,
+    /// The upstream refused an `Expect: 100-continue` body, which was never sent.
+    body_unsent: bool,
+    /// The request body was read completely from the client.
+    body_done: bool,
+}
+
+/// PickerHooks lets a custom picker's failure hooks (or the policy, without one) decide.
+struct PickerHooks<'a>(Option<&'a dyn Picker>);
+
+impl FailureHooks for PickerHooks<'_> {
+    fn fail_to_connect(&self, err: &Failure, peer: &PeerInfo<'_>, tries: u32) -> FailureAction {
+        match self.0 {
+            Some(p) => p.fail_to_connect(err, peer, tries),
+            None => FailureAction::Default,
+        }
+    }
+
+    fn error_while_proxying(
+        &self,
+        err: &Failure,
+        peer: &PeerInfo<'_>,
+        tries: u32,
+        ctx: &TryContext,
+    ) -> FailureAction {
+        match self.0 {
+            Some(p) => p.error_while_proxying(err, peer, tries, ctx),
+            None => FailureAction::Default,
+        }
+    }
+}
+
+/// The answer ringlb gives itself when a try's failure is not retried.
+fn failure_error(failure: Failure) -> HttpError {
+    match failure {
+        Failure::ConnectFailure => HttpError::BadGateway("cannot connect to upstream"),
+        Failure::ConnectTimeout => HttpError::GatewayTimeout("upstream connect timed out"),
+        Failure::Reset => HttpError::BadGateway("upstream closed the connection"),
+        Failure::Timeout => HttpError::GatewayTimeout("upstream did not answer in time"),
+        Failure::InvalidResponse => HttpError::BadGateway("invalid response from upstream"),
+        Failure::Status(_) => HttpError::BadGateway("upstream answered with an error status"),
+    }
 }
 
 /// ActiveGuard counts a request in flight to a peer for as long as it lives.
@@ -204,6 +267,11 @@ impl Conn<'_> {
     }
 
     /// Proxies the request in `self.head`; returns whether the client connection stays open.
+    ///
+    /// The try loop: select an eligible peer (breaker included), try it, and on a failure let
+    /// the group's [`Retrier`](crate::failover::Retrier) (with the picker's failure hooks)
+    /// decide between retrying (at once on an untried peer, or after a backoff), answering
+    /// with ringlb's own error, or relaying the failed try's response.
     async fn handle_request(&mut self) -> bool {
         let ctx = self.ctx;
         let pick = match &ctx.picker {
@@ -242,109 +310,267 @@ impl Conn<'_> {
             .extend_from_slice(&self.rbuf[head_len..head_len + buffered]);
         self.rpos = head_len + buffered;
 
+        let start = Instant::now();
+        let policy = *group.retrier.borrow().policy();
+        let mut tctx = TryContext::new(&self.head, &self.rbuf);
+        // A body small enough to keep is read whole before the first try, so that the request
+        // can be replayed on another peer.
+        if !body.done() && !expect {
+            let known = match self.head.body {
+                BodyKind::Length(n) => Some(n),
+                _ => None,
+            };
+            if policy.keeps_body(known) {
+                if let Err(keep) = self.buffer_body(&mut body, policy.retry_body_bytes).await {
+                    return keep;
+                }
+            }
+        }
+        group.retrier.borrow_mut().record_request(start);
+        let deadline = policy.request_deadline(start);
+        let hooks = PickerHooks(ctx.picker.as_deref());
         let mut tried = TriedSet::default();
-        let mut last_err = HttpError::BadGateway("no upstream peer could be reached");
+        let no_one = TriedSet::default();
+        let mut after_backoff = false;
         let mut stale_retry_used = false;
+        let mut last_err = None;
         loop {
-            let Some(peer_id) = group.select(None, &tried) else {
-                let err = if tried.is_empty() {
-                    HttpError::ServiceUnavailable("no eligible upstream peer")
-                } else {
-                    last_err
-                };
+            let now = Instant::now();
+            let skip = if after_backoff { &no_one } else { &tried };
+            let Some(peer_id) = group.select(pick.hash, skip, now) else {
+                let err =
+                    last_err.unwrap_or(HttpError::ServiceUnavailable("no eligible upstream peer"));
                 let keep = self.head.keep_alive && body.done();
                 return self.reply_error(&err, keep).await;
             };
             tried.insert(peer_id);
-            let mut fresh_only = false;
-            loop {
-                let pooled = if fresh_only {
-                    None
-                } else {
-                    group.pool.take(peer_id, Instant::now())
-                };
-                let from_pool = pooled.is_some();
-                let mut up = match pooled {
-                    Some(up) => up,
-                    None => match connect(group, peer_id).await {
-                        Ok(up) => up,
-                        Err(err) => {
-                            last_err = err;
-                            break; // next peer
-                        }
-                    },
-                };
-                let outcome = {
-                    let _active = ActiveGuard::new(&group.load(peer_id).active);
-                    self.exchange(group, &mut up, expect, &mut body).await
-                };
-                match outcome {
-                    Exchange::Done {
-                        reuse_upstream,
-                        keep_client,
-                    } => {
-                        if reuse_upstream {
-                            group.pool.put(peer_id, up, Instant::now());
-                        }
-                        return keep_client;
+            let admit = group.admit(peer_id, now);
+            if matches!(admit, Admit::Refused) {
+                after_backoff = false;
+                continue;
+            }
+            let try_deadline = policy.try_deadline(now, deadline);
+            let result = self
+                .try_peer(
+                    group,
+                    peer_id,
+                    expect,
+                    &mut body,
+                    try_deadline,
+                    &mut stale_retry_used,
+                )
+                .await;
+            let (failure, sent, held) = match result {
+                TryResult::Relayed { keep_client } => {
+                    group.breaker_outcome(peer_id, admit, Some(true), Instant::now());
+                    return keep_client;
+                }
+                TryResult::ClientGone => {
+                    group.breaker_outcome(peer_id, admit, None, Instant::now());
+                    return false;
+                }
+                TryResult::Failed {
+                    failure,
+                    sent,
+                    held,
+                } => (failure, sent, held),
+            };
+            let now = Instant::now();
+            group.breaker_outcome(peer_id, admit, Some(!failure.is_peer_failure()), now);
+            tctx.request_sent = sent;
+            tctx.response_started = self.interim_sent;
+            tctx.body_replayable = !body.started_streaming();
+            tctx.untried_peer = group.any_untried_eligible(&tried, now);
+            tctx.set_deadline(deadline, now);
+            let peer = &group.peers[peer_id];
+            let info = PeerInfo {
+                id: peer_id,
+                address: &peer.address,
+                addr: peer.addr,
+                backup: peer.backup,
+            };
+            let next = group
+                .retrier
+                .borrow_mut()
+                .decide(&hooks, failure, &info, &tctx, now);
+            tracing::debug!(
+                group = %group.name,
+                peer = %peer.address,
+                try_no = tctx.tries,
+                "try failed ({failure:?}): {next:?}"
+            );
+            let keep_client = self.head.keep_alive && body.done();
+            match next {
+                Next::Retry { backoff } => {
+                    drop(held); // a failed response is discarded with its connection
+                    if let Some(wait) = backoff {
+                        monoio::time::sleep(wait).await;
                     }
-                    Exchange::Stale if from_pool && !stale_retry_used => {
-                        tracing::debug!(
-                            group = %group.name,
-                            peer = %group.peers[peer_id].address,
-                            "pooled connection was closed by the peer; retrying on a fresh one"
-                        );
-                        stale_retry_used = true;
-                        fresh_only = true;
-                    }
-                    Exchange::Stale => {
-                        let keep = self.head.keep_alive && body.done();
-                        let err = HttpError::BadGateway("upstream closed the connection");
-                        return self.reply_error(&err, keep).await;
-                    }
-                    Exchange::Failed { err, keep_client } => {
-                        tracing::debug!(
-                            group = %group.name,
-                            peer = %group.peers[peer_id].address,
-                            "request failed: {err}"
-                        );
-                        return self.reply_error(&err, keep_client).await;
-                    }
-                    Exchange::Aborted => return false,
+                    after_backoff = backoff.is_some();
+                    tctx.begin_retry(backoff);
+                    last_err = Some(failure_error(failure));
+                }
+                Next::Respond { status, .. } => {
+                    let err = match status {
+                        502 | 504 => failure_error(failure),
+                        503 => HttpError::ServiceUnavailable("upstream unavailable"),
+                        s => HttpError::Status(s),
+                    };
+                    return self.reply_error(&err, keep_client).await;
+                }
+                Next::Relay { .. } => {
+                    let Some(held) = held else {
+                        return self.reply_error(&failure_error(failure), keep_client).await;
+                    };
+                    return match self.relay_response(group, peer_id, held).await {
+                        TryResult::Relayed { keep_client } => keep_client,
+                        _ => false,
+                    };
                 }
             }
         }
     }
 
-    /// One try: send the request on `up`, relay the response.
-    async fn exchange(
+    /// Reads the rest of a request body that fits in `limit` bytes into `out` (after the
+    /// head), so the whole request can be sent again. Stops early, leaving the rest to stream,
+    /// when a chunked body turns out larger. `Err(keep)`: answered or gone; return `keep`.
+    async fn buffer_body(&mut self, body: &mut BodyProgress, limit: usize) -> Result<(), bool> {
+        let client_idle = self.ctx.config.timeouts.client_idle;
+        let kept = |out: &Vec<u8>, head: usize| out.len().saturating_sub(head);
+        let head_part = self.out.len() - (self.rpos - self.head.head_len);
+        while !body.done() && kept(&self.out, head_part) <= limit {
+            let before = self.rbuf.len();
+            match read_more(&mut self.io, &mut self.rbuf, client_idle, None, CLIENT_BUF).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(false), // the client went away mid-body
+            }
+            let taken = match body.advance(&self.rbuf[before..], None) {
+                Ok(n) => n,
+                Err(err) => return Err(self.reply_error(&err, false).await),
+            };
+            self.out
+                .extend_from_slice(&self.rbuf[before..before + taken]);
+            self.rpos = before + taken;
+        }
+        Ok(())
+    }
+
+    /// One try on one peer: a pooled or new connection, the request, the response head; then
+    /// either the response is relayed, or the failure is handed back to the try loop (with the
+    /// connection and its parsed head when the failure is a status listed in `retry.on`).
+    async fn try_peer(
+        &mut self,
+        group: &UpstreamGroup,
+        peer_id: PeerId,
+        expect: bool,
+        body: &mut BodyProgress,
+        try_deadline: Option<Instant>,
+        stale_retry_used: &mut bool,
+    ) -> TryResult {
+        let mut fresh_only = false;
+        loop {
+            let pooled = if fresh_only {
+                None
+            } else {
+                group.pool.take(peer_id, Instant::now())
+            };
+            let from_pool = pooled.is_some();
+            let mut up = match pooled {
+                Some(up) => up,
+                None => match connect(group, peer_id).await {
+                    Ok(up) => up,
+                    Err(failure) => {
+                        return TryResult::Failed {
+                            failure,
+                            sent: false,
+                            held: None,
+                        }
+                    }
+                },
+            };
+            let _active = ActiveGuard::new(&group.load(peer_id).active);
+            match self
+                .send_and_read_head(group, &mut up, expect, body, try_deadline)
+                .await
+            {
+                Ok(body_unsent) => {
+                    let status = self.resp.status;
+                    let retry_on = group.retrier.borrow().policy().on;
+                    if retry_on.contains(Failure::Status(status)) {
+                        return TryResult::Failed {
+                            failure: Failure::Status(status),
+                            sent: true,
+                            held: Some(Held {
+                                up,
+                                body_unsent,
+                                body_done: body.done(),
+                            }),
+                        };
+                    }
+                    let held = Held {
+                        up,
+                        body_unsent,
+                        body_done: body.done(),
+                    };
+                    return self.relay_response(group, peer_id, held).await;
+                }
+                Err(TryFail::Stale) if from_pool && !*stale_retry_used => {
+                    tracing::debug!(
+                        group = %group.name,
+                        peer = %group.peers[peer_id].address,
+                        "pooled connection was closed by the peer; retrying on a fresh one"
+                    );
+                    *stale_retry_used = true;
+                    fresh_only = true;
+                }
+                Err(TryFail::Stale) => {
+                    return TryResult::Failed {
+                        failure: Failure::Reset,
+                        sent: true,
+                        held: None,
+                    }
+                }
+                Err(TryFail::Failure { failure, sent }) => {
+                    return TryResult::Failed {
+                        failure,
+                        sent,
+                        held: None,
+                    }
+                }
+                Err(TryFail::ClientGone) => return TryResult::ClientGone,
+            }
+        }
+    }
+
+    /// Sends the request on `up` (head, then the body) and reads the final response head
+    /// into `self.resp`, relaying interim 1xx responses to HTTP/1.1 clients. `Ok(true)` means
+    /// the upstream answered an `Expect: 100-continue` with a final status, so the body was
+    /// never sent.
+    async fn send_and_read_head(
         &mut self,
         group: &UpstreamGroup,
         up: &mut TcpStream,
         expect: bool,
         body: &mut BodyProgress,
-    ) -> Exchange {
+        try_deadline: Option<Instant>,
+    ) -> Result<bool, TryFail> {
         let t = group.timeouts;
-        let client_idle = self.ctx.config.timeouts.client_idle;
-        // A try may only be replayed while no client body byte beyond `out` was consumed and
-        // nothing reached the client.
         self.interim_sent = false;
+        // A try may be replayed transparently (stale pooled connection) only while no client
+        // body byte beyond `out` was consumed and nothing reached the client.
         let replayable = !body.started_streaming();
-        let stale_or = |err: &'static str, replayable: bool| {
-            if replayable {
-                Exchange::Stale
-            } else {
-                Exchange::Failed {
-                    err: HttpError::BadGateway(err),
-                    keep_client: false,
-                }
-            }
-        };
         if write_all(up, &mut self.out, t.upstream_write)
             .await
             .is_err()
         {
-            return stale_or("cannot write to upstream", replayable);
+            return Err(if replayable {
+                TryFail::Stale
+            } else {
+                TryFail::Failure {
+                    failure: Failure::Reset,
+                    sent: true,
+                }
+            });
         }
         self.ubuf.clear();
         let mut body_unsent = false;
@@ -352,74 +578,88 @@ impl Conn<'_> {
             match self.await_continue(up).await {
                 Ok(true) => {}
                 Ok(false) => body_unsent = true,
-                Err(ex) => return ex,
+                Err(fail) => return Err(fail),
             }
         }
         if !body.done() && !body_unsent {
-            if let Err(ex) = self.stream_request_body(up, body, t.upstream_write).await {
-                return ex;
-            }
+            self.stream_request_body(up, body, t.upstream_write).await?;
         }
-        // Response head (interim 1xx responses relayed to HTTP/1.1 clients).
+
         let method = self.head.method;
         loop {
             match parse_response(&self.ubuf, method, &mut self.resp) {
                 Ok(ParseStatus::Complete) => {
                     let status = self.resp.status;
                     if status == 101 {
-                        return Exchange::Failed {
-                            err: HttpError::BadGateway("unexpected 101 from upstream"),
-                            keep_client: false,
-                        };
+                        return Err(TryFail::Failure {
+                            failure: Failure::InvalidResponse,
+                            sent: true,
+                        });
                     }
                     if (100..200).contains(&status) {
-                        if let Err(ex) = self.relay_interim().await {
-                            return ex;
-                        }
+                        self.relay_interim().await?;
                         continue;
                     }
-                    break;
+                    return Ok(body_unsent);
                 }
                 Ok(ParseStatus::Partial) => {}
                 Err(_) => {
-                    return Exchange::Failed {
-                        err: HttpError::BadGateway("invalid response from upstream"),
-                        keep_client: self.head.keep_alive && body.done(),
-                    }
+                    return Err(TryFail::Failure {
+                        failure: Failure::InvalidResponse,
+                        sent: true,
+                    })
                 }
             }
-            let read = read_more(up, &mut self.ubuf, t.upstream_read, None, UPSTREAM_BUF).await;
-            if let Err(IoFail::Io(e)) = &read {
-                tracing::debug!(group = %group.name, "upstream read failed: {e}");
+            let mut wait = t.upstream_read;
+            if let Some(d) = try_deadline {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
             }
+            let read = read_more(up, &mut self.ubuf, wait, None, UPSTREAM_BUF).await;
             match read {
-                Ok(0) | Err(IoFail::Io(_)) => {
-                    if self.ubuf.is_empty() {
-                        let replayable = !body.started_streaming() && !self.interim_sent;
-                        return stale_or("upstream closed the connection", replayable);
+                Ok(n) if n > 0 => {}
+                Ok(_) | Err(IoFail::Io(_)) => {
+                    if let Err(IoFail::Io(e)) = &read {
+                        tracing::debug!(group = %group.name, "upstream read failed: {e}");
                     }
-                    return Exchange::Failed {
-                        err: HttpError::BadGateway("upstream closed mid-response"),
-                        keep_client: self.head.keep_alive && body.done(),
-                    };
+                    if self.ubuf.is_empty() && !body.started_streaming() && !self.interim_sent {
+                        return Err(TryFail::Stale);
+                    }
+                    return Err(TryFail::Failure {
+                        failure: Failure::Reset,
+                        sent: true,
+                    });
                 }
-                Ok(_) => {}
                 Err(IoFail::Timeout) => {
-                    return Exchange::Failed {
-                        err: HttpError::GatewayTimeout("upstream did not answer in time"),
-                        keep_client: self.head.keep_alive && body.done(),
-                    }
+                    return Err(TryFail::Failure {
+                        failure: Failure::Timeout,
+                        sent: true,
+                    })
                 }
             }
         }
+    }
 
-        // The final response: head plus whatever body bytes came with it, in one write.
+    /// Relays the final response whose head is in `self.resp` / `self.ubuf` to the client,
+    /// streaming its body, and returns the upstream connection to the pool when reusable.
+    async fn relay_response(
+        &mut self,
+        group: &UpstreamGroup,
+        peer_id: PeerId,
+        held: Held,
+    ) -> TryResult {
+        let Held {
+            mut up,
+            body_unsent,
+            body_done,
+        } = held;
+        let t = group.timeouts;
+        let client_idle = self.ctx.config.timeouts.client_idle;
         let client_version = self.head.version;
         let resp_body = self.resp.body;
         let dechunk = resp_body == BodyKind::Chunked && client_version == Version::Http10;
         let keep_client = self.head.keep_alive
             && !self.ctx.is_shutting_down()
-            && body.done()
+            && body_done
             && !body_unsent
             && resp_body != BodyKind::UntilClose
             && !dechunk;
@@ -438,10 +678,9 @@ impl Conn<'_> {
         let taken = match rbody.advance(&self.ubuf[rhead_len..], dechunk.then_some(&mut ranges)) {
             Ok(n) => n,
             Err(_) => {
-                return Exchange::Failed {
-                    err: HttpError::BadGateway("invalid chunked body from upstream"),
-                    keep_client: false,
-                }
+                let err = HttpError::BadGateway("invalid chunked body from upstream");
+                self.reply_error(&err, false).await;
+                return TryResult::ClientGone;
             }
         };
         if rhead_len + taken < self.ubuf.len() {
@@ -460,7 +699,7 @@ impl Conn<'_> {
             .await
             .is_err()
         {
-            return Exchange::Aborted;
+            return TryResult::ClientGone;
         }
 
         // The rest of the body streams through `ubuf`.
@@ -470,15 +709,15 @@ impl Conn<'_> {
             }
             loop {
                 self.ubuf.clear();
-                match read_more(up, &mut self.ubuf, t.upstream_read, None, STREAM_BUF).await {
+                match read_more(&mut up, &mut self.ubuf, t.upstream_read, None, STREAM_BUF).await {
                     Ok(0) if resp_body == BodyKind::UntilClose => break,
-                    Ok(0) | Err(_) => return Exchange::Aborted,
+                    Ok(0) | Err(_) => return TryResult::ClientGone,
                     Ok(_) => {}
                 }
                 ranges.clear();
                 let taken = match rbody.advance(&self.ubuf, dechunk.then_some(&mut ranges)) {
                     Ok(n) => n,
-                    Err(_) => return Exchange::Aborted,
+                    Err(_) => return TryResult::ClientGone,
                 };
                 if taken < self.ubuf.len() {
                     reuse_upstream = false;
@@ -493,7 +732,7 @@ impl Conn<'_> {
                     write_range(&mut self.io, &mut self.ubuf, 0..taken, client_idle).await
                 };
                 if res.is_err() {
-                    return Exchange::Aborted;
+                    return TryResult::ClientGone;
                 }
                 if rbody.done() {
                     break;
@@ -503,16 +742,16 @@ impl Conn<'_> {
                 self.ubuf.shrink_to(STREAM_BUF);
             }
         }
-        Exchange::Done {
-            reuse_upstream: reuse_upstream && resp_body != BodyKind::UntilClose,
-            keep_client,
+        if reuse_upstream && resp_body != BodyKind::UntilClose {
+            group.pool.put(peer_id, up, Instant::now());
         }
+        TryResult::Relayed { keep_client }
     }
 
     /// With `Expect: 100-continue`: waits (at most [`EXPECT_WAIT`]) for the upstream's answer.
     /// `Ok(true)`: send the body (a 100 was relayed, or the upstream stayed silent);
     /// `Ok(false)`: the upstream answered with a final status, the body is not sent.
-    async fn await_continue(&mut self, up: &mut TcpStream) -> Result<bool, Exchange> {
+    async fn await_continue(&mut self, up: &mut TcpStream) -> Result<bool, TryFail> {
         let canceller = Canceller::new();
         let buf = std::mem::take(&mut self.ubuf);
         let len = buf.len();
@@ -534,10 +773,10 @@ impl Conn<'_> {
         };
         self.ubuf = slice.into_inner();
         match res {
-            Ok(0) => return Err(Exchange::Stale),
+            Ok(0) => return Err(TryFail::Stale),
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return Ok(true),
-            Err(_) if self.ubuf.is_empty() => return Err(Exchange::Stale),
+            Err(_) if self.ubuf.is_empty() => return Err(TryFail::Stale),
             Err(_) => {}
         }
         // Read on until we know what the upstream said.
@@ -565,13 +804,13 @@ impl Conn<'_> {
 
     /// Relays the interim (1xx) response at the start of `ubuf` to an HTTP/1.1 client and
     /// removes it from `ubuf`.
-    async fn relay_interim(&mut self) -> Result<(), Exchange> {
+    async fn relay_interim(&mut self) -> Result<(), TryFail> {
         if self.head.version == Version::Http11 {
             self.out.clear();
             rewrite_response(&self.ubuf, &self.resp, Version::Http11, true, &mut self.out);
             let wait = self.ctx.config.timeouts.client_idle;
             if write_all(&mut self.io, &mut self.out, wait).await.is_err() {
-                return Err(Exchange::Aborted);
+                return Err(TryFail::ClientGone);
             }
             self.interim_sent = true;
         }
@@ -586,7 +825,7 @@ impl Conn<'_> {
         up: &mut TcpStream,
         body: &mut BodyProgress,
         write_timeout: Duration,
-    ) -> Result<(), Exchange> {
+    ) -> Result<(), TryFail> {
         let client_idle = self.ctx.config.timeouts.client_idle;
         body.mark_streaming();
         if self.rbuf.capacity() < STREAM_BUF {
@@ -597,24 +836,22 @@ impl Conn<'_> {
             self.rpos = 0;
             match read_more(&mut self.io, &mut self.rbuf, client_idle, None, STREAM_BUF).await {
                 Ok(n) if n > 0 => {}
-                _ => return Err(Exchange::Aborted), // the client went away mid-body
+                _ => return Err(TryFail::ClientGone), // the client went away mid-body
             }
             let taken = match body.advance(&self.rbuf, None) {
                 Ok(n) => n,
                 Err(err) => {
-                    return Err(Exchange::Failed {
-                        err,
-                        keep_client: false,
-                    })
+                    self.reply_error(&err, false).await;
+                    return Err(TryFail::ClientGone);
                 }
             };
             if write_range(up, &mut self.rbuf, 0..taken, write_timeout)
                 .await
                 .is_err()
             {
-                return Err(Exchange::Failed {
-                    err: HttpError::BadGateway("cannot write request body to upstream"),
-                    keep_client: false,
+                return Err(TryFail::Failure {
+                    failure: Failure::Reset,
+                    sent: true,
                 });
             }
             self.rpos = taken;
@@ -627,7 +864,7 @@ impl Conn<'_> {
 }
 
 /// Connects to a peer within the group's connect timeout.
-async fn connect(group: &UpstreamGroup, peer: PeerId) -> Result<TcpStream, HttpError> {
+async fn connect(group: &UpstreamGroup, peer: PeerId) -> Result<TcpStream, Failure> {
     let p = &group.peers[peer];
     match monoio::time::timeout(group.timeouts.connect, TcpStream::connect_addr(p.addr)).await {
         Ok(Ok(stream)) => {
@@ -636,11 +873,11 @@ async fn connect(group: &UpstreamGroup, peer: PeerId) -> Result<TcpStream, HttpE
         }
         Ok(Err(e)) => {
             tracing::debug!(group = %group.name, peer = %p.address, "connect failed: {e}");
-            Err(HttpError::BadGateway("cannot connect to upstream"))
+            Err(Failure::ConnectFailure)
         }
         Err(_) => {
             tracing::debug!(group = %group.name, peer = %p.address, "connect timed out");
-            Err(HttpError::BadGateway("upstream connect timed out"))
+            Err(Failure::ConnectTimeout)
         }
     }
 }

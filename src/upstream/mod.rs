@@ -10,9 +10,11 @@ pub use pool::{Pool, PooledConn};
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use crate::balance::{build_selector, select_eligible, PeerId, PeerLoad, Selector};
 use crate::config::{PoolConfig, Timeouts, UpstreamConfig};
+use crate::failover::{BreakerTransition, CircuitBreaker, Retrier, Ticket};
 
 /// Peer is one peer of a group with its shard-local state.
 pub struct Peer {
@@ -59,11 +61,32 @@ pub struct UpstreamGroup {
     pub pool: Pool,
     /// Resolved timeouts of this group.
     pub timeouts: Timeouts,
+    /// The group's retry policy, retry budget and backoff jitter in this shard.
+    pub retrier: RefCell<Retrier>,
+    /// One circuit breaker per peer (indexed by `PeerId`) when the upstream configures
+    /// `circuit_breaker`; empty otherwise.
+    breakers: Vec<RefCell<CircuitBreaker>>,
+}
+
+/// Admit is whether a peer's circuit breaker lets a request through.
+pub enum Admit {
+    /// No breaker configured.
+    Unguarded,
+    /// Admitted; report the outcome with this ticket.
+    Ticket(Ticket),
+    /// The breaker is open (or its half-open trials are taken).
+    Refused,
 }
 
 impl UpstreamGroup {
     /// Builds a shard's replica of a configured group.
     pub fn new(cfg: &UpstreamConfig) -> Self {
+        UpstreamGroup::new_seeded(cfg, fastrand::u64(..))
+    }
+
+    /// Builds a shard's replica of a configured group with a fixed seed for its randomness.
+    pub fn new_seeded(cfg: &UpstreamConfig, seed: u64) -> Self {
+        let now = Instant::now();
         let (mut primaries, mut backups) = (0, 0);
         let peers: Vec<Peer> = cfg
             .peers
@@ -102,6 +125,72 @@ impl UpstreamGroup {
             backup_loads: vec![PeerLoad::default(); backups],
             backup_ids,
             timeouts: cfg.timeouts,
+            retrier: RefCell::new(Retrier::new(cfg.retry, now, fastrand::Rng::with_seed(seed))),
+            breakers: match cfg.circuit_breaker {
+                Some(b) => (0..cfg.peers.len())
+                    .map(|_| RefCell::new(CircuitBreaker::new(b, now)))
+                    .collect(),
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// Whether a new request may go to `peer` now: not drained, breaker not open.
+    #[inline]
+    pub fn is_eligible(&self, peer: PeerId, now: Instant) -> bool {
+        self.peers[peer].is_eligible()
+            && self
+                .breakers
+                .get(peer)
+                .is_none_or(|b| b.borrow().would_allow(now))
+    }
+
+    /// Whether some eligible peer is not in `tried`.
+    pub fn any_untried_eligible(&self, tried: &TriedSet, now: Instant) -> bool {
+        (0..self.peers.len()).any(|id| !tried.contains(id) && self.is_eligible(id, now))
+    }
+
+    /// Asks `peer`'s circuit breaker to admit a request.
+    pub fn admit(&self, peer: PeerId, now: Instant) -> Admit {
+        let Some(b) = self.breakers.get(peer) else {
+            return Admit::Unguarded;
+        };
+        let admission = b.borrow_mut().allow(now);
+        self.log_transition(peer, admission.transition);
+        match admission.ticket {
+            Some(t) => Admit::Ticket(t),
+            None => Admit::Refused,
+        }
+    }
+
+    /// Reports the outcome of an admitted request to `peer`'s breaker: `Some(true)` success,
+    /// `Some(false)` a failure of the peer, `None` neither (the request ended for another reason).
+    pub fn breaker_outcome(&self, peer: PeerId, admit: Admit, ok: Option<bool>, now: Instant) {
+        let (Some(b), Admit::Ticket(t)) = (self.breakers.get(peer), admit) else {
+            return;
+        };
+        let mut b = b.borrow_mut();
+        let transition = match ok {
+            Some(true) => b.on_success(t, now),
+            Some(false) => b.on_failure(t, now),
+            None => {
+                b.release(t);
+                None
+            }
+        };
+        drop(b);
+        self.log_transition(peer, transition);
+    }
+
+    fn log_transition(&self, peer: PeerId, transition: Option<BreakerTransition>) {
+        if let Some(t) = transition {
+            tracing::info!(
+                group = %self.name,
+                peer = %self.peers[peer].address,
+                "circuit breaker {} -> {}",
+                t.from.name(),
+                t.to.name()
+            );
         }
     }
 
@@ -118,9 +207,8 @@ impl UpstreamGroup {
 
     /// Selects a peer for a request: primaries first, backups only when no primary is eligible.
     /// `tried` says which peers this request already tried (they are skipped).
-    pub fn select(&self, hash: Option<u64>, tried: &TriedSet) -> Option<PeerId> {
-        let peers = &self.peers;
-        let ok = |id: PeerId| peers[id].is_eligible() && !tried.contains(id);
+    pub fn select(&self, hash: Option<u64>, tried: &TriedSet, now: Instant) -> Option<PeerId> {
+        let ok = |id: PeerId| !tried.contains(id) && self.is_eligible(id, now);
         let ids = &self.primary_ids;
         let mut primary = self.primary.borrow_mut();
         if let Some(c) =
