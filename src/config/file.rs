@@ -6,9 +6,9 @@
 //! checks values beyond their TOML type, except `workers`, whose shape (`"auto"` or an integer)
 //! is decided while deserializing.
 //!
-//! Keys that later issues will add to `[[upstream]]` (`hash_key`, `health`, `retry`,
+//! Keys that later issues will add to `[[upstream]]` (`hash_key`, `retry`,
 //! `circuit_breaker`) are deliberately not declared: `deny_unknown_fields` rejects them, and
-//! `locate.rs` rewrites that error to "`health` is not supported yet" (declaring them would
+//! `locate.rs` rewrites that error to "`retry` is not supported yet" (declaring them would
 //! list them in toml's "expected one of …" for every other typo).
 use std::fmt;
 
@@ -63,6 +63,8 @@ pub(crate) struct ServerFile {
     pub uring_entries: Option<u64>,
     /// `uring_taskrun = "defer" | "coop" | "interrupt"`. Default `defer`.
     pub uring_taskrun: Option<UringTaskrunFile>,
+    /// Capacity of the shards → control thread observation channel. Default 4096.
+    pub observation_queue: Option<u64>,
 }
 
 /// WorkersFile is `workers = "auto"` or `workers = N` as written (N is range-checked later).
@@ -175,6 +177,14 @@ pub(crate) struct UpstreamFile {
     pub timeouts: Option<TimeoutsFile>,
     /// `pool = { max_idle_per_peer = 64, idle_timeout_ms = 30000 }`.
     pub pool: Option<PoolFile>,
+    /// `health = { kind = "http", … }`: the active check (see `health.rs`).
+    pub health: Option<super::health::HealthFile>,
+    /// `passive = { consecutive_failures = 5, … }`: outlier ejection.
+    pub passive: Option<super::health::PassiveFile>,
+    /// Prefer peers of this region while any is eligible.
+    pub local_region: Option<String>,
+    /// `"fail"` or `"try_all"`.
+    pub when_all_down: Option<String>,
 }
 
 /// PeerFile is one inline table in an upstream's `peers`.

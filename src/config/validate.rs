@@ -231,6 +231,8 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         driver,
         max_connections,
         uring_entries,
+        observation_queue: super::health::observation_queue(f.observation_queue)
+            .map_err(|(k, r)| cx.err(k, r))?,
         uring_taskrun: match f.uring_taskrun {
             None | Some(UringTaskrunFile::Defer) => UringTaskrun::Defer,
             Some(UringTaskrunFile::Coop) => UringTaskrun::Coop,
@@ -474,6 +476,7 @@ fn upstream(
         Some(t) => timeouts(cx, t, global, &key("timeouts"))?,
     };
     let pool = pool(cx, i, f.pool.as_ref())?;
+    let h = super::health::upstream_health(i, f, &peers).map_err(|(k, r)| cx.err(k, r))?;
 
     Ok(UpstreamConfig {
         name: f.name.clone(),
@@ -481,6 +484,10 @@ fn upstream(
         peers,
         timeouts,
         pool,
+        health: h.health,
+        passive: h.passive,
+        local_region: h.local_region,
+        when_all_down: h.when_all_down,
     })
 }
 
@@ -1031,7 +1038,6 @@ upstream = "static"
     fn later_upstream_keys_are_not_supported_yet() {
         for (key, value) in [
             ("hash_key", "\"client_ip\""),
-            ("health", "{ kind = \"http\" }"),
             ("retry", "{ max_retries = 3 }"),
             ("circuit_breaker", "{ failures = 5 }"),
         ] {
