@@ -8,6 +8,7 @@
 //! - [`proxy`]: the per-connection request loop: route → select → forward → failover.
 //! - [`upstream`]: peers, upstream groups, the per-shard connection pool.
 //! - [`balance`]: the `Selector` trait, one file per algorithm, the eligibility wrapper.
+//! - [`health`]: the control thread: health state machines, probes, passive ejection, admin.
 //! - [`demo`]: in-process demo backends for `ringlb demo`.
 //!
 //! Invariants (see DESIGN.md): the request path takes no locks and does no cross-shard
@@ -16,6 +17,7 @@
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod proxy;
 pub mod server;

@@ -21,6 +21,7 @@ use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::balance::PeerId;
+use crate::health::Outcome;
 use crate::http::{
     parse_request, parse_response, rewrite_request, rewrite_response, write_error_response,
     BodyKind, ForwardInfo, HttpError, ParseStatus, RequestHead, ResponseHead, Version,
@@ -56,6 +57,7 @@ pub async fn serve(ctx: &ShardCtx, io: TcpStream, addr: SocketAddr) {
         head: RequestHead::default(),
         resp: ResponseHead::default(),
         interim_sent: false,
+        upstream_fault: None,
     };
     let mut first = true;
     loop {
@@ -97,6 +99,8 @@ struct Conn<'a> {
     resp: ResponseHead,
     /// Whether an interim (1xx) response of the current try reached the client.
     interim_sent: bool,
+    /// Set when the current try was aborted by the upstream (for passive health).
+    upstream_fault: Option<Outcome>,
 }
 
 /// Exchange is how one try of a request on one upstream connection ended.
@@ -254,6 +258,8 @@ impl Conn<'_> {
                     None => match connect(group, peer_id).await {
                         Ok(up) => up,
                         Err(err) => {
+                            ctx.health
+                                .report(group_idx, peer_id, Outcome::ConnectFailure);
                             last_err = err;
                             break; // next peer
                         }
@@ -268,6 +274,8 @@ impl Conn<'_> {
                         reuse_upstream,
                         keep_client,
                     } => {
+                        let outcome = Outcome::from_status(self.resp.status);
+                        ctx.health.report(group_idx, peer_id, outcome);
                         if reuse_upstream {
                             group.pool.put(peer_id, up, Instant::now());
                         }
@@ -283,6 +291,7 @@ impl Conn<'_> {
                         fresh_only = true;
                     }
                     Exchange::Stale => {
+                        ctx.health.report(group_idx, peer_id, Outcome::Reset);
                         let keep = self.head.keep_alive && body.done();
                         let err = HttpError::BadGateway("upstream closed the connection");
                         return self.reply_error(&err, keep).await;
@@ -293,9 +302,15 @@ impl Conn<'_> {
                             peer = %group.peers[peer_id].address,
                             "request failed: {err}"
                         );
+                        ctx.health.report_error(group_idx, peer_id, &err);
                         return self.reply_error(&err, keep_client).await;
                     }
-                    Exchange::Aborted => return false,
+                    Exchange::Aborted => {
+                        if let Some(outcome) = self.upstream_fault.take() {
+                            ctx.health.report(group_idx, peer_id, outcome);
+                        }
+                        return false;
+                    }
                 }
             }
         }
@@ -314,6 +329,7 @@ impl Conn<'_> {
         // A try may only be replayed while no client body byte beyond `out` was consumed and
         // nothing reached the client.
         self.interim_sent = false;
+        self.upstream_fault = None;
         let replayable = !body.started_streaming();
         let stale_or = |err: &'static str, replayable: bool| {
             if replayable {
@@ -457,13 +473,23 @@ impl Conn<'_> {
                 self.ubuf.clear();
                 match read_more(up, &mut self.ubuf, t.upstream_read, None, STREAM_BUF).await {
                     Ok(0) if resp_body == BodyKind::UntilClose => break,
-                    Ok(0) | Err(_) => return Exchange::Aborted,
+                    Ok(0) | Err(IoFail::Io(_)) => {
+                        self.upstream_fault = Some(Outcome::Reset);
+                        return Exchange::Aborted;
+                    }
+                    Err(IoFail::Timeout) => {
+                        self.upstream_fault = Some(Outcome::Timeout);
+                        return Exchange::Aborted;
+                    }
                     Ok(_) => {}
                 }
                 ranges.clear();
                 let taken = match rbody.advance(&self.ubuf, dechunk.then_some(&mut ranges)) {
                     Ok(n) => n,
-                    Err(_) => return Exchange::Aborted,
+                    Err(_) => {
+                        self.upstream_fault = Some(Outcome::InvalidResponse);
+                        return Exchange::Aborted;
+                    }
                 };
                 if taken < self.ubuf.len() {
                     reuse_upstream = false;
