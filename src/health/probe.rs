@@ -128,6 +128,8 @@ async fn exchange(mut stream: TcpStream, req: Vec<u8>, http: &HttpCheck) -> Resu
                 Ok(httparse::Status::Partial) if eof => {
                     return Err(if buf.is_empty() {
                         "connection closed without a response".to_string()
+                    } else if buf.len() >= MAX_RESPONSE {
+                        format!("response head larger than {MAX_RESPONSE} bytes")
                     } else {
                         "connection closed mid-head".to_string()
                     });
