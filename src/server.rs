@@ -106,10 +106,13 @@ impl Server {
             per_shard.push(listeners);
         }
 
+        // The admin listener: one socket (no SO_REUSEPORT: a second process must not share it).
         let admin = match config.server.admin {
-            Some(addr) => {
-                Some(bind_listener(addr, 64).map_err(|source| StartError::Bind { addr, source })?)
-            }
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
             None => None,
         };
         let (obs_tx, obs_rx) = crossbeam_channel::bounded(config.server.observation_queue);

@@ -674,3 +674,28 @@ fn admin_endpoint_serves_status_health_and_404() {
     let r = c.roundtrip(b"POST /status HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(r.status, 405);
 }
+
+#[test]
+fn start_down_gets_no_traffic_before_rise_probes() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&config(
+        1,
+        "",
+        "startdown",
+        &[entry(a.addr(), "")],
+        &[
+            "health = { kind = \"tcp\", interval_ms = 300, timeout_ms = 200, rise = 2, \
+             start = \"down\" }",
+            NO_PASSIVE,
+        ],
+    ));
+    // The second probe comes no sooner than ~270 ms after start: until then, down.
+    let p = peer_status(&proxy, 0);
+    assert_eq!(p["state"], "down", "{p:#}");
+    let mut c = proxy.client();
+    c.roundtrip(&get("/early")).assert_proxy_error(503);
+    assert_eq!(a.request_count(), 0);
+    let p = wait_state(&proxy, 0, "up");
+    assert_eq!(p["why"], "2 consecutive probe successes (last: connected)");
+    assert_eq!(bodies(&proxy, 2), vec!["a", "a"]);
+}

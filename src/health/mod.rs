@@ -68,6 +68,15 @@ impl Outcome {
         }
     }
 
+    /// Whether it counts as a failure under `passive` (no allocation: the shard's check).
+    pub fn is_failure(self, passive: &PassiveHealth) -> bool {
+        match self {
+            Outcome::Success => false,
+            Outcome::Status(_) => passive.on_5xx,
+            _ => true,
+        }
+    }
+
     /// Its description when it counts as a failure under `passive`, else `None`.
     pub fn failure(self, passive: &PassiveHealth) -> Option<String> {
         Some(match self {
@@ -180,7 +189,7 @@ impl ShardReporter {
         let Some(flag) = self.last_failed.get(group).and_then(|g| g.get(peer)) else {
             return;
         };
-        let failed = outcome.failure(passive).is_some();
+        let failed = outcome.is_failure(passive);
         if !failed && !flag.get() {
             return;
         }
