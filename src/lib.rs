@@ -9,6 +9,7 @@
 //! - [`upstream`]: peers, upstream groups, the per-shard connection pool.
 //! - [`balance`]: the `Selector` trait, one file per algorithm, the eligibility wrapper.
 //! - [`failover`]: retry policy, backoff, retry budget, circuit breaker, failure hooks.
+//! - [`health`]: the control thread: health state machines, probes, passive ejection, admin.
 //! - [`demo`]: in-process demo backends for `ringlb demo`.
 //!
 //! Invariants (see DESIGN.md): the request path takes no locks and does no cross-shard
@@ -18,6 +19,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod failover;
+pub mod health;
 pub mod http;
 pub mod proxy;
 pub mod server;

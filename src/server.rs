@@ -1,5 +1,6 @@
 //! Starting and stopping the whole proxy: binds every listener, spawns one pinned shard thread
-//! per core, and stops them through their control channels.
+//! per core and the control thread (health checks, admin), and stops them: the shards through
+//! their control channels, then the control thread.
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -10,6 +11,8 @@ use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+use crate::health::control::{ControlSetup, ControlThread};
+use crate::health::{ShardReporter, ShardStats};
 use crate::proxy::Picker;
 use crate::shard::{self, ControlMsg, ShardCtx};
 
@@ -35,6 +38,12 @@ pub enum StartError {
         /// What went wrong.
         reason: String,
     },
+    /// The control thread could not start.
+    #[error("control thread: {reason}")]
+    Control {
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Server is a running proxy: its shard threads and their control channels.
@@ -49,6 +58,8 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     /// The I/O driver the shards run on (`io_uring` or `epoll`).
     driver: &'static str,
+    /// The control thread (health checks, admin); stopped after the shards.
+    control: Option<ControlThread>,
 }
 
 /// ShutdownHandle starts a graceful shutdown from anywhere (a signal thread, a test).
@@ -109,6 +120,18 @@ impl Server {
             per_shard.push(listeners);
         }
 
+        // The admin listener: one socket (no SO_REUSEPORT: a second process must not share it).
+        let admin = match config.server.admin {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let (obs_tx, obs_rx) = crossbeam_channel::bounded(config.server.observation_queue);
+        let stats: Vec<Arc<ShardStats>> = cpus.iter().map(|_| Arc::default()).collect();
+
         let mut senders = Vec::with_capacity(cpus.len());
         let mut threads = Vec::with_capacity(cpus.len());
         let mut waits = Vec::with_capacity(cpus.len());
@@ -117,6 +140,7 @@ impl Server {
             let (ready_tx, ready_rx) = mpsc::channel();
             let cfg = config.clone();
             let picker = picker.clone();
+            let reporter = ShardReporter::new(id, &config, obs_tx.clone(), stats[id].clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("ringlb-shard-{id}"))
                 .spawn(move || {
@@ -125,7 +149,7 @@ impl Server {
                             tracing::warn!(shard = id, cpu, "could not pin shard to its cpu");
                         }
                     }
-                    let ctx = ShardCtx::new(id, cfg, rx, picker);
+                    let ctx = ShardCtx::new(id, cfg, rx, picker, reporter);
                     shard::run(ctx, listeners, |r| {
                         let _ = ready_tx.send(r);
                     });
@@ -138,6 +162,7 @@ impl Server {
                         handle: ShutdownHandle { shards: senders },
                         threads,
                         driver: "",
+                        control: None,
                     };
                     drop(server);
                     return Err(StartError::Shard {
@@ -151,9 +176,12 @@ impl Server {
         }
         let mut server = Server {
             listen,
-            handle: ShutdownHandle { shards: senders },
+            handle: ShutdownHandle {
+                shards: senders.clone(),
+            },
             threads,
             driver: "",
+            control: None,
         };
         for (id, rx) in waits.into_iter().enumerate() {
             match rx.recv() {
@@ -167,6 +195,16 @@ impl Server {
                 }
             }
         }
+        drop(obs_tx); // the shards hold the only senders now
+        let control = ControlThread::start(ControlSetup {
+            config: config.clone(),
+            shards: senders,
+            observations: obs_rx,
+            stats,
+            admin,
+        })
+        .map_err(|reason| StartError::Control { reason })?;
+        server.control = Some(control);
         tracing::info!(
             shards = server.threads.len(),
             driver = server.driver,
@@ -179,6 +217,19 @@ impl Server {
     /// The bound listen addresses (port 0 resolved), in config order.
     pub fn listen_addrs(&self) -> &[SocketAddr] {
         &self.listen
+    }
+
+    /// The bound admin address (port 0 resolved), or `None` when `server.admin = ""`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().and_then(|c| c.admin_addr())
+    }
+
+    /// Test knob: the control thread stops draining shard observations for `d`.
+    #[doc(hidden)]
+    pub fn pause_health_observations(&self, d: std::time::Duration) {
+        if let Some(c) = &self.control {
+            c.pause_observations(d);
+        }
     }
 
     /// How many shards run.
@@ -217,13 +268,19 @@ impl Server {
                 clean = false;
             }
         }
+        if let Some(mut control) = self.control.take() {
+            if !control.stop() {
+                tracing::error!("the control thread panicked");
+                clean = false;
+            }
+        }
         clean
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
+        if !self.threads.is_empty() || self.control.is_some() {
             self.handle.shutdown();
             let _ = self.join();
         }

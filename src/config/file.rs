@@ -6,11 +6,11 @@
 //! checks values beyond their TOML type, except `workers`, whose shape (`"auto"` or an integer)
 //! is decided while deserializing.
 //!
-//! Keys that later issues will add to `[[upstream]]` (`hash_key`, `health`) are deliberately
-//! not declared: `deny_unknown_fields` rejects them, and `locate.rs` rewrites that error to
-//! "`health` is not supported yet" (declaring them would list them in toml's "expected one of
-//! …" for every other typo). The failover keys' structs (`retry`, `circuit_breaker`) live in
-//! `failover.rs`.
+//! Keys that later issues will add to `[[upstream]]` (`hash_key`) are deliberately not
+//! declared: `deny_unknown_fields` rejects them, and `locate.rs` rewrites that error to
+//! "`hash_key` is not supported yet" (declaring them would list them in toml's "expected one
+//! of …" for every other typo). The failover keys' structs (`retry`, `circuit_breaker`) live
+//! in `failover.rs`, the health keys' (`health`, `passive`) in `health.rs`.
 use std::fmt;
 
 use serde::de::{self, Visitor};
@@ -66,6 +66,8 @@ pub(crate) struct ServerFile {
     pub uring_entries: Option<u64>,
     /// `uring_taskrun = "defer" | "coop" | "interrupt"`. Default `defer`.
     pub uring_taskrun: Option<UringTaskrunFile>,
+    /// Capacity of the shards → control thread observation channel. Default 4096.
+    pub observation_queue: Option<u64>,
 }
 
 /// WorkersFile is `workers = "auto"` or `workers = N` as written (N is range-checked later).
@@ -182,6 +184,14 @@ pub(crate) struct UpstreamFile {
     pub retry: Option<RetryFile>,
     /// `circuit_breaker = { failures = 5, open_ms = 30000, … }`.
     pub circuit_breaker: Option<BreakerFile>,
+    /// `health = { kind = "http", … }`: the active check (see `health.rs`).
+    pub health: Option<super::health::HealthFile>,
+    /// `passive = { consecutive_failures = 5, … }`: outlier ejection.
+    pub passive: Option<super::health::PassiveFile>,
+    /// Prefer peers of this region while any is eligible.
+    pub local_region: Option<String>,
+    /// `"fail"` or `"try_all"`.
+    pub when_all_down: Option<String>,
 }
 
 /// PeerFile is one inline table in an upstream's `peers`.

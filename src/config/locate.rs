@@ -11,7 +11,7 @@ use toml::de::{DeTable, DeValue};
 use super::ConfigError;
 
 /// Keys later issues will add to `[[upstream]]`; rejected with "not supported yet".
-const UNSUPPORTED_UPSTREAM_KEYS: [&str; 2] = ["hash_key", "health"];
+const UNSUPPORTED_UPSTREAM_KEYS: [&str; 1] = ["hash_key"];
 
 /// One step of a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]

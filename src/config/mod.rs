@@ -8,6 +8,7 @@
 mod cpus;
 mod failover;
 mod file;
+mod health;
 mod locate;
 mod validate;
 
@@ -17,6 +18,11 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use crate::failover::{BreakerConfig, RetryPolicy};
+pub use health::{
+    CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
+    WhenAllDown,
+};
+
 pub use cpus::{
     allowed_cpus, format_cpu_list, numa_node_cpus, parse_cpu_list, CpuSetError, MAX_CPUS,
 };
@@ -64,6 +70,9 @@ pub struct ServerConfig {
     pub uring_entries: u32,
     /// How the kernel runs io_uring completion work for a shard. Default `defer`.
     pub uring_taskrun: UringTaskrun,
+    /// Capacity of the one bounded channel shards report request outcomes to the control
+    /// thread on (`try_send`: a full channel drops the report and counts it). Default 4096.
+    pub observation_queue: usize,
 }
 
 /// UringTaskrun is when the kernel runs the completion work ("task work") of a shard's ring.
@@ -199,6 +208,15 @@ pub struct UpstreamConfig {
     pub retry: RetryPolicy,
     /// Circuit breaker settings (`circuit_breaker = { … }`); `None`: no breaker.
     pub circuit_breaker: Option<BreakerConfig>,
+    /// Active health check (`health = { … }`); `None` = no probes: peers are up until passive
+    /// signals say otherwise.
+    pub health: Option<HealthCheck>,
+    /// Passive outlier ejection (`passive = { … }`); on by default, see [`PassiveHealth`].
+    pub passive: PassiveHealth,
+    /// Prefer peers with this `region` while any is eligible. Default none.
+    pub local_region: Option<String>,
+    /// What to do when no peer is eligible. Default [`WhenAllDown::Fail`].
+    pub when_all_down: WhenAllDown,
 }
 
 /// PeerConfig is one peer of an upstream group.
@@ -424,6 +442,7 @@ impl Config {
             writeln!(out, "  timeouts")?;
             write_timeouts(out, "    ", &u.timeouts)?;
             failover::write_upstream(out, u)?;
+            health::describe(out, u)?;
         }
 
         writeln!(out, "routes")?;
@@ -587,7 +606,8 @@ upstream = "static"
             e.to_string(),
             "ringlb.toml: key `server.foo`: unknown field `foo`, expected one of `listen`, \
              `workers`, `cpus`, `numa_node`, `admin`, `shutdown_timeout_ms`, `backlog`, \
-             `driver`, `max_connections`, `uring_entries`, `uring_taskrun` (line 2)"
+             `driver`, `max_connections`, `uring_entries`, `uring_taskrun`, \
+             `observation_queue` (line 2)"
         );
         let e = Config::from_toml_str(
             "[[upstream]]\nname = \"a\"\npeers = [{ address = \"10.0.0.1\" }]\n",

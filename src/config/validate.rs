@@ -232,6 +232,8 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         driver,
         max_connections,
         uring_entries,
+        observation_queue: super::health::observation_queue(f.observation_queue)
+            .map_err(|(k, r)| cx.err(k, r))?,
         uring_taskrun: match f.uring_taskrun {
             None | Some(UringTaskrunFile::Defer) => UringTaskrun::Defer,
             Some(UringTaskrunFile::Coop) => UringTaskrun::Coop,
@@ -479,6 +481,7 @@ fn upstream(
     let circuit_breaker =
         failover::circuit_breaker(&key("circuit_breaker"), f.circuit_breaker.as_ref())
             .map_err(|(k, r)| cx.err(k, r))?;
+    let h = super::health::upstream_health(i, f, &peers).map_err(|(k, r)| cx.err(k, r))?;
 
     Ok(UpstreamConfig {
         name: f.name.clone(),
@@ -488,6 +491,10 @@ fn upstream(
         pool,
         retry,
         circuit_breaker,
+        health: h.health,
+        passive: h.passive,
+        local_region: h.local_region,
+        when_all_down: h.when_all_down,
     })
 }
 
@@ -1036,17 +1043,12 @@ upstream = "static"
 
     #[test]
     fn later_upstream_keys_are_not_supported_yet() {
-        for (key, value) in [
-            ("hash_key", "\"client_ip\""),
-            ("health", "{ kind = \"http\" }"),
-        ] {
-            let shown = expect_err(
-                &format!("{MIN}{key} = {value}\n"),
-                &format!("upstream[0].{key}"),
-                &format!("`{key}` is not supported yet"),
-            );
-            assert!(shown.contains("(line 4)"), "{shown}");
-        }
+        let shown = expect_err(
+            &format!("{MIN}hash_key = \"client_ip\"\n"),
+            "upstream[0].hash_key",
+            "`hash_key` is not supported yet",
+        );
+        assert!(shown.contains("(line 4)"), "{shown}");
         // Elsewhere they are just unknown.
         expect_err(
             &format!("[server]\nretry = 1\n{MIN}"),

@@ -24,6 +24,7 @@ use monoio::net::TcpStream;
 
 use crate::balance::PeerId;
 use crate::failover::{Failure, FailureAction, FailureHooks, Next, PeerInfo, TryContext};
+use crate::health::Outcome;
 use crate::http::{
     parse_request, parse_response, rewrite_request, rewrite_response, write_error_response,
     BodyKind, ForwardInfo, HttpError, ParseStatus, RequestHead, ResponseHead, Version,
@@ -60,6 +61,7 @@ pub async fn serve(ctx: &ShardCtx, io: TcpStream, addr: SocketAddr) {
         head: RequestHead::default(),
         resp: ResponseHead::default(),
         interim_sent: false,
+        upstream_fault: None,
     };
     let mut first = true;
     loop {
@@ -103,6 +105,8 @@ struct Conn<'a> {
     resp: ResponseHead,
     /// Whether an interim (1xx) response of the current try reached the client.
     interim_sent: bool,
+    /// Set when a response was broken off by the upstream mid-body (for passive health).
+    upstream_fault: Option<Outcome>,
 }
 
 /// TryResult is how one try of a request on one peer ended.
@@ -175,6 +179,17 @@ impl FailureHooks for PickerHooks<'_> {
             Some(p) => p.error_while_proxying(err, peer, tries, ctx),
             None => FailureAction::Default,
         }
+    }
+}
+
+/// How a failed try counts for passive health.
+fn failure_outcome(failure: Failure) -> Outcome {
+    match failure {
+        Failure::ConnectFailure | Failure::ConnectTimeout => Outcome::ConnectFailure,
+        Failure::Reset => Outcome::Reset,
+        Failure::Timeout => Outcome::Timeout,
+        Failure::InvalidResponse => Outcome::InvalidResponse,
+        Failure::Status(s) => Outcome::from_status(s),
     }
 }
 
@@ -363,10 +378,16 @@ impl Conn<'_> {
             let (failure, sent, held) = match result {
                 TryResult::Relayed { keep_client } => {
                     group.breaker_outcome(peer_id, admit, Some(true), Instant::now());
+                    let outcome = Outcome::from_status(self.resp.status);
+                    ctx.health.report(group_idx, peer_id, outcome);
                     return keep_client;
                 }
                 TryResult::ClientGone => {
-                    group.breaker_outcome(peer_id, admit, None, Instant::now());
+                    let fault = self.upstream_fault.take();
+                    group.breaker_outcome(peer_id, admit, fault.map(|_| false), Instant::now());
+                    if let Some(outcome) = fault {
+                        ctx.health.report(group_idx, peer_id, outcome);
+                    }
                     return false;
                 }
                 TryResult::Failed {
@@ -377,6 +398,8 @@ impl Conn<'_> {
             };
             let now = Instant::now();
             group.breaker_outcome(peer_id, admit, Some(!failure.is_peer_failure()), now);
+            ctx.health
+                .report(group_idx, peer_id, failure_outcome(failure));
             tctx.request_sent = sent;
             tctx.response_started = self.interim_sent;
             tctx.body_replayable = !body.started_streaming();
@@ -556,6 +579,7 @@ impl Conn<'_> {
     ) -> Result<bool, TryFail> {
         let t = group.timeouts;
         self.interim_sent = false;
+        self.upstream_fault = None;
         // A try may be replayed transparently (stale pooled connection) only while no client
         // body byte beyond `out` was consumed and nothing reached the client.
         let replayable = !body.started_streaming();
@@ -678,6 +702,7 @@ impl Conn<'_> {
         let taken = match rbody.advance(&self.ubuf[rhead_len..], dechunk.then_some(&mut ranges)) {
             Ok(n) => n,
             Err(_) => {
+                self.upstream_fault = Some(Outcome::InvalidResponse);
                 let err = HttpError::BadGateway("invalid chunked body from upstream");
                 self.reply_error(&err, false).await;
                 return TryResult::ClientGone;
@@ -711,13 +736,23 @@ impl Conn<'_> {
                 self.ubuf.clear();
                 match read_more(&mut up, &mut self.ubuf, t.upstream_read, None, STREAM_BUF).await {
                     Ok(0) if resp_body == BodyKind::UntilClose => break,
-                    Ok(0) | Err(_) => return TryResult::ClientGone,
+                    Ok(0) | Err(IoFail::Io(_)) => {
+                        self.upstream_fault = Some(Outcome::Reset);
+                        return TryResult::ClientGone;
+                    }
+                    Err(IoFail::Timeout) => {
+                        self.upstream_fault = Some(Outcome::Timeout);
+                        return TryResult::ClientGone;
+                    }
                     Ok(_) => {}
                 }
                 ranges.clear();
                 let taken = match rbody.advance(&self.ubuf, dechunk.then_some(&mut ranges)) {
                     Ok(n) => n,
-                    Err(_) => return TryResult::ClientGone,
+                    Err(_) => {
+                        self.upstream_fault = Some(Outcome::InvalidResponse);
+                        return TryResult::ClientGone;
+                    }
                 };
                 if taken < self.ubuf.len() {
                     reuse_upstream = false;

@@ -21,6 +21,7 @@ use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, Driver, UringTaskrun};
+use crate::health::{HealthChange, ShardReporter};
 use crate::proxy::{self, Picker, Router};
 use crate::upstream::UpstreamGroup;
 
@@ -36,6 +37,8 @@ pub enum ControlMsg {
     /// Stop accepting, close idle connections, let in-flight requests finish within the
     /// shutdown timeout, then stop the shard.
     Shutdown,
+    /// A peer's eligibility flipped (decided by the control thread's health checks).
+    Health(HealthChange),
 }
 
 /// ShardCtx is everything the connections of one shard share (behind an `Rc`).
@@ -62,6 +65,8 @@ pub struct ShardCtx {
     changed: Notify,
     /// Cancels every accept and idle keep-alive read at shutdown.
     canceller: RefCell<Canceller>,
+    /// Reports request outcomes to the control thread (passive health), never blocking.
+    pub health: ShardReporter,
 }
 
 impl ShardCtx {
@@ -71,6 +76,7 @@ impl ShardCtx {
         config: Arc<Config>,
         control: Receiver<ControlMsg>,
         picker: Option<Arc<dyn Picker>>,
+        health: ShardReporter,
     ) -> Self {
         let groups = config.upstreams.iter().map(UpstreamGroup::new).collect();
         let router = Router::new(&config);
@@ -87,6 +93,7 @@ impl ShardCtx {
             connections: Cell::new(0),
             changed: Notify::default(),
             canceller: RefCell::new(Canceller::new()),
+            health,
         }
     }
 
@@ -95,6 +102,12 @@ impl ShardCtx {
         while let Ok(msg) = self.control.try_recv() {
             match msg {
                 ControlMsg::Shutdown => self.begin_shutdown(),
+                ControlMsg::Health(change) => {
+                    if let Some(g) = self.groups.get(change.group) {
+                        g.set_health(change.peer, change.eligible);
+                    }
+                    self.health.applied(&change);
+                }
             }
         }
     }

@@ -8,12 +8,12 @@ mod pool;
 
 pub use pool::{Pool, PooledConn};
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::balance::{build_selector, select_eligible, PeerId, PeerLoad, Selector};
-use crate::config::{PoolConfig, Timeouts, UpstreamConfig};
+use crate::config::{PoolConfig, StartState, Timeouts, UpstreamConfig, WhenAllDown};
 use crate::failover::{BreakerTransition, CircuitBreaker, Retrier, Ticket};
 
 /// Peer is one peer of a group with its shard-local state.
@@ -29,13 +29,18 @@ pub struct Peer {
     /// This peer's index among the primaries (or among the backups, for a backup peer): its
     /// candidate index in that tier's selector and load table.
     pub slot: usize,
+    /// Optional region label (see `local_region`).
+    pub region: Option<String>,
+    /// Health as last pushed by the control thread (false = down or ejected). The shard never
+    /// overrides a pushed down (DESIGN.md invariant 3).
+    pub healthy: Cell<bool>,
 }
 
 impl Peer {
-    /// Whether the shard may send a new request to this peer.
+    /// Whether the shard may send a new request to this peer: not drained, and healthy.
     #[inline]
     pub fn is_eligible(&self) -> bool {
-        self.weight > 0
+        self.weight > 0 && self.healthy.get()
     }
 }
 
@@ -66,6 +71,13 @@ pub struct UpstreamGroup {
     /// One circuit breaker per peer (indexed by `PeerId`) when the upstream configures
     /// `circuit_breaker`; empty otherwise.
     breakers: Vec<RefCell<CircuitBreaker>>,
+    /// Prefer peers of this region while any is eligible.
+    local_region: Option<String>,
+    /// What `select` does when no peer is eligible.
+    when_all_down: WhenAllDown,
+    /// The peer this shard last failed over to outside `local_region` (`None` = serving the
+    /// local region), so each regional failover and fail-back is logged once per shard.
+    failed_over_to: Cell<Option<PeerId>>,
 }
 
 /// Admit is whether a peer's circuit breaker lets a request through.
@@ -88,6 +100,10 @@ impl UpstreamGroup {
     pub fn new_seeded(cfg: &UpstreamConfig, seed: u64) -> Self {
         let now = Instant::now();
         let (mut primaries, mut backups) = (0, 0);
+        let start_down = cfg
+            .health
+            .as_ref()
+            .is_some_and(|h| h.start == StartState::Down);
         let peers: Vec<Peer> = cfg
             .peers
             .iter()
@@ -104,6 +120,8 @@ impl UpstreamGroup {
                     weight: p.weight,
                     backup: p.backup,
                     slot: *tier - 1,
+                    region: p.region.clone(),
+                    healthy: Cell::new(!start_down),
                 }
             })
             .collect();
@@ -132,6 +150,9 @@ impl UpstreamGroup {
                     .collect(),
                 None => Vec::new(),
             },
+            local_region: cfg.local_region.clone(),
+            when_all_down: cfg.when_all_down,
+            failed_over_to: Cell::new(None),
         }
     }
 
@@ -194,6 +215,13 @@ impl UpstreamGroup {
         }
     }
 
+    /// Applies a health change pushed by the control thread.
+    pub fn set_health(&self, peer: PeerId, eligible: bool) {
+        if let Some(p) = self.peers.get(peer) {
+            p.healthy.set(eligible);
+        }
+    }
+
     /// The live load of a peer.
     #[inline]
     pub fn load(&self, peer: PeerId) -> &PeerLoad {
@@ -205,20 +233,77 @@ impl UpstreamGroup {
         }
     }
 
-    /// Selects a peer for a request: primaries first, backups only when no primary is eligible.
-    /// `tried` says which peers this request already tried (they are skipped).
+    /// Selects a peer for a request. `tried` says which peers this request already tried
+    /// (they are skipped).
+    ///
+    /// Order: eligible primaries of `local_region`, then any eligible primary, then backups
+    /// the same way (backups only get traffic while no primary is eligible). When nothing is
+    /// eligible, `when_all_down = "try_all"` picks among the not-drained peers ignoring health;
+    /// `"fail"` returns `None` (the proxy answers 503).
     pub fn select(&self, hash: Option<u64>, tried: &TriedSet, now: Instant) -> Option<PeerId> {
+        let peers = &self.peers;
         let ok = |id: PeerId| !tried.contains(id) && self.is_eligible(id, now);
-        let ids = &self.primary_ids;
-        let mut primary = self.primary.borrow_mut();
-        if let Some(c) =
-            select_eligible(primary.as_mut(), hash, &self.primary_loads, |c| ok(ids[c]))
-        {
-            return Some(ids[c]);
+        let local = |id: PeerId| ok(id) && self.is_local(id);
+        let regional = self.local_region.is_some();
+        let found = (regional.then(|| self.pick(false, hash, local)).flatten())
+            .or_else(|| self.pick(false, hash, ok))
+            .or_else(|| regional.then(|| self.pick(true, hash, local)).flatten())
+            .or_else(|| self.pick(true, hash, ok));
+        if regional {
+            if let Some(id) = found {
+                self.note_region(id);
+            }
         }
-        let ids = &self.backup_ids;
-        let mut backup = self.backup.borrow_mut();
-        select_eligible(backup.as_mut(), hash, &self.backup_loads, |c| ok(ids[c])).map(|c| ids[c])
+        if found.is_some() || self.when_all_down == WhenAllDown::Fail {
+            return found;
+        }
+        let last_resort = |id: PeerId| peers[id].weight > 0 && !tried.contains(id);
+        self.pick(false, hash, last_resort)
+            .or_else(|| self.pick(true, hash, last_resort))
+    }
+
+    /// Picks from the primary (or backup) tier the first candidate `ok` accepts.
+    fn pick(&self, backup: bool, hash: Option<u64>, ok: impl Fn(PeerId) -> bool) -> Option<PeerId> {
+        let (selector, ids, loads) = if backup {
+            (&self.backup, &self.backup_ids, &self.backup_loads)
+        } else {
+            (&self.primary, &self.primary_ids, &self.primary_loads)
+        };
+        let mut selector = selector.borrow_mut();
+        select_eligible(selector.as_mut(), hash, loads, |c| ok(ids[c])).map(|c| ids[c])
+    }
+
+    /// Whether `peer` is in `local_region`.
+    fn is_local(&self, peer: PeerId) -> bool {
+        self.peers[peer].region.is_some() && self.peers[peer].region == self.local_region
+    }
+
+    /// Logs a regional failover (no local peer eligible, `peer` is elsewhere) or fail-back, once
+    /// per transition. The log is shard-local: each shard logs its own transitions.
+    fn note_region(&self, peer: PeerId) {
+        let local = self.local_region.as_deref().unwrap_or_default();
+        let region = |id: PeerId| self.peers[id].region.as_deref().unwrap_or("(none)");
+        if self.is_local(peer) {
+            if let Some(away) = self.failed_over_to.take() {
+                tracing::info!(group = %self.name, "regional fail-back from {} to {local}", region(away));
+            }
+            return;
+        }
+        let local_eligible = self
+            .peers
+            .iter()
+            .enumerate()
+            .any(|(id, p)| self.is_local(id) && p.is_eligible());
+        if local_eligible {
+            return; // a retry of one request, not a failover
+        }
+        let from = match self.failed_over_to.get() {
+            Some(away) if region(away) == region(peer) => return,
+            Some(away) => region(away),
+            None => local,
+        };
+        tracing::info!(group = %self.name, "regional failover from {from} to {}", region(peer));
+        self.failed_over_to.set(Some(peer));
     }
 }
 

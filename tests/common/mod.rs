@@ -1701,3 +1701,140 @@ pub fn run_binary(args: &[&str]) -> std::process::Output {
     }
     child.wait_with_output().expect("collect output")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Health-check helpers: backends that die and come back on the same address, backends that
+// reset every connection, and access to the in-process server (admin address, test knobs).
+
+impl Backend {
+    /// Like `with_handler`, but listening on `addr` (e.g. the address of a killed backend,
+    /// to restart it). Retries the bind for up to 2 s while the old listener closes.
+    pub fn with_handler_on(
+        name: &str,
+        addr: SocketAddr,
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let listener = loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("rebind backend {name} on {addr}: {e}"),
+            }
+        };
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            handler: Box::new(handler),
+            auto_continue: true,
+            accepts: AtomicUsize::new(0),
+            heads: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+        });
+        let sh = shared.clone();
+        thread::Builder::new()
+            .name(format!("backend-{name}"))
+            .spawn(move || accept_loop(listener, sh))
+            .expect("spawn backend thread");
+        Backend { addr, shared }
+    }
+
+    /// Like `start` (answers 200 with its name), on `addr`.
+    pub fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let n = name.to_string();
+        Backend::with_handler_on(name, addr, move |_| Reply::ok(n.clone()))
+    }
+
+    /// Kills the backend: closes its listener (connects are refused from then on) and every
+    /// open connection. Returns once the port refuses connections.
+    pub fn kill(self) {
+        let addr = self.addr;
+        drop(self);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "killed backend {addr} still accepts"
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Requests received so far whose path is not `health_path` (traffic, not probes).
+    pub fn traffic_count(&self, health_path: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.path() != health_path)
+            .count()
+    }
+}
+
+/// ResetBackend accepts connections, reads the request, and resets the connection (RST, via
+/// SO_LINGER 0) without answering.
+pub struct ResetBackend {
+    addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ResetBackend {
+    /// Starts one on `127.0.0.1:0`.
+    pub fn start() -> ResetBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind reset backend");
+        let addr = listener.local_addr().expect("local addr");
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (accepts.clone(), stop.clone());
+        thread::Builder::new()
+            .name("backend-reset".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if s.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(mut stream) = stream else { continue };
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                    let mut b = [0u8; 4096];
+                    let _ = stream.read(&mut b);
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                }
+            })
+            .expect("spawn reset backend");
+        ResetBackend {
+            addr,
+            accepts,
+            stop,
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ResetBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+impl Proxy {
+    /// The running server (admin address, test knobs).
+    pub fn server(&self) -> &ringlb::Server {
+        self.server.as_ref().expect("the proxy is running")
+    }
+}

@@ -1,0 +1,327 @@
+//! Health: one state machine per peer on the control thread, active probes, passive outlier
+//! ejection, and the fan-out of every eligibility flip to all shards (DESIGN.md invariant 3).
+//!
+//! - [`state`]: the per-peer state machine (unknown/up/down + ejection) and its group.
+//! - [`probe`]: async `tcp` and `http` probes on monoio, each bounded by its timeout.
+//! - [`control`]: the `ringlb-ctl` thread: its own monoio runtime running one probe task per
+//!   probed peer, the observation drain (with ejection expiry) and the admin endpoint.
+//!
+//! The shard side lives here too, small on purpose: a shard reports request outcomes with
+//! [`ShardReporter::report`] (`try_send` on one bounded channel shared by all shards: a full
+//! channel drops the report and counts it, never blocking the shard), and applies the
+//! [`HealthChange`]s it drains from its control channel. Shards never probe and never block.
+
+pub mod control;
+pub mod probe;
+pub mod state;
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::balance::PeerId;
+use crate::config::{Config, PassiveHealth};
+use crate::http::HttpError;
+
+pub use control::ControlThread;
+
+/// Outcome is how one try of a request on one peer ended, as far as passive health cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response came (a 5xx is reported as [`Outcome::Status`]).
+    Success,
+    /// A 5xx response: a failure only where `passive.on_5xx = true`.
+    Status(u16),
+    /// The TCP connect failed or timed out.
+    ConnectFailure,
+    /// The connection was reset or closed before a complete response.
+    Reset,
+    /// The peer did not answer within `upstream_read`.
+    Timeout,
+    /// The peer sent something that is not a valid HTTP/1.1 response.
+    InvalidResponse,
+}
+
+impl Outcome {
+    /// The outcome behind an error the proxy answered a try with, when the peer caused it
+    /// (`None` for errors of the client's making, such as a bad request body).
+    pub fn from_error(err: &HttpError) -> Option<Outcome> {
+        match err {
+            HttpError::GatewayTimeout(_) => Some(Outcome::Timeout),
+            HttpError::BadGateway(d) if d.starts_with("invalid") || d.starts_with("unexpected") => {
+                Some(Outcome::InvalidResponse)
+            }
+            HttpError::BadGateway(_) => Some(Outcome::Reset),
+            _ => None,
+        }
+    }
+
+    /// The outcome of a complete response with `status`.
+    pub fn from_status(status: u16) -> Outcome {
+        if status >= 500 {
+            Outcome::Status(status)
+        } else {
+            Outcome::Success
+        }
+    }
+
+    /// Whether it counts as a failure under `passive` (no allocation: the shard's check).
+    pub fn is_failure(self, passive: &PassiveHealth) -> bool {
+        match self {
+            Outcome::Success => false,
+            Outcome::Status(_) => passive.on_5xx,
+            _ => true,
+        }
+    }
+
+    /// Its description when it counts as a failure under `passive`, else `None`.
+    pub fn failure(self, passive: &PassiveHealth) -> Option<String> {
+        Some(match self {
+            Outcome::Success => return None,
+            Outcome::Status(s) if passive.on_5xx => format!("HTTP {s}"),
+            Outcome::Status(_) => return None,
+            Outcome::ConnectFailure => "connect failure".to_string(),
+            Outcome::Reset => "connection reset".to_string(),
+            Outcome::Timeout => "timeout".to_string(),
+            Outcome::InvalidResponse => "invalid response".to_string(),
+        })
+    }
+}
+
+/// Observation is one request outcome a shard reports to the control thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    /// Index of the upstream group in the config.
+    pub group: usize,
+    /// The peer within the group.
+    pub peer: PeerId,
+    /// The reporting shard.
+    pub shard: usize,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// HealthChange is an eligibility flip of one peer, pushed by the control thread to every
+/// shard as `ControlMsg::Health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthChange {
+    /// Index of the upstream group in the config.
+    pub group: usize,
+    /// The peer within the group.
+    pub peer: PeerId,
+    /// Whether shards may send it new requests from now on.
+    pub eligible: bool,
+    /// When the control thread decided (a probe verdict, an ejection, its expiry): shards
+    /// measure the propagation delay from it.
+    pub decided_at: Instant,
+}
+
+/// ShardStats are the health counters of one shard, written only by that shard (relaxed
+/// atomics, DESIGN.md invariant 1) and read by the control thread for `/status`.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Reports dropped because the observation channel was full.
+    pub dropped_observations: AtomicU64,
+    /// Reports sent.
+    pub sent_observations: AtomicU64,
+    /// [`HealthChange`]s applied.
+    pub changes_applied: AtomicU64,
+    /// Decision → applied delay of the last change, in nanoseconds.
+    pub last_apply_lag_ns: AtomicU64,
+    /// Largest decision → applied delay so far, in nanoseconds.
+    pub max_apply_lag_ns: AtomicU64,
+}
+
+/// ShardReporter is a shard's end of passive health: it sends outcomes that matter and
+/// records the health changes the shard applied. Shard-local (`Cell`s), never blocks.
+pub struct ShardReporter {
+    /// The shard's index.
+    shard: usize,
+    /// The bounded observation channel to the control thread (`try_send` only).
+    tx: Sender<Observation>,
+    /// Per group, per peer: whether this shard's last report on it was a failure. Successes
+    /// are only sent after a failure (they reset the count), to keep the channel quiet.
+    last_failed: Vec<Vec<Cell<bool>>>,
+    /// Per group: its passive settings (`None` = passive off: nothing is reported).
+    passive: Vec<Option<PassiveHealth>>,
+    /// Reports dropped on a full channel (shard-local copy of the stat).
+    dropped: Cell<u64>,
+    /// Counters the control thread shows in `/status`.
+    stats: Arc<ShardStats>,
+}
+
+impl ShardReporter {
+    /// A reporter for shard `shard` of `config`.
+    pub fn new(
+        shard: usize,
+        config: &Config,
+        tx: Sender<Observation>,
+        stats: Arc<ShardStats>,
+    ) -> ShardReporter {
+        ShardReporter {
+            shard,
+            tx,
+            last_failed: config
+                .upstreams
+                .iter()
+                .map(|u| u.peers.iter().map(|_| Cell::new(false)).collect())
+                .collect(),
+            passive: config
+                .upstreams
+                .iter()
+                .map(|u| u.passive.enabled().then_some(u.passive))
+                .collect(),
+            dropped: Cell::new(0),
+            stats,
+        }
+    }
+
+    /// Reports the outcome of one try on `peer` of group `group`, if it matters: every
+    /// failure, and a success right after this shard reported a failure. Never blocks: a full
+    /// channel drops the report and counts it.
+    pub fn report(&self, group: usize, peer: PeerId, outcome: Outcome) {
+        let Some(Some(passive)) = self.passive.get(group) else {
+            return;
+        };
+        let Some(flag) = self.last_failed.get(group).and_then(|g| g.get(peer)) else {
+            return;
+        };
+        let failed = outcome.is_failure(passive);
+        if !failed && !flag.get() {
+            return;
+        }
+        let obs = Observation {
+            group,
+            peer,
+            shard: self.shard,
+            outcome,
+        };
+        match self.tx.try_send(obs) {
+            Ok(()) => {
+                flag.set(failed);
+                self.stats.sent_observations.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) => {
+                let n = self.dropped.get() + 1;
+                self.dropped.set(n);
+                self.stats.dropped_observations.store(n, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Reports the error a try on `peer` was answered with, if the peer caused it.
+    pub fn report_error(&self, group: usize, peer: PeerId, err: &HttpError) {
+        if let Some(outcome) = Outcome::from_error(err) {
+            self.report(group, peer, outcome);
+        }
+    }
+
+    /// Reports dropped by this shard because the channel was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+
+    /// Records that the shard applied `change` (for the propagation figures in `/status`).
+    pub fn applied(&self, change: &HealthChange) {
+        let lag = change.decided_at.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let s = &self.stats;
+        s.last_apply_lag_ns.store(lag, Ordering::Relaxed);
+        if lag > s.max_apply_lag_ns.load(Ordering::Relaxed) {
+            s.max_apply_lag_ns.store(lag, Ordering::Relaxed);
+        }
+        s.changes_applied.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml_str(
+            &format!(
+                "[server]\nadmin = \"\"\n[[upstream]]\nname = \"a\"\n\
+                 peers = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"127.0.0.1:2\" }}]\n{extra}"
+            ),
+            "t.toml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn reports_failures_and_only_the_first_success_after_one() {
+        let cfg = config("");
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let r = ShardReporter::new(3, &cfg, tx, Arc::default());
+        r.report(0, 1, Outcome::Success);
+        r.report(0, 1, Outcome::Status(503)); // on_5xx = false: a success
+        assert!(rx.try_recv().is_err());
+        r.report(0, 1, Outcome::Reset);
+        r.report(0, 1, Outcome::Timeout);
+        r.report(0, 1, Outcome::Success);
+        r.report(0, 1, Outcome::Success);
+        let got: Vec<Outcome> = rx.try_iter().map(|o| o.outcome).collect();
+        assert_eq!(
+            got,
+            vec![Outcome::Reset, Outcome::Timeout, Outcome::Success]
+        );
+        // Unknown groups and peers are ignored.
+        r.report(5, 0, Outcome::Reset);
+        r.report(0, 9, Outcome::Reset);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_full_channel_drops_and_counts() {
+        let cfg = config("");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let stats = Arc::new(ShardStats::default());
+        let r = ShardReporter::new(0, &cfg, tx, stats.clone());
+        for _ in 0..5 {
+            r.report(0, 0, Outcome::ConnectFailure);
+        }
+        assert_eq!(r.dropped(), 4);
+        assert_eq!(stats.dropped_observations.load(Ordering::Relaxed), 4);
+        assert_eq!(rx.try_iter().count(), 1);
+    }
+
+    #[test]
+    fn on_5xx_and_passive_off() {
+        let cfg = config("passive = { on_5xx = true }\n");
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let r = ShardReporter::new(0, &cfg, tx, Arc::default());
+        r.report(0, 0, Outcome::Status(502));
+        assert_eq!(rx.try_recv().map(|o| o.outcome), Ok(Outcome::Status(502)));
+
+        let cfg = config("passive = { consecutive_failures = 0 }\n");
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let r = ShardReporter::new(0, &cfg, tx, Arc::default());
+        r.report(0, 0, Outcome::Reset);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn outcomes_from_errors() {
+        use HttpError as E;
+        assert_eq!(
+            Outcome::from_error(&E::GatewayTimeout("x")),
+            Some(Outcome::Timeout)
+        );
+        assert_eq!(
+            Outcome::from_error(&E::BadGateway("invalid response from upstream")),
+            Some(Outcome::InvalidResponse)
+        );
+        assert_eq!(
+            Outcome::from_error(&E::BadGateway("upstream closed mid-response")),
+            Some(Outcome::Reset)
+        );
+        assert_eq!(Outcome::from_error(&E::BadRequest("bad chunk")), None);
+        assert_eq!(Outcome::from_error(&E::PayloadTooLarge), None);
+        assert_eq!(Outcome::from_status(200), Outcome::Success);
+        assert_eq!(Outcome::from_status(503), Outcome::Status(503));
+    }
+}

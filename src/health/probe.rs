@@ -1,0 +1,297 @@
+//! Active probes on the control thread's monoio runtime: `tcp` (the connect succeeds) and
+//! `http` (one `Connection: close` request whose status, and optionally body, match).
+//!
+//! A probe is one future bounded by the check's timeout; many run concurrently on one
+//! runtime. The result is `Ok(detail)` or `Err(detail)`, the detail being what `/status` and
+//! the state-change log show (`HTTP 200`, `connect: Connection refused (os error 111)`).
+
+use std::net::SocketAddr;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::config::{CheckKind, HealthCheck, HttpCheck, ProbeMethod};
+
+/// How much of a probe's response is read at most (head + body searched by `body_contains`).
+pub const MAX_RESPONSE: usize = 64 * 1024;
+/// Header fields a probe response may have at most.
+const MAX_HEADERS: usize = 64;
+
+/// Probe is one peer's prepared probe: where to connect and, for `http`, the request bytes.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// Where to connect (the peer's IP, with `health.port` if set).
+    pub addr: SocketAddr,
+    /// The check.
+    check: HealthCheck,
+    /// The HTTP request to send, for an `http` check.
+    request: Option<Vec<u8>>,
+}
+
+impl Probe {
+    /// Prepares the probe of the peer at `addr`, written `address` in the config (the default
+    /// Host header of an `http` check).
+    pub fn new(check: &HealthCheck, addr: SocketAddr, address: &str) -> Probe {
+        let mut addr = addr;
+        if let Some(port) = check.port {
+            addr.set_port(port);
+        }
+        let request = match &check.kind {
+            CheckKind::Tcp => None,
+            CheckKind::Http(http) => {
+                Some(http_request(http, http.host.as_deref().unwrap_or(address)))
+            }
+        };
+        Probe {
+            addr,
+            check: check.clone(),
+            request,
+        }
+    }
+
+    /// Runs the probe once, within the check's timeout.
+    pub async fn run(&self) -> Result<String, String> {
+        let timeout = self.check.timeout;
+        match monoio::time::timeout(timeout, self.run_unbounded()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("timeout after {} ms", timeout.as_millis())),
+        }
+    }
+
+    async fn run_unbounded(&self) -> Result<String, String> {
+        let stream = TcpStream::connect_addr(self.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        match (&self.check.kind, &self.request) {
+            (CheckKind::Http(http), Some(req)) => exchange(stream, req.clone(), http).await,
+            _ => Ok("connected".to_string()),
+        }
+    }
+}
+
+/// The request an `http` check sends.
+pub fn http_request(http: &HttpCheck, host: &str) -> Vec<u8> {
+    format!(
+        "{} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: ringlb-health\r\n\r\n",
+        http.method.name(),
+        http.path
+    )
+    .into_bytes()
+}
+
+/// Sends `req` on `stream` and judges the response.
+async fn exchange(mut stream: TcpStream, req: Vec<u8>, http: &HttpCheck) -> Result<String, String> {
+    let (res, _) = stream.write_all(req).await;
+    res.map_err(|e| format!("write: {e}"))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    // (head length, status, content length) once the head is complete.
+    let mut head: Option<(usize, u16, Option<usize>)> = None;
+    loop {
+        let mut eof = false;
+        if buf.len() < MAX_RESPONSE {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096.min(MAX_RESPONSE - buf.len()).max(1024));
+            }
+            let (len, cap) = (buf.len(), buf.capacity().min(MAX_RESPONSE));
+            let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
+            buf = slice.into_inner();
+            match res {
+                Ok(0) => eof = true,
+                Ok(_) => {}
+                Err(e) if head.is_none() => return Err(format!("read: {e}")),
+                Err(_) => eof = true,
+            }
+        } else {
+            eof = true; // read all we are willing to
+        }
+        if head.is_none() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let status = resp.code.unwrap_or(0);
+                    if !http.expect.contains(status) {
+                        return Err(format!("HTTP {status} (expected {})", http.expect));
+                    }
+                    if http.body_contains.is_none() || http.method == ProbeMethod::Head {
+                        return Ok(format!("HTTP {status}"));
+                    }
+                    let length = resp
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .and_then(|v| v.trim().parse::<usize>().ok());
+                    head = Some((n, status, length));
+                }
+                Ok(httparse::Status::Partial) if eof => {
+                    return Err(if buf.is_empty() {
+                        "connection closed without a response".to_string()
+                    } else if buf.len() >= MAX_RESPONSE {
+                        format!("response head larger than {MAX_RESPONSE} bytes")
+                    } else {
+                        "connection closed mid-head".to_string()
+                    });
+                }
+                Ok(httparse::Status::Partial) => continue,
+                Err(e) => return Err(format!("invalid response: {e}")),
+            }
+        }
+        if let Some((n, status, length)) = head {
+            let needle = http.body_contains.as_deref().unwrap_or_default().as_bytes();
+            let body = &buf[n..];
+            if body.windows(needle.len()).any(|w| w == needle) {
+                return Ok(format!("HTTP {status}, body matches"));
+            }
+            if eof || length.is_some_and(|l| body.len() >= l) {
+                return Err(format!(
+                    "HTTP {status}, body does not contain {:?}",
+                    http.body_contains.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{StartState, StatusSet};
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    fn http_check(expect: &str, body: Option<&str>, method: ProbeMethod) -> HealthCheck {
+        HealthCheck {
+            kind: CheckKind::Http(HttpCheck {
+                method,
+                path: "/hc".to_string(),
+                host: None,
+                expect: StatusSet::parse(expect).unwrap(),
+                body_contains: body.map(str::to_string),
+            }),
+            port: None,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            rise: 1,
+            fall: 1,
+            start: StartState::Unknown,
+        }
+    }
+
+    fn tcp_check() -> HealthCheck {
+        HealthCheck {
+            kind: CheckKind::Tcp,
+            ..http_check("200", None, ProbeMethod::Get)
+        }
+    }
+
+    /// A one-shot server: answers the first connection with `reply` (after reading its head),
+    /// and returns what it received.
+    fn serve_once(
+        reply: &'static [u8],
+        delay: Duration,
+    ) -> (SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut got = Vec::new();
+            let mut b = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&b[..n]),
+                }
+            }
+            std::thread::sleep(delay);
+            let _ = s.write_all(reply);
+            got
+        });
+        (addr, t)
+    }
+
+    fn run(probe: &Probe) -> Result<String, String> {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(probe.run())
+    }
+
+    #[test]
+    fn http_probe_sends_the_request_and_checks_status() {
+        let (addr, t) = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n", Duration::ZERO);
+        let p = Probe::new(
+            &http_check("200-299", None, ProbeMethod::Get),
+            addr,
+            "api:80",
+        );
+        assert_eq!(run(&p), Ok("HTTP 204".to_string()));
+        assert_eq!(
+            String::from_utf8(t.join().unwrap()).unwrap(),
+            "GET /hc HTTP/1.1\r\nHost: api:80\r\nConnection: close\r\nUser-Agent: ringlb-health\r\n\r\n"
+        );
+
+        let (addr, _t) = serve_once(
+            b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        );
+        let p = Probe::new(&http_check("200-399", None, ProbeMethod::Head), addr, "x");
+        assert_eq!(run(&p), Err("HTTP 500 (expected 200-399)".to_string()));
+    }
+
+    #[test]
+    fn http_probe_body_contains() {
+        let (addr, _t) = serve_once(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nstatus: ok\n",
+            Duration::ZERO,
+        );
+        let p = Probe::new(&http_check("200", Some("ok"), ProbeMethod::Get), addr, "x");
+        assert_eq!(run(&p), Ok("HTTP 200, body matches".to_string()));
+
+        // Content-Length reached without the text: fails without waiting for close.
+        let (addr, _t) = serve_once(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nstarting\n",
+            Duration::ZERO,
+        );
+        let p = Probe::new(&http_check("200", Some("ok"), ProbeMethod::Get), addr, "x");
+        assert_eq!(
+            run(&p),
+            Err("HTTP 200, body does not contain \"ok\"".to_string())
+        );
+    }
+
+    #[test]
+    fn http_probe_failures() {
+        let (addr, _t) = serve_once(b"garbage\r\n\r\n", Duration::ZERO);
+        let p = Probe::new(&http_check("200", None, ProbeMethod::Get), addr, "x");
+        assert!(run(&p).unwrap_err().starts_with("invalid response"));
+
+        let (addr, _t) = serve_once(b"", Duration::ZERO);
+        let p = Probe::new(&http_check("200", None, ProbeMethod::Get), addr, "x");
+        assert_eq!(
+            run(&p),
+            Err("connection closed without a response".to_string())
+        );
+
+        let (addr, _t) = serve_once(b"HTTP/1.1 200 OK\r\n\r\n", Duration::from_millis(600));
+        let p = Probe::new(&http_check("200", None, ProbeMethod::Get), addr, "x");
+        assert_eq!(run(&p), Err("timeout after 300 ms".to_string()));
+    }
+
+    #[test]
+    fn tcp_probe_and_port_override() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        // The traffic address is elsewhere; `port` redirects the probe.
+        let mut check = tcp_check();
+        check.port = Some(port);
+        let p = Probe::new(&check, "127.0.0.1:1".parse().unwrap(), "x");
+        assert_eq!(run(&p), Ok("connected".to_string()));
+        drop(l);
+        let r = run(&p).unwrap_err();
+        assert!(r.starts_with("connect: "), "{r}");
+    }
+}
