@@ -11,7 +11,7 @@ use toml::de::{DeTable, DeValue};
 use super::ConfigError;
 
 /// Keys later issues will add to `[[upstream]]`; rejected with "not supported yet".
-const UNSUPPORTED_UPSTREAM_KEYS: [&str; 4] = ["hash_key", "health", "retry", "circuit_breaker"];
+const UNSUPPORTED_UPSTREAM_KEYS: [&str; 3] = ["health", "retry", "circuit_breaker"];
 
 /// One step of a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]

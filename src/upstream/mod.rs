@@ -9,10 +9,15 @@ mod pool;
 pub use pool::{Pool, PooledConn};
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
-use crate::balance::{build_selector, select_eligible, PeerId, PeerLoad, Selector};
-use crate::config::{PoolConfig, Timeouts, UpstreamConfig};
+use crate::balance::{
+    build_selector, observe_latency, select_eligible, Candidate, HashKey, PeerId, PeerLoad,
+    Selector,
+};
+use crate::config::{Algorithm, PoolConfig, Timeouts, UpstreamConfig};
+use crate::http::RequestHead;
 
 /// Peer is one peer of a group with its shard-local state.
 pub struct Peer {
@@ -59,10 +64,17 @@ pub struct UpstreamGroup {
     pub pool: Pool,
     /// Resolved timeouts of this group.
     pub timeouts: Timeouts,
+    /// The group's balancing algorithm.
+    pub algorithm: Algorithm,
+    /// What requests are hashed by: `Some` exactly when the algorithm hashes.
+    pub hash_key: Option<HashKey>,
+    /// Time constant of the peers' latency estimates (peak_ewma; default 10 s).
+    pub ewma_decay: Duration,
 }
 
 impl UpstreamGroup {
-    /// Builds a shard's replica of a configured group.
+    /// Builds a shard's replica of a configured group. The randomized selectors are seeded
+    /// from the thread's `fastrand` generator, so every shard draws its own sequence.
     pub fn new(cfg: &UpstreamConfig) -> Self {
         let (mut primaries, mut backups) = (0, 0);
         let peers: Vec<Peer> = cfg
@@ -86,10 +98,18 @@ impl UpstreamGroup {
             .collect();
         let primary_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| !peers[i].backup).collect();
         let backup_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| peers[i].backup).collect();
-        let weights =
-            |ids: &[PeerId]| -> Vec<u32> { ids.iter().map(|&i| peers[i].weight).collect() };
-        let primary = build_selector(cfg.algorithm, &weights(&primary_ids));
-        let backup = build_selector(cfg.algorithm, &weights(&backup_ids));
+        let selector = |ids: &[PeerId]| {
+            let candidates: Vec<Candidate<'_>> = ids
+                .iter()
+                .map(|&i| Candidate {
+                    address: &peers[i].address,
+                    weight: peers[i].weight,
+                })
+                .collect();
+            build_selector(cfg.algorithm, &cfg.balance, &candidates, fastrand::u64(..))
+        };
+        let primary = selector(&primary_ids);
+        let backup = selector(&backup_ids);
         let pool_cfg: PoolConfig = cfg.pool;
         UpstreamGroup {
             name: cfg.name.clone(),
@@ -102,7 +122,25 @@ impl UpstreamGroup {
             backup_loads: vec![PeerLoad::default(); backups],
             backup_ids,
             timeouts: cfg.timeouts,
+            algorithm: cfg.algorithm,
+            hash_key: cfg.hash_key.clone(),
+            ewma_decay: cfg.balance.ewma_decay,
         }
+    }
+
+    /// The hash of a request for this group's hashing algorithm: `None` when the group does
+    /// not hash or the key is absent from the request (the selector then rotates). `buf` is
+    /// the buffer `head` was parsed from.
+    #[inline]
+    pub fn request_hash(&self, buf: &[u8], head: &RequestHead, client_ip: IpAddr) -> Option<u64> {
+        self.hash_key.as_ref()?.hash(buf, head, client_ip)
+    }
+
+    /// Feeds a response's round-trip time into `peer`'s latency estimate (what peak_ewma
+    /// picks by); cheap enough to call for every response of every group.
+    #[inline]
+    pub fn observe_latency(&self, peer: PeerId, rtt: Duration, now: Instant) {
+        observe_latency(self.load(peer), rtt, now, self.ewma_decay);
     }
 
     /// The live load of a peer.
@@ -170,5 +208,32 @@ impl TriedSet {
     pub fn clear(&mut self) {
         self.low = 0;
         self.high.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(peers: &str, algorithm: &str) -> UpstreamConfig {
+        let text = format!(
+            "[[upstream]]\nname = \"app\"\nalgorithm = \"{algorithm}\"\npeers = [{peers}]\n"
+        );
+        let mut c = Config::from_toml_str(&text, "t.toml").unwrap();
+        c.upstreams.remove(0)
+    }
+
+    #[test]
+    fn request_hash_follows_the_hash_key() {
+        let g = UpstreamGroup::new(&config("{ address = \"127.0.0.1:1\" }", "ip_hash"));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let head = RequestHead::default();
+        assert_eq!(
+            g.request_hash(b"", &head, ip),
+            Some(crate::balance::stable_hash(&[192, 0, 2, 1]))
+        );
+        let g = UpstreamGroup::new(&config("{ address = \"127.0.0.1:1\" }", "round_robin"));
+        assert_eq!(g.request_hash(b"", &head, ip), None);
     }
 }

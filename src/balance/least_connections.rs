@@ -1,0 +1,301 @@
+//! Least connections: the candidate with the fewest requests in flight per unit of weight.
+//!
+//! Score = `active ÷ weight`, compared exactly by cross-multiplication (`a₁·w₂ < a₂·w₁`, in
+//! u64). Ties are broken the way nginx's `least_conn` breaks them: with equal weights by
+//! rotation (the first tied candidate after the previous pick), with unequal weights by
+//! smooth weighted round robin among the tied candidates — so an idle or evenly loaded group
+//! still gets traffic in proportion to the weights. One pass over the load table per pick
+//! (two when weights differ and there are ties); with equal weights the pass stops at the
+//! first idle candidate.
+//!
+//! # Shard-local counts
+//!
+//! `active` is what *this shard* has in flight to a peer (DESIGN.md invariant 1: no
+//! cross-shard state on the request path), so each shard balances its own share of the
+//! traffic. With N shards and SO_REUSEPORT spreading connections uniformly, every shard sees
+//! about 1/N of the requests, and the global in-flight count of a peer is ≈ N × the local one:
+//! the shards' choices add up to a global least-connections choice as long as their local
+//! pictures agree. They drift apart by how unevenly the kernel spread the work: each shard
+//! keeps its own peers within about one request of each other (it always adds to the least
+//! loaded), so the global count of a peer deviates from the global mean by at most the sum of
+//! the per-shard deviations — ≤ N requests per peer in the steady state, plus whatever a shard
+//! with more or slower connections adds on top of its siblings. Example: 8 shards, 4 peers,
+//! 400 requests in flight → 100 per peer globally, 12–13 per peer per shard; the worst case
+//! is a peer that is the "+1" on every shard, 8 × 13 = 104 (4 % over the mean). What a shard
+//! cannot see is a peer slowed down by another shard's traffic until its own requests to it
+//! slow down too; at N = 8 and 50 in flight per shard that lag is one or two requests. The
+//! relative error shrinks as load grows, and is largest (but then irrelevant) when almost
+//! nothing is in flight.
+
+use super::{active_of, PeerLoad, PickRequest, Selector};
+
+/// LeastConnections is the least-active-per-weight selector with rotating (or, with unequal
+/// weights, smooth weighted) tie breaks. Weight 0 = never picked.
+#[derive(Debug, Clone)]
+pub struct LeastConnections {
+    /// Configured weight of each candidate.
+    weights: Vec<u32>,
+    /// Whether every non-drained candidate has the same weight (then scores are plain
+    /// active counts and ties rotate).
+    uniform: bool,
+    /// Whether any candidate has weight > 0.
+    any_live: bool,
+    /// Equal weights: where the next scan starts (one past the previous pick).
+    next: usize,
+    /// Unequal weights: smooth weighted round robin score of each candidate, advanced only
+    /// among the tied candidates of a pick.
+    current: Vec<i64>,
+    /// Unequal weights: the tied candidates of the current pick (scratch, reused).
+    ties: Vec<u32>,
+}
+
+impl LeastConnections {
+    /// Builds the selector over candidates with these weights.
+    pub fn new(weights: &[u32]) -> Self {
+        let mut live = weights.iter().copied().filter(|&w| w > 0);
+        let first = live.next();
+        let uniform = live.all(|w| Some(w) == first);
+        LeastConnections {
+            weights: weights.to_vec(),
+            uniform,
+            any_live: first.is_some(),
+            next: 0,
+            current: vec![0; weights.len()],
+            ties: Vec::new(),
+        }
+    }
+
+    /// Equal weights: the first candidate from `next` on (wrapping) with the fewest active
+    /// among the eligible ones.
+    #[inline]
+    fn least_uniform(
+        &mut self,
+        loads: &[PeerLoad],
+        eligible: &mut impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let n = self.weights.len();
+        let start = self.next.min(n);
+        let mut best = None;
+        let mut best_active = u32::MAX;
+        // Two straight ranges instead of a modulo per step.
+        'scan: for range in [start..n, 0..start] {
+            for c in range {
+                if self.weights[c] == 0 {
+                    continue;
+                }
+                let a = active_of(loads, c);
+                if a < best_active && eligible(c) {
+                    best = Some(c);
+                    best_active = a;
+                    if a == 0 {
+                        // Nothing beats idle, and this is the first idle one in rotation order.
+                        break 'scan;
+                    }
+                }
+            }
+        }
+        let c = best?;
+        self.next = if c + 1 == n { 0 } else { c + 1 };
+        Some(c)
+    }
+
+    /// Unequal weights: the eligible candidate with the least `active ÷ weight`; ties go by
+    /// smooth weighted round robin among them.
+    fn least_weighted(
+        &mut self,
+        loads: &[PeerLoad],
+        eligible: &mut impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        self.ties.clear();
+        // Best score so far as the fraction best_a / best_w (1/0 = none yet).
+        let (mut best_a, mut best_w) = (1u64, 0u64);
+        for (c, &w) in self.weights.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let (a, w) = (u64::from(active_of(loads, c)), u64::from(w));
+            // a/w vs best_a/best_w.
+            let lhs = a * best_w;
+            let rhs = best_a * w;
+            if lhs <= rhs && eligible(c) {
+                if lhs < rhs {
+                    self.ties.clear();
+                    (best_a, best_w) = (a, w);
+                }
+                self.ties.push(c as u32);
+            }
+        }
+        match self.ties.as_slice() {
+            [] => None,
+            [only] => Some(*only as usize),
+            ties => {
+                let mut total = 0;
+                let mut best = ties[0] as usize;
+                let mut best_score = i64::MIN;
+                for &c in ties {
+                    let c = c as usize;
+                    let w = i64::from(self.weights[c]);
+                    total += w;
+                    self.current[c] += w;
+                    if self.current[c] > best_score {
+                        best_score = self.current[c];
+                        best = c;
+                    }
+                }
+                self.current[best] -= total;
+                Some(best)
+            }
+        }
+    }
+
+    /// The pick among eligible candidates.
+    #[inline]
+    fn least(
+        &mut self,
+        loads: &[PeerLoad],
+        mut eligible: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        if !self.any_live {
+            return None;
+        }
+        if self.uniform {
+            self.least_uniform(loads, &mut eligible)
+        } else {
+            self.least_weighted(loads, &mut eligible)
+        }
+    }
+}
+
+impl Selector for LeastConnections {
+    /// The least loaded candidate (`req.nth` is ignored: walking on is
+    /// [`Selector::pick_eligible`]'s job, done in the same single pass).
+    #[inline]
+    fn pick(&mut self, req: &PickRequest<'_>) -> Option<usize> {
+        self.least(req.loads, |_| true)
+    }
+
+    fn pick_eligible(
+        &mut self,
+        req: &PickRequest<'_>,
+        eligible: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        // A down peer has nothing in flight, so it would always be the least loaded: the
+        // eligibility check must be part of the scan, not a retry after it.
+        self.least(req.loads, eligible)
+    }
+
+    fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    fn name(&self) -> &'static str {
+        "least_connections"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::select_eligible;
+    use super::super::tests::loads;
+    use super::*;
+
+    fn pick(s: &mut LeastConnections, l: &[PeerLoad]) -> usize {
+        s.pick(&PickRequest {
+            hash: None,
+            nth: 0,
+            loads: l,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn picks_the_least_loaded() {
+        let mut s = LeastConnections::new(&[1, 1, 1, 1]);
+        let l = loads(&[3, 2, 5, 2]);
+        // Ties (1 and 3, both 2 active) rotate.
+        let got: Vec<_> = (0..4).map(|_| pick(&mut s, &l)).collect();
+        assert_eq!(got, vec![1, 3, 1, 3]);
+        l[3].active.set(1);
+        assert_eq!(pick(&mut s, &l), 3);
+    }
+
+    #[test]
+    fn idle_ties_rotate_in_order() {
+        let mut s = LeastConnections::new(&[2, 2, 2]);
+        let l = loads(&[0, 0, 0]);
+        let got: Vec<_> = (0..7).map(|_| pick(&mut s, &l)).collect();
+        assert_eq!(got, vec![0, 1, 2, 0, 1, 2, 0]);
+        let l = loads(&[1, 0, 0, 0]);
+        let mut s = LeastConnections::new(&[1, 1, 1, 1]);
+        let got: Vec<_> = (0..5).map(|_| pick(&mut s, &l)).collect();
+        assert_eq!(got, vec![1, 2, 3, 1, 2]);
+    }
+
+    #[test]
+    fn divides_by_weight() {
+        // Scores 4/1, 6/3 = 2, 3/1: candidate 1 despite having the most in flight.
+        let mut s = LeastConnections::new(&[1, 3, 1]);
+        assert_eq!(pick(&mut s, &loads(&[4, 6, 3])), 1);
+        // 2/1 vs 4/2 vs 9/3: 0 and 1 tie at 2 → smooth weighted between weights 1 and 2.
+        let mut s = LeastConnections::new(&[1, 2, 3]);
+        let l = loads(&[2, 4, 9]);
+        let got: Vec<_> = (0..6).map(|_| pick(&mut s, &l)).collect();
+        assert_eq!(got, vec![1, 0, 1, 1, 0, 1]);
+    }
+
+    #[test]
+    fn drained_is_never_picked_and_all_drained_is_none() {
+        let mut s = LeastConnections::new(&[0, 1, 1]);
+        let l = loads(&[0, 5, 5]);
+        assert!((0..10).all(|_| pick(&mut s, &l) != 0));
+        let mut s = LeastConnections::new(&[0, 1, 2]);
+        assert!((0..10).all(|_| pick(&mut s, &l) != 0));
+        let mut s = LeastConnections::new(&[0, 0]);
+        assert_eq!(
+            s.pick(&PickRequest {
+                hash: None,
+                nth: 0,
+                loads: &l
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn ineligible_idle_peer_does_not_shadow_the_rest() {
+        // Candidate 0 is down (so idle): the least loaded *eligible* one is 2.
+        let mut s = LeastConnections::new(&[1, 1, 1]);
+        let l = loads(&[0, 4, 3]);
+        for _ in 0..5 {
+            assert_eq!(select_eligible(&mut s, None, &l, |c| c != 0), Some(2));
+        }
+        let mut s = LeastConnections::new(&[1, 2, 1]);
+        for _ in 0..5 {
+            assert_eq!(select_eligible(&mut s, None, &l, |c| c != 0), Some(1));
+        }
+        assert_eq!(select_eligible(&mut s, None, &l, |_| false), None);
+    }
+
+    #[test]
+    fn equal_load_follows_weights_within_2_percent() {
+        let weights = [5, 3, 2];
+        let mut s = LeastConnections::new(&weights);
+        let l = loads(&[0, 0, 0]);
+        let mut counts = [0usize; 3];
+        let n = 100_000;
+        for _ in 0..n {
+            let c = select_eligible(&mut s, None, &l, |_| true).unwrap();
+            // The request starts and finishes before the next pick.
+            l[c].active.set(l[c].active.get() + 1);
+            counts[c] += 1;
+            l[c].active.set(l[c].active.get() - 1);
+        }
+        for (c, &w) in weights.iter().enumerate() {
+            let share = counts[c] as f64 / n as f64;
+            let want = f64::from(w) / 10.0;
+            assert!((share - want).abs() <= 0.02, "{c}: {share} vs {want}");
+        }
+        // Smooth weighted round robin is exact over whole cycles.
+        assert_eq!(counts, [50_000, 30_000, 20_000]);
+    }
+}
