@@ -9,6 +9,7 @@ mod pool;
 pub use pool::{Pool, PooledConn};
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,37 @@ impl UpstreamGroup {
         }
     }
 
+    /// Rebuilds this group from a new config of it (reload, DNS): new peers, selectors,
+    /// timeouts and pool settings, keeping for every peer whose `address` stays its live
+    /// load (active count, latency estimate) and, when it still resolves to the same socket
+    /// address, its idle pooled connections. Peers that are gone lose theirs.
+    ///
+    /// The active counts are copied: requests still in flight hold a reference to the old
+    /// counters, so the caller must not rebuild while requests of this group are in flight
+    /// (`&mut self` enforces that when the group is not shared).
+    pub fn rebuild(&mut self, cfg: &UpstreamConfig) {
+        let next = UpstreamGroup::new(cfg);
+        let old: HashMap<&str, PeerId> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(id, p)| (p.address.as_str(), id))
+            .collect();
+        for (id, peer) in next.peers.iter().enumerate() {
+            let Some(&old_id) = old.get(peer.address.as_str()) else {
+                continue;
+            };
+            let (from, to) = (self.load(old_id), next.load(id));
+            to.active.set(from.active.get());
+            to.ewma_ns.set(from.ewma_ns.get());
+            to.ewma_at.set(from.ewma_at.get());
+            if self.peers[old_id].addr == peer.addr {
+                next.pool.adopt(id, &self.pool, old_id);
+            }
+        }
+        *self = next;
+    }
+
     /// The hash of a request for this group's hashing algorithm: `None` when the group does
     /// not hash or the key is absent from the request (the selector then rotates). `buf` is
     /// the buffer `head` was parsed from.
@@ -222,6 +254,70 @@ mod tests {
         );
         let mut c = Config::from_toml_str(&text, "t.toml").unwrap();
         c.upstreams.remove(0)
+    }
+
+    #[test]
+    fn rebuild_carries_loads_over_for_kept_addresses() {
+        let mut g = UpstreamGroup::new(&config(
+            "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }, \
+             { address = \"127.0.0.1:3\", backup = true }",
+            "least_connections",
+        ));
+        let t0 = Instant::now();
+        for (id, active) in [(0, 4), (1, 7), (2, 1)] {
+            g.load(id).active.set(active);
+            g.observe_latency(id, Duration::from_millis(id as u64 + 1), t0);
+        }
+        // :1 goes, :3 stops being a backup and moves to the front, :4 is new.
+        g.rebuild(&config(
+            "{ address = \"127.0.0.1:3\", weight = 2 }, { address = \"127.0.0.1:4\" }, \
+             { address = \"127.0.0.1:2\" }",
+            "least_connections",
+        ));
+        let addresses: Vec<&str> = g.peers.iter().map(|p| p.address.as_str()).collect();
+        assert_eq!(addresses, ["127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:2"]);
+        let active: Vec<u32> = (0..3).map(|id| g.load(id).active.get()).collect();
+        assert_eq!(active, [1, 0, 7]);
+        assert_eq!(g.load(0).ewma_ns.get(), 3e6);
+        assert_eq!(g.load(1).ewma_ns.get(), 0.0);
+        assert_eq!(g.load(1).ewma_at.get(), None);
+        assert_eq!(g.load(2).ewma_ns.get(), 2e6);
+        assert_eq!(g.load(2).ewma_at.get(), Some(t0));
+        assert!(!g.peers[0].backup);
+        // The new selector reads the carried loads: :4 is idle, so it goes first.
+        assert_eq!(g.select(None, &TriedSet::default()), Some(1));
+        g.load(1).active.set(10);
+        // :3 has 1 active at weight 2, :2 has 7.
+        assert_eq!(g.select(None, &TriedSet::default()), Some(0));
+    }
+
+    #[test]
+    fn rebuild_keeps_idle_connections_of_kept_peers() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let kept = format!("{{ address = \"{addr}\" }}");
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut g = UpstreamGroup::new(&config(
+                &format!("{{ address = \"127.0.0.1:9\" }}, {kept}"),
+                "round_robin",
+            ));
+            let now = Instant::now();
+            for _ in 0..2 {
+                let stream = monoio::net::TcpStream::connect(addr).await.unwrap();
+                g.pool.put(1, stream, now);
+            }
+            g.rebuild(&config(
+                &format!("{kept}, {{ address = \"127.0.0.1:10\" }}"),
+                "round_robin",
+            ));
+            assert_eq!(g.pool.idle_count(0), 2);
+            assert_eq!(g.pool.idle_count(1), 0);
+            assert!(g.pool.take(0, now).is_some());
+        });
     }
 
     #[test]
