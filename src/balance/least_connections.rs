@@ -5,8 +5,9 @@
 //! rotation (the first tied candidate after the previous pick), with unequal weights by
 //! smooth weighted round robin among the tied candidates — so an idle or evenly loaded group
 //! still gets traffic in proportion to the weights. One pass over the load table per pick
-//! (two when weights differ and there are ties); with equal weights the pass stops at the
-//! first idle candidate.
+//! (plus one over the tied candidates when weights differ); with equal weights the pass stops
+//! at the first idle candidate. The pass asks nothing about eligibility; only when its
+//! winner is not eligible is it redone asking for every would-be winner.
 //!
 //! # Shard-local counts
 //!
@@ -40,6 +41,8 @@ pub struct LeastConnections {
     uniform: bool,
     /// Whether any candidate has weight > 0.
     any_live: bool,
+    /// Whether any candidate has weight 0 (the scan must skip it).
+    drained: bool,
     /// Equal weights: where the next scan starts (one past the previous pick).
     next: usize,
     /// Unequal weights: smooth weighted round robin score of each candidate, advanced only
@@ -59,6 +62,7 @@ impl LeastConnections {
             weights: weights.to_vec(),
             uniform,
             any_live: first.is_some(),
+            drained: weights.contains(&0),
             next: 0,
             current: vec![0; weights.len()],
             ties: Vec::new(),
@@ -66,12 +70,13 @@ impl LeastConnections {
     }
 
     /// Equal weights: the first candidate from `next` on (wrapping) with the fewest active
-    /// among the eligible ones.
-    #[inline]
+    /// among those `eligible` accepts, or `None`. Does not move the rotation.
+    #[inline(always)]
     fn least_uniform(
-        &mut self,
+        &self,
         loads: &[PeerLoad],
-        eligible: &mut impl FnMut(usize) -> bool,
+        mut eligible: impl FnMut(usize) -> bool,
+        skip_drained: bool,
     ) -> Option<usize> {
         let n = self.weights.len();
         let start = self.next.min(n);
@@ -80,7 +85,7 @@ impl LeastConnections {
         // Two straight ranges instead of a modulo per step.
         'scan: for range in [start..n, 0..start] {
             for c in range {
-                if self.weights[c] == 0 {
+                if skip_drained && self.weights[c] == 0 {
                     continue;
                 }
                 let a = active_of(loads, c);
@@ -94,18 +99,64 @@ impl LeastConnections {
                 }
             }
         }
-        let c = best?;
-        self.next = if c + 1 == n { 0 } else { c + 1 };
-        Some(c)
+        best
     }
 
-    /// Unequal weights: the eligible candidate with the least `active ÷ weight`; ties go by
-    /// smooth weighted round robin among them.
-    fn least_weighted(
-        &mut self,
-        loads: &[PeerLoad],
-        eligible: &mut impl FnMut(usize) -> bool,
-    ) -> Option<usize> {
+    /// Equal weights, no drained candidate, a full load table, everyone eligible: the plain
+    /// rotating minimum, over the load table without bounds checks.
+    #[inline(always)]
+    fn least_uniform_fast(&self, loads: &[PeerLoad]) -> usize {
+        let start = self.next.min(loads.len());
+        let mut best = start;
+        let mut best_active = u32::MAX;
+        for (c, l) in loads.iter().enumerate().skip(start) {
+            let a = l.active.get();
+            if a < best_active {
+                (best, best_active) = (c, a);
+                if a == 0 {
+                    return c;
+                }
+            }
+        }
+        for (c, l) in loads[..start].iter().enumerate() {
+            let a = l.active.get();
+            if a < best_active {
+                (best, best_active) = (c, a);
+                if a == 0 {
+                    return c;
+                }
+            }
+        }
+        best
+    }
+
+    /// Unequal weights, a full load table, everyone eligible: [`Self::collect_ties`] over
+    /// zipped slices (no bounds checks).
+    #[inline(always)]
+    fn collect_ties_fast(&mut self, loads: &[PeerLoad]) {
+        self.ties.clear();
+        let (mut best_a, mut best_w) = (1u64, 0u64);
+        for (c, (l, &w)) in loads.iter().zip(&self.weights).enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let (a, w) = (u64::from(l.active.get()), u64::from(w));
+            let lhs = a * best_w;
+            let rhs = best_a * w;
+            if lhs <= rhs {
+                if lhs < rhs {
+                    self.ties.clear();
+                    (best_a, best_w) = (a, w);
+                }
+                self.ties.push(c as u32);
+            }
+        }
+    }
+
+    /// Unequal weights: collects into `ties` the candidates `eligible` accepts with the least
+    /// `active ÷ weight`.
+    #[inline(always)]
+    fn collect_ties(&mut self, loads: &[PeerLoad], mut eligible: impl FnMut(usize) -> bool) {
         self.ties.clear();
         // Best score so far as the fraction best_a / best_w (1/0 = none yet).
         let (mut best_a, mut best_w) = (1u64, 0u64);
@@ -114,7 +165,7 @@ impl LeastConnections {
                 continue;
             }
             let (a, w) = (u64::from(active_of(loads, c)), u64::from(w));
-            // a/w vs best_a/best_w.
+            // a/w vs best_a/best_w, exactly.
             let lhs = a * best_w;
             let rhs = best_a * w;
             if lhs <= rhs && eligible(c) {
@@ -125,43 +176,88 @@ impl LeastConnections {
                 self.ties.push(c as u32);
             }
         }
+    }
+
+    /// Unequal weights: which of `ties` smooth weighted round robin takes (without moving
+    /// its scores yet).
+    fn tie_winner(&self) -> Option<usize> {
         match self.ties.as_slice() {
             [] => None,
             [only] => Some(*only as usize),
             ties => {
-                let mut total = 0;
                 let mut best = ties[0] as usize;
                 let mut best_score = i64::MIN;
                 for &c in ties {
                     let c = c as usize;
-                    let w = i64::from(self.weights[c]);
-                    total += w;
-                    self.current[c] += w;
-                    if self.current[c] > best_score {
-                        best_score = self.current[c];
+                    let score = self.current[c] + i64::from(self.weights[c]);
+                    if score > best_score {
+                        best_score = score;
                         best = c;
                     }
                 }
-                self.current[best] -= total;
                 Some(best)
             }
         }
     }
 
-    /// The pick among eligible candidates.
+    /// Unequal weights: moves the smooth weighted round robin scores of `ties` for a pick
+    /// of `winner`.
+    fn commit_ties(&mut self, winner: usize) {
+        if self.ties.len() < 2 {
+            return;
+        }
+        let mut total = 0;
+        for &c in &self.ties {
+            let w = i64::from(self.weights[c as usize]);
+            self.current[c as usize] += w;
+            total += w;
+        }
+        self.current[winner] -= total;
+    }
+
+    /// The pick among the candidates `eligible` accepts; moves the tie-break state.
+    ///
+    /// Fast path: the choice among all candidates (no calls to `eligible` in the loop), kept
+    /// when `eligible` accepts it — the usual case. Otherwise the scan is redone with
+    /// `eligible` consulted for every candidate that would win.
     #[inline]
     fn least(
         &mut self,
         loads: &[PeerLoad],
-        mut eligible: impl FnMut(usize) -> bool,
+        eligible: &mut dyn FnMut(usize) -> bool,
     ) -> Option<usize> {
         if !self.any_live {
             return None;
         }
+        let n = self.weights.len();
+        let full = loads.len() >= n;
         if self.uniform {
-            self.least_uniform(loads, &mut eligible)
+            let fast = if full && !self.drained {
+                Some(self.least_uniform_fast(&loads[..n]))
+            } else {
+                self.least_uniform(loads, |_| true, self.drained)
+            };
+            let c = match fast {
+                Some(c) if eligible(c) => c,
+                _ => self.least_uniform(loads, &mut *eligible, true)?,
+            };
+            self.next = if c + 1 == n { 0 } else { c + 1 };
+            Some(c)
         } else {
-            self.least_weighted(loads, &mut eligible)
+            if full {
+                self.collect_ties_fast(&loads[..n]);
+            } else {
+                self.collect_ties(loads, |_| true);
+            }
+            let c = match self.tie_winner() {
+                Some(c) if eligible(c) => c,
+                _ => {
+                    self.collect_ties(loads, &mut *eligible);
+                    self.tie_winner()?
+                }
+            };
+            self.commit_ties(c);
+            Some(c)
         }
     }
 }
@@ -171,7 +267,7 @@ impl Selector for LeastConnections {
     /// [`Selector::pick_eligible`]'s job, done in the same single pass).
     #[inline]
     fn pick(&mut self, req: &PickRequest<'_>) -> Option<usize> {
-        self.least(req.loads, |_| true)
+        self.least(req.loads, &mut |_| true)
     }
 
     fn pick_eligible(
