@@ -91,48 +91,71 @@ impl PeakEwma {
         }
     }
 
-    /// The expected cost of sending one more request to `candidate` at `now`.
+    /// What a candidate costs, up to the decay since its last sample.
     #[inline]
-    fn cost(&self, loads: &[PeerLoad], candidate: usize, now: Instant) -> f64 {
+    fn cost(&self, loads: &[PeerLoad], candidate: usize) -> Cost {
         let Some(load) = loads.get(candidate) else {
-            return 0.0;
+            return Cost::Fixed(0.0);
         };
         let active = f64::from(load.active.get());
         let ewma = load.ewma_ns.get();
         if ewma <= 0.0 {
-            return if active == 0.0 {
+            return Cost::Fixed(if active == 0.0 {
                 0.0
             } else {
                 UNMEASURED_BUSY_COST + active
-            };
+            });
         }
-        let estimate = match load.ewma_at.get() {
-            Some(at) => ewma * decay_weight(now.saturating_duration_since(at), self.decay),
-            None => ewma,
-        };
-        estimate * (active + 1.0) / f64::from(self.weights[candidate].max(1))
+        let weight = f64::from(self.weights[candidate].max(1));
+        Cost::Measured(ewma * (active + 1.0) / weight, load.ewma_at.get())
     }
 
-    /// [`Selector::pick`] at a given time (the trait's `pick` uses `Instant::now()`).
-    pub fn pick_at(&mut self, req: &PickRequest<'_>, now: Instant) -> Option<usize> {
+    /// Whether `a` costs no more than `b` now.
+    ///
+    /// Both estimates decay by the same factor from any common instant on, so the order of
+    /// `cost(a) × exp(−(now − t_a)/τ)` and `cost(b) × exp(−(now − t_b)/τ)` does not depend on
+    /// `now`: compare `cost(a)` with `cost(b) × exp((t_b − t_a)/τ)` — one `exp` and no clock
+    /// read per pick. (An unmeasured candidate's fixed cost is compared with the other's
+    /// undecayed cost: exact for the idle case, 0, and immaterial for the penalty.)
+    #[inline]
+    fn prefer(&self, loads: &[PeerLoad], a: usize, b: usize) -> bool {
+        match (self.cost(loads, a), self.cost(loads, b)) {
+            (Cost::Fixed(x), Cost::Fixed(y)) => x <= y,
+            (Cost::Fixed(x), Cost::Measured(y, _)) => x <= y,
+            (Cost::Measured(x, _), Cost::Fixed(y)) => x <= y,
+            (Cost::Measured(x, ta), Cost::Measured(y, tb)) => {
+                let factor = match (ta, tb) {
+                    (Some(ta), Some(tb)) => match tb.checked_duration_since(ta) {
+                        Some(later) => decay_weight(later, self.decay).recip(),
+                        None => decay_weight(ta.duration_since(tb), self.decay),
+                    },
+                    _ => 1.0,
+                };
+                x <= y * factor
+            }
+        }
+    }
+}
+
+/// Cost is a candidate's cost as of its last latency sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cost {
+    /// No sample yet: 0 while idle, a prohibitive penalty while busy.
+    Fixed(f64),
+    /// `estimate × (active + 1) ÷ weight` as of the sample time (decays from then on).
+    Measured(f64, Option<Instant>),
+}
+
+impl Selector for PeakEwma {
+    #[inline]
+    fn pick(&mut self, req: &PickRequest<'_>) -> Option<usize> {
         let m = self.live.len();
         if m < 2 {
             return self.live.first().map(|&c| c as usize);
         }
         let (i, j) = two_distinct(&mut self.rng, m);
         let (a, b) = (self.live[i] as usize, self.live[j] as usize);
-        if self.cost(req.loads, a, now) <= self.cost(req.loads, b, now) {
-            Some(a)
-        } else {
-            Some(b)
-        }
-    }
-}
-
-impl Selector for PeakEwma {
-    #[inline]
-    fn pick(&mut self, req: &PickRequest<'_>) -> Option<usize> {
-        self.pick_at(req, Instant::now())
+        Some(if self.prefer(req.loads, a, b) { a } else { b })
     }
 
     fn len(&self) -> usize {
@@ -177,23 +200,65 @@ mod tests {
         assert_eq!(l.ewma_at.get(), Some(t0 + Duration::from_secs(1)));
     }
 
+    /// The cost of `c` at `now`, computed the long way.
+    fn cost_at(s: &PeakEwma, l: &[PeerLoad], c: usize, now: Instant) -> f64 {
+        match s.cost(l, c) {
+            Cost::Fixed(x) => x,
+            Cost::Measured(x, at) => {
+                x * at.map_or(1.0, |at| decay_weight(now.duration_since(at), s.decay))
+            }
+        }
+    }
+
     #[test]
     fn cost_uses_latency_active_weight_and_decay() {
         let s = PeakEwma::new(&[1, 2], DEFAULT_EWMA_DECAY, 1);
         let l = loads(&[0, 0]);
         let t0 = Instant::now();
         // Unmeasured: free while idle, prohibitive while busy.
-        assert_eq!(s.cost(&l, 0, t0), 0.0);
+        assert_eq!(s.cost(&l, 0), Cost::Fixed(0.0));
         l[0].active.set(2);
-        assert_eq!(s.cost(&l, 0, t0), 1e15 + 2.0);
+        assert_eq!(s.cost(&l, 0), Cost::Fixed(1e15 + 2.0));
         observe_latency(&l[0], 3 * MS, t0, DEFAULT_EWMA_DECAY);
         observe_latency(&l[1], 3 * MS, t0, DEFAULT_EWMA_DECAY);
-        assert_eq!(s.cost(&l, 0, t0), 3e6 * 3.0);
-        assert_eq!(s.cost(&l, 1, t0), 3e6 / 2.0);
+        assert_eq!(s.cost(&l, 0), Cost::Measured(3e6 * 3.0, Some(t0)));
+        assert_eq!(s.cost(&l, 1), Cost::Measured(3e6 / 2.0, Some(t0)));
         // 10 s (one time constant) later the estimate is down to 1/e.
         let later = t0 + Duration::from_secs(10);
         let want = 3e6 * (-1.0f64).exp() * 3.0;
-        assert!((s.cost(&l, 0, later) - want).abs() < 1e-6);
+        assert!((cost_at(&s, &l, 0, later) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn comparison_without_a_clock_agrees_with_decayed_costs() {
+        let s = PeakEwma::new(&[1, 3], Duration::from_secs(2), 1);
+        let l = loads(&[0, 0]);
+        let t0 = Instant::now();
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut checked = 0;
+        for _ in 0..10_000 {
+            for load in &l {
+                load.active.set(rng.u32(0..5));
+                load.ewma_ns.set(0.0);
+                load.ewma_at.set(None);
+                if rng.u8(..10) > 0 {
+                    let at = t0 + Duration::from_millis(rng.u64(0..20_000));
+                    observe_latency(load, Duration::from_micros(rng.u64(1..50_000)), at, s.decay);
+                }
+            }
+            let now = t0 + Duration::from_millis(rng.u64(20_000..40_000));
+            let (x, y) = (cost_at(&s, &l, 0, now), cost_at(&s, &l, 1, now));
+            if (x - y).abs() <= 1e-9 * x.max(y) {
+                continue;
+            }
+            // Exact unless an unmeasured busy peer meets a measured one (both then lose to
+            // anything sensible).
+            if x < 1e15 && y < 1e15 {
+                assert_eq!(s.prefer(&l, 0, 1), x <= y, "{x} vs {y}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 5_000, "{checked}");
     }
 
     #[test]
@@ -210,7 +275,7 @@ mod tests {
                 nth: 0,
                 loads: &l,
             };
-            assert_eq!(s.pick_at(&req, t0), Some(1));
+            assert_eq!(s.pick(&req), Some(1));
         }
     }
 
@@ -240,7 +305,7 @@ mod tests {
                 nth: 0,
                 loads: &l,
             };
-            let c = s.pick_at(&req, t0 + t).unwrap();
+            let c = s.pick(&req).unwrap();
             counts[c] += 1;
             l[c].active.set(l[c].active.get() + 1);
             in_flight.push(Reverse((t + latency[c], c)));
