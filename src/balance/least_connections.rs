@@ -13,20 +13,24 @@
 //!
 //! `active` is what *this shard* has in flight to a peer (DESIGN.md invariant 1: no
 //! cross-shard state on the request path), so each shard balances its own share of the
-//! traffic. With N shards and SO_REUSEPORT spreading connections uniformly, every shard sees
-//! about 1/N of the requests, and the global in-flight count of a peer is ≈ N × the local one:
-//! the shards' choices add up to a global least-connections choice as long as their local
-//! pictures agree. They drift apart by how unevenly the kernel spread the work: each shard
-//! keeps its own peers within about one request of each other (it always adds to the least
-//! loaded), so the global count of a peer deviates from the global mean by at most the sum of
-//! the per-shard deviations — ≤ N requests per peer in the steady state, plus whatever a shard
-//! with more or slower connections adds on top of its siblings. Example: 8 shards, 4 peers,
-//! 400 requests in flight → 100 per peer globally, 12–13 per peer per shard; the worst case
-//! is a peer that is the "+1" on every shard, 8 × 13 = 104 (4 % over the mean). What a shard
-//! cannot see is a peer slowed down by another shard's traffic until its own requests to it
-//! slow down too; at N = 8 and 50 in flight per shard that lag is one or two requests. The
-//! relative error shrinks as load grows, and is largest (but then irrelevant) when almost
-//! nothing is in flight.
+//! traffic and the global in-flight count of a peer is the sum of N local ones. With
+//! SO_REUSEPORT spreading connections uniformly each shard carries about 1/N of the load, so
+//! the global count is ≈ N × the local one, and the shards' choices add up to a global
+//! least-connections choice as long as their local pictures agree.
+//!
+//! How far they can disagree: each shard keeps its own peers within about one request of each
+//! other (it always adds to the least loaded), so a peer's global count is off the global
+//! per-peer mean by at most the sum of the per-shard deviations — ±N in the worst case, when a
+//! peer happens to be the "+1" on every shard at once. Example: 8 shards, 4 peers, 400
+//! requests in flight → 50 per shard, 12–13 per peer per shard, 100 per peer globally; the
+//! worst peer has 8 × 13 = 104 (4 % over the mean), and that error does not grow with load
+//! (at 4000 in flight it is 0.4 %). Uneven spreading of *connections* does not add to it: a
+//! shard with twice the connections has twice the requests in flight but spreads them just as
+//! evenly. What a shard cannot see is another shard's traffic: a peer that slows down because
+//! shard A floods it looks idle to shard B until B's own requests to it slow down and pile up
+//! too — the correction lags by one round-trip of B's requests to that peer. The relative
+//! error is largest when almost nothing is in flight (1–2 requests per shard: every shard may
+//! pick the same idle peer at once), which is also when it matters least.
 
 use super::{active_of, PeerLoad, PickRequest, Selector};
 
