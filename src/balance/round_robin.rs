@@ -33,6 +33,10 @@ impl Selector for RoundRobin {
         Some(candidate)
     }
 
+    fn name(&self) -> &'static str {
+        "round_robin"
+    }
+
     fn len(&self) -> usize {
         self.len
     }

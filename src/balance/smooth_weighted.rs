@@ -53,6 +53,10 @@ impl Selector for SmoothWeighted {
         Some(best)
     }
 
+    fn name(&self) -> &'static str {
+        "smooth_weighted"
+    }
+
     fn len(&self) -> usize {
         self.weights.len()
     }

@@ -6,11 +6,9 @@
 //! checks values beyond their TOML type, except `workers`, whose shape (`"auto"` or an integer)
 //! is decided while deserializing.
 //!
-//! Keys that later issues will add to `[[upstream]]` (`hash_key`) are deliberately not
-//! declared: `deny_unknown_fields` rejects them, and `locate.rs` rewrites that error to
-//! "`hash_key` is not supported yet" (declaring them would list them in toml's "expected one
-//! of …" for every other typo). The failover keys' structs (`retry`, `circuit_breaker`) live
-//! in `failover.rs`, the health keys' (`health`, `passive`) in `health.rs`.
+//! Every `[[upstream]]` key is declared; the failover keys' structs (`retry`,
+//! `circuit_breaker`) live in `failover.rs`, the health keys' (`health`, `passive`) in
+//! `health.rs`, the balancing keys' validation in `balance.rs`.
 use std::fmt;
 
 use serde::de::{self, Visitor};
@@ -173,6 +171,17 @@ pub(crate) struct UpstreamFile {
     pub name: String,
     /// Default `round_robin`; checked against the known names in validation.
     pub algorithm: Option<String>,
+    /// `hash_key = "header:X-User-Id"`; required by `consistent_hash`/`maglev` (see
+    /// `config/balance.rs` for these five balancing keys).
+    pub hash_key: Option<String>,
+    /// consistent_hash/ip_hash ring points per unit of weight. Default 160.
+    pub points: Option<u64>,
+    /// Bounded-load factor (> 1.0) of the hashing algorithms. Default none.
+    pub balance_factor: Option<f64>,
+    /// maglev table size, a prime. Default 65537.
+    pub table_size: Option<u64>,
+    /// peak_ewma decay time constant. Default 10000.
+    pub ewma_decay_ms: Option<u64>,
     /// `peers = [{ address = "…", weight = 1, backup = false, region = "…" }, …]`.
     #[serde(default)]
     pub peers: Vec<PeerFile>,

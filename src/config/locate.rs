@@ -10,9 +10,6 @@ use toml::de::{DeTable, DeValue};
 
 use super::ConfigError;
 
-/// Keys later issues will add to `[[upstream]]`; rejected with "not supported yet".
-const UNSUPPORTED_UPSTREAM_KEYS: [&str; 1] = ["hash_key"];
-
 /// One step of a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -196,15 +193,7 @@ pub(crate) fn toml_error(text: &str, source: &str, err: &toml::de::Error) -> Con
     if let Some(field) = backticked_after(message, "missing field ") {
         path.push(Segment::Key(field.to_string()));
     }
-    let unsupported = backticked_after(message, "unknown field ").filter(|field| {
-        UNSUPPORTED_UPSTREAM_KEYS.contains(field)
-            && path.len() == 3
-            && path[0] == Segment::Key("upstream".to_string())
-    });
-    let reason = match unsupported {
-        Some(field) => format!("`{field}` is not supported yet (line {line})"),
-        None => format!("{message} (line {line})"),
-    };
+    let reason = format!("{message} (line {line})");
     ConfigError {
         file: source.to_string(),
         key: format_path(&path),

@@ -5,6 +5,7 @@
 //! runtime types below (`Duration`s, resolved socket addresses, parsed CPU sets). Every error
 //! names the file, the key and the reason ([`ConfigError`]).
 
+mod balance;
 mod cpus;
 mod failover;
 mod file;
@@ -17,14 +18,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub use crate::balance::{BalanceParams, HashKey};
 pub use crate::failover::{BreakerConfig, RetryPolicy};
+pub use cpus::{
+    allowed_cpus, format_cpu_list, numa_node_cpus, parse_cpu_list, CpuSetError, MAX_CPUS,
+};
 pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
-};
-
-pub use cpus::{
-    allowed_cpus, format_cpu_list, numa_node_cpus, parse_cpu_list, CpuSetError, MAX_CPUS,
 };
 
 /// Config is the validated, resolved runtime configuration of a whole ringlb process.
@@ -172,13 +173,30 @@ impl Default for Limits {
     }
 }
 
-/// Algorithm is the load-balancing algorithm of an upstream group.
+/// Algorithm is the load-balancing algorithm of an upstream group (`algorithm = …`, default
+/// `round_robin`); `src/balance/` implements each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     /// Plain rotation over peers, ignoring weights.
     RoundRobin,
     /// nginx's smooth weighted round robin.
     SmoothWeighted,
+    /// Fewest requests in flight ÷ weight (shard-local counts).
+    LeastConnections,
+    /// The less loaded (÷ weight) of two random peers.
+    PowerOfTwo,
+    /// Uniformly random (weights ignored, except 0 = drained).
+    Random,
+    /// Random in proportion to weight.
+    WeightedRandom,
+    /// Ketama-style consistent hashing of `hash_key`.
+    ConsistentHash,
+    /// Maglev table lookup of `hash_key`.
+    Maglev,
+    /// Two random peers, lower peak-EWMA latency × (active + 1).
+    PeakEwma,
+    /// `consistent_hash` keyed by the client IP.
+    IpHash,
 }
 
 impl Algorithm {
@@ -187,7 +205,24 @@ impl Algorithm {
         match self {
             Algorithm::RoundRobin => "round_robin",
             Algorithm::SmoothWeighted => "smooth_weighted",
+            Algorithm::LeastConnections => "least_connections",
+            Algorithm::PowerOfTwo => "power_of_two",
+            Algorithm::Random => "random",
+            Algorithm::WeightedRandom => "weighted_random",
+            Algorithm::ConsistentHash => "consistent_hash",
+            Algorithm::Maglev => "maglev",
+            Algorithm::PeakEwma => "peak_ewma",
+            Algorithm::IpHash => "ip_hash",
         }
+    }
+
+    /// Whether the algorithm maps requests by a hash key (`consistent_hash`, `maglev`,
+    /// `ip_hash`).
+    pub fn is_hashing(self) -> bool {
+        matches!(
+            self,
+            Algorithm::ConsistentHash | Algorithm::Maglev | Algorithm::IpHash
+        )
     }
 }
 
@@ -198,6 +233,11 @@ pub struct UpstreamConfig {
     pub name: String,
     /// Balancing algorithm. Default `round_robin`.
     pub algorithm: Algorithm,
+    /// What hashing algorithms key on (`hash_key = …`); `Some` exactly when the algorithm
+    /// hashes (`ip_hash` sets `client_ip`). No default.
+    pub hash_key: Option<HashKey>,
+    /// The algorithm's tuning (`points`, `balance_factor`, `table_size`, `ewma_decay_ms`).
+    pub balance: BalanceParams,
     /// Peers in file order; a peer's index here is its `PeerId` within the group.
     pub peers: Vec<PeerConfig>,
     /// Global `[timeouts]` with this upstream's `timeouts = { … }` overrides applied.
@@ -415,6 +455,7 @@ impl Config {
         for (i, u) in self.upstreams.iter().enumerate() {
             writeln!(out, "upstream[{i}] \"{}\"", u.name)?;
             writeln!(out, "  algorithm  {}", u.algorithm.name())?;
+            balance::describe(out, u)?;
             writeln!(out, "  peers")?;
             for (j, p) in u.peers.iter().enumerate() {
                 write!(

@@ -16,8 +16,8 @@ use super::file::{
     UpstreamFile, UringTaskrunFile, WorkersFile,
 };
 use super::{
-    Algorithm, Config, ConfigError, Driver, Limits, PeerConfig, PoolConfig, RouteConfig,
-    ServerConfig, Timeouts, UpstreamConfig, UringTaskrun, Workers,
+    Config, ConfigError, Driver, Limits, PeerConfig, PoolConfig, RouteConfig, ServerConfig,
+    Timeouts, UpstreamConfig, UringTaskrun, Workers,
 };
 
 /// Default `server.listen`.
@@ -36,20 +36,6 @@ const DEFAULT_URING_ENTRIES: u32 = 1024;
 const URING_ENTRIES_RANGE: std::ops::RangeInclusive<u64> = 256..=32_768;
 /// Allowed `limits.max_header_bytes`: 1 KiB ..= 1 MiB.
 const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=1024 * 1024;
-
-/// Algorithms the file may name and this build implements.
-const SUPPORTED_ALGORITHMS: [Algorithm; 2] = [Algorithm::RoundRobin, Algorithm::SmoothWeighted];
-/// Algorithm names that are planned (DESIGN.md) but not implemented yet.
-const FUTURE_ALGORITHMS: [&str; 8] = [
-    "least_connections",
-    "power_of_two",
-    "random",
-    "weighted_random",
-    "consistent_hash",
-    "maglev",
-    "peak_ewma",
-    "ip_hash",
-];
 
 /// HostCpus is what validation needs to know about the machine's CPUs: the process's
 /// allowed set and where NUMA node cpulists live. A parameter so tests can fake both.
@@ -439,10 +425,7 @@ fn upstream(
         ));
     }
 
-    let algorithm = match f.algorithm.as_deref() {
-        None => Algorithm::RoundRobin,
-        Some(name) => algorithm(name).map_err(|reason| cx.err(key("algorithm"), reason))?,
-    };
+    let balance = super::balance::check(i, f).map_err(|(key, reason)| cx.err(key, reason))?;
 
     if f.peers.is_empty() {
         return Err(cx.err(key("peers"), "must list at least one peer"));
@@ -485,7 +468,9 @@ fn upstream(
 
     Ok(UpstreamConfig {
         name: f.name.clone(),
-        algorithm,
+        algorithm: balance.algorithm,
+        hash_key: balance.hash_key,
+        balance: balance.params,
         peers,
         timeouts,
         pool,
@@ -496,24 +481,6 @@ fn upstream(
         local_region: h.local_region,
         when_all_down: h.when_all_down,
     })
-}
-
-/// Maps an `algorithm = "…"` name; the error is the reason text.
-fn algorithm(name: &str) -> Result<Algorithm, String> {
-    if let Some(a) = SUPPORTED_ALGORITHMS.iter().find(|a| a.name() == name) {
-        return Ok(*a);
-    }
-    if FUTURE_ALGORITHMS.contains(&name) {
-        return Err(format!("algorithm `{name}` is not supported yet"));
-    }
-    let expected: Vec<String> = SUPPORTED_ALGORITHMS
-        .iter()
-        .map(|a| format!("`{}`", a.name()))
-        .collect();
-    Err(format!(
-        "unknown algorithm `{name}`, expected one of {}",
-        expected.join(", ")
-    ))
 }
 
 /// Checks one peer table; `key` is its path (`upstream[0].peers[2]`).
@@ -704,7 +671,7 @@ fn is_tchar(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::locate;
+    use super::super::{locate, Algorithm};
     use super::*;
 
     /// The source name every test config is loaded as.
@@ -1042,14 +1009,7 @@ upstream = "static"
     }
 
     #[test]
-    fn later_upstream_keys_are_not_supported_yet() {
-        let shown = expect_err(
-            &format!("{MIN}hash_key = \"client_ip\"\n"),
-            "upstream[0].hash_key",
-            "`hash_key` is not supported yet",
-        );
-        assert!(shown.contains("(line 4)"), "{shown}");
-        // Elsewhere they are just unknown.
+    fn upstream_keys_elsewhere_are_unknown() {
         expect_err(
             &format!("[server]\nretry = 1\n{MIN}"),
             "server.retry",
@@ -1525,37 +1485,6 @@ upstream = "static"
         ))
         .unwrap();
         assert_eq!(c.routes[0].host.as_deref(), Some("[::1]"));
-    }
-
-    #[test]
-    fn algorithms() {
-        let algo = |name: &str| {
-            format!(
-                "[[upstream]]\nname = \"a\"\nalgorithm = \"{name}\"\n\
-                 peers = [{{ address = \"127.0.0.1:1\" }}]\n"
-            )
-        };
-        assert_eq!(
-            load(&algo("round_robin")).unwrap().upstreams[0].algorithm,
-            Algorithm::RoundRobin
-        );
-        assert_eq!(
-            load(&algo("smooth_weighted")).unwrap().upstreams[0].algorithm,
-            Algorithm::SmoothWeighted
-        );
-        for future in FUTURE_ALGORITHMS {
-            let shown = expect_err(
-                &algo(future),
-                "upstream[0].algorithm",
-                &format!("algorithm `{future}` is not supported yet"),
-            );
-            assert!(shown.contains("(line 3)"), "{shown}");
-        }
-        expect_err(
-            &algo("fastest"),
-            "upstream[0].algorithm",
-            "unknown algorithm `fastest`, expected one of `round_robin`, `smooth_weighted`",
-        );
     }
 
     #[test]

@@ -325,6 +325,9 @@ impl Conn<'_> {
             .extend_from_slice(&self.rbuf[head_len..head_len + buffered]);
         self.rpos = head_len + buffered;
 
+        let hash = pick
+            .hash
+            .or_else(|| group.request_hash(&self.rbuf, &self.head, self.fwd.client_ip));
         let start = Instant::now();
         let policy = *group.retrier.borrow().policy();
         let mut tctx = TryContext::new(&self.head, &self.rbuf);
@@ -352,7 +355,7 @@ impl Conn<'_> {
         loop {
             let now = Instant::now();
             let skip = if after_backoff { &no_one } else { &tried };
-            let Some(peer_id) = group.select(pick.hash, skip, now) else {
+            let Some(peer_id) = group.select(hash, skip, now) else {
                 let err =
                     last_err.unwrap_or(HttpError::ServiceUnavailable("no eligible upstream peer"));
                 let keep = self.head.keep_alive && body.done();
@@ -512,10 +515,23 @@ impl Conn<'_> {
                 },
             };
             let _active = ActiveGuard::new(&group.load(peer_id).active);
-            match self
+            let sent_at = Instant::now();
+            let res = self
                 .send_and_read_head(group, &mut up, expect, body, try_deadline)
-                .await
-            {
+                .await;
+            if matches!(
+                res,
+                Ok(_)
+                    | Err(TryFail::Failure {
+                        failure: Failure::Timeout,
+                        ..
+                    })
+            ) {
+                // Response-head latency feeds peak_ewma (a timeout counts as its duration).
+                let now = Instant::now();
+                group.observe_latency(peer_id, now.duration_since(sent_at), now);
+            }
+            match res {
                 Ok(body_unsent) => {
                     let status = self.resp.status;
                     let retry_on = group.retrier.borrow().policy().on;

@@ -9,12 +9,17 @@ mod pool;
 pub use pool::{Pool, PooledConn};
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
-use crate::balance::{build_selector, select_eligible, PeerId, PeerLoad, Selector};
-use crate::config::{PoolConfig, StartState, Timeouts, UpstreamConfig, WhenAllDown};
+use crate::balance::{
+    build_selector, observe_latency, select_eligible, Candidate, HashKey, PeerId, PeerLoad,
+    Selector,
+};
+use crate::config::{Algorithm, PoolConfig, StartState, Timeouts, UpstreamConfig, WhenAllDown};
 use crate::failover::{BreakerTransition, CircuitBreaker, Retrier, Ticket};
+use crate::http::RequestHead;
 
 /// Peer is one peer of a group with its shard-local state.
 pub struct Peer {
@@ -78,6 +83,12 @@ pub struct UpstreamGroup {
     /// The peer this shard last failed over to outside `local_region` (`None` = serving the
     /// local region), so each regional failover and fail-back is logged once per shard.
     failed_over_to: Cell<Option<PeerId>>,
+    /// The group's balancing algorithm.
+    pub algorithm: Algorithm,
+    /// What requests are hashed by: `Some` exactly when the algorithm hashes.
+    pub hash_key: Option<HashKey>,
+    /// Time constant of the peers' latency estimates (peak_ewma; default 10 s).
+    pub ewma_decay: Duration,
 }
 
 /// Admit is whether a peer's circuit breaker lets a request through.
@@ -91,7 +102,8 @@ pub enum Admit {
 }
 
 impl UpstreamGroup {
-    /// Builds a shard's replica of a configured group.
+    /// Builds a shard's replica of a configured group. The randomized selectors are seeded
+    /// from the thread's `fastrand` generator, so every shard draws its own sequence.
     pub fn new(cfg: &UpstreamConfig) -> Self {
         UpstreamGroup::new_seeded(cfg, fastrand::u64(..))
     }
@@ -127,10 +139,18 @@ impl UpstreamGroup {
             .collect();
         let primary_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| !peers[i].backup).collect();
         let backup_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| peers[i].backup).collect();
-        let weights =
-            |ids: &[PeerId]| -> Vec<u32> { ids.iter().map(|&i| peers[i].weight).collect() };
-        let primary = build_selector(cfg.algorithm, &weights(&primary_ids));
-        let backup = build_selector(cfg.algorithm, &weights(&backup_ids));
+        let selector = |ids: &[PeerId]| {
+            let candidates: Vec<Candidate<'_>> = ids
+                .iter()
+                .map(|&i| Candidate {
+                    address: &peers[i].address,
+                    weight: peers[i].weight,
+                })
+                .collect();
+            build_selector(cfg.algorithm, &cfg.balance, &candidates, fastrand::u64(..))
+        };
+        let primary = selector(&primary_ids);
+        let backup = selector(&backup_ids);
         let pool_cfg: PoolConfig = cfg.pool;
         UpstreamGroup {
             name: cfg.name.clone(),
@@ -153,6 +173,9 @@ impl UpstreamGroup {
             local_region: cfg.local_region.clone(),
             when_all_down: cfg.when_all_down,
             failed_over_to: Cell::new(None),
+            algorithm: cfg.algorithm,
+            hash_key: cfg.hash_key.clone(),
+            ewma_decay: cfg.balance.ewma_decay,
         }
     }
 
@@ -220,6 +243,52 @@ impl UpstreamGroup {
         if let Some(p) = self.peers.get(peer) {
             p.healthy.set(eligible);
         }
+    }
+
+    /// Rebuilds this group from a new config of it (reload, DNS): new peers, selectors,
+    /// timeouts and pool settings, keeping for every peer whose `address` stays its live
+    /// load (active count, latency estimate) and, when it still resolves to the same socket
+    /// address, its idle pooled connections. Peers that are gone lose theirs.
+    ///
+    /// The active counts are copied: requests still in flight hold a reference to the old
+    /// counters, so the caller must not rebuild while requests of this group are in flight
+    /// (`&mut self` enforces that when the group is not shared).
+    pub fn rebuild(&mut self, cfg: &UpstreamConfig) {
+        let next = UpstreamGroup::new(cfg);
+        let old: HashMap<&str, PeerId> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(id, p)| (p.address.as_str(), id))
+            .collect();
+        for (id, peer) in next.peers.iter().enumerate() {
+            let Some(&old_id) = old.get(peer.address.as_str()) else {
+                continue;
+            };
+            let (from, to) = (self.load(old_id), next.load(id));
+            to.active.set(from.active.get());
+            to.ewma_ns.set(from.ewma_ns.get());
+            to.ewma_at.set(from.ewma_at.get());
+            if self.peers[old_id].addr == peer.addr {
+                next.pool.adopt(id, &self.pool, old_id);
+            }
+        }
+        *self = next;
+    }
+
+    /// The hash of a request for this group's hashing algorithm: `None` when the group does
+    /// not hash or the key is absent from the request (the selector then rotates). `buf` is
+    /// the buffer `head` was parsed from.
+    #[inline]
+    pub fn request_hash(&self, buf: &[u8], head: &RequestHead, client_ip: IpAddr) -> Option<u64> {
+        self.hash_key.as_ref()?.hash(buf, head, client_ip)
+    }
+
+    /// Feeds a response's round-trip time into `peer`'s latency estimate (what peak_ewma
+    /// picks by); cheap enough to call for every response of every group.
+    #[inline]
+    pub fn observe_latency(&self, peer: PeerId, rtt: Duration, now: Instant) {
+        observe_latency(self.load(peer), rtt, now, self.ewma_decay);
     }
 
     /// The live load of a peer.
@@ -343,5 +412,96 @@ impl TriedSet {
     pub fn clear(&mut self) {
         self.low = 0;
         self.high.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(peers: &str, algorithm: &str) -> UpstreamConfig {
+        let text = format!(
+            "[[upstream]]\nname = \"app\"\nalgorithm = \"{algorithm}\"\npeers = [{peers}]\n"
+        );
+        let mut c = Config::from_toml_str(&text, "t.toml").unwrap();
+        c.upstreams.remove(0)
+    }
+
+    #[test]
+    fn rebuild_carries_loads_over_for_kept_addresses() {
+        let mut g = UpstreamGroup::new(&config(
+            "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }, \
+             { address = \"127.0.0.1:3\", backup = true }",
+            "least_connections",
+        ));
+        let t0 = Instant::now();
+        for (id, active) in [(0, 4), (1, 7), (2, 1)] {
+            g.load(id).active.set(active);
+            g.observe_latency(id, Duration::from_millis(id as u64 + 1), t0);
+        }
+        // :1 goes, :3 stops being a backup and moves to the front, :4 is new.
+        g.rebuild(&config(
+            "{ address = \"127.0.0.1:3\", weight = 2 }, { address = \"127.0.0.1:4\" }, \
+             { address = \"127.0.0.1:2\" }",
+            "least_connections",
+        ));
+        let addresses: Vec<&str> = g.peers.iter().map(|p| p.address.as_str()).collect();
+        assert_eq!(addresses, ["127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:2"]);
+        let active: Vec<u32> = (0..3).map(|id| g.load(id).active.get()).collect();
+        assert_eq!(active, [1, 0, 7]);
+        assert_eq!(g.load(0).ewma_ns.get(), 3e6);
+        assert_eq!(g.load(1).ewma_ns.get(), 0.0);
+        assert_eq!(g.load(1).ewma_at.get(), None);
+        assert_eq!(g.load(2).ewma_ns.get(), 2e6);
+        assert_eq!(g.load(2).ewma_at.get(), Some(t0));
+        assert!(!g.peers[0].backup);
+        // The new selector reads the carried loads: :4 is idle, so it goes first.
+        assert_eq!(g.select(None, &TriedSet::default(), Instant::now()), Some(1));
+        g.load(1).active.set(10);
+        // :3 has 1 active at weight 2, :2 has 7.
+        assert_eq!(g.select(None, &TriedSet::default(), Instant::now()), Some(0));
+    }
+
+    #[test]
+    fn rebuild_keeps_idle_connections_of_kept_peers() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let kept = format!("{{ address = \"{addr}\" }}");
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut g = UpstreamGroup::new(&config(
+                &format!("{{ address = \"127.0.0.1:9\" }}, {kept}"),
+                "round_robin",
+            ));
+            let now = Instant::now();
+            for _ in 0..2 {
+                let stream = monoio::net::TcpStream::connect(addr).await.unwrap();
+                g.pool.put(1, stream, now);
+            }
+            g.rebuild(&config(
+                &format!("{kept}, {{ address = \"127.0.0.1:10\" }}"),
+                "round_robin",
+            ));
+            assert_eq!(g.pool.idle_count(0), 2);
+            assert_eq!(g.pool.idle_count(1), 0);
+            assert!(g.pool.take(0, now).is_some());
+        });
+    }
+
+    #[test]
+    fn request_hash_follows_the_hash_key() {
+        let g = UpstreamGroup::new(&config("{ address = \"127.0.0.1:1\" }", "ip_hash"));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let head = RequestHead::default();
+        assert_eq!(
+            g.request_hash(b"", &head, ip),
+            Some(crate::balance::stable_hash(&[192, 0, 2, 1]))
+        );
+        let g = UpstreamGroup::new(&config("{ address = \"127.0.0.1:1\" }", "round_robin"));
+        assert_eq!(g.request_hash(b"", &head, ip), None);
     }
 }

@@ -82,6 +82,23 @@ impl Pool {
         self.idle.borrow_mut().iter_mut().for_each(Vec::clear);
     }
 
+    /// Moves the idle connections of `from_peer` in pool `from` into this pool's `peer`
+    /// (up to `max_idle_per_peer`; the rest close): how a rebuilt group keeps the warm
+    /// connections of the peers that stayed.
+    pub fn adopt(&self, peer: PeerId, from: &Pool, from_peer: PeerId) {
+        let moved = match from.idle.borrow_mut().get_mut(from_peer) {
+            Some(list) => std::mem::take(list),
+            None => return,
+        };
+        let mut idle = self.idle.borrow_mut();
+        if let Some(list) = idle.get_mut(peer) {
+            list.extend(moved);
+            let excess = list.len().saturating_sub(self.max_idle_per_peer);
+            // Keep the most recent ones (the end of the list).
+            list.drain(..excess);
+        }
+    }
+
     /// Idle connections to `peer` right now.
     pub fn idle_count(&self, peer: PeerId) -> usize {
         self.idle.borrow().get(peer).map_or(0, Vec::len)
