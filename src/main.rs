@@ -39,9 +39,15 @@ enum Command {
         /// Shards to run ("auto" = one per CPU).
         #[arg(long, default_value = "auto")]
         workers: String,
-        /// Balancing algorithm over the demo backends.
+        /// Balancing algorithm over the demo backends: round_robin, smooth_weighted,
+        /// least_connections, power_of_two, random, weighted_random, consistent_hash, maglev,
+        /// peak_ewma, ip_hash.
         #[arg(long, default_value = "round_robin")]
         algorithm: String,
+        /// What hashing algorithms (consistent_hash, maglev) hash: client_ip, path, query,
+        /// uri, header:NAME, cookie:NAME, query_param:NAME.
+        #[arg(long, default_value = "header:X-User-Id")]
+        hash_key: String,
     },
 }
 
@@ -55,7 +61,8 @@ fn main() -> ExitCode {
             listen,
             workers,
             algorithm,
-        } => demo(&listen, &workers, &algorithm),
+            hash_key,
+        } => demo(&listen, &workers, &algorithm, &hash_key),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,7 +135,7 @@ fn serve_until_signal(server: Server) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(listen: &str, workers: &str, algorithm: &str) -> anyhow::Result<()> {
+fn demo(listen: &str, workers: &str, algorithm: &str, hash_key: &str) -> anyhow::Result<()> {
     let backends = DemoBackends::start(3)?;
     let workers = if workers == "auto" {
         "\"auto\"".to_string()
@@ -140,9 +147,15 @@ fn demo(listen: &str, workers: &str, algorithm: &str) -> anyhow::Result<()> {
         .iter()
         .map(|a| format!("{{ address = \"{a}\" }}"))
         .collect();
+    // consistent_hash and maglev need a key; ip_hash brings its own.
+    let hash_line = if matches!(algorithm, "consistent_hash" | "maglev") {
+        format!("hash_key = \"{hash_key}\"\n")
+    } else {
+        String::new()
+    };
     let text = format!(
         "[server]\nlisten = [\"{listen}\"]\nworkers = {workers}\nadmin = \"\"\n\n\
-         [[upstream]]\nname = \"demo\"\nalgorithm = \"{algorithm}\"\npeers = [{}]\n",
+         [[upstream]]\nname = \"demo\"\nalgorithm = \"{algorithm}\"\n{hash_line}peers = [{}]\n",
         peers.join(", ")
     );
     let config = Config::from_toml_str(&text, "<demo>")?;

@@ -457,10 +457,16 @@ mod tests {
         assert_eq!(g.load(2).ewma_at.get(), Some(t0));
         assert!(!g.peers[0].backup);
         // The new selector reads the carried loads: :4 is idle, so it goes first.
-        assert_eq!(g.select(None, &TriedSet::default(), Instant::now()), Some(1));
+        assert_eq!(
+            g.select(None, &TriedSet::default(), Instant::now()),
+            Some(1)
+        );
         g.load(1).active.set(10);
         // :3 has 1 active at weight 2, :2 has 7.
-        assert_eq!(g.select(None, &TriedSet::default(), Instant::now()), Some(0));
+        assert_eq!(
+            g.select(None, &TriedSet::default(), Instant::now()),
+            Some(0)
+        );
     }
 
     #[test]
