@@ -772,3 +772,204 @@ fn request_timeout_bounds_all_tries() {
     assert_eq!(b.hits(), 1);
     assert!((1..=2).contains(&a.hits()), "a saw {} tries", a.hits());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines around connect and write.
+
+/// A peer whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
+/// Keep the returned socket and connections alive for as long as the peer should stay so.
+fn blackhole_peer() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    s.bind(&any.into()).expect("bind");
+    s.listen(0).expect("listen");
+    let addr = s
+        .local_addr()
+        .expect("local addr")
+        .as_socket()
+        .expect("inet");
+    let fill = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (s, fill, addr)
+}
+
+/// `per_try_timeout_ms` bounds the connect of a try too: a peer that does not complete the
+/// handshake costs one per-try timeout (300 ms), not the 2 s connect timeout, then the healthy
+/// peer answers.
+#[test]
+fn per_try_timeout_bounds_a_slow_connect() {
+    let (_hole, _fill, hole) = blackhole_peer();
+    let b = Backend::start("b");
+    let proxy = proxy_over(
+        hole,
+        b.addr(),
+        &["retry = { per_try_timeout_ms = 300 }"],
+        &[("connect_ms", 2000)],
+    );
+    let t = Instant::now();
+    assert_served_by(&proxy.client().roundtrip(&get("/")), "b");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "answered after {took:?} (per_try_timeout_ms = 300, connect_ms = 2000)"
+    );
+}
+
+/// `request_timeout_ms` bounds a connect too: 504 at the deadline (400 ms), not after the 2 s
+/// connect timeout.
+#[test]
+fn request_timeout_bounds_a_slow_connect() {
+    let (_hole, _fill, hole) = blackhole_peer();
+    let b = Backend::start("b");
+    let proxy = proxy_over(
+        hole,
+        b.addr(),
+        &["retry = { request_timeout_ms = 400 }"],
+        &[("connect_ms", 2000)],
+    );
+    let t = Instant::now();
+    proxy.client().roundtrip(&get("/")).assert_proxy_error(504);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
+        "504 after {took:?} (request_timeout_ms = 400, connect_ms = 2000)"
+    );
+    assert_eq!(b.accepts(), 0);
+}
+
+/// A keyed POST whose (kept) body the first peer does not take: the write times out
+/// (`upstream_write_ms`), and the retry must send the whole request to the next peer.
+#[test]
+fn write_timeout_keyed_post_is_replayed_in_full() {
+    const LEN: usize = 16 << 20; // more than loopback socket buffers take
+    let a = FaultPeer::start(Fault::Stall);
+    let b = Backend::with_handler("b", |r| Reply::ok(format!("b got {}", r.body_len)));
+    let proxy = proxy_over(
+        a.addr(),
+        b.addr(),
+        &["retry = { retry_body_bytes = 33554432 }"],
+        &[("upstream_write_ms", 300), ("upstream_read_ms", 2000)],
+    );
+    let mut req = format!(
+        "POST /big HTTP/1.1\r\nHost: test\r\nIdempotency-Key: k-big\r\nContent-Length: {LEN}\r\n\r\n"
+    )
+    .into_bytes();
+    req.extend_from_slice(&pattern_bytes(LEN));
+    let t = Instant::now();
+    let r = proxy.client().roundtrip(&req);
+    let took = t.elapsed();
+    assert_eq!(
+        (r.status, r.body_str()),
+        (200, format!("b got {LEN}")),
+        "after {took:?}: {} (connections: a {}, b {}; request heads b saw: {})",
+        show(&r.head),
+        a.accepts(),
+        b.accepts(),
+        b.heads_seen()
+    );
+    assert_eq!(a.accepts(), 1);
+    let got = b.only_request();
+    assert!(got.body_is_pattern, "b got a different body");
+}
+
+/// `request_timeout_ms` bounds a try stuck writing the request body to a peer that does not
+/// read: the client hears back at the deadline, not after `upstream_write_ms`.
+#[test]
+fn request_timeout_bounds_a_stalled_upload() {
+    const LEN: usize = 16 << 20;
+    let a = FaultPeer::start(Fault::Stall);
+    let b = Backend::start("b");
+    let proxy = proxy_over(
+        a.addr(),
+        b.addr(),
+        &["retry = { request_timeout_ms = 400 }"],
+        &[("upstream_write_ms", 3000)],
+    );
+    let mut c = proxy.client();
+    let mut writer = c.stream().try_clone().expect("clone client socket");
+    let t = Instant::now();
+    let upload = thread::spawn(move || {
+        use std::io::Write;
+        let head = format!("POST /up HTTP/1.1\r\nHost: test\r\nContent-Length: {LEN}\r\n\r\n");
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&pattern_bytes(LEN));
+    });
+    let answer = c.try_response(false);
+    let took = t.elapsed();
+    let heard = match &answer {
+        Ok(r) => {
+            assert!(matches!(r.status, 502 | 504), "{}", show(&r.head));
+            format!("{} {}", show(&r.head), r.body_str())
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        took < Duration::from_millis(1500),
+        "the client heard back after {took:?} ({heard}); request_timeout_ms = 400, \
+         upstream_write_ms = 3000"
+    );
+    let _ = c.stream().shutdown(std::net::Shutdown::Both);
+    let _ = upload.join();
+    assert_eq!(b.accepts(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every breaker open; reused connections.
+
+/// When every peer's breaker opens on the way (`failures = 1`: a answers 503 and opens, b
+/// answers 503 and opens), nothing is left to retry on: the client gets the last upstream 503
+/// as it was, not an answer of ringlb's own. The next request finds no eligible peer and gets
+/// ringlb's 503 with `Retry-After`, without touching a peer.
+#[test]
+fn every_breaker_open_relays_the_last_503() {
+    let a = busy("a");
+    let b = busy("b");
+    let proxy = proxy_over(
+        a.addr(),
+        b.addr(),
+        &["circuit_breaker = { failures = 1, open_ms = 5000 }"],
+        &[],
+    );
+    let mut c = proxy.client();
+    let r = c.roundtrip(&get("/"));
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+    assert_upstream_503(&r, "b");
+    let r = c.roundtrip(&get("/"));
+    r.assert_proxy_error(503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+}
+
+/// A POST without a key written on a pooled connection that the peer read and then reset: the
+/// peer has the request, so it must not be sent again (RFC 9110 §9.2.2; nginx and Go's
+/// transport only replay idempotent or keyed requests on a reused connection). The client gets
+/// 502 and the peer saw the POST once.
+#[test]
+fn post_on_a_reused_connection_is_not_replayed_after_the_peer_read_it() {
+    let a = FaultPeer::start(Fault::ResetSecondRequest);
+    let proxy = ProxyConfig::new()
+        .upstream("app", "round_robin", &[peer(a.addr())])
+        .start();
+    let mut c = proxy.client();
+    // The first request leaves a pooled connection, on which the POST goes next.
+    let r = c.roundtrip(&get("/first"));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "ok"));
+    let r = c.roundtrip(&post("/p", BODY));
+    let posts = a
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with(b"POST "))
+        .count();
+    assert_eq!(
+        posts,
+        1,
+        "the peer got the POST {posts} times (client got {}); connections {}",
+        show(&r.head),
+        a.accepts()
+    );
+    r.assert_proxy_error(502);
+}
