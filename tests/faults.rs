@@ -973,3 +973,61 @@ fn post_on_a_reused_connection_is_not_replayed_after_the_peer_read_it() {
     );
     r.assert_proxy_error(502);
 }
+
+/// A backend that answers `200 <name>` advertising keep-alive, then closes the connection: the
+/// proxy pools a connection that is dead by the time it is reused.
+fn closes_after_answering(name: &str) -> Backend {
+    let n = name.to_string();
+    Backend::with_handler(name, move |_| {
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{n}",
+            n.len()
+        ))
+        .close()
+    })
+}
+
+/// Waits until connecting to `addr` is refused (a dropped backend's listener is closed).
+fn wait_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        assert!(Instant::now() < deadline, "{addr} still accepts");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every try may replace a dead pooled connection once, not only the first try of a request:
+/// a dies (its pooled connection and its port), b's pooled connection is dead but b is up. The
+/// GET tries a (dead pooled connection, then refused), then b, whose dead pooled connection
+/// must be replaced by a fresh one (b is healthy) rather than count as a failure of b's that
+/// needs a retry (the budget is zero here) and a breaker failure (`failures = 1`).
+#[test]
+fn a_dead_pooled_connection_is_replaced_on_every_peer_tried() {
+    let a = Backend::start("a");
+    let b = closes_after_answering("b");
+    let a_addr = a.addr();
+    let proxy = proxy_over(
+        a_addr,
+        b.addr(),
+        &[
+            "retry = { budget_percent = 0, min_retries_per_sec = 0 }",
+            "circuit_breaker = { failures = 1, open_ms = 5000 }",
+        ],
+        &[],
+    );
+    let mut c = proxy.client();
+    // One request each: both leave a pooled connection.
+    assert_served_by(&c.roundtrip(&get("/1")), "a");
+    assert_served_by(&c.roundtrip(&get("/2")), "b");
+    drop(a);
+    wait_refused(a_addr);
+    let r = c.roundtrip(&get("/3"));
+    assert_eq!(
+        (r.status, r.body_str().as_str()),
+        (200, "b"),
+        "b is up: {} {}",
+        show(&r.head),
+        r.body_str()
+    );
+    assert_eq!(b.request_count(), 2);
+}
