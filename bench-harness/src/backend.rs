@@ -6,6 +6,10 @@
 //! requests (all heads in one read are answered with one write), assumes GET without bodies, and
 //! closes after `Connection: close` or an HTTP/1.0 request. It does no per-request allocation, so
 //! one backend thread serves far more than a proxy on another core can push through.
+//!
+//! For the `faults` subcommand a backend can be killed ([`Backend::kill`]: the thread stops at
+//! once, closing its listener and every connection) and restarted on the same port
+//! ([`Backend::restart`]); its request counter carries on across restarts.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -14,6 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -22,22 +27,34 @@ use crate::setup::pin_current_thread;
 
 /// LISTENER is the epoll token of the listening socket (connections use their fd, never this).
 const LISTENER: u64 = u64::MAX;
+/// WAKE is the epoll token of the eventfd that [`Backend::kill`] signals.
+const WAKE: u64 = u64::MAX - 1;
 /// READ_BUF is the size of the one read buffer each backend thread reuses.
 const READ_BUF: usize = 64 * 1024;
 /// MAX_HEAD is how long an incomplete request head may grow before the connection is dropped.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Backend is a running backend thread; dropping it stops the thread and closes its sockets.
+/// Backend is a backend thread (running, or killed and waiting for a restart); dropping it stops
+/// the thread and closes its sockets.
 pub struct Backend {
-    /// Where it listens.
+    /// Thread name, reused on restart.
+    name: String,
+    /// CPU the thread is pinned to.
+    cpu: usize,
+    /// The canned response, shared by every run of the thread.
+    response: Arc<Vec<u8>>,
+    /// Where it listens (the same port after a restart).
     addr: SocketAddr,
-    /// Tells the thread to exit (it checks between epoll waits of at most 100 ms).
+    /// Tells the current thread to exit (it checks after every epoll wait).
     stop: Arc<AtomicBool>,
-    /// Requests answered so far, to check that the proxies spread load over all backends.
+    /// Wakes the current thread's epoll wait, so that a kill takes effect at once.
+    wake: Option<Arc<EventFd>>,
+    /// Requests answered so far (across restarts), to check that the proxies spread load over
+    /// all backends.
     served: Arc<AtomicU64>,
     /// The serving thread's kernel thread id (0 until it started), to read its CPU time.
     tid: Arc<AtomicI32>,
-    /// The serving thread; `None` once joined.
+    /// The serving thread; `None` once joined (killed).
     thread: Option<JoinHandle<()>>,
 }
 
@@ -46,33 +63,87 @@ impl Backend {
     /// with a `body_bytes`-byte body.
     pub fn start(name: &str, cpu: usize, body_bytes: usize) -> Result<Backend> {
         let listener = TcpListener::bind("127.0.0.1:0").context("bind backend")?;
-        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let mut b = Backend {
+            name: name.to_string(),
+            cpu,
+            response: Arc::new(canned_response(body_bytes)),
+            addr,
+            stop: Arc::new(AtomicBool::new(false)),
+            wake: None,
+            served: Arc::new(AtomicU64::new(0)),
+            tid: Arc::new(AtomicI32::new(0)),
+            thread: None,
+        };
+        b.spawn(listener)?;
+        Ok(b)
+    }
+
+    /// Starts the serving thread on `listener`.
+    fn spawn(&mut self, listener: TcpListener) -> Result<()> {
+        listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let served = Arc::new(AtomicU64::new(0));
-        let response = canned_response(body_bytes);
-        let tid = Arc::new(AtomicI32::new(0));
-        let (stop2, served2, tid2) = (stop.clone(), served.clone(), tid.clone());
+        let wake = Arc::new(EventFd::new().context("eventfd")?);
+        let (addr, cpu) = (self.addr, self.cpu);
+        let (stop2, wake2, served2, tid2, response) = (
+            stop.clone(),
+            wake.clone(),
+            self.served.clone(),
+            self.tid.clone(),
+            self.response.clone(),
+        );
         let thread = std::thread::Builder::new()
-            .name(name.to_string())
+            .name(self.name.clone())
             .spawn(move || {
                 // SAFETY: gettid has no preconditions.
                 tid2.store(unsafe { libc::gettid() }, Ordering::Relaxed);
                 if let Err(e) = pin_current_thread(cpu) {
                     eprintln!("warning: cannot pin backend {addr} to CPU {cpu}: {e}");
                 }
-                if let Err(e) = serve(listener, &response, &stop2, &served2) {
+                if let Err(e) = serve(listener, &response, &stop2, &served2, &wake2) {
                     eprintln!("backend {addr} stopped: {e}");
                 }
             })
             .context("spawn backend thread")?;
-        Ok(Backend {
-            addr,
-            stop,
-            served,
-            tid,
-            thread: Some(thread),
-        })
+        self.stop = stop;
+        self.wake = Some(wake);
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    /// Kills the backend like a crashed process: its thread stops at once and closes the
+    /// listener (new connections are refused) and every connection (requests in flight are
+    /// lost). Does nothing if it is not running.
+    pub fn kill(&mut self) {
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.wake.take() {
+            w.signal();
+        }
+        let _ = t.join();
+    }
+
+    /// Starts a killed backend again on the same address (waiting up to 2 s for the port);
+    /// does nothing if it is running.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.thread.is_some() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let listener = loop {
+            match TcpListener::bind(self.addr) {
+                Ok(l) => break l,
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("re-bind backend {}", self.addr));
+                }
+            }
+        };
+        self.spawn(listener)
     }
 
     /// The address it listens on.
@@ -80,12 +151,12 @@ impl Backend {
         self.addr
     }
 
-    /// Requests answered since start.
+    /// Requests answered since start (across restarts).
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// CPU seconds its thread has used since start.
+    /// CPU seconds its current thread has used (since start, or since the last restart).
     pub fn cpu_seconds(&self) -> f64 {
         match self.tid.load(Ordering::Relaxed) {
             0 => 0.0,
@@ -96,10 +167,7 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.kill();
     }
 }
 
@@ -139,6 +207,7 @@ fn serve(
     response: &[u8],
     stop: &AtomicBool,
     served: &AtomicU64,
+    wake: &EventFd,
 ) -> io::Result<()> {
     let ep = Epoll::new()?;
     ep.ctl(
@@ -147,6 +216,7 @@ fn serve(
         LISTENER,
         libc::EPOLLIN,
     )?;
+    ep.ctl(libc::EPOLL_CTL_ADD, wake.fd, WAKE, libc::EPOLLIN)?;
     let mut conns: HashMap<u64, Conn> = HashMap::new();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut buf = vec![0u8; READ_BUF];
@@ -154,6 +224,9 @@ fn serve(
         let n = ep.wait(&mut events, 100)?;
         for ev in &events[..n] {
             let token = ev.u64;
+            if token == WAKE || stop.load(Ordering::Relaxed) {
+                break; // killed: the while condition ends the loop
+            }
             if token == LISTENER {
                 accept_all(&listener, &ep, &mut conns)?;
                 continue;
@@ -388,6 +461,37 @@ impl Epoll {
     }
 }
 
+/// EventFd is an owned eventfd, used to wake a backend's epoll wait.
+struct EventFd {
+    /// The eventfd, closed on drop.
+    fd: RawFd,
+}
+
+impl EventFd {
+    fn new() -> io::Result<EventFd> {
+        // SAFETY: plain syscall; the returned fd is owned by the EventFd and closed on drop.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(EventFd { fd })
+    }
+
+    /// Makes the eventfd readable (wakes an epoll wait on it).
+    fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        unsafe { libc::write(self.fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+impl Drop for EventFd {
+    fn drop(&mut self) {
+        // SAFETY: we own `self.fd` and close it exactly once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
 impl Drop for Epoll {
     fn drop(&mut self) {
         // SAFETY: we own `self.fd` and close it exactly once.
@@ -448,6 +552,48 @@ mod tests {
             r.read_exact(&mut body).expect("body");
             assert_eq!(body.len(), 100);
         }
+        assert_eq!(b.served(), 2);
+    }
+
+    /// One `GET /` on a fresh connection; returns the status line.
+    fn get_status(addr: SocketAddr) -> io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(line)
+    }
+
+    #[test]
+    fn killed_backend_refuses_and_comes_back_on_the_same_port() {
+        let mut b = Backend::start("test-restart", 0, 10).expect("backend starts");
+        let addr = b.addr();
+        // An idle keep-alive connection, which the kill must close.
+        let mut idle = TcpStream::connect(addr).expect("connect");
+        idle.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(get_status(addr).expect("served"), "HTTP/1.1 200 OK\r\n");
+        let t = Instant::now();
+        b.kill();
+        assert!(
+            t.elapsed() < Duration::from_millis(50),
+            "kill took {:?}",
+            t.elapsed()
+        );
+        let err = TcpStream::connect(addr).expect_err("the listener is closed");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(idle.read(&mut buf), Ok(0) | Err(_)),
+            "idle connection closed"
+        );
+        b.restart().expect("restart");
+        assert_eq!(b.addr(), addr);
+        assert_eq!(
+            get_status(addr).expect("served again"),
+            "HTTP/1.1 200 OK\r\n"
+        );
         assert_eq!(b.served(), 2);
     }
 }

@@ -110,6 +110,8 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             port: free_port()?,
             backends: &addrs,
             dir: scratch.path().join(kind.name()),
+            ringlb_extra: "",
+            ringlb_log_level: "warn",
         };
         let mut p = RunningProxy::start(&spec)?;
         p.wait_ready(Duration::from_secs(15))?;

@@ -8,13 +8,15 @@
 //! - [`wrk`]: running wrk and parsing its `--latency` report.
 //! - [`report`]: per-run rows, medians, ratios; text, Markdown and JSON output.
 //! - [`compare`]: the `compare` subcommand that ties them together.
+//! - [`faults`]: the `faults` subcommand: ringlb under load while backends are killed and
+//!   restarted (failover, retries, circuit breakers).
 //!
-//! Subcommands share the [`setup::SetupArgs`] options (binary paths, CPUs, which proxies), so a
-//! later `faults` subcommand (kill/pause a backend under load, measure failover) can reuse the
-//! backends, the proxy launcher and the process accounting without touching `compare`.
+//! Subcommands share the setup ([`setup::SetupArgs`]: binary paths, CPUs), the backends, the
+//! proxy launcher and wrk.
 
 mod backend;
 mod compare;
+mod faults;
 mod procstat;
 mod proxy;
 mod report;
@@ -35,18 +37,22 @@ struct Cli {
     command: Command,
 }
 
-/// Command is one experiment. `faults` (failover under load) will be added next to `compare`.
+/// Command is one experiment.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Throughput, latency and CPU per request of ringlb vs nginx vs HAProxy, same backends,
     /// same pinning, interleaved rounds.
     Compare(compare::CompareArgs),
+    /// ringlb under wrk load while one of three backends is killed and restarted every few
+    /// seconds: failed requests (target: none), req/s, breaker transitions.
+    Faults(faults::FaultsArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compare(args) => compare::run(&args),
+        Command::Faults(args) => faults::run(&args),
     };
     if let Err(e) = result {
         eprintln!("bench-harness: error: {e:#}");

@@ -58,6 +58,11 @@ pub struct ProxySpec<'a> {
     pub backends: &'a [SocketAddr],
     /// Its own working directory (created).
     pub dir: PathBuf,
+    /// Lines appended to ringlb's `[[upstream]]` (e.g. `circuit_breaker = { … }`); `""` for
+    /// the like-for-like setup of `compare`.
+    pub ringlb_extra: &'a str,
+    /// ringlb's `--log-level` (`warn` for `compare`: no per-event logging).
+    pub ringlb_log_level: &'a str,
 }
 
 /// RunningProxy is a started proxy; dropping it stops its whole process group.
@@ -171,6 +176,12 @@ impl RunningProxy {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The text of one of its log files (`stderr.log`, `stdout.log`, `error.log`); empty if
+    /// there is none.
+    pub fn log_text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
 
     /// Fails with the log excerpt if the proxy has exited (crashed under load).
@@ -328,7 +339,7 @@ fn write_config(spec: &ProxySpec<'_>) -> Result<Vec<String>> {
                 "--config".into(),
                 path_str(&file)?,
                 "--log-level".into(),
-                "warn".into(),
+                spec.ringlb_log_level.into(),
             ];
             (file, ringlb_config(spec), args)
         }
@@ -381,9 +392,11 @@ fn ringlb_config(spec: &ProxySpec<'_>) -> String {
          name = \"bench\"\n\
          algorithm = \"round_robin\"\n\
          peers = [ {peers} ]\n\
-         pool = {{ max_idle_per_peer = 256 }}\n",
+         pool = {{ max_idle_per_peer = 256 }}\n\
+         {extra}",
         port = spec.port,
         cpu = spec.cpu,
+        extra = spec.ringlb_extra,
     )
 }
 
@@ -495,6 +508,8 @@ mod tests {
             port: 8080,
             backends: &BACKENDS,
             dir: PathBuf::from("/tmp/x"),
+            ringlb_extra: "",
+            ringlb_log_level: "warn",
         }
     }
 

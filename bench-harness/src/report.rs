@@ -567,6 +567,7 @@ mod tests {
                 p99_us: 2000.0,
                 socket_errors: 0,
                 bad_status: 1,
+                ..WrkResult::default()
             },
             cpu_seconds: Some(cpu),
             rss_kib: Some(10240),

@@ -39,8 +39,23 @@ pub struct WrkResult {
     pub p99_us: f64,
     /// Socket errors: connect + read + write + timeout.
     pub socket_errors: u64,
+    /// The socket errors by kind, as wrk lists them.
+    pub socket_error_kinds: SocketErrors,
     /// Responses wrk counts as errors ("Non-2xx or 3xx responses": status >= 400).
     pub bad_status: u64,
+}
+
+/// SocketErrors is wrk's `Socket errors:` line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketErrors {
+    /// Connections that could not be opened.
+    pub connect: u64,
+    /// Reads that failed, including connections closed by the server.
+    pub read: u64,
+    /// Writes that failed.
+    pub write: u64,
+    /// Requests without a response within wrk's timeout (2 s by default).
+    pub timeout: u64,
 }
 
 impl WrkResult {
@@ -133,11 +148,20 @@ pub fn parse(text: &str) -> Result<WrkResult> {
             // "Socket errors: connect 0, read 0, write 0, timeout 0"
             ["Socket", "errors:", rest @ ..] => {
                 for pair in rest.chunks(2) {
-                    if let [_, n] = pair {
-                        r.socket_errors += n
+                    if let [kind, n] = pair {
+                        let n = n
                             .trim_end_matches(',')
                             .parse::<u64>()
                             .context("socket errors")?;
+                        r.socket_errors += n;
+                        let k = &mut r.socket_error_kinds;
+                        match *kind {
+                            "connect" => k.connect = n,
+                            "read" => k.read = n,
+                            "write" => k.write = n,
+                            "timeout" => k.timeout = n,
+                            _ => {}
+                        }
                     }
                 }
             }
@@ -206,6 +230,12 @@ Transfer/sec:      7.00MB
                 p50_us: 600.0,
                 p99_us: 1200.0,
                 socket_errors: 10,
+                socket_error_kinds: SocketErrors {
+                    connect: 1,
+                    read: 2,
+                    write: 3,
+                    timeout: 4,
+                },
                 bad_status: 5,
             }
         );

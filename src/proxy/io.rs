@@ -51,14 +51,15 @@ pub async fn read_more(
     }
 }
 
-/// Writes all of `buf` within `timeout`.
+/// Writes all of `buf` within `timeout` (on a timeout `buf` is left empty: the caller
+/// rebuilds what it needs to send again).
 pub async fn write_all(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<(), IoFail> {
     let owned = std::mem::take(buf);
-    match monoio::time::timeout(timeout, stream.write_all(owned)).await {
+    match monoio::time::timeout(timeout, AsyncWriteRentExt::write_all(stream, owned)).await {
         Ok((res, owned)) => {
             *buf = owned;
             res.map(|_| ()).map_err(IoFail::Io)
@@ -78,7 +79,7 @@ pub async fn write_range(
         return Ok(());
     }
     let owned = std::mem::take(buf).slice(range);
-    match monoio::time::timeout(timeout, stream.write_all(owned)).await {
+    match monoio::time::timeout(timeout, AsyncWriteRentExt::write_all(stream, owned)).await {
         Ok((res, owned)) => {
             *buf = owned.into_inner();
             res.map(|_| ()).map_err(IoFail::Io)

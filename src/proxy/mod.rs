@@ -311,19 +311,11 @@ impl Conn<'_> {
             Ok(n) => n,
             Err(err) => return self.reply_error(&err, false).await,
         };
-        self.out.clear();
-        rewrite_request(&self.rbuf, &self.head, &self.fwd, &mut self.out);
-        if self.head.host.is_none() {
-            // HTTP/1.0 clients may omit Host; the upstream request is HTTP/1.1, which needs
-            // one: like nginx, name the upstream group.
-            insert_host(&mut self.out, group.name.as_bytes());
-        }
         // With `Expect: 100-continue` and no body bytes yet, the body waits for the upstream's
         // 100 (relayed to the client); otherwise what is buffered goes out with the head.
         let expect = self.head.expect_continue && buffered == 0 && !body.done();
-        self.out
-            .extend_from_slice(&self.rbuf[head_len..head_len + buffered]);
         self.rpos = head_len + buffered;
+        self.build_request(group);
 
         let hash = pick
             .hash
@@ -350,12 +342,23 @@ impl Conn<'_> {
         let mut tried = TriedSet::default();
         let no_one = TriedSet::default();
         let mut after_backoff = false;
-        let mut stale_retry_used = false;
+        // A request the peer may have received on a reused connection that then died is sent
+        // again (once per try, on a fresh connection) only when replaying it is safe.
+        let stale_replay_safe =
+            tctx.idempotent || tctx.idempotency_key || policy.retry_non_idempotent;
         let mut last_err = None;
+        // A status failure's response, kept until the retry has a peer: relayed if none is left.
+        let mut last_held: Option<(PeerId, Held)> = None;
         loop {
             let now = Instant::now();
             let skip = if after_backoff { &no_one } else { &tried };
             let Some(peer_id) = group.select(hash, skip, now) else {
+                if let Some((held_peer, held)) = last_held.take() {
+                    return match self.relay_response(group, held_peer, held).await {
+                        TryResult::Relayed { keep_client } => keep_client,
+                        _ => false,
+                    };
+                }
                 let err =
                     last_err.unwrap_or(HttpError::ServiceUnavailable("no eligible upstream peer"));
                 let keep = self.head.keep_alive && body.done();
@@ -367,7 +370,14 @@ impl Conn<'_> {
                 after_backoff = false;
                 continue;
             }
+            drop(last_held.take()); // a failed response is discarded with its connection
+            if self.out.is_empty() {
+                // A timed-out write took the request with it; it is still whole in `rbuf`
+                // (a retry only happens while the body is replayable).
+                self.build_request(group);
+            }
             let try_deadline = policy.try_deadline(now, deadline);
+            let mut stale_retry_used = !stale_replay_safe;
             let result = self
                 .try_peer(
                     group,
@@ -428,7 +438,7 @@ impl Conn<'_> {
             let keep_client = self.head.keep_alive && body.done();
             match next {
                 Next::Retry { backoff } => {
-                    drop(held); // a failed response is discarded with its connection
+                    last_held = held.map(|h| (peer_id, h));
                     if let Some(wait) = backoff {
                         monoio::time::sleep(wait).await;
                     }
@@ -455,6 +465,20 @@ impl Conn<'_> {
                 }
             }
         }
+    }
+
+    /// Writes into `out` what a try sends first: the rewritten head and the request body
+    /// bytes read so far (`rbuf[head_len..rpos]`).
+    fn build_request(&mut self, group: &UpstreamGroup) {
+        self.out.clear();
+        rewrite_request(&self.rbuf, &self.head, &self.fwd, &mut self.out);
+        if self.head.host.is_none() {
+            // HTTP/1.0 clients may omit Host; the upstream request is HTTP/1.1, which needs
+            // one: like nginx, name the upstream group.
+            insert_host(&mut self.out, group.name.as_bytes());
+        }
+        self.out
+            .extend_from_slice(&self.rbuf[self.head.head_len..self.rpos]);
     }
 
     /// Reads the rest of a request body that fits in `limit` bytes into `out` (after the
@@ -503,7 +527,7 @@ impl Conn<'_> {
             let from_pool = pooled.is_some();
             let mut up = match pooled {
                 Some(up) => up,
-                None => match connect(group, peer_id).await {
+                None => match connect(group, peer_id, try_deadline).await {
                     Ok(up) => up,
                     Err(failure) => {
                         return TryResult::Failed {
@@ -599,10 +623,14 @@ impl Conn<'_> {
         // A try may be replayed transparently (stale pooled connection) only while no client
         // body byte beyond `out` was consumed and nothing reached the client.
         let replayable = !body.started_streaming();
-        if write_all(up, &mut self.out, t.upstream_write)
-            .await
-            .is_err()
-        {
+        let written = write_all(up, &mut self.out, within(t.upstream_write, try_deadline)).await;
+        if let Err(IoFail::Timeout) = written {
+            return Err(TryFail::Failure {
+                failure: Failure::Timeout,
+                sent: true,
+            });
+        }
+        if written.is_err() {
             return Err(if replayable {
                 TryFail::Stale
             } else {
@@ -622,7 +650,8 @@ impl Conn<'_> {
             }
         }
         if !body.done() && !body_unsent {
-            self.stream_request_body(up, body, t.upstream_write).await?;
+            self.stream_request_body(up, body, t.upstream_write, try_deadline)
+                .await?;
         }
 
         let method = self.head.method;
@@ -876,6 +905,7 @@ impl Conn<'_> {
         up: &mut TcpStream,
         body: &mut BodyProgress,
         write_timeout: Duration,
+        try_deadline: Option<Instant>,
     ) -> Result<(), TryFail> {
         let client_idle = self.ctx.config.timeouts.client_idle;
         body.mark_streaming();
@@ -896,14 +926,27 @@ impl Conn<'_> {
                     return Err(TryFail::ClientGone);
                 }
             };
-            if write_range(up, &mut self.rbuf, 0..taken, write_timeout)
-                .await
-                .is_err()
+            match write_range(
+                up,
+                &mut self.rbuf,
+                0..taken,
+                within(write_timeout, try_deadline),
+            )
+            .await
             {
-                return Err(TryFail::Failure {
-                    failure: Failure::Reset,
-                    sent: true,
-                });
+                Ok(()) => {}
+                Err(IoFail::Timeout) => {
+                    return Err(TryFail::Failure {
+                        failure: Failure::Timeout,
+                        sent: true,
+                    })
+                }
+                Err(_) => {
+                    return Err(TryFail::Failure {
+                        failure: Failure::Reset,
+                        sent: true,
+                    })
+                }
             }
             self.rpos = taken;
         }
@@ -915,9 +958,14 @@ impl Conn<'_> {
 }
 
 /// Connects to a peer within the group's connect timeout.
-async fn connect(group: &UpstreamGroup, peer: PeerId) -> Result<TcpStream, Failure> {
+async fn connect(
+    group: &UpstreamGroup,
+    peer: PeerId,
+    try_deadline: Option<Instant>,
+) -> Result<TcpStream, Failure> {
     let p = &group.peers[peer];
-    match monoio::time::timeout(group.timeouts.connect, TcpStream::connect_addr(p.addr)).await {
+    let limit = within(group.timeouts.connect, try_deadline);
+    match monoio::time::timeout(limit, TcpStream::connect_addr(p.addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)
@@ -941,4 +989,12 @@ fn insert_host(out: &mut Vec<u8>, host: &[u8]) {
     let at = eol + 2;
     let line: Vec<u8> = [b"Host: ".as_slice(), host, b"\r\n"].concat();
     out.splice(at..at, line);
+}
+
+/// The shorter of `timeout` and the time left until `deadline`.
+fn within(timeout: Duration, deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(d) => timeout.min(d.saturating_duration_since(Instant::now())),
+        None => timeout,
+    }
 }
