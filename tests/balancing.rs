@@ -10,7 +10,10 @@
 mod common;
 
 use common::*;
-use ringlb::balance::{stable_hash, Candidate, ConsistentHash, Maglev, PickRequest, Selector};
+use ringlb::balance::{
+    select_eligible, stable_hash, Candidate, ConsistentHash, Maglev, PeerLoad, PickRequest,
+    Selector,
+};
 use ringlb::proxy::{Pick, Picker, RequestInfo, Upstreams};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -81,6 +84,17 @@ struct Predictor {
 
 impl Predictor {
     fn new(hashing: Hashing, addresses: &[String]) -> Predictor {
+        Predictor::tuned(hashing, addresses, 160, 65_537, None)
+    }
+
+    /// With `points` (consistent_hash), `table_size` (maglev) and `balance_factor`.
+    fn tuned(
+        hashing: Hashing,
+        addresses: &[String],
+        points: u32,
+        table_size: u64,
+        balance_factor: Option<f64>,
+    ) -> Predictor {
         let candidates: Vec<Candidate<'_>> = addresses
             .iter()
             .map(|a| Candidate {
@@ -89,8 +103,10 @@ impl Predictor {
             })
             .collect();
         let selector: Box<dyn Selector> = match hashing {
-            Hashing::ConsistentHash => Box::new(ConsistentHash::new(&candidates, 160, None)),
-            Hashing::Maglev => Box::new(Maglev::new(&candidates, 65_537, None)),
+            Hashing::ConsistentHash => {
+                Box::new(ConsistentHash::new(&candidates, points, balance_factor))
+            }
+            Hashing::Maglev => Box::new(Maglev::new(&candidates, table_size, balance_factor)),
         };
         Predictor { selector }
     }
@@ -104,6 +120,17 @@ impl Predictor {
                 loads: &[],
             })
             .expect("a candidate")
+    }
+
+    /// Where the key `value` goes when the candidates carry `loads` (bounded load).
+    fn place_loaded(&mut self, value: &[u8], loads: &[PeerLoad]) -> usize {
+        select_eligible(
+            self.selector.as_mut(),
+            Some(stable_hash(value)),
+            loads,
+            |_| true,
+        )
+        .expect("a candidate")
     }
 }
 
@@ -587,6 +614,218 @@ fn consistent_hash_walks_on_from_a_refusing_peer_to_the_same_next_peer() {
     assert!(orphans >= 5, "only {orphans} keys on the refusing peer");
     assert_eq!(a.request_count() + c.request_count(), 60 * 6);
     assert!(a.errors().is_empty() && c.errors().is_empty());
+}
+
+/// One way of keying requests: the `hash_key`, the selector and its tuning line, how request
+/// `i` carrying key `k` is written, and the bytes the key hashes.
+struct KeyCase {
+    hash_key: &'static str,
+    hashing: Hashing,
+    tuning: &'static str,
+    request: fn(&str, usize) -> String,
+    hashed: fn(&str) -> String,
+}
+
+#[test]
+fn every_hash_key_kind_keys_on_its_part_of_the_request() {
+    let cases = [
+        KeyCase {
+            hash_key: "path",
+            hashing: Hashing::ConsistentHash,
+            tuning: "points = 40",
+            // The query and the target's form do not matter.
+            request: |k, i| {
+                let target = if i % 2 == 0 {
+                    format!("/users/{k}?i={i}")
+                } else {
+                    format!("http://test/users/{k}?i={i}")
+                };
+                format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n")
+            },
+            hashed: |k| format!("/users/{k}"),
+        },
+        KeyCase {
+            hash_key: "query",
+            hashing: Hashing::Maglev,
+            tuning: "table_size = 251",
+            request: |k, i| format!("GET /q/{i}?user={k} HTTP/1.1\r\nHost: test\r\n\r\n"),
+            hashed: |k| format!("user={k}"),
+        },
+        KeyCase {
+            hash_key: "uri",
+            hashing: Hashing::ConsistentHash,
+            tuning: "points = 40",
+            request: |k, i| {
+                let method = ["GET", "HEAD", "DELETE"][i % 3];
+                format!("{method} /u/{k}?a=1 HTTP/1.1\r\nHost: test\r\n\r\n")
+            },
+            hashed: |k| format!("/u/{k}?a=1"),
+        },
+        KeyCase {
+            hash_key: "query_param:user",
+            hashing: Hashing::Maglev,
+            tuning: "table_size = 251",
+            // The first `user=` counts.
+            request: |k, i| {
+                format!("GET /p/{i}?x={i}&user={k}&y=2&user=other HTTP/1.1\r\nHost: test\r\n\r\n")
+            },
+            hashed: |k| k.to_string(),
+        },
+        KeyCase {
+            hash_key: "header:X-User-Id",
+            hashing: Hashing::ConsistentHash,
+            tuning: "points = 40",
+            // Any case of the name, surrounding blanks dropped, the first such header counts.
+            request: |k, i| {
+                let line = [
+                    format!("X-User-Id: {k}"),
+                    format!("x-user-id:{k}"),
+                    format!("X-USER-ID: \t{k} \t"),
+                ][i % 3]
+                    .clone();
+                format!("GET /h/{i} HTTP/1.1\r\nHost: test\r\n{line}\r\nX-User-Id: other\r\n\r\n")
+            },
+            hashed: |k| k.to_string(),
+        },
+        KeyCase {
+            hash_key: "cookie:session",
+            hashing: Hashing::Maglev,
+            tuning: "table_size = 251",
+            // Any Cookie header, quoted or not; `sessionx` and `Session` are other cookies.
+            request: |k, i| {
+                let cookies = [
+                    format!("Cookie: session={k}"),
+                    format!("Cookie: a=1; sessionx=no\r\nCookie: Session=no; session=\"{k}\"; b=2"),
+                    format!("Cookie: x=y;session={k} ;z=1"),
+                ][i % 3]
+                    .clone();
+                format!("GET /c/{i} HTTP/1.1\r\nHost: test\r\n{cookies}\r\n\r\n")
+            },
+            hashed: |k| k.to_string(),
+        },
+    ];
+    for case in &cases {
+        let (algorithm, points, table_size) = match case.hashing {
+            Hashing::ConsistentHash => ("consistent_hash", 40, 65_537),
+            Hashing::Maglev => ("maglev", 160, 251),
+        };
+        let bs: Vec<Backend> = (0..4)
+            .map(|i| {
+                let name = format!("b{i}");
+                Backend::with_handler(&name.clone(), move |_| {
+                    Reply::ok(name.clone()).header("X-Backend", &name)
+                })
+            })
+            .collect();
+        let addrs: Vec<SocketAddr> = bs.iter().map(|b| b.addr()).collect();
+        let proxy = ProxyConfig::new()
+            .upstream_with(
+                "app",
+                algorithm,
+                &[&format!("hash_key = \"{}\"", case.hash_key), case.tuning],
+                &peers_of(&bs),
+            )
+            .start();
+        let mut predict =
+            Predictor::tuned(case.hashing, &addresses(&addrs), points, table_size, None);
+        let mut c = proxy.client();
+        let mut per_backend = Split::new();
+        for k in 0..12 {
+            let key = format!("k{k}");
+            let want = format!("b{}", predict.place((case.hashed)(&key).as_bytes(), 0));
+            for i in 0..6 {
+                let req = (case.request)(&key, i);
+                let r = c.roundtrip(req.as_bytes());
+                assert_eq!(r.status, 200, "{req:?}: {}", show(&r.head));
+                // (HEAD responses have no body: the backend names itself in a header too.)
+                let got = r.header("x-backend").map(str::to_string);
+                assert_eq!(
+                    got.as_deref(),
+                    Some(want.as_str()),
+                    "hash_key {}: {req:?}",
+                    case.hash_key
+                );
+            }
+            *per_backend.entry(want).or_default() += 1;
+        }
+        println!(
+            "{algorithm} ({}) hash_key {}: keys per backend {per_backend:?}",
+            case.tuning, case.hash_key
+        );
+        assert!(per_backend.len() > 1, "{per_backend:?}");
+    }
+}
+
+#[test]
+fn bounded_load_spills_a_hot_key_over_to_the_next_peers() {
+    const HELD: usize = 9;
+    for (hashing, algorithm) in [
+        (Hashing::ConsistentHash, "consistent_hash"),
+        (Hashing::Maglev, "maglev"),
+    ] {
+        let holds = Arc::new(Holds::default());
+        const NAMES: [&str; 3] = ["b0", "b1", "b2"];
+        let bs: Vec<HoldingBackend> = NAMES
+            .iter()
+            .map(|n| HoldingBackend::start(n, holds.clone()))
+            .collect();
+        let addrs: Vec<SocketAddr> = bs.iter().map(|b| b.backend.addr()).collect();
+        let peers: Vec<Peer> = addrs.iter().map(|&a| peer(a)).collect();
+        let proxy = ProxyConfig::new()
+            .upstream_with(
+                "app",
+                algorithm,
+                &["hash_key = \"header:X-User-Id\"", "balance_factor = 1.25"],
+                &peers,
+            )
+            .start();
+        let mut predict = Predictor::tuned(hashing, &addresses(&addrs), 160, 65_537, Some(1.25));
+        let loads: Vec<PeerLoad> = vec![PeerLoad::default(); 3];
+        let mut want = Vec::new();
+        let mut clients = Vec::new();
+        for i in 0..HELD {
+            // Where the library puts the hot key with the loads so far.
+            let c = predict.place_loaded(b"hot", &loads);
+            loads[c].active.set(loads[c].active.get() + 1);
+            want.push(NAMES[c].to_string());
+            let mut client = proxy.client();
+            client.send(
+                format!(
+                    "GET /hold HTTP/1.1\r\nHost: test\r\nX-User-Id: hot\r\nX-Conn: {i}\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while holds.held.lock().unwrap().len() < i + 1 {
+                assert!(Instant::now() < deadline, "held request {i} never arrived");
+                thread::sleep(Duration::from_millis(1));
+            }
+            clients.push(client);
+        }
+        let held: Vec<String> = holds
+            .held
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut per_peer = Split::new();
+        for name in &held {
+            *per_peer.entry(name.clone()).or_default() += 1;
+        }
+        println!("{algorithm} balance_factor 1.25, {HELD} requests of one key in flight: {held:?} -> {per_peer:?}");
+        assert_eq!(held, want, "{algorithm}");
+        // Without the bound all nine would sit on one peer; with it none holds more than
+        // ceil(1.25 × 9 / 3) = 4.
+        assert!(per_peer.len() > 1, "{per_peer:?}");
+        assert!(per_peer.values().all(|&n| n <= 4), "{per_peer:?}");
+        holds.release.store(true, Ordering::SeqCst);
+        for (i, c) in clients.iter_mut().enumerate() {
+            let r = c.response();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body_str(), held[i]);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
