@@ -1088,3 +1088,70 @@ fn demo_with_maglev_keeps_each_user_on_one_demo_backend() {
     assert!(per_backend.len() > 1, "{per_backend:?}");
     drop(child);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A request waiting for its connect is in flight to its peer.
+
+/// A peer whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
+fn blackhole_peer() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            fill.push(c);
+        }
+    }
+    (s, fill, addr)
+}
+
+#[test]
+fn least_connections_counts_requests_whose_connect_is_pending() {
+    // Peer 0 never completes a connect (within connect_ms = 1000); peer 1 holds requests.
+    // Six requests, one every 50 ms: least_connections must see the ones stuck connecting to
+    // peer 0 as in flight there and alternate (0, 1, 0, 1, 0, 1), not pile every request after
+    // the second onto the peer that merely looks idle because its connects never finish.
+    let (_hole, _fill, hole) = blackhole_peer();
+    let holds = Arc::new(Holds::default());
+    let a = HoldingBackend::start("a", holds.clone());
+    let proxy = ProxyConfig::new()
+        .timeout("connect_ms", 1000)
+        .upstream(
+            "app",
+            "least_connections",
+            &[peer(hole), peer(a.backend.addr())],
+        )
+        .start();
+    let start = Instant::now();
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let mut c = proxy.client();
+        c.send(format!("GET /hold HTTP/1.1\r\nHost: test\r\nX-Conn: {i}\r\n\r\n").as_bytes());
+        clients.push(c);
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(100));
+    let at_a = holds.held.lock().unwrap().len();
+    let elapsed = start.elapsed();
+    println!(
+        "least_connections with a peer stuck connecting: {at_a} of 6 requests went to the \
+         answering peer within {elapsed:?} (want 3)"
+    );
+    assert!(
+        elapsed < Duration::from_millis(900),
+        "too slow to tell: {elapsed:?}"
+    );
+    holds.release.store(true, Ordering::SeqCst);
+    // Everything completes: the stuck ones fail over to peer 1 after the connect timeout.
+    for c in &mut clients {
+        let r = c.response();
+        assert_eq!(r.status, 200, "{}", show(&r.head));
+    }
+    assert_eq!(
+        at_a, 3,
+        "requests waiting for a connect to peer 0 were not counted as in flight to it"
+    );
+}
