@@ -517,6 +517,10 @@ impl Conn<'_> {
         try_deadline: Option<Instant>,
         stale_retry_used: &mut bool,
     ) -> TryResult {
+        // In flight to the peer from the moment it is chosen: a request waiting for its
+        // connect counts too, or a peer that is slow to accept looks idle to the load-aware
+        // selectors and attracts every request meanwhile.
+        let _active = ActiveGuard::new(&group.load(peer_id).active);
         let mut fresh_only = false;
         loop {
             let pooled = if fresh_only {
@@ -538,7 +542,6 @@ impl Conn<'_> {
                     }
                 },
             };
-            let _active = ActiveGuard::new(&group.load(peer_id).active);
             let sent_at = Instant::now();
             let res = self
                 .send_and_read_head(group, &mut up, expect, body, try_deadline)

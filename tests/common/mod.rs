@@ -2063,3 +2063,50 @@ fn fault_serve(stream: TcpStream, sh: &FaultShared) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Balancing helpers: upstreams with balancing keys, a proxy with a custom picker.
+
+impl ProxyConfig {
+    /// Adds an `[[upstream]]` like [`ProxyConfig::upstream`], with `extra` lines after the
+    /// algorithm (e.g. `hash_key = "header:X-User-Id"`, `balance_factor = 1.25`).
+    pub fn upstream_with(
+        mut self,
+        name: &str,
+        algorithm: &str,
+        extra: &[&str],
+        peers: &[Peer],
+    ) -> ProxyConfig {
+        self = self.upstream(name, algorithm, peers);
+        let u = self.upstreams.last_mut().expect("just added");
+        let at = u.find("peers = [").expect("peers line");
+        let lines: String = extra.iter().map(|l| format!("{l}\n")).collect();
+        u.insert_str(at, &lines);
+        self
+    }
+}
+
+/// Parses a config text (panics with the error and the text).
+pub fn config_from(text: impl AsRef<str>) -> ringlb::Config {
+    let text = text.as_ref();
+    ringlb::Config::from_toml_str(text, "<test>")
+        .unwrap_or_else(|e| panic!("config rejected: {e}\n--- config ---\n{text}"))
+}
+
+impl Proxy {
+    /// Starts the proxy in-process from TOML text with a custom picker instead of the
+    /// config's routes.
+    pub fn start_with_picker(
+        toml: &str,
+        picker: std::sync::Arc<dyn ringlb::proxy::Picker>,
+    ) -> Proxy {
+        let server = ringlb::Server::start_with_picker(config_from(toml), picker)
+            .unwrap_or_else(|e| panic!("server did not start: {e}\n--- config ---\n{toml}"));
+        let addr = server.listen_addrs()[0];
+        assert_ne!(addr.port(), 0, "listen_addrs() must resolve port 0");
+        Proxy {
+            server: Some(server),
+            addr,
+        }
+    }
+}
