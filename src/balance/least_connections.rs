@@ -54,6 +54,22 @@ pub struct LeastConnections {
     current: Vec<i64>,
     /// Unequal weights: the tied candidates of the current pick (scratch, reused).
     ties: Vec<u32>,
+    /// Unequal weights whose least common multiple `L` is small: per candidate `L / weight`
+    /// (so `active × factor` orders candidates exactly as `active ÷ weight` does, with one
+    /// multiply), or `u64::MAX` for a drained candidate. Empty when not applicable.
+    factors: Vec<u64>,
+}
+
+/// The largest least common multiple of the weights for which scores are scaled.
+const MAX_SCALE: u64 = 1 << 20;
+
+/// Greatest common divisor.
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 impl LeastConnections {
@@ -62,6 +78,20 @@ impl LeastConnections {
         let mut live = weights.iter().copied().filter(|&w| w > 0);
         let first = live.next();
         let uniform = live.all(|w| Some(w) == first);
+        let mut lcm = 1u64;
+        for &w in weights.iter().filter(|&&w| w > 0) {
+            let w = u64::from(w);
+            lcm = lcm / gcd(lcm, w) * w;
+            if lcm > MAX_SCALE {
+                break;
+            }
+        }
+        let factors = if !uniform && lcm <= MAX_SCALE {
+            let factor = |w: u32| if w == 0 { u64::MAX } else { lcm / u64::from(w) };
+            weights.iter().map(|&w| factor(w)).collect()
+        } else {
+            Vec::new()
+        };
         LeastConnections {
             weights: weights.to_vec(),
             uniform,
@@ -70,6 +100,26 @@ impl LeastConnections {
             next: 0,
             current: vec![0; weights.len()],
             ties: Vec::new(),
+            factors,
+        }
+    }
+
+    /// Unequal weights with scaled scores, a full load table, everyone eligible:
+    /// [`Self::collect_ties_fast`] with one multiply per candidate and no division or
+    /// drained check (a drained candidate scores `u64::MAX`, never below a live one).
+    #[inline(always)]
+    fn collect_ties_scaled(&mut self, loads: &[PeerLoad]) {
+        self.ties.clear();
+        let mut best = u64::MAX;
+        for (c, (l, &f)) in loads.iter().zip(&self.factors).enumerate() {
+            let score = u64::from(l.active.get()).saturating_mul(f);
+            if score <= best && f != u64::MAX {
+                if score < best {
+                    self.ties.clear();
+                    best = score;
+                }
+                self.ties.push(c as u32);
+            }
         }
     }
 
@@ -248,7 +298,9 @@ impl LeastConnections {
             self.next = if c + 1 == n { 0 } else { c + 1 };
             Some(c)
         } else {
-            if full {
+            if full && !self.factors.is_empty() {
+                self.collect_ties_scaled(&loads[..n]);
+            } else if full {
                 self.collect_ties_fast(&loads[..n]);
             } else {
                 self.collect_ties(loads, |_| true);
@@ -329,6 +381,25 @@ mod tests {
         let mut s = LeastConnections::new(&[1, 1, 1, 1]);
         let got: Vec<_> = (0..5).map(|_| pick(&mut s, &l)).collect();
         assert_eq!(got, vec![1, 2, 3, 1, 2]);
+    }
+
+    #[test]
+    fn scaled_scores_find_the_same_ties_as_cross_multiplication() {
+        let weights: Vec<u32> = (0..50).map(|i| [0, 1, 2, 3, 4, 6][i % 6]).collect();
+        let mut s = LeastConnections::new(&weights);
+        assert!(!s.factors.is_empty());
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..500 {
+            let l = loads(&(0..50).map(|_| rng.u32(0..12)).collect::<Vec<_>>());
+            s.collect_ties_scaled(&l);
+            let scaled = s.ties.clone();
+            s.collect_ties_fast(&l);
+            assert_eq!(scaled, s.ties);
+        }
+        // Weights whose lcm is too large keep the cross-multiplication path.
+        assert!(LeastConnections::new(&[1_000_003, 999_983])
+            .factors
+            .is_empty());
     }
 
     #[test]
