@@ -1,7 +1,9 @@
 //! Least connections: the candidate with the fewest requests in flight per unit of weight.
 //!
 //! Score = `active ÷ weight`, compared exactly by cross-multiplication (`a₁·w₂ < a₂·w₁`, in
-//! u64). Ties are broken the way nginx's `least_conn` breaks them: with equal weights by
+//! u64). When the weights' least common multiple `L` is small (≤ 2²⁰), the score is
+//! precomputed as `active × (L ÷ weight)` instead: the same order and the same ties, with one
+//! multiply per candidate. Ties are broken the way nginx's `least_conn` breaks them: with equal weights by
 //! rotation (the first tied candidate after the previous pick), with unequal weights by
 //! smooth weighted round robin among the tied candidates — so an idle or evenly loaded group
 //! still gets traffic in proportion to the weights. One pass over the load table per pick
