@@ -4,8 +4,9 @@
 //! - one task per probed peer, each on its own schedule (`interval` ±10% jitter, start to
 //!   start), feeding probe results to the peer's state machine;
 //! - the observation drain: crossbeam cannot be awaited, so it `try_recv`s everything pending,
-//!   then sleeps 1 ms; the same loop ends ejections whose time has come and retries pushes that
-//!   found a shard's control channel full;
+//!   then sleeps 1 ms (doubling up to 16 ms while nothing arrives); the same loop ends
+//!   ejections whose time has come and retries pushes that found a shard's control channel
+//!   full;
 //! - the admin endpoint (`GET /status`, `GET /health`).
 //!
 //! Every status change is logged once at info (group, peer, old → new, why); every eligibility
@@ -34,8 +35,11 @@ use super::{HealthChange, Observation, ShardStats};
 use crate::config::{Config, Driver};
 use crate::shard::{ControlMsg, Notify};
 
-/// How long the observation drain sleeps when the channel is empty.
+/// How long the observation drain sleeps after a round that found observations.
 const DRAIN_TICK: Duration = Duration::from_millis(1);
+/// The longest sleep of an idle drain: each empty round doubles the sleep up to this, so an
+/// idle control thread wakes ~60 times a second instead of 1000 (it shares the shards' CPUs).
+const DRAIN_IDLE_MAX: Duration = Duration::from_millis(16);
 /// Observations handled per drain round before other tasks get a turn.
 const DRAIN_BATCH: usize = 4096;
 /// How long the control thread waits for its tasks to end when it stops.
@@ -463,6 +467,7 @@ async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, pause_ms: Arc<
 
     let rx = setup.observations;
     let mut paused_until: Option<Instant> = None;
+    let mut idle_sleep = DRAIN_TICK;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let pause = pause_ms.swap(0, Ordering::Relaxed);
@@ -472,14 +477,21 @@ async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, pause_ms: Arc<
         if paused_until.is_some_and(|t| now >= t) {
             paused_until = None;
         }
+        let mut seen = 0;
         if paused_until.is_none() {
             for obs in rx.try_iter().take(DRAIN_BATCH) {
                 ctl.observe(obs);
+                seen += 1;
             }
         }
         ctl.expire(Instant::now());
         ctl.flush_backlog();
-        monoio::time::sleep(DRAIN_TICK).await;
+        idle_sleep = if seen > 0 {
+            DRAIN_TICK
+        } else {
+            (idle_sleep * 2).min(DRAIN_IDLE_MAX)
+        };
+        monoio::time::sleep(idle_sleep).await;
     }
 
     ctl.stopping.set(true);
