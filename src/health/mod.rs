@@ -24,7 +24,7 @@ use crossbeam_channel::{Sender, TrySendError};
 
 use crate::balance::PeerId;
 use crate::config::{Config, PassiveHealth};
-use crate::http::HttpError;
+use crate::failover::Failure;
 
 pub use control::ControlThread;
 
@@ -45,20 +45,20 @@ pub enum Outcome {
     InvalidResponse,
 }
 
-impl Outcome {
-    /// The outcome behind an error the proxy answered a try with, when the peer caused it
-    /// (`None` for errors of the client's making, such as a bad request body).
-    pub fn from_error(err: &HttpError) -> Option<Outcome> {
-        match err {
-            HttpError::GatewayTimeout(_) => Some(Outcome::Timeout),
-            HttpError::BadGateway(d) if d.starts_with("invalid") || d.starts_with("unexpected") => {
-                Some(Outcome::InvalidResponse)
-            }
-            HttpError::BadGateway(_) => Some(Outcome::Reset),
-            _ => None,
+impl From<Failure> for Outcome {
+    /// How a failed try counts for passive health.
+    fn from(failure: Failure) -> Outcome {
+        match failure {
+            Failure::ConnectFailure | Failure::ConnectTimeout => Outcome::ConnectFailure,
+            Failure::Reset => Outcome::Reset,
+            Failure::Timeout => Outcome::Timeout,
+            Failure::InvalidResponse => Outcome::InvalidResponse,
+            Failure::Status(s) => Outcome::from_status(s),
         }
     }
+}
 
+impl Outcome {
     /// The outcome of a complete response with `status`.
     pub fn from_status(status: u16) -> Outcome {
         if status >= 500 {
@@ -213,13 +213,6 @@ impl ShardReporter {
         }
     }
 
-    /// Reports the error a try on `peer` was answered with, if the peer caused it.
-    pub fn report_error(&self, group: usize, peer: PeerId, err: &HttpError) {
-        if let Some(outcome) = Outcome::from_error(err) {
-            self.report(group, peer, outcome);
-        }
-    }
-
     /// Reports dropped by this shard because the channel was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.get()
@@ -305,22 +298,19 @@ mod tests {
     }
 
     #[test]
-    fn outcomes_from_errors() {
-        use HttpError as E;
+    fn outcomes_from_failures() {
+        assert_eq!(Outcome::from(Failure::Timeout), Outcome::Timeout);
         assert_eq!(
-            Outcome::from_error(&E::GatewayTimeout("x")),
-            Some(Outcome::Timeout)
+            Outcome::from(Failure::ConnectTimeout),
+            Outcome::ConnectFailure
         );
         assert_eq!(
-            Outcome::from_error(&E::BadGateway("invalid response from upstream")),
-            Some(Outcome::InvalidResponse)
+            Outcome::from(Failure::InvalidResponse),
+            Outcome::InvalidResponse
         );
-        assert_eq!(
-            Outcome::from_error(&E::BadGateway("upstream closed mid-response")),
-            Some(Outcome::Reset)
-        );
-        assert_eq!(Outcome::from_error(&E::BadRequest("bad chunk")), None);
-        assert_eq!(Outcome::from_error(&E::PayloadTooLarge), None);
+        assert_eq!(Outcome::from(Failure::Reset), Outcome::Reset);
+        assert_eq!(Outcome::from(Failure::Status(502)), Outcome::Status(502));
+        assert_eq!(Outcome::from(Failure::Status(404)), Outcome::Success);
         assert_eq!(Outcome::from_status(200), Outcome::Success);
         assert_eq!(Outcome::from_status(503), Outcome::Status(503));
     }

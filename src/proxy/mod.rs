@@ -182,17 +182,6 @@ impl FailureHooks for PickerHooks<'_> {
     }
 }
 
-/// How a failed try counts for passive health.
-fn failure_outcome(failure: Failure) -> Outcome {
-    match failure {
-        Failure::ConnectFailure | Failure::ConnectTimeout => Outcome::ConnectFailure,
-        Failure::Reset => Outcome::Reset,
-        Failure::Timeout => Outcome::Timeout,
-        Failure::InvalidResponse => Outcome::InvalidResponse,
-        Failure::Status(s) => Outcome::from_status(s),
-    }
-}
-
 /// The answer ringlb gives itself when a try's failure is not retried.
 fn failure_error(failure: Failure) -> HttpError {
     match failure {
@@ -412,7 +401,7 @@ impl Conn<'_> {
             let now = Instant::now();
             group.breaker_outcome(peer_id, admit, Some(!failure.is_peer_failure()), now);
             ctx.health
-                .report(group_idx, peer_id, failure_outcome(failure));
+                .report(group_idx, peer_id, Outcome::from(failure));
             tctx.request_sent = sent;
             tctx.response_started = self.interim_sent;
             tctx.body_replayable = !body.started_streaming();
