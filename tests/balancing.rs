@@ -1092,22 +1092,6 @@ fn demo_with_maglev_keeps_each_user_on_one_demo_backend() {
 // ---------------------------------------------------------------------------------------------
 // A request waiting for its connect is in flight to its peer.
 
-/// A peer whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
-fn blackhole_peer() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .unwrap();
-    s.listen(0).unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
-    let mut fill = Vec::new();
-    for _ in 0..4 {
-        if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            fill.push(c);
-        }
-    }
-    (s, fill, addr)
-}
-
 #[test]
 fn least_connections_counts_requests_whose_connect_is_pending() {
     // Peer 0 never completes a connect (within connect_ms = 1000); peer 1 holds requests.

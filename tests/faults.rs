@@ -776,27 +776,6 @@ fn request_timeout_bounds_all_tries() {
 // ---------------------------------------------------------------------------------------------
 // Deadlines around connect and write.
 
-/// A peer whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
-/// Keep the returned socket and connections alive for as long as the peer should stay so.
-fn blackhole_peer() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
-    let s =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    s.bind(&any.into()).expect("bind");
-    s.listen(0).expect("listen");
-    let addr = s
-        .local_addr()
-        .expect("local addr")
-        .as_socket()
-        .expect("inet");
-    let fill = (0..4)
-        .filter_map(|_| {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
-        })
-        .collect();
-    (s, fill, addr)
-}
-
 /// `per_try_timeout_ms` bounds the connect of a try too: a peer that does not complete the
 /// handshake costs one per-try timeout (300 ms), not the 2 s connect timeout, then the healthy
 /// peer answers.

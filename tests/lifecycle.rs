@@ -327,23 +327,6 @@ fn second_signal_exits_at_once() {
     assert_eq!(st.code(), Some(1), "exit status {st}");
 }
 
-/// A peer whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
-fn blackhole_peer() -> (socket2::Socket, Vec<TcpStream>, SocketAddr) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.listen(0).unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
-    // Fill the accept queue (never accepted).
-    let mut fill = Vec::new();
-    for _ in 0..4 {
-        if let Ok(c) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            fill.push(c);
-        }
-    }
-    (s, fill, addr)
-}
-
 #[test]
 fn connect_timeout_moves_on_to_the_next_peer() {
     let (_hole, _fill, hole_addr) = blackhole_peer();

@@ -2110,3 +2110,24 @@ impl Proxy {
         }
     }
 }
+
+/// A peer whose accept queue is full: the kernel drops further SYNs, so connecting to it hangs
+/// (a connect timeout, for real). Keep the returned socket and connections alive for as long
+/// as the peer should stay so.
+pub fn blackhole_peer() -> (socket2::Socket, Vec<TcpStream>, SocketAddr) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    s.listen(0).expect("listen");
+    let addr = s
+        .local_addr()
+        .expect("local addr")
+        .as_socket()
+        .expect("inet");
+    // Fill the accept queue (never accepted).
+    let fill = (0..4)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    (s, fill, addr)
+}
