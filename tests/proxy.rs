@@ -295,7 +295,9 @@ fn no_content_and_not_modified_have_no_body() {
 }
 
 #[test]
-fn expect_100_continue_relays_interim_response() {
+fn expect_100_continue_on_a_kept_body_is_answered_by_ringlb() {
+    // The body fits `retry_body_bytes`, so ringlb asks for it itself and the upstream gets the
+    // whole request without the expectation.
     let b = Backend::with_handler("a", echo);
     let proxy = ProxyConfig::with_backends(&[&b]).start();
     let mut c = proxy.client();
@@ -310,7 +312,7 @@ fn expect_100_continue_relays_interim_response() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body_str(), "POST /upload\nhello world");
     let req = b.only_request();
-    assert_eq!(req.header("expect"), Some("100-continue"));
+    assert_eq!(req.header("expect"), None);
     assert_eq!(req.body, b"hello world");
 }
 

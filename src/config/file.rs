@@ -149,6 +149,8 @@ pub(crate) struct TimeoutsFile {
     pub upstream_write_ms: Option<u64>,
     /// Idle keep-alive client connection.
     pub client_idle_ms: Option<u64>,
+    /// Wait for the upstream's `100 Continue` before sending one to the client.
+    pub expect_continue_ms: Option<u64>,
 }
 
 /// LimitsFile is `[limits]`.
@@ -161,6 +163,16 @@ pub(crate) struct LimitsFile {
     pub max_request_line_bytes: Option<u64>,
     /// Default unlimited.
     pub max_body_bytes: Option<u64>,
+    /// Default 16; at least 1.
+    pub max_interim_responses: Option<u64>,
+    /// Default 65536; at least 64.
+    pub max_interim_bytes: Option<u64>,
+    /// Default 30000.
+    pub lingering_time_ms: Option<u64>,
+    /// Default 5000.
+    pub lingering_timeout_ms: Option<u64>,
+    /// Default 64 MiB.
+    pub lingering_max_bytes: Option<u64>,
 }
 
 /// UpstreamFile is one `[[upstream]]` table.

@@ -138,6 +138,10 @@ pub struct Timeouts {
     pub upstream_write: Duration,
     /// Idle keep-alive client connections are closed after this. Default 60 s.
     pub client_idle: Duration,
+    /// How long a request with `Expect: 100-continue` whose body streams waits for the
+    /// upstream's `100 Continue` before ringlb sends one to the client itself and streams the
+    /// body anyway. Default 200 ms.
+    pub expect_continue: Duration,
 }
 
 impl Default for Timeouts {
@@ -148,11 +152,13 @@ impl Default for Timeouts {
             upstream_read: Duration::from_millis(30_000),
             upstream_write: Duration::from_millis(30_000),
             client_idle: Duration::from_millis(60_000),
+            expect_continue: Duration::from_millis(200),
         }
     }
 }
 
-/// Limits is the `[limits]` table: what a client request may be at most.
+/// Limits is the `[limits]` table: what a client request (and an upstream's interim
+/// responses) may be at most, and how ringlb closes a connection it gives up on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Request head (request line + headers) size → 431. Default 16 KiB.
@@ -161,6 +167,19 @@ pub struct Limits {
     pub max_request_line_bytes: usize,
     /// Request body size → 413. Default unlimited.
     pub max_body_bytes: Option<u64>,
+    /// Interim (1xx) responses relayed per request; one more → 502. Default 16.
+    pub max_interim_responses: u32,
+    /// Bytes of interim (1xx) response heads per request; beyond → 502. Default 64 KiB.
+    pub max_interim_bytes: usize,
+    /// Lingering close: after an answer that closes the connection while the client may still
+    /// be sending, ringlb shuts its write side and reads and discards what arrives, so the
+    /// client's unread bytes do not turn into a reset that destroys the answer. It stops after
+    /// this long in all. Default 30 s (nginx's `lingering_time`).
+    pub lingering_time: Duration,
+    /// … or when nothing arrives for this long. Default 5 s (nginx's `lingering_timeout`).
+    pub lingering_timeout: Duration,
+    /// … or after discarding this many bytes. Default 64 MiB.
+    pub lingering_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -169,6 +188,11 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_request_line_bytes: 8 * 1024,
             max_body_bytes: None,
+            max_interim_responses: 16,
+            max_interim_bytes: 64 * 1024,
+            lingering_time: Duration::from_millis(30_000),
+            lingering_timeout: Duration::from_millis(5_000),
+            lingering_max_bytes: 64 << 20,
         }
     }
 }
@@ -341,7 +365,8 @@ fn write_timeouts(out: &mut String, indent: &str, t: &Timeouts) -> fmt::Result {
     writeln!(out, "{indent}request_header  {}", ms(t.request_header))?;
     writeln!(out, "{indent}upstream_read   {}", ms(t.upstream_read))?;
     writeln!(out, "{indent}upstream_write  {}", ms(t.upstream_write))?;
-    writeln!(out, "{indent}client_idle     {}", ms(t.client_idle))
+    writeln!(out, "{indent}client_idle     {}", ms(t.client_idle))?;
+    writeln!(out, "{indent}expect_continue {}", ms(t.expect_continue))
 }
 
 impl Config {
@@ -449,6 +474,11 @@ impl Config {
             Some(n) => writeln!(out, "  max_body_bytes          {n}")?,
             None => writeln!(out, "  max_body_bytes          unlimited")?,
         }
+        writeln!(out, "  max_interim_responses   {}", l.max_interim_responses)?;
+        writeln!(out, "  max_interim_bytes       {}", l.max_interim_bytes)?;
+        writeln!(out, "  lingering_time          {}", ms(l.lingering_time))?;
+        writeln!(out, "  lingering_timeout       {}", ms(l.lingering_timeout))?;
+        writeln!(out, "  lingering_max_bytes     {}", l.lingering_max_bytes)?;
         writeln!(out, "timeouts")?;
         write_timeouts(out, "  ", &self.timeouts)?;
 

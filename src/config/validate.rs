@@ -340,6 +340,11 @@ fn timeouts(
             base.upstream_write,
         )?,
         client_idle: pick("client_idle_ms", f.client_idle_ms, base.client_idle)?,
+        expect_continue: pick(
+            "expect_continue_ms",
+            f.expect_continue_ms,
+            base.expect_continue,
+        )?,
     })
 }
 
@@ -374,10 +379,53 @@ fn limits(cx: &Cx<'_>, f: &LimitsFile) -> Result<Limits, ConfigError> {
             ))
         }
     };
+    let at_least = |name: &str, value: Option<u64>, min: u64, default: u64| match value {
+        None => Ok(default),
+        Some(n) if n >= min => Ok(n),
+        Some(n) => Err(cx.err(
+            format!("limits.{name}"),
+            format!("must be at least {min}, got {n}"),
+        )),
+    };
+    let ms = |n: u64| Duration::from_millis(n);
+    let lingering_time = at_least(
+        "lingering_time_ms",
+        f.lingering_time_ms,
+        1,
+        defaults.lingering_time.as_millis() as u64,
+    )?;
+    let lingering_timeout = at_least(
+        "lingering_timeout_ms",
+        f.lingering_timeout_ms,
+        1,
+        defaults.lingering_timeout.as_millis() as u64,
+    )?;
     Ok(Limits {
         max_header_bytes,
         max_request_line_bytes,
         max_body_bytes: f.max_body_bytes,
+        max_interim_responses: at_least(
+            "max_interim_responses",
+            f.max_interim_responses,
+            1,
+            u64::from(defaults.max_interim_responses),
+        )?
+        .min(u64::from(u32::MAX)) as u32,
+        max_interim_bytes: at_least(
+            "max_interim_bytes",
+            f.max_interim_bytes,
+            64,
+            defaults.max_interim_bytes as u64,
+        )?
+        .min(usize::MAX as u64) as usize,
+        lingering_time: ms(lingering_time),
+        lingering_timeout: ms(lingering_timeout),
+        lingering_max_bytes: at_least(
+            "lingering_max_bytes",
+            f.lingering_max_bytes,
+            0,
+            defaults.lingering_max_bytes,
+        )?,
     })
 }
 
@@ -734,11 +782,17 @@ request_header_ms = 11000
 upstream_read_ms = 31000
 upstream_write_ms = 32000
 client_idle_ms = 61000
+expect_continue_ms = 150
 
 [limits]
 max_header_bytes = 32768
 max_request_line_bytes = 4096
 max_body_bytes = 1048576
+max_interim_responses = 4
+max_interim_bytes = 4096
+lingering_time_ms = 2000
+lingering_timeout_ms = 500
+lingering_max_bytes = 1000000
 
 [[upstream]]
 name = "api"
@@ -794,6 +848,7 @@ upstream = "static"
             upstream_read: Duration::from_millis(31_000),
             upstream_write: Duration::from_millis(32_000),
             client_idle: Duration::from_millis(61_000),
+            expect_continue: Duration::from_millis(150),
         };
         assert_eq!(c.timeouts, global);
         assert_eq!(
@@ -802,6 +857,11 @@ upstream = "static"
                 max_header_bytes: 32768,
                 max_request_line_bytes: 4096,
                 max_body_bytes: Some(1_048_576),
+                max_interim_responses: 4,
+                max_interim_bytes: 4096,
+                lingering_time: Duration::from_millis(2000),
+                lingering_timeout: Duration::from_millis(500),
+                lingering_max_bytes: 1_000_000,
             }
         );
 
@@ -1495,6 +1555,7 @@ upstream = "static"
             "upstream_read_ms",
             "upstream_write_ms",
             "client_idle_ms",
+            "expect_continue_ms",
         ] {
             let shown = expect_err(
                 &format!("[timeouts]\n{key} = 0\n{MIN}"),

@@ -6,8 +6,15 @@
 //! of copying them, so the proxy can either forward the raw bytes or re-frame the payload.
 //!
 //! Strictness (request-smuggling defence): sizes are 1–16 hex digits, every line ends in CRLF
-//! (a bare LF is an error), data must be followed by CRLF, and size lines (with extensions) and
-//! the trailer section are bounded.
+//! (a bare LF is an error), data must be followed by CRLF, size lines (with extensions) and
+//! the trailer section are bounded, and every trailer line must be a valid field line
+//! (`token ":" value`, no obs-fold, no control characters): a request line or a folded line
+//! among the trailers is an error, never forwarded.
+//!
+//! Canonical framing: a proxy must not copy framing bytes another parser could read
+//! differently. [`ChunkedDecoder::decode_framed`] also reports the bytes a canonical encoding
+//! leaves out — the whitespace and extensions of chunk-size lines (`3 ;x=y\r\n` → `3\r\n`) —
+//! so the caller can forward the body without them ([`copy_without`]) and otherwise as it came.
 
 use super::HttpError;
 use std::ops::Range;
@@ -41,7 +48,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or of the final CRLF) after the last chunk.
     TrailerStart,
-    /// Inside a trailer field line.
+    /// Inside the field name of a trailer line (a token; `:` ends it).
+    TrailerName,
+    /// Inside the value of a trailer line, up to the CR.
     Trailer,
     /// The CR of a trailer line was seen; LF must follow.
     TrailerLf,
@@ -68,6 +77,25 @@ pub struct ChunkedDecoder {
     line_len: u32,
     /// Bytes of the trailer section so far (bounded by MAX_TRAILER_BYTES).
     trailer_len: u32,
+}
+
+/// Whether `b` is a `tchar` of a token (RFC 9110 §5.6.2), the characters of a field name.
+#[inline]
+fn is_tchar(b: u8) -> bool {
+    matches!(b,
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
+        | b'`' | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+/// Appends `input` to `out` without the ranges in `strip` (ascending, within `input`, as
+/// [`ChunkedDecoder::decode_framed`] reports them).
+pub fn copy_without(input: &[u8], strip: &[Range<usize>], out: &mut Vec<u8>) {
+    let mut at = 0;
+    for r in strip {
+        out.extend_from_slice(&input[at..r.start]);
+        at = r.end;
+    }
+    out.extend_from_slice(&input[at..]);
 }
 
 /// The value of an ASCII hex digit.
@@ -101,12 +129,37 @@ impl ChunkedDecoder {
     pub fn decode(
         &mut self,
         input: &[u8],
+        data: Option<&mut Vec<Range<usize>>>,
+    ) -> Result<(usize, bool), HttpError> {
+        self.decode_inner(input, data, None)
+    }
+
+    /// [`ChunkedDecoder::decode`], also pushing to `strip` the ranges of `input` that a
+    /// canonical encoding of the body leaves out: the whitespace and chunk extensions after each
+    /// chunk size. Forwarding `input[..consumed]` without them ([`copy_without`]) sends the same
+    /// chunks and trailers in canonical framing.
+    pub fn decode_framed(
+        &mut self,
+        input: &[u8],
+        data: Option<&mut Vec<Range<usize>>>,
+        strip: &mut Vec<Range<usize>>,
+    ) -> Result<(usize, bool), HttpError> {
+        self.decode_inner(input, data, Some(strip))
+    }
+
+    fn decode_inner(
+        &mut self,
+        input: &[u8],
         mut data: Option<&mut Vec<Range<usize>>>,
+        mut strip: Option<&mut Vec<Range<usize>>>,
     ) -> Result<(usize, bool), HttpError> {
         if self.state == State::Done {
             return Ok((0, true));
         }
         let mut pos = 0usize;
+        // Start of the non-canonical part of a size line being skipped, if inside one.
+        let mut skip_from =
+            matches!(self.state, State::ExtensionBws | State::Extension).then_some(0);
         while pos < input.len() {
             if self.state == State::Data {
                 // Skip over as much chunk data as is available in one step.
@@ -127,10 +180,29 @@ impl ChunkedDecoder {
                 continue;
             }
             let Some(&b) = input.get(pos) else { break };
+            let before = self.state;
             pos += 1;
             self.step(b)?;
+            if strip.is_some() {
+                match (before, self.state) {
+                    (State::Size, State::ExtensionBws | State::Extension) => {
+                        skip_from = Some(pos - 1);
+                    }
+                    (State::ExtensionBws | State::Extension, State::SizeLf) => {
+                        if let (Some(from), Some(s)) = (skip_from.take(), strip.as_deref_mut()) {
+                            s.push(from..pos - 1);
+                        }
+                    }
+                    _ => {}
+                }
+            }
             if self.state == State::Done {
                 return Ok((pos, true));
+            }
+        }
+        if let (Some(from), Some(s)) = (skip_from, strip) {
+            if from < pos {
+                s.push(from..pos);
             }
         }
         Ok((pos, self.state == State::Done))
@@ -224,16 +296,28 @@ impl ChunkedDecoder {
                 self.bump_trailer()?;
                 match b {
                     b'\r' => self.state = State::FinalLf,
-                    b'\n' | b'\0' => return Err(HttpError::BadRequest("invalid trailer section")),
-                    _ => self.state = State::Trailer,
+                    // A field line starts with its name: not whitespace (obs-fold, RFC 9112
+                    // §5.2), not a colon, nothing but token characters.
+                    _ if is_tchar(b) => self.state = State::TrailerName,
+                    _ => return Err(HttpError::BadRequest("invalid trailer section")),
+                }
+            }
+            State::TrailerName => {
+                self.bump_trailer()?;
+                match b {
+                    b':' => self.state = State::Trailer,
+                    _ if is_tchar(b) => {}
+                    // e.g. "GET /x HTTP/1.1": a request line is not a field line.
+                    _ => return Err(HttpError::BadRequest("invalid trailer field")),
                 }
             }
             State::Trailer => {
                 self.bump_trailer()?;
                 match b {
                     b'\r' => self.state = State::TrailerLf,
-                    b'\n' | b'\0' => return Err(HttpError::BadRequest("invalid trailer field")),
-                    _ => {}
+                    // field-value: VCHAR, obs-text, SP and HTAB; no other control characters.
+                    b'\t' | b' '..=0x7e | 0x80..=0xff => {}
+                    _ => return Err(HttpError::BadRequest("invalid trailer field")),
                 }
             }
             State::TrailerLf => {
@@ -479,5 +563,64 @@ mod tests {
         assert!(!dec.is_done());
         assert_eq!(dec.decode(b"\r\n", None).unwrap(), (2, true));
         assert!(dec.is_done());
+    }
+
+    /// Decodes `input` split at `at` with `decode_framed`; returns the canonical bytes.
+    fn framed_split(input: &[u8], at: usize) -> Vec<u8> {
+        let mut dec = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        for piece in [&input[..at], &input[at..]] {
+            let mut strip = Vec::new();
+            let (n, _) = dec.decode_framed(piece, None, &mut strip).unwrap();
+            copy_without(&piece[..n], &strip, &mut out);
+        }
+        assert!(dec.is_done());
+        out
+    }
+
+    #[test]
+    fn canonical_framing_drops_size_whitespace_and_extensions_at_every_split() {
+        let input = b"3 \r\nabc\r\n2;ext=\"v\" ;b\r\nde\r\nA\t ; x\r\n0123456789\r\n0\t\r\nX-Sum: 5\r\n\r\n";
+        let want = b"3\r\nabc\r\n2\r\nde\r\nA\r\n0123456789\r\n0\r\nX-Sum: 5\r\n\r\n";
+        for at in 0..=input.len() {
+            assert_eq!(framed_split(input, at), want, "split at {at}");
+        }
+        // Canonical input is forwarded as it is, with nothing to strip.
+        let mut strip = Vec::new();
+        ChunkedDecoder::new()
+            .decode_framed(want, None, &mut strip)
+            .unwrap();
+        assert!(strip.is_empty());
+    }
+
+    #[test]
+    fn trailer_lines_must_be_field_lines() {
+        let ok: &[&[u8]] = &[
+            b"0\r\n\r\n",
+            b"0\r\nX-A: 1\r\n\r\n",
+            b"0\r\nX-A:\r\nx-b:  two words\t\r\n\r\n",
+            b"0\r\nA!#$%&'*+-.^_`|~9:v\x80\xff\r\n\r\n",
+        ];
+        for body in ok {
+            for at in 0..=body.len() {
+                assert!(decode_split(body, &[at]).is_ok(), "{body:?} split at {at}");
+            }
+        }
+        let bad: &[&[u8]] = &[
+            b"0\r\nGET /smug HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"0\r\nX-A: 1\r\n  folded\r\n\r\n",
+            b"0\r\nX-A: 1\r\n\tfolded\r\n\r\n",
+            b"0\r\nNoColon\r\n\r\n",
+            b"0\r\n: empty name\r\n\r\n",
+            b"0\r\nX A: space in name\r\n\r\n",
+            b"0\r\nX-A: a\x01b\r\n\r\n",
+            b"0\r\nX-A: a\x7fb\r\n\r\n",
+            b"0\r\nX-A: a\nb\r\n\r\n",
+        ];
+        for body in bad {
+            for at in 0..=body.len() {
+                assert!(decode_split(body, &[at]).is_err(), "{body:?} split at {at}");
+            }
+        }
     }
 }

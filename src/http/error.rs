@@ -146,7 +146,16 @@ pub fn status_reason(code: u16) -> &'static str {
 /// `502 Bad Gateway: connect failed\n` with its `Content-Length`, `Connection: keep-alive` or
 /// `Connection: close` per `keep_alive`, and `Retry-After: 1` for 503. The caller decides
 /// `keep_alive`; see [`HttpError::closes_connection`] for errors that forbid keeping it.
-pub fn write_error_response(err: &HttpError, keep_alive: bool, out: &mut Vec<u8>) {
+///
+/// The answer to a HEAD request (`head_request`) is the same head without the body (RFC 9110
+/// §9.3.2): its `Content-Length` says what a GET would have received, and a client keeping the
+/// connection reads no body bytes it does not expect.
+pub fn write_error_response(
+    err: &HttpError,
+    keep_alive: bool,
+    head_request: bool,
+    out: &mut Vec<u8>,
+) {
     let status = err.status();
     let reason = err.reason().as_bytes();
     let detail = err.detail();
@@ -173,6 +182,9 @@ pub fn write_error_response(err: &HttpError, keep_alive: bool, out: &mut Vec<u8>
         out.extend_from_slice(b"Retry-After: 1\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    if head_request {
+        return;
+    }
 
     push_u64(out, u64::from(status));
     out.push(b' ');
@@ -211,7 +223,12 @@ mod tests {
     #[test]
     fn bad_gateway_response_bytes() {
         let mut out = b"prefix".to_vec();
-        write_error_response(&HttpError::BadGateway("connect failed"), true, &mut out);
+        write_error_response(
+            &HttpError::BadGateway("connect failed"),
+            true,
+            false,
+            &mut out,
+        );
         let body = "502 Bad Gateway: connect failed\n";
         let expected = format!(
             "prefixHTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n\
@@ -227,6 +244,7 @@ mod tests {
         write_error_response(
             &HttpError::ServiceUnavailable("no eligible peer"),
             false,
+            false,
             &mut out,
         );
         let body = "503 Service Unavailable: no eligible peer\n";
@@ -241,7 +259,7 @@ mod tests {
     #[test]
     fn detail_less_response_bytes() {
         let mut out = Vec::new();
-        write_error_response(&HttpError::HeaderTooLarge, false, &mut out);
+        write_error_response(&HttpError::HeaderTooLarge, false, false, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 431 Request Header Fields Too Large\r\n\
@@ -265,7 +283,7 @@ mod tests {
         ];
         for err in errs {
             let mut out = Vec::new();
-            write_error_response(&err, true, &mut out);
+            write_error_response(&err, true, false, &mut out);
             let text = String::from_utf8(out).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").unwrap();
             let cl: usize = head
@@ -278,5 +296,16 @@ mod tests {
             assert_eq!(cl, body.len(), "{err:?}");
             assert!(body.starts_with(&format!("{} {}", err.status(), err.reason())));
         }
+    }
+
+    #[test]
+    fn head_request_gets_the_head_only() {
+        let mut get = Vec::new();
+        write_error_response(&HttpError::BadGateway("x"), true, false, &mut get);
+        let mut head = Vec::new();
+        write_error_response(&HttpError::BadGateway("x"), true, true, &mut head);
+        let end = get.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(head, &get[..end]);
+        assert!(get.len() > end);
     }
 }

@@ -10,7 +10,7 @@ mod error;
 mod parse;
 mod rewrite;
 
-pub use chunked::ChunkedDecoder;
+pub use chunked::{copy_without, ChunkedDecoder};
 pub use error::{write_error_response, HttpError};
 pub use parse::{parse_request, parse_response, ParseStatus};
 pub use rewrite::{rewrite_request, rewrite_response, ForwardInfo};
@@ -171,6 +171,9 @@ pub struct ResponseHead {
     pub headers: Vec<HeaderRange>,
     /// Response body framing, given the request method and the status.
     pub body: BodyKind,
+    /// A Transfer-Encoding field was present (for an `UntilClose` body: codings other than a
+    /// final chunked, which only an HTTP/1.1 client can be told about).
+    pub transfer_coded: bool,
     /// Whether the upstream connection may be reused after this response.
     pub keep_alive: bool,
     /// Length of the head including the final CRLFCRLF.
@@ -185,6 +188,7 @@ impl Default for ResponseHead {
             version: Version::Http11,
             headers: Vec::with_capacity(32),
             body: BodyKind::None,
+            transfer_coded: false,
             keep_alive: true,
             head_len: 0,
         }

@@ -356,7 +356,7 @@ fn parse_target(target: &[u8], at: u32, method: Method) -> Result<TargetParts, H
 
 /// Whether an `Expect` value asks for `100-continue` (RFC 9110 §10.1.1, case-insensitive).
 #[inline]
-fn wants_continue(value: &[u8]) -> bool {
+pub(super) fn wants_continue(value: &[u8]) -> bool {
     list_items(value).any(|e| e.eq_ignore_ascii_case(b"100-continue"))
 }
 
@@ -663,6 +663,7 @@ pub fn parse_response(
     };
     head.version = version;
     head.body = body;
+    head.transfer_coded = codings.present;
     head.keep_alive =
         connection.persistent(version) && reusable && body != BodyKind::UntilClose && status != 101;
     head.head_len = head_len;
@@ -856,6 +857,7 @@ mod tests {
             max_header_bytes: 1024,
             max_request_line_bytes: 64,
             max_body_bytes: None,
+            ..Limits::default()
         };
         // Exactly at the limit: "GET " + path + " HTTP/1.1" == 64.
         let path = "/".repeat(64 - 13);
@@ -888,6 +890,7 @@ mod tests {
             max_header_bytes: 256,
             max_request_line_bytes: 128,
             max_body_bytes: None,
+            ..Limits::default()
         };
         let mut raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Fill: ".to_vec();
         let fill = 256 - raw.len() - 4;

@@ -16,7 +16,7 @@
 //! them would hand proxy credentials to every backend (nginx forwards them by default).
 
 use super::parse::{
-    classify, fold_content_length, list_items, KnownHeader, MAX_CONNECTION_OPTIONS,
+    classify, fold_content_length, list_items, wants_continue, KnownHeader, MAX_CONNECTION_OPTIONS,
 };
 use super::{BodyKind, HeaderRange, RequestHead, ResponseHead, Version};
 use std::io::Write as _;
@@ -293,6 +293,12 @@ pub fn rewrite_request(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out: &
             }
             // Routing used Host; the upstream must see the same one.
             KnownHeader::Host => {}
+            // `100-continue` goes on only while ringlb waits for the upstream's 100; when it
+            // answers 100 itself (or the expectation does not apply) the upstream gets the
+            // whole request without it.
+            KnownHeader::Expect if !head.expect_continue && wants_continue(bytes(buf, h.value)) => {
+                continue
+            }
             _ => {
                 if is_named(&named, name) {
                     continue;
@@ -424,7 +430,20 @@ pub fn rewrite_response(
                 }
             }
         }
-        BodyKind::UntilClose => must_close = true,
+        BodyKind::UntilClose => {
+            must_close = true;
+            // Codings other than a final chunked (`chunked, gzip`) delimit nothing, but the
+            // client must know them to decode the payload, which is relayed as it came.
+            if head.transfer_coded && client_version == Version::Http11 {
+                let mark = out.len();
+                out.extend_from_slice(b"Transfer-Encoding: ");
+                if push_joined(out, buf, &head.headers, KnownHeader::TransferEncoding) {
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.truncate(mark);
+                }
+            }
+        }
     }
 
     if !interim {

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use crate::http::{BodyKind, ChunkedDecoder, HttpError};
+use crate::http::{copy_without, BodyKind, ChunkedDecoder, HttpError};
 
 /// BodyProgress follows one message body across the reads it arrives in.
 pub struct BodyProgress {
@@ -20,6 +20,9 @@ pub struct BodyProgress {
     streaming: bool,
     /// Reused scratch for chunk payload ranges when counting payload against `limit`.
     scratch: Vec<Range<usize>>,
+    /// The non-canonical framing bytes (chunk-size whitespace and extensions) of the last
+    /// `advance`'s data: they are not forwarded.
+    strip: Vec<Range<usize>>,
     /// Whether the end of the body was seen.
     done: bool,
 }
@@ -40,6 +43,7 @@ impl BodyProgress {
             limit,
             streaming: false,
             scratch: Vec::new(),
+            strip: Vec::new(),
             done,
         }
     }
@@ -60,14 +64,28 @@ impl BodyProgress {
         self.streaming
     }
 
+    /// The ranges of the data given to the last [`BodyProgress::advance`] that are not
+    /// forwarded (non-canonical chunk framing; see [`copy_without`]). Usually empty.
+    pub fn strip(&self) -> &[Range<usize>] {
+        &self.strip
+    }
+
+    /// Appends the body bytes `data[..taken]` of the last [`BodyProgress::advance`] to `out`,
+    /// in canonical framing.
+    pub fn copy_taken(&self, data: &[u8], taken: usize, out: &mut Vec<u8>) {
+        copy_without(&data[..taken], &self.strip, out);
+    }
+
     /// Takes the body bytes at the start of `data`; returns how many belong to the body (the
     /// rest belongs to whatever follows). For chunked bodies, `ranges` (when given) receives
-    /// the payload ranges within `data`.
+    /// the payload ranges within `data`, and [`BodyProgress::strip`] the framing bytes not to
+    /// forward.
     pub fn advance(
         &mut self,
         data: &[u8],
         ranges: Option<&mut Vec<Range<usize>>>,
     ) -> Result<usize, HttpError> {
+        self.strip.clear();
         if self.done {
             return Ok(0);
         }
@@ -81,29 +99,41 @@ impl BodyProgress {
             }
             BodyKind::UntilClose => Ok(data.len()),
             BodyKind::Chunked => {
-                let (consumed, done) = match (ranges, self.limit) {
-                    (Some(r), _) => {
-                        let start = r.len();
-                        let res = self.decoder.decode(data, Some(r))?;
-                        let n: usize = r[start..].iter().map(|x| x.len()).sum();
-                        self.count(n)?;
-                        res
-                    }
-                    (None, Some(_)) => {
-                        let mut scratch = std::mem::take(&mut self.scratch);
-                        scratch.clear();
-                        let res = self.decoder.decode(data, Some(&mut scratch));
-                        let n: usize = scratch.iter().map(|x| x.len()).sum();
-                        self.scratch = scratch;
-                        let res = res?;
-                        self.count(n)?;
-                        res
-                    }
-                    (None, None) => self.decoder.decode(data, None)?,
-                };
+                let mut strip = std::mem::take(&mut self.strip);
+                let res = self.advance_chunked(data, ranges, &mut strip);
+                self.strip = strip;
+                let (consumed, done) = res?;
                 self.done = done;
                 Ok(consumed)
             }
+        }
+    }
+
+    fn advance_chunked(
+        &mut self,
+        data: &[u8],
+        ranges: Option<&mut Vec<Range<usize>>>,
+        strip: &mut Vec<Range<usize>>,
+    ) -> Result<(usize, bool), HttpError> {
+        match (ranges, self.limit) {
+            (Some(r), _) => {
+                let start = r.len();
+                let res = self.decoder.decode_framed(data, Some(r), strip)?;
+                let n: usize = r[start..].iter().map(|x| x.len()).sum();
+                self.count(n)?;
+                Ok(res)
+            }
+            (None, Some(_)) => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.clear();
+                let res = self.decoder.decode_framed(data, Some(&mut scratch), strip);
+                let n: usize = scratch.iter().map(|x| x.len()).sum();
+                self.scratch = scratch;
+                let res = res?;
+                self.count(n)?;
+                Ok(res)
+            }
+            (None, None) => self.decoder.decode_framed(data, None, strip),
         }
     }
 

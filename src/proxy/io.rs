@@ -8,7 +8,9 @@ use std::ops::Range;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+};
 use monoio::net::TcpStream;
 
 /// IoFail is how an I/O step failed.
@@ -68,6 +70,42 @@ pub async fn write_all(
     }
 }
 
+/// Like [`write_all`], but a failure also says how many bytes the kernel took before it
+/// (`Timeout` counts what was written until then): a request none of whose bytes left is safe
+/// to send again, whatever its method.
+pub async fn write_all_counted(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), (IoFail, usize)> {
+    let written = std::cell::Cell::new(0usize);
+    let owned = std::mem::take(buf);
+    let total = owned.len();
+    let write = async {
+        let mut owned = owned;
+        while written.get() < total {
+            let (res, slice) = stream.write(owned.slice(written.get()..total)).await;
+            owned = slice.into_inner();
+            match res {
+                Ok(0) => {
+                    let err = io::Error::from(io::ErrorKind::WriteZero);
+                    return (owned, Err(err));
+                }
+                Ok(n) => written.set(written.get() + n),
+                Err(e) => return (owned, Err(e)),
+            }
+        }
+        (owned, Ok(()))
+    };
+    match monoio::time::timeout(timeout, write).await {
+        Ok((owned, res)) => {
+            *buf = owned;
+            res.map_err(|e| (IoFail::Io(e), written.get()))
+        }
+        Err(_) => Err((IoFail::Timeout, written.get())),
+    }
+}
+
 /// Writes `buf[range]` within `timeout`.
 pub async fn write_range(
     stream: &mut TcpStream,
@@ -85,5 +123,52 @@ pub async fn write_range(
             res.map(|_| ()).map_err(IoFail::Io)
         }
         Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    #[test]
+    fn counted_write_says_nothing_left_on_a_reset_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // A healthy connection: everything is written.
+            let mut ok = TcpStream::connect(addr).await.unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            let mut buf = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+            assert!(write_all_counted(&mut ok, &mut buf, Duration::from_secs(5))
+                .await
+                .is_ok());
+            let mut got = [0u8; 18];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
+
+            // A connection the peer reset: the write fails with nothing taken.
+            let mut reset = TcpStream::connect(addr).await.unwrap();
+            let (peer, _) = listener.accept().unwrap();
+            socket2::SockRef::from(&peer)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(peer);
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            let mut buf = b"POST / HTTP/1.1\r\n\r\n".to_vec();
+            match write_all_counted(&mut reset, &mut buf, Duration::from_secs(5)).await {
+                Err((IoFail::Io(_), 0)) => {}
+                other => panic!("expected an error with 0 bytes written, got {other:?}"),
+            }
+            assert_eq!(
+                buf, b"POST / HTTP/1.1\r\n\r\n",
+                "the request is kept for a replay"
+            );
+        });
     }
 }

@@ -17,6 +17,7 @@ pub use route::Router;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use monoio::io::{CancelableAsyncReadRent, Canceller};
@@ -26,13 +27,14 @@ use crate::balance::PeerId;
 use crate::failover::{Failure, FailureAction, FailureHooks, Next, PeerInfo, TryContext};
 use crate::health::Outcome;
 use crate::http::{
-    parse_request, parse_response, rewrite_request, rewrite_response, write_error_response,
-    BodyKind, ForwardInfo, HttpError, ParseStatus, RequestHead, ResponseHead, Version,
+    copy_without, parse_request, parse_response, rewrite_request, rewrite_response,
+    write_error_response, BodyKind, ChunkedDecoder, ForwardInfo, HttpError, ParseStatus,
+    RequestHead, ResponseHead, Version,
 };
 use crate::shard::ShardCtx;
 use crate::upstream::{Admit, TriedSet, UpstreamGroup};
 use body::BodyProgress;
-use io::{read_more, write_all, write_range, IoFail};
+use io::{read_more, write_all, write_all_counted, write_range, IoFail};
 
 /// Initial capacity of a connection's client read buffer.
 const CLIENT_BUF: usize = 8 * 1024;
@@ -40,9 +42,6 @@ const CLIENT_BUF: usize = 8 * 1024;
 const UPSTREAM_BUF: usize = 16 * 1024;
 /// Capacity bodies stream through.
 const STREAM_BUF: usize = 64 * 1024;
-/// How long to wait for an upstream's `100 Continue` before sending the body anyway
-/// (curl waits one second too).
-const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves one downstream connection until it closes.
 pub async fn serve(ctx: &ShardCtx, io: TcpStream, addr: SocketAddr) {
@@ -62,22 +61,32 @@ pub async fn serve(ctx: &ShardCtx, io: TcpStream, addr: SocketAddr) {
         resp: ResponseHead::default(),
         interim_sent: false,
         upstream_fault: None,
+        head_request: false,
+        linger: false,
+        continue_sent: false,
+        interim_count: 0,
+        interim_bytes: 0,
     };
     let mut first = true;
     loop {
         ctx.drain_control();
         match conn.read_request_head(first).await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => break,
             Err(err) => {
                 conn.reply_error(&err, false).await;
-                return;
+                break;
             }
         }
         first = false;
         if !conn.handle_request().await {
-            return;
+            break;
         }
+    }
+    // Unread bytes mean the client sent more than was answered (pipelined requests after a
+    // close): linger for them too.
+    if conn.linger || conn.rbuf.len() > conn.rpos {
+        conn.lingering_close().await;
     }
 }
 
@@ -107,6 +116,20 @@ struct Conn<'a> {
     interim_sent: bool,
     /// Set when a response was broken off by the upstream mid-body (for passive health).
     upstream_fault: Option<Outcome>,
+    /// The request being answered is a HEAD (known from its first bytes even when its head
+    /// does not parse): ringlb's own answers to it carry no body.
+    head_request: bool,
+    /// ringlb closes the connection while the client may still be sending (an error answer,
+    /// a request body it did not read): close it the lingering way.
+    linger: bool,
+    /// A `100 Continue` reached the client for the current request (from ringlb or the
+    /// upstream): another one would say nothing new and is not relayed.
+    continue_sent: bool,
+    /// Interim responses of the current try (bounded by `limits.max_interim_responses`).
+    interim_count: u32,
+    /// Bytes of the current try's interim response heads (bounded by
+    /// `limits.max_interim_bytes`).
+    interim_bytes: usize,
 }
 
 /// TryResult is how one try of a request on one peer ended.
@@ -135,6 +158,9 @@ enum TryFail {
     /// A pooled connection turned out closed before any response byte: the request may be
     /// sent again on a fresh connection.
     Stale,
+    /// Writing the request failed before any byte of it left: the peer never saw it, so it
+    /// may be sent again whatever its method.
+    Unsent,
     /// The try failed.
     Failure {
         /// What failed.
@@ -227,6 +253,7 @@ impl Conn<'_> {
         let mut deadline = first.then(|| Instant::now() + timeouts.request_header);
         loop {
             if !self.rbuf.is_empty() {
+                self.head_request = starts_head_request(&self.rbuf);
                 if parse_request(&self.rbuf, &limits, &mut self.head)? == ParseStatus::Complete {
                     return Ok(true);
                 }
@@ -252,13 +279,65 @@ impl Conn<'_> {
         }
     }
 
-    /// Writes an error response; returns whether the connection stays open.
+    /// Writes an error response; returns whether the connection stays open. A connection that
+    /// closes after it is closed the lingering way (the client may be sending still).
     async fn reply_error(&mut self, err: &HttpError, keep_alive: bool) -> bool {
         let keep_alive = keep_alive && !self.ctx.is_shutting_down();
         self.out.clear();
-        write_error_response(err, keep_alive, &mut self.out);
+        write_error_response(err, keep_alive, self.head_request, &mut self.out);
         let wait = self.ctx.config.timeouts.client_idle;
-        write_all(&mut self.io, &mut self.out, wait).await.is_ok() && keep_alive
+        let written = write_all(&mut self.io, &mut self.out, wait).await.is_ok();
+        self.linger = written && !keep_alive;
+        written && keep_alive
+    }
+
+    /// Sends `100 Continue` to the client (once per request): ringlb asks for the body itself.
+    /// Returns false when the client is gone.
+    async fn send_continue(&mut self) -> bool {
+        if self.continue_sent {
+            return true;
+        }
+        self.continue_sent = true;
+        let mut buf = std::mem::take(&mut self.out);
+        buf.clear();
+        buf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let wait = self.ctx.config.timeouts.client_idle;
+        let ok = write_all(&mut self.io, &mut buf, wait).await.is_ok();
+        self.out = buf;
+        self.out.clear();
+        ok
+    }
+
+    /// Closes the connection so that what was written reaches the client even while it is
+    /// still sending (nginx's `lingering_close`): shut the write side (the FIN tells the client
+    /// the answer is complete), then read and discard until the client closes, nothing arrives
+    /// for `lingering_timeout`, `lingering_time` has passed or `lingering_max_bytes` were
+    /// discarded. Closing with unread bytes instead would make the kernel send a reset, which
+    /// destroys the answer not yet read by the client. Shutdown cuts the wait short.
+    async fn lingering_close(&mut self) {
+        let limits = self.ctx.config.limits;
+        // SAFETY: the fd is the open client socket owned by `self.io`; shutdown(2) changes no
+        // memory.
+        if unsafe { libc::shutdown(self.io.as_raw_fd(), libc::SHUT_WR) } != 0 {
+            return;
+        }
+        let end = Instant::now() + limits.lingering_time;
+        let mut discarded = 0u64;
+        self.rbuf.clear();
+        self.rpos = 0;
+        while discarded <= limits.lingering_max_bytes {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.ctx.is_shutting_down() {
+                break;
+            }
+            let wait = left.min(limits.lingering_timeout);
+            let cancel = Some(self.ctx.cancel_handle());
+            match read_more(&mut self.io, &mut self.rbuf, wait, cancel, CLIENT_BUF).await {
+                Ok(n) if n > 0 => discarded += n as u64,
+                _ => break,
+            }
+            self.rbuf.clear();
+        }
     }
 
     /// Answers 404 (no route). The request body, if any, was not read: close unless it has none.
@@ -300,29 +379,39 @@ impl Conn<'_> {
             Ok(n) => n,
             Err(err) => return self.reply_error(&err, false).await,
         };
-        // With `Expect: 100-continue` and no body bytes yet, the body waits for the upstream's
-        // 100 (relayed to the client); otherwise what is buffered goes out with the head.
-        let expect = self.head.expect_continue && buffered == 0 && !body.done();
         self.rpos = head_len + buffered;
+        self.continue_sent = false;
+        let policy = *group.retrier.borrow().policy();
+        let known = match self.head.body {
+            BodyKind::Length(n) => Some(n),
+            _ => None,
+        };
+        // A body small enough to keep is read whole before the first try, so that the request
+        // can be replayed on another peer.
+        let keep_body = !body.done() && policy.keeps_body(known);
+        // `Expect: 100-continue` with no body bytes yet: a body ringlb keeps anyway is asked
+        // for at once (ringlb answers 100 itself, as nginx does, and the upstream gets the
+        // whole request without the expectation); a body that streams waits for the
+        // upstream's 100 (see `await_continue`). Otherwise what is buffered goes out with the
+        // head.
+        let mut expect = self.head.expect_continue && buffered == 0 && !body.done();
+        if expect && keep_body {
+            if !self.send_continue().await {
+                return false;
+            }
+            expect = false;
+        }
+        self.head.expect_continue = expect;
         self.build_request(group);
 
         let hash = pick
             .hash
             .or_else(|| group.request_hash(&self.rbuf, &self.head, self.fwd.client_ip));
         let start = Instant::now();
-        let policy = *group.retrier.borrow().policy();
         let mut tctx = TryContext::new(&self.head, &self.rbuf);
-        // A body small enough to keep is read whole before the first try, so that the request
-        // can be replayed on another peer.
-        if !body.done() && !expect {
-            let known = match self.head.body {
-                BodyKind::Length(n) => Some(n),
-                _ => None,
-            };
-            if policy.keeps_body(known) {
-                if let Err(keep) = self.buffer_body(&mut body, policy.retry_body_bytes).await {
-                    return keep;
-                }
+        if keep_body {
+            if let Err(keep) = self.buffer_body(&mut body, policy.retry_body_bytes).await {
+                return keep;
             }
         }
         group.retrier.borrow_mut().record_request(start);
@@ -457,7 +546,7 @@ impl Conn<'_> {
     }
 
     /// Writes into `out` what a try sends first: the rewritten head and the request body
-    /// bytes read so far (`rbuf[head_len..rpos]`).
+    /// bytes read so far (`rbuf[head_len..rpos]`, a chunked body in canonical framing).
     fn build_request(&mut self, group: &UpstreamGroup) {
         self.out.clear();
         rewrite_request(&self.rbuf, &self.head, &self.fwd, &mut self.out);
@@ -466,8 +555,16 @@ impl Conn<'_> {
             // one: like nginx, name the upstream group.
             insert_host(&mut self.out, group.name.as_bytes());
         }
-        self.out
-            .extend_from_slice(&self.rbuf[self.head.head_len..self.rpos]);
+        let body = &self.rbuf[self.head.head_len..self.rpos];
+        if self.head.body == BodyKind::Chunked {
+            // These bytes were validated when they were read; scanning them again finds the
+            // framing bytes not to forward (none, almost always: no allocation then).
+            let mut strip = Vec::new();
+            let _ = ChunkedDecoder::new().decode_framed(body, None, &mut strip);
+            copy_without(body, &strip, &mut self.out);
+        } else {
+            self.out.extend_from_slice(body);
+        }
     }
 
     /// Reads the rest of a request body that fits in `limit` bytes into `out` (after the
@@ -487,8 +584,7 @@ impl Conn<'_> {
                 Ok(n) => n,
                 Err(err) => return Err(self.reply_error(&err, false).await),
             };
-            self.out
-                .extend_from_slice(&self.rbuf[before..before + taken]);
+            body.copy_taken(&self.rbuf[before..], taken, &mut self.out);
             self.rpos = before + taken;
         }
         Ok(())
@@ -578,10 +674,25 @@ impl Conn<'_> {
                     *stale_retry_used = true;
                     fresh_only = true;
                 }
+                Err(TryFail::Unsent) if from_pool => {
+                    tracing::debug!(
+                        group = %group.name,
+                        peer = %group.peers[peer_id].address,
+                        "pooled connection failed before the request left; sending it on a fresh one"
+                    );
+                    fresh_only = true;
+                }
                 Err(TryFail::Stale) => {
                     return TryResult::Failed {
                         failure: Failure::Reset,
                         sent: true,
+                        held: None,
+                    }
+                }
+                Err(TryFail::Unsent) => {
+                    return TryResult::Failed {
+                        failure: Failure::Reset,
+                        sent: false,
                         held: None,
                     }
                 }
@@ -611,31 +722,35 @@ impl Conn<'_> {
     ) -> Result<bool, TryFail> {
         let t = group.timeouts;
         self.interim_sent = false;
+        self.interim_count = 0;
+        self.interim_bytes = 0;
         self.upstream_fault = None;
         // A try may be replayed transparently (stale pooled connection) only while no client
         // body byte beyond `out` was consumed and nothing reached the client.
         let replayable = !body.started_streaming();
-        let written = write_all(up, &mut self.out, within(t.upstream_write, try_deadline)).await;
-        if let Err(IoFail::Timeout) = written {
-            return Err(TryFail::Failure {
-                failure: Failure::Timeout,
-                sent: true,
-            });
-        }
-        if written.is_err() {
-            return Err(if replayable {
-                TryFail::Stale
-            } else {
-                TryFail::Failure {
+        let limit = within(t.upstream_write, try_deadline);
+        match write_all_counted(up, &mut self.out, limit).await {
+            Ok(()) => {}
+            Err((IoFail::Timeout, written)) => {
+                return Err(TryFail::Failure {
+                    failure: Failure::Timeout,
+                    sent: written > 0,
+                })
+            }
+            // Not one byte left: the peer cannot have seen the request.
+            Err((IoFail::Io(_), 0)) => return Err(TryFail::Unsent),
+            Err(_) if replayable => return Err(TryFail::Stale),
+            Err(_) => {
+                return Err(TryFail::Failure {
                     failure: Failure::Reset,
                     sent: true,
-                }
-            });
+                })
+            }
         }
         self.ubuf.clear();
         let mut body_unsent = false;
         if expect && !body.started_streaming() {
-            match self.await_continue(up).await {
+            match self.await_continue(up, t.expect_continue).await {
                 Ok(true) => {}
                 Ok(false) => body_unsent = true,
                 Err(fail) => return Err(fail),
@@ -725,6 +840,19 @@ impl Conn<'_> {
             && resp_body != BodyKind::UntilClose
             && !dechunk;
         let mut reuse_upstream = self.resp.keep_alive && !body_unsent;
+        // The client may still be sending a body ringlb did not read: close the lingering way.
+        self.linger = !keep_client && (body_unsent || !body_done);
+        if resp_body == BodyKind::UntilClose
+            && self.resp.transfer_coded
+            && client_version == Version::Http10
+        {
+            // Transfer codings other than chunked cannot be told to an HTTP/1.0 client
+            // (RFC 9112 §6.1), and without them the payload is undecodable.
+            self.upstream_fault = Some(Outcome::InvalidResponse);
+            let err = HttpError::BadGateway("transfer coding an HTTP/1.0 client cannot decode");
+            self.reply_error(&err, false).await;
+            return TryResult::ClientGone;
+        }
         self.out.clear();
         rewrite_response(
             &self.ubuf,
@@ -754,8 +882,7 @@ impl Conn<'_> {
                     .extend_from_slice(&self.ubuf[rhead_len + r.start..rhead_len + r.end]);
             }
         } else {
-            self.out
-                .extend_from_slice(&self.ubuf[rhead_len..rhead_len + taken]);
+            rbody.copy_taken(&self.ubuf[rhead_len..], taken, &mut self.out);
         }
         if write_all(&mut self.io, &mut self.out, client_idle)
             .await
@@ -800,6 +927,10 @@ impl Conn<'_> {
                         self.out.extend_from_slice(&self.ubuf[r.clone()]);
                     }
                     write_all(&mut self.io, &mut self.out, client_idle).await
+                } else if !rbody.strip().is_empty() {
+                    self.out.clear();
+                    rbody.copy_taken(&self.ubuf, taken, &mut self.out);
+                    write_all(&mut self.io, &mut self.out, client_idle).await
                 } else {
                     write_range(&mut self.io, &mut self.ubuf, 0..taken, client_idle).await
                 };
@@ -820,10 +951,16 @@ impl Conn<'_> {
         TryResult::Relayed { keep_client }
     }
 
-    /// With `Expect: 100-continue`: waits (at most [`EXPECT_WAIT`]) for the upstream's answer.
-    /// `Ok(true)`: send the body (a 100 was relayed, or the upstream stayed silent);
+    /// With `Expect: 100-continue` on a body that streams: waits (at most `wait`, the
+    /// upstream's `timeouts.expect_continue_ms`) for the upstream's answer.
+    /// `Ok(true)`: send the body (a 100 was relayed, or the upstream stayed silent and ringlb
+    /// sent the client a 100 itself, so that the client does not wait for its own timeout);
     /// `Ok(false)`: the upstream answered with a final status, the body is not sent.
-    async fn await_continue(&mut self, up: &mut TcpStream) -> Result<bool, TryFail> {
+    async fn await_continue(
+        &mut self,
+        up: &mut TcpStream,
+        wait: Duration,
+    ) -> Result<bool, TryFail> {
         let canceller = Canceller::new();
         let buf = std::mem::take(&mut self.ubuf);
         let len = buf.len();
@@ -837,7 +974,7 @@ impl Conn<'_> {
             let mut read = std::pin::pin!(read);
             monoio::select! {
                 r = &mut read => r,
-                _ = monoio::time::sleep(EXPECT_WAIT) => {
+                _ = monoio::time::sleep(wait) => {
                     let _ = canceller.cancel();
                     read.await
                 }
@@ -847,7 +984,12 @@ impl Conn<'_> {
         match res {
             Ok(0) => return Err(TryFail::Stale),
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                return match self.send_continue().await {
+                    true => Ok(true),
+                    false => Err(TryFail::ClientGone),
+                };
+            }
             Err(_) if self.ubuf.is_empty() => return Err(TryFail::Stale),
             Err(_) => {}
         }
@@ -875,9 +1017,28 @@ impl Conn<'_> {
     }
 
     /// Relays the interim (1xx) response at the start of `ubuf` to an HTTP/1.1 client and
-    /// removes it from `ubuf`.
+    /// removes it from `ubuf`. An upstream that sends more interim responses (or bytes of them)
+    /// than `[limits]` allows is answering nothing: its response is invalid (502). A second
+    /// `100 Continue` is dropped.
     async fn relay_interim(&mut self) -> Result<(), TryFail> {
-        if self.head.version == Version::Http11 {
+        let limits = self.ctx.config.limits;
+        self.interim_count += 1;
+        self.interim_bytes += self.resp.head_len;
+        if self.interim_count > limits.max_interim_responses
+            || self.interim_bytes > limits.max_interim_bytes
+        {
+            tracing::debug!(
+                count = self.interim_count,
+                bytes = self.interim_bytes,
+                "upstream sent too many interim responses"
+            );
+            return Err(TryFail::Failure {
+                failure: Failure::InvalidResponse,
+                sent: true,
+            });
+        }
+        let repeat = self.resp.status == 100 && self.continue_sent;
+        if self.head.version == Version::Http11 && !repeat {
             self.out.clear();
             rewrite_response(&self.ubuf, &self.resp, Version::Http11, true, &mut self.out);
             let wait = self.ctx.config.timeouts.client_idle;
@@ -885,6 +1046,7 @@ impl Conn<'_> {
                 return Err(TryFail::ClientGone);
             }
             self.interim_sent = true;
+            self.continue_sent |= self.resp.status == 100;
         }
         self.ubuf.drain(..self.resp.head_len);
         Ok(())
@@ -918,14 +1080,15 @@ impl Conn<'_> {
                     return Err(TryFail::ClientGone);
                 }
             };
-            match write_range(
-                up,
-                &mut self.rbuf,
-                0..taken,
-                within(write_timeout, try_deadline),
-            )
-            .await
-            {
+            let limit = within(write_timeout, try_deadline);
+            let written = if body.strip().is_empty() {
+                write_range(up, &mut self.rbuf, 0..taken, limit).await
+            } else {
+                self.out.clear();
+                body.copy_taken(&self.rbuf, taken, &mut self.out);
+                write_all(up, &mut self.out, limit).await
+            };
+            match written {
                 Ok(()) => {}
                 Err(IoFail::Timeout) => {
                     return Err(TryFail::Failure {
@@ -981,6 +1144,16 @@ fn insert_host(out: &mut Vec<u8>, host: &[u8]) {
     let at = eol + 2;
     let line: Vec<u8> = [b"Host: ".as_slice(), host, b"\r\n"].concat();
     out.splice(at..at, line);
+}
+
+/// Whether a request that starts with `buf` is a HEAD (leading empty lines skipped, as the
+/// parser does), so an error answer to it can leave out the body even when its head is bad.
+fn starts_head_request(buf: &[u8]) -> bool {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    buf[start..].starts_with(b"HEAD ")
 }
 
 /// The shorter of `timeout` and the time left until `deadline`.

@@ -3,8 +3,15 @@
 //! LIFO: the most recently used connection is reused first (it is the least likely to have been
 //! closed by the peer, and it keeps the others idle long enough to expire). Expired connections
 //! are dropped when met and by [`Pool::reap`], which the shard calls periodically.
+//!
+//! An idle connection must say nothing: a peer that closed it (FIN or RST, e.g. its keep-alive
+//! timeout ran out) or wrote to it unasked (a stray or smuggled response, which would reach the
+//! next client that reuses it) is unusable. [`Pool::take`] checks every connection it hands out
+//! with one non-blocking `MSG_PEEK` ([`is_quiet`]), so such a connection is closed instead of
+//! costing a request; [`Pool::reap`] runs the same check over every idle connection.
 
 use std::cell::RefCell;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -40,12 +47,15 @@ impl Pool {
         }
     }
 
-    /// Takes the most recent idle connection to `peer` that has not expired.
+    /// Takes the most recent idle connection to `peer` that has not expired and is still
+    /// quiet ([`is_quiet`]); the expired and dead ones met on the way are closed.
     pub fn take(&self, peer: PeerId, now: Instant) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(peer)?;
         while let Some(conn) = list.pop() {
-            if now.saturating_duration_since(conn.idle_since) < self.idle_timeout {
+            if now.saturating_duration_since(conn.idle_since) < self.idle_timeout
+                && is_quiet(&conn.stream)
+            {
                 return Some(conn.stream);
             }
         }
@@ -65,13 +75,16 @@ impl Pool {
         }
     }
 
-    /// Closes every idle connection that expired; returns how many.
+    /// Closes every idle connection that expired or is no longer quiet; returns how many.
     pub fn reap(&self, now: Instant) -> usize {
         let mut idle = self.idle.borrow_mut();
         let mut closed = 0;
         for list in idle.iter_mut() {
             let before = list.len();
-            list.retain(|c| now.saturating_duration_since(c.idle_since) < self.idle_timeout);
+            list.retain(|c| {
+                now.saturating_duration_since(c.idle_since) < self.idle_timeout
+                    && is_quiet(&c.stream)
+            });
             closed += before - list.len();
         }
         closed
@@ -99,8 +112,130 @@ impl Pool {
         }
     }
 
-    /// Idle connections to `peer` right now.
+    /// Idle connections to `peer` right now (dead ones not yet reaped included).
     pub fn idle_count(&self, peer: PeerId) -> usize {
         self.idle.borrow().get(peer).map_or(0, Vec::len)
+    }
+}
+
+/// Whether an idle connection is still open and has nothing to read: one non-blocking
+/// `recv(MSG_PEEK)` of one byte must find no data (`EAGAIN`). End of stream (the peer closed
+/// it), an error (it reset it) or unsolicited bytes (a response nobody asked for) all mean the
+/// connection must not carry another request. The check costs one syscall per reuse; nginx
+/// gets the same knowledge from a read event kept armed on idle connections.
+pub fn is_quiet(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is the open socket `stream` owns for the duration of this call; `recv`
+    // writes at most 1 byte into `byte`, which lives on this stack frame.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && {
+        let err = std::io::Error::last_os_error().raw_os_error();
+        err == Some(libc::EAGAIN) || err == Some(libc::EWOULDBLOCK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{Shutdown, TcpListener};
+
+    fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime")
+    }
+
+    fn pool() -> Pool {
+        Pool::new(
+            1,
+            PoolConfig {
+                max_idle_per_peer: 8,
+                idle_timeout: Duration::from_secs(60),
+            },
+        )
+    }
+
+    /// Waits (up to 2 s) until the kernel has delivered what the peer did.
+    fn settle(stream: &TcpStream) {
+        let t = Instant::now();
+        while is_quiet(stream) && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn take_skips_connections_the_peer_closed_reset_or_wrote_into() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt().block_on(async {
+            let p = pool();
+            let now = Instant::now();
+            // Four idle connections: one the peer leaves alone (oldest), then closed (FIN),
+            // reset (RST) and written into (a stray response).
+            let mut peers = Vec::new();
+            for _ in 0..4 {
+                let c = TcpStream::connect(addr).await.unwrap();
+                peers.push((c, listener.accept().unwrap().0));
+            }
+            let (quiet, _q) = peers.remove(0);
+            let mut kept_open = Vec::new();
+            for (i, (c, mut s)) in peers.into_iter().enumerate() {
+                match i {
+                    0 => {
+                        s.shutdown(Shutdown::Both).unwrap();
+                        kept_open.push(s);
+                    }
+                    1 => {
+                        // SO_LINGER 0, then close: an RST.
+                        socket2::SockRef::from(&s)
+                            .set_linger(Some(Duration::ZERO))
+                            .unwrap();
+                        drop(s);
+                    }
+                    _ => {
+                        s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+                        kept_open.push(s);
+                    }
+                }
+                settle(&c);
+                assert!(!is_quiet(&c), "connection {i} must not look idle");
+                p.put(0, c, now);
+            }
+            p.put(0, quiet, now);
+            // LIFO: the quiet one was put last and comes first; then the three dead ones are
+            // skipped and closed.
+            assert!(p.take(0, now).is_some());
+            assert_eq!(p.idle_count(0), 3);
+            assert!(p.take(0, now).is_none());
+            assert_eq!(p.idle_count(0), 0);
+        });
+    }
+
+    #[test]
+    fn reap_closes_dead_idle_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt().block_on(async {
+            let p = pool();
+            let now = Instant::now();
+            let alive = TcpStream::connect(addr).await.unwrap();
+            let _a = listener.accept().unwrap();
+            let dead = TcpStream::connect(addr).await.unwrap();
+            drop(listener.accept().unwrap());
+            settle(&dead);
+            p.put(0, alive, now);
+            p.put(0, dead, now);
+            assert_eq!(p.reap(now), 1);
+            assert_eq!(p.idle_count(0), 1);
+        });
     }
 }
