@@ -6,7 +6,7 @@
 
 mod pool;
 
-pub use pool::{Pool, PooledConn};
+pub use pool::{is_quiet, Pool, PooledConn};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
