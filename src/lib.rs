@@ -12,7 +12,7 @@
 //! - [`health`]: the control thread: health state machines, probes, passive ejection, admin.
 //! - [`demo`]: in-process demo backends for `ringlb demo`.
 //!
-//! Invariants (see DESIGN.md): the request path takes no locks and does no cross-shard
+//! Invariants (see docs/architecture.md): the request path takes no locks and does no cross-shard
 //! communication; one shard = one core = one runtime; bad input gets a clear HTTP answer.
 
 pub mod balance;

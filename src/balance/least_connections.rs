@@ -13,7 +13,7 @@
 //!
 //! # Shard-local counts
 //!
-//! `active` is what *this shard* has in flight to a peer (DESIGN.md invariant 1: no
+//! `active` is what *this shard* has in flight to a peer (invariant 1: no
 //! cross-shard state on the request path), so each shard balances its own share of the
 //! traffic and the global in-flight count of a peer is the sum of N local ones. With
 //! SO_REUSEPORT spreading connections uniformly each shard carries about 1/N of the load, so

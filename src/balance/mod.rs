@@ -4,7 +4,7 @@
 //! A selector is *built* from an immutable list of candidates (address + weight) and then only
 //! *answers*; each shard owns its own replica and mutates it through `&mut self` (no atomics,
 //! no locks). It is rebuilt only when membership or weights change, never when health flips
-//! (DESIGN.md invariant 4): health is the business of [`select_eligible`], which skips
+//! (invariant 4): health is the business of [`select_eligible`], which skips
 //! candidates that the caller says are not eligible, within a bounded number of iterations,
 //! and then falls back to a linear scan so that an eligible peer is always found when one
 //! exists.

@@ -15,8 +15,8 @@
 //! The open time doubles on each re-open from half-open and resets to `open_ms` once the
 //! breaker closes. Every transition is returned (`Option<BreakerTransition>`) so the shard can
 //! report it to the control thread; only transitions travel, as with pingora's
-//! `observe_health`. A breaker is shard-local and mutated with `&mut self` (DESIGN.md
-//! invariant 1); it only ever makes a shard *stop* using a peer faster than the control thread
+//! `observe_health`. A breaker is shard-local and mutated with `&mut self`
+//! (invariant 1); it only ever makes a shard *stop* using a peer faster than the control thread
 //! would, never contradicts a pushed "down" (invariant 3).
 //!
 //! Each admitted request holds a [`Ticket`], and its outcome is reported with that ticket.

@@ -15,7 +15,7 @@
 //! buckets). A retry is granted while the retries in the window are below that allowance.
 //!
 //! One budget per upstream group per shard (the keys are per upstream), mutated with `&mut self`:
-//! no atomics, no cross-shard traffic (DESIGN.md invariant 1). Each shard enforces its own
+//! no atomics, no cross-shard traffic (invariant 1). Each shard enforces its own
 //! share, so across `N` shards the totals obey the same formula with `N × min_retries_per_sec`.
 
 use std::time::{Duration, Instant};

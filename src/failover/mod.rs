@@ -3,7 +3,7 @@
 //!
 //! Everything here is pure logic over shard-local state: no I/O, no clocks (every function
 //! takes `now`), no randomness of its own (a `fastrand::Rng` is passed in), no atomics or
-//! locks (DESIGN.md invariant 1). The request loop in `src/proxy/` drives it.
+//! locks (invariant 1). The request loop in `src/proxy/` drives it.
 //!
 //! # How the request loop uses it
 //!

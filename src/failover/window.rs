@@ -1,7 +1,7 @@
 //! A sliding time window of two counters kept in ten buckets, shared by the retry budget
 //! (requests, retries) and the circuit breaker's failure-rate trigger (results, failures).
 //!
-//! Shard-local and `&mut self` (DESIGN.md invariant 1). Time is always passed in (`now`), so
+//! Shard-local and `&mut self` (invariant 1). Time is always passed in (`now`), so
 //! tests drive it with an injected clock. A bucket is `width` long; the window is the current
 //! bucket and the nine before it, so what it counts reaches between `9 × width` and
 //! `10 × width` into the past. Recording and summing are O(1) and O(10), and nothing allocates.

@@ -1,4 +1,4 @@
-//! The control thread `ringlb-ctl`: the one place health is decided (DESIGN.md invariant 3).
+//! The control thread `ringlb-ctl`: the one place health is decided (invariant 3).
 //!
 //! It runs its own monoio runtime (io_uring when available, else epoll) with:
 //! - one task per probed peer, each on its own schedule (`interval` ±10% jitter, start to

@@ -1,5 +1,5 @@
 //! Health: one state machine per peer on the control thread, active probes, passive outlier
-//! ejection, and the fan-out of every eligibility flip to all shards (DESIGN.md invariant 3).
+//! ejection, and the fan-out of every eligibility flip to all shards (invariant 3).
 //!
 //! - [`state`]: the per-peer state machine (unknown/up/down + ejection) and its group.
 //! - [`probe`]: async `tcp` and `http` probes on monoio, each bounded by its timeout.
@@ -120,7 +120,7 @@ pub struct HealthChange {
 }
 
 /// ShardStats are the health counters of one shard, written only by that shard (relaxed
-/// atomics, DESIGN.md invariant 1) and read by the control thread for `/status`.
+/// atomics, invariant 1) and read by the control thread for `/status`.
 #[derive(Debug, Default)]
 pub struct ShardStats {
     /// Reports dropped because the observation channel was full.

@@ -1,4 +1,4 @@
-//! The health state machine of every peer, owned by the control thread (DESIGN.md invariant 3).
+//! The health state machine of every peer, owned by the control thread (invariant 3).
 //!
 //! A peer has an active state ([`ProbeState`]: unknown, up, down; moved by probe results with
 //! `rise`/`fall` hysteresis) and a passive one (consecutive failures reported by all shards;

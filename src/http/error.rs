@@ -1,4 +1,4 @@
-//! The one place where errors become HTTP status codes (DESIGN.md invariant 5).
+//! The one place where errors become HTTP status codes (invariant 5).
 //!
 //! [`HttpError::status`] maps every error the proxy answers itself to exactly one status code, and
 //! [`write_error_response`] turns it into a complete, self-delimited response on the wire.

@@ -3,7 +3,7 @@
 //!
 //! Nothing here does I/O and nothing here panics on input: every problem becomes an
 //! [`HttpError`], and [`HttpError::status`] is the one place that maps errors to status codes
-//! (DESIGN.md invariant 5).
+//! (invariant 5).
 
 mod chunked;
 mod error;

@@ -1,7 +1,7 @@
 //! The per-connection request loop: read head → route → select → forward → relay → repeat.
 //!
 //! One task per downstream connection, inside one shard. Everything it touches is shard-local
-//! (DESIGN.md invariant 1). Buffers are owned and moved through monoio's I/O calls; bodies
+//! (invariant 1). Buffers are owned and moved through monoio's I/O calls; bodies
 //! stream through one bounded buffer per direction, so memory per connection stays bounded
 //! whatever the body size. Failures before anything reached the client are answered with one
 //! status from [`HttpError::status`]; failures after that close the client connection, so a

@@ -2,7 +2,7 @@
 //! its own replica of every upstream group (selectors, pool, peer state), and a control channel
 //! it drains without blocking.
 //!
-//! Invariants kept here (DESIGN.md 1 and 2): nothing a request touches is shared with another
+//! Invariants kept here (1 and 2 of docs/architecture.md): nothing a request touches is shared with another
 //! shard; the shard learns about the world only by draining its control channel (`try_recv`)
 //! between requests and on a short tick.
 

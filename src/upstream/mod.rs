@@ -1,7 +1,7 @@
 //! Upstream groups as a shard sees them: peers, their shard-local state, the selectors, and the
 //! per-shard connection pool.
 //!
-//! Everything here is owned by one shard and touched only from its thread (DESIGN.md invariant
+//! Everything here is owned by one shard and touched only from its thread (invariant
 //! 1): plain fields and `Cell`s, no atomics, no locks.
 
 mod pool;
@@ -37,7 +37,7 @@ pub struct Peer {
     /// Optional region label (see `local_region`).
     pub region: Option<String>,
     /// Health as last pushed by the control thread (false = down or ejected). The shard never
-    /// overrides a pushed down (DESIGN.md invariant 3).
+    /// overrides a pushed down (invariant 3).
     pub healthy: Cell<bool>,
 }
 
