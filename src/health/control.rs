@@ -9,6 +9,10 @@
 //!   full;
 //! - the admin endpoint (`GET /status`, `GET /health`).
 //!
+//! The thread runs supervised ([`crate::process::supervise`]): a panic is logged and every
+//! shard is told to shut down, so the process stops (and [`ControlThread::stop`] reports it)
+//! rather than serving traffic with no health checks and a dead admin endpoint.
+//!
 //! Every status change is logged once at info (group, peer, old → new, why); every eligibility
 //! flip is pushed to every shard as `ControlMsg::Health`, in decision order per shard.
 //! The state lives in `RefCell`s: one thread, and no borrow is held across an `.await`.
@@ -33,6 +37,7 @@ use super::probe::Probe;
 use super::state::{Change, GroupHealth};
 use super::{HealthChange, Observation, ShardStats};
 use crate::config::{Config, Driver};
+use crate::process::{dropped_log_writes, spawn_supervised, RateLimit};
 use crate::shard::{ControlMsg, Notify};
 
 /// How long the observation drain sleeps after a round that found observations.
@@ -71,6 +76,8 @@ pub struct ControlThread {
     pause_ms: Arc<AtomicU64>,
     /// The thread, until joined.
     thread: Option<JoinHandle<()>>,
+    /// Set when the thread panicked (the supervisor caught it, so joining succeeds).
+    panicked: Arc<AtomicBool>,
     /// The bound admin address.
     admin: Option<SocketAddr>,
 }
@@ -85,15 +92,26 @@ impl ControlThread {
         let stop = Arc::new(AtomicBool::new(false));
         let pause_ms = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let panicked = Arc::new(AtomicBool::new(false));
         let (stop2, pause2) = (stop.clone(), pause_ms.clone());
-        let thread = std::thread::Builder::new()
-            .name("ringlb-ctl".to_string())
-            .spawn(move || run(setup, stop2, pause2, ready_tx))
-            .map_err(|e| format!("cannot spawn the control thread: {e}"))?;
+        let (shards, panicked2) = (setup.shards.clone(), panicked.clone());
+        let thread = spawn_supervised(
+            "ringlb-ctl",
+            move || run(setup, stop2, pause2, ready_tx),
+            move |_| {
+                panicked2.store(true, Ordering::SeqCst);
+                tracing::error!("no health checks and no admin endpoint any more: stopping ringlb");
+                for tx in &shards {
+                    let _ = tx.send(ControlMsg::Shutdown);
+                }
+            },
+        )
+        .map_err(|e| format!("cannot spawn the control thread: {e}"))?;
         let mut ctl = ControlThread {
             stop,
             pause_ms,
             thread: Some(thread),
+            panicked,
             admin,
         };
         match ready_rx.recv() {
@@ -122,13 +140,15 @@ impl ControlThread {
             .store(d.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
-    /// Stops the thread and joins it. Returns false if it panicked.
+    /// Stops the thread and joins it. Returns false if it panicked (then it has already told
+    /// every shard to shut down).
     pub fn stop(&mut self) -> bool {
         self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take() {
+        let joined = match self.thread.take() {
             Some(t) => t.join().is_ok(),
             None => true,
-        }
+        };
+        joined && !self.panicked.load(Ordering::SeqCst)
     }
 }
 
@@ -404,6 +424,7 @@ impl Ctl {
             "uptime_ms": ms_since(self.started),
             "observations_received": self.received.get(),
             "health_changes_pushed": self.pushed.get(),
+            "dropped_log_writes": dropped_log_writes(),
             "groups": groups,
             "shards": shards,
         })
@@ -530,13 +551,16 @@ async fn probe_loop(guard: TaskGuard, group: usize, peer: usize, probe: Probe, i
 /// Accepts admin connections until stopped.
 async fn admin_loop(guard: TaskGuard, listener: TcpListener) {
     let ctl = guard.0.clone();
+    let warnings = RateLimit::per_second();
     while let Some(accepted) = ctl.until_stop(listener.accept()).await {
         match accepted {
             Ok((stream, _)) => {
                 monoio::spawn(admin_conn(TaskGuard::new(&ctl), stream));
             }
             Err(e) => {
-                tracing::warn!("admin accept failed: {e}");
+                if let Some(suppressed) = warnings.check(Instant::now()) {
+                    tracing::warn!("admin accept failed: {e}{suppressed}");
+                }
                 if ctl
                     .until_stop(monoio::time::sleep(Duration::from_millis(10)))
                     .await
