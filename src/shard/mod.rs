@@ -22,6 +22,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, Driver, UringTaskrun};
 use crate::health::{HealthChange, ShardReporter};
+use crate::process::RateLimit;
 use crate::proxy::{self, Picker, Router};
 use crate::upstream::UpstreamGroup;
 
@@ -30,6 +31,16 @@ pub const CONTROL_TICK: Duration = Duration::from_millis(5);
 
 /// How often a shard closes expired idle upstream connections.
 const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// The first pause of an accept loop after an accept failed for lack of resources (file
+/// descriptors, kernel memory); each further failure in a row doubles it, up to
+/// [`ACCEPT_BACKOFF_MAX`]. A closing connection of the shard ends the pause early (it freed a
+/// descriptor), as nginx re-enables accepting when a connection is freed.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// The longest pause of an accept loop that keeps failing for lack of resources.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// The pause after any other accept failure.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
 /// ControlMsg is what the control side tells a shard.
 #[derive(Debug, Clone)]
@@ -290,6 +301,10 @@ async fn shard_main(ctx: Rc<ShardCtx>, listeners: Vec<std::net::TcpListener>) {
 
 async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
     let max = ctx.config.server.max_connections;
+    // One warning per second at most: when descriptors run out, every pending connection
+    // fails its accept again and again.
+    let warnings = RateLimit::per_second();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         while ctx.connections.get() >= max && !ctx.is_shutting_down() {
             ctx.changed.notified().await;
@@ -299,6 +314,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
         }
         match listener.cancelable_accept(ctx.cancel_handle()).await {
             Ok((stream, addr)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
                 ctx.connections.set(ctx.connections.get() + 1);
                 let guard = ConnGuard(ctx.clone());
                 monoio::spawn(serve_conn(guard, stream, addr));
@@ -307,10 +323,62 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
                 if ctx.is_shutting_down() {
                     return;
                 }
-                // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
-                tracing::warn!(shard = ctx.id, "accept failed: {e}");
-                monoio::time::sleep(Duration::from_millis(10)).await;
+                match AcceptFailure::of(&e) {
+                    AcceptFailure::Gone => {
+                        tracing::debug!(shard = ctx.id, "accept: {e}");
+                    }
+                    AcceptFailure::Exhausted(what) => {
+                        if let Some(suppressed) = warnings.check(Instant::now()) {
+                            tracing::warn!(
+                                shard = ctx.id,
+                                "accept failed: {e}: {what}; pausing accepts until a \
+                                 connection closes (at most {} ms){suppressed}",
+                                backoff.as_millis()
+                            );
+                        }
+                        // Do not spin: the pending connection fails the same way until a
+                        // descriptor is free. Wait for one of ours to close, or a while.
+                        let _ = monoio::time::timeout(backoff, ctx.changed.notified()).await;
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    }
+                    AcceptFailure::Other => {
+                        if let Some(suppressed) = warnings.check(Instant::now()) {
+                            tracing::warn!(shard = ctx.id, "accept failed: {e}{suppressed}");
+                        }
+                        monoio::time::sleep(ACCEPT_RETRY).await;
+                    }
+                }
             }
+        }
+    }
+}
+
+/// AcceptFailure is what a failed accept means for the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptFailure {
+    /// The connection was gone (aborted by the client) or the call interrupted: accept the
+    /// next one at once.
+    Gone,
+    /// Out of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM): back off; the text says which.
+    Exhausted(&'static str),
+    /// Anything else: log it and retry shortly.
+    Other,
+}
+
+impl AcceptFailure {
+    fn of(e: &std::io::Error) -> AcceptFailure {
+        match e.raw_os_error() {
+            Some(libc::ECONNABORTED | libc::EPROTO | libc::EINTR) => AcceptFailure::Gone,
+            Some(libc::EMFILE) => AcceptFailure::Exhausted(
+                "the process's open-files limit is reached (ulimit -n, systemd LimitNOFILE)",
+            ),
+            Some(libc::ENFILE) => {
+                AcceptFailure::Exhausted("the system's open-files limit is reached (fs.file-max)")
+            }
+            Some(libc::ENOBUFS | libc::ENOMEM) => {
+                AcceptFailure::Exhausted("the kernel is out of socket memory")
+            }
+            _ => AcceptFailure::Other,
         }
     }
 }
@@ -318,4 +386,27 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
 async fn serve_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
     proxy::serve(&guard.0, stream, addr).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_are_classified_by_errno() {
+        let of = |errno| AcceptFailure::of(&std::io::Error::from_raw_os_error(errno));
+        assert_eq!(of(libc::ECONNABORTED), AcceptFailure::Gone);
+        assert_eq!(of(libc::EINTR), AcceptFailure::Gone);
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(
+                matches!(of(errno), AcceptFailure::Exhausted(_)),
+                "errno {errno}"
+            );
+        }
+        assert_eq!(of(libc::EINVAL), AcceptFailure::Other);
+        assert_eq!(
+            AcceptFailure::of(&std::io::Error::other("no errno")),
+            AcceptFailure::Other
+        );
+    }
 }
