@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use ringlb::config::Config;
 use ringlb::demo::DemoBackends;
 use ringlb::process::{spawn_supervised, StderrLog};
-use ringlb::server::{Server, ShutdownHandle};
+use ringlb::server::{Server, ShutdownHandle, StartOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -27,6 +27,11 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter; overrides RUST_LOG.
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Share the listen addresses with a process that already listens there (SO_REUSEPORT
+    /// across processes, e.g. the old ringlb during a binary upgrade); without it ringlb
+    /// refuses to start on an address in use.
+    #[arg(long, global = true)]
+    reuse_listeners: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -60,15 +65,19 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
+    let options = StartOptions {
+        reuse_listeners: cli.reuse_listeners,
+        ..StartOptions::default()
+    };
     let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(cli.config),
+        Command::Run => run(cli.config, options),
         Command::Check => check(cli.config),
         Command::Demo {
             listen,
             workers,
             algorithm,
             hash_key,
-        } => demo(&listen, &workers, &algorithm, &hash_key),
+        } => demo(&listen, &workers, &algorithm, &hash_key, options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,10 +132,10 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+fn run(path: Option<PathBuf>, options: StartOptions) -> anyhow::Result<()> {
     let signals = handled_signals()?;
     let config = load(path)?;
-    let server = Server::start(config)?;
+    let server = Server::start_with(config, options)?;
     serve_until_signal(server, signals)
 }
 
@@ -191,7 +200,13 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-fn demo(listen: &str, workers: &str, algorithm: &str, hash_key: &str) -> anyhow::Result<()> {
+fn demo(
+    listen: &str,
+    workers: &str,
+    algorithm: &str,
+    hash_key: &str,
+    options: StartOptions,
+) -> anyhow::Result<()> {
     let signals = handled_signals()?;
     let backends = DemoBackends::start(3)?;
     let workers = if workers == "auto" {
@@ -216,7 +231,7 @@ fn demo(listen: &str, workers: &str, algorithm: &str, hash_key: &str) -> anyhow:
         peers.join(", ")
     );
     let config = Config::from_toml_str(&text, "<demo>")?;
-    let server = Server::start(config)?;
+    let server = Server::start_with(config, options)?;
     let addr = server.listen_addrs()[0];
     let mut out = format!(
         "ringlb demo: {} shard(s) on {}, listening on http://{addr}/\n",
