@@ -72,6 +72,8 @@ pub struct ShardCtx {
     shutting_down: Cell<bool>,
     /// Open downstream connections.
     connections: Cell<usize>,
+    /// Accept loops still running (they end at shutdown, dropping their listeners).
+    accept_loops: Cell<usize>,
     /// Notified when a connection closes and when shutdown begins.
     changed: Notify,
     /// Cancels every accept and idle keep-alive read at shutdown.
@@ -102,6 +104,7 @@ impl ShardCtx {
             control,
             shutting_down: Cell::new(false),
             connections: Cell::new(0),
+            accept_loops: Cell::new(0),
             changed: Notify::default(),
             canceller: RefCell::new(Canceller::new()),
             health,
@@ -162,6 +165,19 @@ impl Drop for ConnGuard {
         self.0.changed.notify_all();
     }
 }
+
+/// Counts one running accept loop; dropping it uncounts it.
+struct AcceptLoopGuard(Rc<ShardCtx>);
+
+impl Drop for AcceptLoopGuard {
+    fn drop(&mut self) {
+        self.0.accept_loops.set(self.0.accept_loops.get() - 1);
+        self.0.changed.notify_all();
+    }
+}
+
+/// How long a stopping shard waits for its accept loops to end and its sockets to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs one shard on the current thread until it has shut down.
 ///
@@ -260,7 +276,8 @@ async fn shard_main(ctx: Rc<ShardCtx>, listeners: Vec<std::net::TcpListener>) {
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(ctx.clone(), l));
+                ctx.accept_loops.set(ctx.accept_loops.get() + 1);
+                monoio::spawn(accept_loop(AcceptLoopGuard(ctx.clone()), l));
             }
             Err(e) => tracing::error!(shard = ctx.id, "cannot register listener: {e}"),
         }
@@ -297,9 +314,25 @@ async fn shard_main(ctx: Rc<ShardCtx>, listeners: Vec<std::net::TcpListener>) {
         }
         let _ = monoio::time::timeout(left, ctx.changed.notified()).await;
     }
+    // The listeners must close before the runtime goes away: the accept loops drop them once
+    // their cancelled accept returns, and io_uring closes a dropped socket with a queued close
+    // operation that only the next turn of the event loop submits. Without both, an embedding
+    // process keeps the listen sockets (still completing handshakes into their backlog).
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while ctx.accept_loops.get() > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = monoio::time::timeout(left, ctx.changed.notified()).await;
+    }
+    monoio::time::sleep(Duration::from_millis(1)).await;
 }
 
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
+/// Accepts connections on `listener` until shutdown. (Parameters drop in reverse order:
+/// `listener` closes before `guard` tells the shard this loop is done.)
+async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
+    let ctx = &guard.0;
     let max = ctx.config.server.max_connections;
     // One warning per second at most: when descriptors run out, every pending connection
     // fails its accept again and again.
