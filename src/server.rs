@@ -304,6 +304,15 @@ impl Server {
         }
     }
 
+    /// Test knob: the control thread panics (its supervision then stops every shard, and
+    /// [`Server::wait`] returns false).
+    #[doc(hidden)]
+    pub fn inject_control_thread_panic(&self) {
+        if let Some(c) = &self.control {
+            c.inject_panic();
+        }
+    }
+
     /// How many shards run.
     pub fn shard_count(&self) -> usize {
         self.handle.shards.len()

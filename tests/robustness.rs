@@ -512,3 +512,34 @@ fn running_out_of_file_descriptors_logs_once_a_second_and_recovers() {
     let st = p.wait_exit(Duration::from_secs(10)).expect("stopped");
     assert_eq!(st.code(), Some(0), "{st}:\n{}", p.log_text());
 }
+
+#[test]
+fn a_panic_in_the_control_thread_stops_the_server_instead_of_leaving_it_half_alive() {
+    let a = Backend::start("a");
+    let toml = ProxyConfig::with_backends(&[&a])
+        .workers(2)
+        .upstream_line("health = { kind = \"tcp\", interval_ms = 100 }")
+        .toml()
+        .replace("admin = \"\"", "admin = \"127.0.0.1:0\"");
+    let server = ringlb::Server::start(config_from(&toml)).expect("start");
+    let addr = server.listen_addrs()[0];
+    let admin = server.admin_addr().expect("admin is on");
+    assert_eq!(fetch(addr, "/"), "a");
+    assert_eq!(admin_status(admin)["groups"][0]["name"], "app");
+
+    server.inject_control_thread_panic();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(server.wait());
+    });
+    let clean = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the shards still run 10 s after the control thread panicked");
+    assert!(!clean, "wait() reported a clean stop after a panic");
+    for (what, a) in [("listener", addr), ("admin", admin)] {
+        assert!(
+            TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_err(),
+            "the {what} {a} still accepts after the control thread died"
+        );
+    }
+}
