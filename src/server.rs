@@ -156,6 +156,9 @@ impl Server {
         let listen_key = |i: usize| format!("server.listen[{i}]");
         if !reuse_listeners {
             for (i, addr) in config.server.listen.iter().enumerate() {
+                if addr.port() == 0 {
+                    continue; // the kernel picks an unused port
+                }
                 match probe_unshared(*addr) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {

@@ -1,6 +1,7 @@
 //! The process stays controllable: SIGHUP does not kill it, a closed stderr kills no thread, a
-//! second instance cannot silently share the listen address, and running out of file
-//! descriptors neither floods the log nor stops the proxy for good.
+//! second instance cannot silently share the listen address, running out of file descriptors
+//! neither floods the log nor stops the proxy for good, and a panicking control thread stops
+//! the server instead of leaving it half alive.
 
 mod common;
 
