@@ -477,7 +477,8 @@ fn running_out_of_file_descriptors_logs_once_a_second_and_recovers() {
         .lines()
         .filter(|l| l.contains("accept failed"))
         .collect();
-    let allowed = first.elapsed().as_secs() as usize + 1;
+    // One line a second, plus one of slack for when this test noticed the first line late.
+    let allowed = first.elapsed().as_secs() as usize + 2;
     assert!(
         lines.len() >= 2 && lines.len() <= allowed,
         "{} 'accept failed' lines in {:?}, wanted 2..={allowed}:\n{log}",
