@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Ringlb is the real binary started with extra arguments (and optionally a file-descriptor
-/// limit), logging to a file; killed on drop if still running.
+/// limit), logging to a file or to a pipe; killed on drop if still running.
 struct Ringlb {
     child: Child,
     log: PathBuf,
@@ -25,10 +25,23 @@ struct Ringlb {
 impl Ringlb {
     /// Starts `ringlb --config FILE ARGS...` with `RLIMIT_NOFILE` set to `nofile` if given.
     fn spawn(toml: &str, args: &[&str], nofile: Option<u64>) -> Ringlb {
+        Ringlb::start(toml, args, nofile, false)
+    }
+
+    /// Starts `ringlb --config FILE ARGS...` with its stderr a pipe (`child.stderr`).
+    fn spawn_piped(toml: &str, args: &[&str]) -> Ringlb {
+        Ringlb::start(toml, args, None, true)
+    }
+
+    fn start(toml: &str, args: &[&str], nofile: Option<u64>, pipe: bool) -> Ringlb {
         let config = write_config(toml);
         let log = temp_path("ringlb-robust", "log");
         let out = std::fs::File::create(&log).expect("create log");
-        let err = out.try_clone().expect("clone log");
+        let err = if pipe {
+            Stdio::piped()
+        } else {
+            Stdio::from(out.try_clone().expect("clone log"))
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringlb"));
         cmd.arg("--config")
             .arg(&config)
@@ -244,20 +257,10 @@ fn closed_stderr_pipe_kills_no_thread() {
         .upstream_line(health)
         .toml()
         .replace("admin = \"\"", "admin = \"127.0.0.1:0\"");
-    let config = write_config(&toml);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--log-level", "debug"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringlb");
-    let mut exited = None;
+    let mut p = Ringlb::spawn_piped(&toml, &["--log-level", "debug"]);
 
     // Read the log until the start line, then close the pipe: every later log line fails.
-    let stderr = child.stderr.take().expect("piped stderr");
+    let stderr = p.child.stderr.take().expect("piped stderr");
     let mut lines = BufReader::new(stderr).lines();
     let started = loop {
         match lines.next() {
@@ -299,14 +302,10 @@ fn closed_stderr_pipe_kills_no_thread() {
     );
 
     // The signal thread logs the shutdown: SIGTERM still works.
-    send_signal(&child, libc::SIGTERM);
-    let st = wait_exit(&mut child, &mut exited, Duration::from_secs(10));
-    if st.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let _ = std::fs::remove_file(&config);
-    let st = st.expect("SIGTERM ignored after stderr closed");
+    p.signal(libc::SIGTERM);
+    let st = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("SIGTERM ignored after stderr closed");
     assert_eq!(st.code(), Some(0), "exit status {st}");
 }
 
