@@ -11,6 +11,8 @@
 //! - [`failover`]: retry policy, backoff, retry budget, circuit breaker, failure hooks.
 //! - [`health`]: the control thread: health state machines, probes, passive ejection, admin.
 //! - [`demo`]: in-process demo backends for `ringlb demo`.
+//! - [`process`]: what keeps the process controllable: a log writer that never fails, a
+//!   rate limiter for repeated warnings, panic supervision of the control and signal threads.
 //!
 //! Invariants (see docs/architecture.md): the request path takes no locks and does no cross-shard
 //! communication; one shard = one core = one runtime; bad input gets a clear HTTP answer.
@@ -21,6 +23,7 @@ pub mod demo;
 pub mod failover;
 pub mod health;
 pub mod http;
+pub mod process;
 pub mod proxy;
 pub mod server;
 pub mod shard;

@@ -1,6 +1,13 @@
 //! Starting and stopping the whole proxy: binds every listener, spawns one pinned shard thread
 //! per core and the control thread (health checks, admin), and stops them: the shards through
 //! their control channels, then the control thread.
+//!
+//! Every shard binds its own `SO_REUSEPORT` socket on each listen address, so the kernel also
+//! lets *another process* of the same user join that address and take a share of the
+//! connections. Start refuses that: before the shards bind, each address is probe-bound
+//! without `SO_REUSEPORT`, which fails with `EADDRINUSE` exactly when another socket listens
+//! there ([`StartError::AddressInUse`]). [`StartOptions::reuse_listeners`] (the binary's
+//! `--reuse-listeners`) skips the probe for a deliberate takeover.
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -19,16 +26,35 @@ use crate::shard::{self, ControlMsg, ShardCtx};
 /// Capacity of each shard's control channel.
 const CONTROL_CAPACITY: usize = 1024;
 
-/// StartError is why the proxy could not start.
+/// StartError is why the proxy could not start. Listener errors name the config file, the
+/// key and the reason, as config errors do.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
+    /// Another socket (usually another process) already listens on a listen address, and
+    /// [`StartOptions::reuse_listeners`] is off.
+    #[error(
+        "{file}: key `{key}`: cannot listen on {addr}: the address is already in use \
+         (another process listens there; --reuse-listeners shares it on purpose)"
+    )]
+    AddressInUse {
+        /// The config file (or `<string>`) the address came from.
+        file: String,
+        /// The key, e.g. `server.listen[0]`.
+        key: String,
         /// The address.
         addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("{file}: key `{key}`: cannot listen on {addr}: {error}")]
+    Bind {
+        /// The config file (or `<string>`) the address came from.
+        file: String,
+        /// The key, e.g. `server.listen[0]` or `server.admin`.
+        key: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error (part of the message, not a separate `source`, so it is printed once).
+        error: std::io::Error,
     },
     /// A shard could not start (thread spawn, runtime build, driver unavailable).
     #[error("shard {shard}: {reason}")]
@@ -44,6 +70,19 @@ pub enum StartError {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// StartOptions is how [`Server::start_with`] starts the proxy, beyond what the config says.
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// Decides each request's upstream group and hash key instead of the config's routes
+    /// (see [`Server::start_with_picker`]). Default `None`.
+    pub picker: Option<Arc<dyn Picker>>,
+    /// Share listen addresses that another socket already listens on (`SO_REUSEPORT`
+    /// across processes: the kernel then spreads connections over both) instead of refusing
+    /// to start. For a deliberate takeover, such as a binary upgrade while the old process
+    /// still serves. Default `false`.
+    pub reuse_listeners: bool,
 }
 
 /// Server is a running proxy: its shard threads and their control channels.
@@ -82,7 +121,7 @@ impl Server {
     /// Starts the proxy: binds every listener of every shard (so bind errors surface here),
     /// spawns the shards and returns once each runtime is up.
     pub fn start(config: Config) -> Result<Server, StartError> {
-        Server::start_inner(config, None)
+        Server::start_with(config, StartOptions::default())
     }
 
     /// Starts the proxy with a custom [`Picker`] deciding each request's upstream group and
@@ -91,29 +130,61 @@ impl Server {
         config: Config,
         picker: Arc<dyn Picker>,
     ) -> Result<Server, StartError> {
-        Server::start_inner(config, Some(picker))
+        Server::start_with(
+            config,
+            StartOptions {
+                picker: Some(picker),
+                ..StartOptions::default()
+            },
+        )
     }
 
-    fn start_inner(config: Config, picker: Option<Arc<dyn Picker>>) -> Result<Server, StartError> {
+    /// Starts the proxy with [`StartOptions`] (a custom picker, listener takeover).
+    pub fn start_with(config: Config, options: StartOptions) -> Result<Server, StartError> {
+        let StartOptions {
+            picker,
+            reuse_listeners,
+        } = options;
         let config = Arc::new(config);
         let cpus = config.shard_cpus();
+        let bind_error = |key: String, addr: SocketAddr, error: std::io::Error| StartError::Bind {
+            file: config.source.clone(),
+            key,
+            addr,
+            error,
+        };
+        let listen_key = |i: usize| format!("server.listen[{i}]");
+        if !reuse_listeners {
+            for (i, addr) in config.server.listen.iter().enumerate() {
+                if addr.port() == 0 {
+                    continue; // the kernel picks an unused port
+                }
+                match probe_unshared(*addr) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        return Err(StartError::AddressInUse {
+                            file: config.source.clone(),
+                            key: listen_key(i),
+                            addr: *addr,
+                        })
+                    }
+                    Err(e) => return Err(bind_error(listen_key(i), *addr, e)),
+                }
+            }
+        }
         let mut listen = config.server.listen.clone();
         let mut per_shard: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(cpus.len());
         for _ in 0..cpus.len() {
             let mut listeners = Vec::with_capacity(listen.len());
-            for addr in listen.iter_mut() {
-                let l = bind_listener(*addr, config.server.backlog).map_err(|source| {
-                    StartError::Bind {
-                        addr: *addr,
-                        source,
-                    }
-                })?;
+            for (i, addr) in listen.iter_mut().enumerate() {
+                let l = bind_listener(*addr, config.server.backlog)
+                    .map_err(|e| bind_error(listen_key(i), *addr, e))?;
                 if addr.port() == 0 {
-                    // Every later shard binds the port the kernel picked for the first.
-                    *addr = l.local_addr().map_err(|source| StartError::Bind {
-                        addr: *addr,
-                        source,
-                    })?;
+                    // Every later shard binds the port the kernel picked for the first (an
+                    // unused one: port selection ignores SO_REUSEPORT, so no probe is needed).
+                    *addr = l
+                        .local_addr()
+                        .map_err(|e| bind_error(listen_key(i), *addr, e))?;
                 }
                 listeners.push(l);
             }
@@ -125,7 +196,7 @@ impl Server {
             Some(addr) => Some(
                 std::net::TcpListener::bind(addr)
                     .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .map_err(|source| StartError::Bind { addr, source })?,
+                    .map_err(|e| bind_error("server.admin".to_string(), addr, e))?,
             ),
             None => None,
         };
@@ -205,10 +276,14 @@ impl Server {
         })
         .map_err(|reason| StartError::Control { reason })?;
         server.control = Some(control);
+        let admin = server
+            .admin_addr()
+            .map_or_else(|| "off".to_string(), |a| a.to_string());
         tracing::info!(
             shards = server.threads.len(),
             driver = server.driver,
             listen = ?server.listen,
+            admin = %admin,
             "ringlb started"
         );
         Ok(server)
@@ -229,6 +304,15 @@ impl Server {
     pub fn pause_health_observations(&self, d: std::time::Duration) {
         if let Some(c) = &self.control {
             c.pause_observations(d);
+        }
+    }
+
+    /// Test knob: the control thread panics (its supervision then stops every shard, and
+    /// [`Server::wait`] returns false).
+    #[doc(hidden)]
+    pub fn inject_control_thread_panic(&self) {
+        if let Some(c) = &self.control {
+            c.inject_panic();
         }
     }
 
@@ -285,6 +369,19 @@ impl Drop for Server {
             let _ = self.join();
         }
     }
+}
+
+/// Fails with `EADDRINUSE` when another socket listens on `addr` (or holds it without
+/// `SO_REUSEADDR`): a bind without `SO_REUSEPORT`, which sharing would need, dropped at once.
+/// `SO_REUSEADDR` is set so that connections of an earlier run still in TIME_WAIT do not
+/// count; an IPv6 address is probed dual-stack, as [`bind_listener`] binds it.
+fn probe_unshared(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())
 }
 
 /// Binds one shard's listener: SO_REUSEADDR + SO_REUSEPORT so every shard has its own socket on

@@ -9,6 +9,10 @@
 //!   full;
 //! - the admin endpoint (`GET /status`, `GET /health`).
 //!
+//! The thread runs supervised ([`crate::process::supervise`]): a panic is logged and every
+//! shard is told to shut down, so the process stops (and [`ControlThread::stop`] reports it)
+//! rather than serving traffic with no health checks and a dead admin endpoint.
+//!
 //! Every status change is logged once at info (group, peer, old → new, why); every eligibility
 //! flip is pushed to every shard as `ControlMsg::Health`, in decision order per shard.
 //! The state lives in `RefCell`s: one thread, and no borrow is held across an `.await`.
@@ -33,6 +37,7 @@ use super::probe::Probe;
 use super::state::{Change, GroupHealth};
 use super::{HealthChange, Observation, ShardStats};
 use crate::config::{Config, Driver};
+use crate::process::{dropped_log_writes, spawn_supervised, RateLimit};
 use crate::shard::{ControlMsg, Notify};
 
 /// How long the observation drain sleeps after a round that found observations.
@@ -67,12 +72,23 @@ pub struct ControlSetup {
 pub struct ControlThread {
     /// Set to stop the thread.
     stop: Arc<AtomicBool>,
-    /// Test knob: pause the observation drain for this many ms (taken and reset by the thread).
-    pause_ms: Arc<AtomicU64>,
+    /// Test knobs, read by the thread.
+    knobs: Arc<TestKnobs>,
     /// The thread, until joined.
     thread: Option<JoinHandle<()>>,
+    /// Set when the thread panicked (the supervisor caught it, so joining succeeds).
+    panicked: Arc<AtomicBool>,
     /// The bound admin address.
     admin: Option<SocketAddr>,
+}
+
+/// TestKnobs are the control thread's test hooks, set from another thread.
+#[derive(Default)]
+struct TestKnobs {
+    /// Pause the observation drain for this many ms (taken and reset by the thread).
+    pause_ms: AtomicU64,
+    /// Panic at the next drain round (exercises the supervision).
+    panic: AtomicBool,
 }
 
 impl ControlThread {
@@ -83,17 +99,37 @@ impl ControlThread {
             None => None,
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let pause_ms = Arc::new(AtomicU64::new(0));
+        let knobs = Arc::new(TestKnobs::default());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let (stop2, pause2) = (stop.clone(), pause_ms.clone());
-        let thread = std::thread::Builder::new()
-            .name("ringlb-ctl".to_string())
-            .spawn(move || run(setup, stop2, pause2, ready_tx))
-            .map_err(|e| format!("cannot spawn the control thread: {e}"))?;
+        let panicked = Arc::new(AtomicBool::new(false));
+        let (stop2, knobs2) = (stop.clone(), knobs.clone());
+        let (shards, panicked2) = (setup.shards.clone(), panicked.clone());
+        // A second handle on the admin socket: a panic unwinds the runtime without closing the
+        // sockets it owned, so the panic action shuts this one down (no more accepts).
+        let admin_socket = match &setup.admin {
+            Some(l) => Some(l.try_clone().map_err(|e| format!("admin listener: {e}"))?),
+            None => None,
+        };
+        let thread = spawn_supervised(
+            "ringlb-ctl",
+            move || run(setup, stop2, knobs2, ready_tx),
+            move |_| {
+                panicked2.store(true, Ordering::SeqCst);
+                tracing::error!("no health checks and no admin endpoint any more: stopping ringlb");
+                if let Some(l) = admin_socket {
+                    let _ = socket2::SockRef::from(&l).shutdown(std::net::Shutdown::Both);
+                }
+                for tx in &shards {
+                    let _ = tx.send(ControlMsg::Shutdown);
+                }
+            },
+        )
+        .map_err(|e| format!("cannot spawn the control thread: {e}"))?;
         let mut ctl = ControlThread {
             stop,
-            pause_ms,
+            knobs,
             thread: Some(thread),
+            panicked,
             admin,
         };
         match ready_rx.recv() {
@@ -118,17 +154,26 @@ impl ControlThread {
     /// then drops their reports).
     #[doc(hidden)]
     pub fn pause_observations(&self, d: Duration) {
-        self.pause_ms
+        self.knobs
+            .pause_ms
             .store(d.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
-    /// Stops the thread and joins it. Returns false if it panicked.
+    /// Test knob: make the thread panic (within a few ms), to exercise its supervision.
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        self.knobs.panic.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the thread and joins it. Returns false if it panicked (then it has already told
+    /// every shard to shut down).
     pub fn stop(&mut self) -> bool {
         self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take() {
+        let joined = match self.thread.take() {
             Some(t) => t.join().is_ok(),
             None => true,
-        }
+        };
+        joined && !self.panicked.load(Ordering::SeqCst)
     }
 }
 
@@ -142,13 +187,13 @@ impl Drop for ControlThread {
 fn run(
     setup: ControlSetup,
     stop: Arc<AtomicBool>,
-    pause_ms: Arc<AtomicU64>,
+    knobs: Arc<TestKnobs>,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
     let epoll = setup.config.server.driver == Driver::Epoll;
     let main = |ready: mpsc::Sender<Result<(), String>>| async move {
         let _ = ready.send(Ok(()));
-        control_main(setup, stop, pause_ms).await;
+        control_main(setup, stop, knobs).await;
     };
     if epoll {
         match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -404,6 +449,7 @@ impl Ctl {
             "uptime_ms": ms_since(self.started),
             "observations_received": self.received.get(),
             "health_changes_pushed": self.pushed.get(),
+            "dropped_log_writes": dropped_log_writes(),
             "groups": groups,
             "shards": shards,
         })
@@ -425,7 +471,7 @@ fn jitter(d: Duration) -> Duration {
 
 /// The runtime's main future: spawns the probe and admin tasks, then drains observations until
 /// stopped, then lets every task end.
-async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, pause_ms: Arc<AtomicU64>) {
+async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, knobs: Arc<TestKnobs>) {
     let config = setup.config;
     let ctl = Rc::new(Ctl {
         groups: RefCell::new(config.upstreams.iter().map(GroupHealth::new).collect()),
@@ -470,7 +516,10 @@ async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, pause_ms: Arc<
     let mut idle_sleep = DRAIN_TICK;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let pause = pause_ms.swap(0, Ordering::Relaxed);
+        if knobs.panic.load(Ordering::Relaxed) {
+            panic!("test knob: injected panic in the control thread");
+        }
+        let pause = knobs.pause_ms.swap(0, Ordering::Relaxed);
         if pause > 0 {
             paused_until = Some(now + Duration::from_millis(pause));
         }
@@ -530,13 +579,16 @@ async fn probe_loop(guard: TaskGuard, group: usize, peer: usize, probe: Probe, i
 /// Accepts admin connections until stopped.
 async fn admin_loop(guard: TaskGuard, listener: TcpListener) {
     let ctl = guard.0.clone();
+    let warnings = RateLimit::per_second();
     while let Some(accepted) = ctl.until_stop(listener.accept()).await {
         match accepted {
             Ok((stream, _)) => {
                 monoio::spawn(admin_conn(TaskGuard::new(&ctl), stream));
             }
             Err(e) => {
-                tracing::warn!("admin accept failed: {e}");
+                if let Some(suppressed) = warnings.check(Instant::now()) {
+                    tracing::warn!("admin accept failed: {e}{suppressed}");
+                }
                 if ctl
                     .until_stop(monoio::time::sleep(Duration::from_millis(10)))
                     .await

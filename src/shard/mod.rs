@@ -22,6 +22,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, Driver, UringTaskrun};
 use crate::health::{HealthChange, ShardReporter};
+use crate::process::RateLimit;
 use crate::proxy::{self, Picker, Router};
 use crate::upstream::UpstreamGroup;
 
@@ -30,6 +31,16 @@ pub const CONTROL_TICK: Duration = Duration::from_millis(5);
 
 /// How often a shard closes expired idle upstream connections.
 const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// The first pause of an accept loop after an accept failed for lack of resources (file
+/// descriptors, kernel memory); each further failure in a row doubles it, up to
+/// [`ACCEPT_BACKOFF_MAX`]. A closing connection of the shard ends the pause early (it freed a
+/// descriptor), as nginx re-enables accepting when a connection is freed.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// The longest pause of an accept loop that keeps failing for lack of resources.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// The pause after any other accept failure.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
 /// ControlMsg is what the control side tells a shard.
 #[derive(Debug, Clone)]
@@ -61,6 +72,8 @@ pub struct ShardCtx {
     shutting_down: Cell<bool>,
     /// Open downstream connections.
     connections: Cell<usize>,
+    /// Accept loops still running (they end at shutdown, dropping their listeners).
+    accept_loops: Cell<usize>,
     /// Notified when a connection closes and when shutdown begins.
     changed: Notify,
     /// Cancels every accept and idle keep-alive read at shutdown.
@@ -91,6 +104,7 @@ impl ShardCtx {
             control,
             shutting_down: Cell::new(false),
             connections: Cell::new(0),
+            accept_loops: Cell::new(0),
             changed: Notify::default(),
             canceller: RefCell::new(Canceller::new()),
             health,
@@ -151,6 +165,19 @@ impl Drop for ConnGuard {
         self.0.changed.notify_all();
     }
 }
+
+/// Counts one running accept loop; dropping it uncounts it.
+struct AcceptLoopGuard(Rc<ShardCtx>);
+
+impl Drop for AcceptLoopGuard {
+    fn drop(&mut self) {
+        self.0.accept_loops.set(self.0.accept_loops.get() - 1);
+        self.0.changed.notify_all();
+    }
+}
+
+/// How long a stopping shard waits for its accept loops to end and its sockets to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs one shard on the current thread until it has shut down.
 ///
@@ -249,7 +276,8 @@ async fn shard_main(ctx: Rc<ShardCtx>, listeners: Vec<std::net::TcpListener>) {
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(ctx.clone(), l));
+                ctx.accept_loops.set(ctx.accept_loops.get() + 1);
+                monoio::spawn(accept_loop(AcceptLoopGuard(ctx.clone()), l));
             }
             Err(e) => tracing::error!(shard = ctx.id, "cannot register listener: {e}"),
         }
@@ -286,10 +314,30 @@ async fn shard_main(ctx: Rc<ShardCtx>, listeners: Vec<std::net::TcpListener>) {
         }
         let _ = monoio::time::timeout(left, ctx.changed.notified()).await;
     }
+    // The listeners must close before the runtime goes away: the accept loops drop them once
+    // their cancelled accept returns, and io_uring closes a dropped socket with a queued close
+    // operation that only the next turn of the event loop submits. Without both, an embedding
+    // process keeps the listen sockets (still completing handshakes into their backlog).
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while ctx.accept_loops.get() > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = monoio::time::timeout(left, ctx.changed.notified()).await;
+    }
+    monoio::time::sleep(Duration::from_millis(1)).await;
 }
 
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
+/// Accepts connections on `listener` until shutdown. (Parameters drop in reverse order:
+/// `listener` closes before `guard` tells the shard this loop is done.)
+async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
+    let ctx = &guard.0;
     let max = ctx.config.server.max_connections;
+    // One warning per second at most: when descriptors run out, every pending connection
+    // fails its accept again and again.
+    let warnings = RateLimit::per_second();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         while ctx.connections.get() >= max && !ctx.is_shutting_down() {
             ctx.changed.notified().await;
@@ -299,6 +347,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
         }
         match listener.cancelable_accept(ctx.cancel_handle()).await {
             Ok((stream, addr)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
                 ctx.connections.set(ctx.connections.get() + 1);
                 let guard = ConnGuard(ctx.clone());
                 monoio::spawn(serve_conn(guard, stream, addr));
@@ -307,10 +356,62 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
                 if ctx.is_shutting_down() {
                     return;
                 }
-                // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
-                tracing::warn!(shard = ctx.id, "accept failed: {e}");
-                monoio::time::sleep(Duration::from_millis(10)).await;
+                match AcceptFailure::of(&e) {
+                    AcceptFailure::Gone => {
+                        tracing::debug!(shard = ctx.id, "accept: {e}");
+                    }
+                    AcceptFailure::Exhausted(what) => {
+                        if let Some(suppressed) = warnings.check(Instant::now()) {
+                            tracing::warn!(
+                                shard = ctx.id,
+                                "accept failed: {e}: {what}; pausing accepts until a \
+                                 connection closes (at most {} ms){suppressed}",
+                                backoff.as_millis()
+                            );
+                        }
+                        // Do not spin: the pending connection fails the same way until a
+                        // descriptor is free. Wait for one of ours to close, or a while.
+                        let _ = monoio::time::timeout(backoff, ctx.changed.notified()).await;
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    }
+                    AcceptFailure::Other => {
+                        if let Some(suppressed) = warnings.check(Instant::now()) {
+                            tracing::warn!(shard = ctx.id, "accept failed: {e}{suppressed}");
+                        }
+                        monoio::time::sleep(ACCEPT_RETRY).await;
+                    }
+                }
             }
+        }
+    }
+}
+
+/// AcceptFailure is what a failed accept means for the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptFailure {
+    /// The connection was gone (aborted by the client) or the call interrupted: accept the
+    /// next one at once.
+    Gone,
+    /// Out of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM): back off; the text says which.
+    Exhausted(&'static str),
+    /// Anything else: log it and retry shortly.
+    Other,
+}
+
+impl AcceptFailure {
+    fn of(e: &std::io::Error) -> AcceptFailure {
+        match e.raw_os_error() {
+            Some(libc::ECONNABORTED | libc::EPROTO | libc::EINTR) => AcceptFailure::Gone,
+            Some(libc::EMFILE) => AcceptFailure::Exhausted(
+                "the process's open-files limit is reached (ulimit -n, systemd LimitNOFILE)",
+            ),
+            Some(libc::ENFILE) => {
+                AcceptFailure::Exhausted("the system's open-files limit is reached (fs.file-max)")
+            }
+            Some(libc::ENOBUFS | libc::ENOMEM) => {
+                AcceptFailure::Exhausted("the kernel is out of socket memory")
+            }
+            _ => AcceptFailure::Other,
         }
     }
 }
@@ -318,4 +419,27 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
 async fn serve_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
     proxy::serve(&guard.0, stream, addr).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_are_classified_by_errno() {
+        let of = |errno| AcceptFailure::of(&std::io::Error::from_raw_os_error(errno));
+        assert_eq!(of(libc::ECONNABORTED), AcceptFailure::Gone);
+        assert_eq!(of(libc::EINTR), AcceptFailure::Gone);
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(
+                matches!(of(errno), AcceptFailure::Exhausted(_)),
+                "errno {errno}"
+            );
+        }
+        assert_eq!(of(libc::EINVAL), AcceptFailure::Other);
+        assert_eq!(
+            AcceptFailure::of(&std::io::Error::other("no errno")),
+            AcceptFailure::Other
+        );
+    }
 }
