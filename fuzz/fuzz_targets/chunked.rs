@@ -6,10 +6,13 @@
 //! outcome (error, or consumed count, done and the payload bytes concatenated) must be equal.
 //! Per call: when not done everything was consumed, payload ranges are ordered, inside the
 //! piece and inside the consumed part; after done, a further call consumes nothing.
+//! Canonical framing (`decode_framed` + `copy_without`, what the proxy forwards) is the same
+//! however the input is split, and is a fixed point: it decodes to the same payload with
+//! nothing left to strip.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringlb::http::{ChunkedDecoder, HttpError};
+use ringlb::http::{copy_without, ChunkedDecoder, HttpError};
 
 /// The outcome of decoding a whole input.
 #[derive(Debug, PartialEq)]
@@ -19,6 +22,8 @@ enum Outcome {
         consumed: usize,
         done: bool,
         payload: Vec<u8>,
+        /// What the proxy forwards: the consumed bytes in canonical framing.
+        framed: Vec<u8>,
     },
 }
 
@@ -26,14 +31,25 @@ enum Outcome {
 fn decode(input: &[u8], bounds: &[usize]) -> Outcome {
     let mut dec = ChunkedDecoder::new();
     let mut payload = Vec::new();
+    let mut framed = Vec::new();
     let mut start = 0;
     for &end in bounds {
         let piece = &input[start..end];
         let mut ranges = Vec::new();
-        let (n, done) = match dec.decode(piece, Some(&mut ranges)) {
+        let mut strip = Vec::new();
+        let (n, done) = match dec.decode_framed(piece, Some(&mut ranges), &mut strip) {
             Ok(r) => r,
             Err(e) => return Outcome::Err(e),
         };
+        let mut last = 0;
+        for r in &strip {
+            assert!(
+                last <= r.start && r.start < r.end && r.end <= n,
+                "{r:?} of {n}"
+            );
+            last = r.end;
+        }
+        copy_without(&piece[..n], &strip, &mut framed);
         assert!(n <= piece.len());
         assert_eq!(done, dec.is_done());
         let mut last = 0;
@@ -51,6 +67,7 @@ fn decode(input: &[u8], bounds: &[usize]) -> Outcome {
                 consumed: start + n,
                 done: true,
                 payload,
+                framed,
             };
         }
         assert_eq!(n, piece.len(), "not done, so all consumed");
@@ -60,6 +77,7 @@ fn decode(input: &[u8], bounds: &[usize]) -> Outcome {
         consumed: input.len(),
         done: false,
         payload,
+        framed,
     }
 }
 
@@ -84,9 +102,27 @@ fuzz_target!(|data: &[u8]| {
     let bytewise = decode(input, &every);
     assert_eq!(bytewise, whole, "one byte at a time");
     if let Outcome::Ok {
-        consumed, payload, ..
+        consumed,
+        payload,
+        done,
+        framed,
     } = &whole
     {
         assert!(payload.len() <= *consumed);
+        assert!(framed.len() <= *consumed);
+        if *done {
+            // The canonical form is a fixed point with the same payload.
+            let again = decode(framed, &[framed.len()]);
+            assert_eq!(
+                again,
+                Outcome::Ok {
+                    consumed: framed.len(),
+                    done: true,
+                    payload: payload.clone(),
+                    framed: framed.clone(),
+                },
+                "canonical form of {input:?}"
+            );
+        }
     }
 });

@@ -137,6 +137,7 @@ fuzz_target!(|data: &[u8]| {
         max_header_bytes: 1 << 20,
         max_request_line_bytes: 1 << 20,
         max_body_bytes: None,
+        ..Limits::default()
     };
     let mut again = RequestHead::default();
     let mut res = parse_request(&out, &big, &mut again);

@@ -189,8 +189,10 @@ impl ChunkedDecoder {
                         skip_from = Some(pos - 1);
                     }
                     (State::ExtensionBws | State::Extension, State::SizeLf) => {
-                        if let (Some(from), Some(s)) = (skip_from.take(), strip.as_deref_mut()) {
-                            s.push(from..pos - 1);
+                        match (skip_from.take(), strip.as_deref_mut()) {
+                            // (nothing to push when the line's tail began in an earlier input)
+                            (Some(from), Some(s)) if from < pos - 1 => s.push(from..pos - 1),
+                            _ => {}
                         }
                     }
                     _ => {}
