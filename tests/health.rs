@@ -94,6 +94,16 @@ fn wait_state(proxy: &Proxy, i: usize, state: &str) -> Value {
     }
 }
 
+/// Waits until `cond` holds, for `WAIT` at most.
+#[track_caller]
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "no {what} within {WAIT:?}");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Sends `n` GETs (one connection) and returns the bodies of the responses; panics on a
 /// non-200.
 fn bodies(proxy: &Proxy, n: usize) -> Vec<String> {
@@ -251,7 +261,7 @@ fn passive_ejects_a_resetting_backend_and_returns_it_after_eject_ms() {
         "",
         "passive",
         &[entry(a.addr(), ""), entry(r.addr(), "")],
-        &["passive = { consecutive_failures = 3, eject_ms = 600, max_eject_percent = 50 }"],
+        &["passive = { consecutive_failures = 3, eject_ms = 1500, max_eject_percent = 50 }"],
     ));
     // Round robin alternates: every second request hits the resetting peer, and the GET is
     // retried on `a` at once, so the client never sees the failure.
@@ -270,18 +280,21 @@ fn passive_ejects_a_resetting_backend_and_returns_it_after_eject_ms() {
         p["why"]
             .as_str()
             .unwrap()
-            .starts_with("3 consecutive failures (last: connection reset): ejected for 600 ms"),
+            .starts_with("3 consecutive failures (last: connection reset): ejected for 1500 ms"),
         "{p:#}"
     );
-    let ejected_at = Instant::now();
-    // While ejected, everything goes to `a`.
+    // While ejected, everything goes to `a`. The peer is still in its first ejection after
+    // the 20 requests, so every one of them was sent while it was out.
     let accepts = r.accepts();
-    assert!(bodies(&proxy, 20).iter().all(|n| n == "a"));
-    assert_eq!(r.accepts(), accepts);
+    let got = bodies(&proxy, 20);
+    let p = peer_status(&proxy, 1);
     assert!(
-        ejected_at.elapsed() < Duration::from_millis(450),
-        "the test was too slow"
+        p["state"] == "ejected" && p["ejections"] == 1,
+        "the ejection ended before 20 requests were through (the machine is too slow for \
+         eject_ms = 1500): {p:#}"
     );
+    assert!(got.iter().all(|n| n == "a"), "{got:?}");
+    assert_eq!(r.accepts(), accepts);
 
     // After eject_ms it is eligible again, gets traffic, and is ejected again for twice as long.
     let p = wait_state(&proxy, 1, "up");
@@ -296,7 +309,7 @@ fn passive_ejects_a_resetting_backend_and_returns_it_after_eject_ms() {
         p["why"]
             .as_str()
             .unwrap()
-            .contains("ejected for 1200 ms (ejection 2)"),
+            .contains("ejected for 3000 ms (ejection 2)"),
         "{p:#}"
     );
     let st = status(&proxy);
@@ -327,9 +340,28 @@ fn passive_respects_max_eject_percent() {
     for _ in 0..40 {
         c.roundtrip(&get("/x"));
     }
-    // Let the control thread drain what was reported.
-    thread::sleep(Duration::from_millis(50));
-    let g = &status(&proxy)["groups"][0];
+    // Wait until the control thread has seen both resetting peers fail twice in a row: one is
+    // ejected, and the other, over the limit, must stay in.
+    let deadline = Instant::now() + WAIT;
+    let g = loop {
+        let g = status(&proxy)["groups"][0].clone();
+        let peers = g["peers"].as_array().unwrap();
+        let failing_twice = [1, 3]
+            .iter()
+            .filter(|&&i| {
+                peers[i]["ejected"] == true
+                    || peers[i]["passive_consecutive_failures"].as_u64() >= Some(2)
+            })
+            .count();
+        if failing_twice == 2 {
+            break g;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resetting peers were not both seen failing within {WAIT:?}: {g:#}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!(g["max_ejected"], 1, "{g:#}");
     assert_eq!(g["ejected"], 1, "{g:#}");
     let peers = g["peers"].as_array().unwrap();
@@ -337,13 +369,6 @@ fn passive_respects_max_eject_percent() {
     assert_eq!(ejected.len(), 1, "{g:#}");
     let other = if ejected[0] == 1 { 3 } else { 1 };
     assert_eq!(peers[other]["state"], "up", "{g:#}");
-    assert!(
-        peers[other]["passive_consecutive_failures"]
-            .as_u64()
-            .unwrap()
-            >= 2,
-        "{g:#}"
-    );
     assert_eq!(peers[0]["state"], "up");
     assert_eq!(peers[2]["state"], "up");
 }
@@ -388,7 +413,7 @@ fn load_client(
 }
 
 #[test]
-fn killing_a_backend_under_load_on_two_shards_propagates_within_50ms() {
+fn killing_a_backend_under_load_on_two_shards_propagates_within_250ms() {
     let (a, b, c) = (
         Backend::start("a"),
         Backend::start("b"),
@@ -412,8 +437,9 @@ fn killing_a_backend_under_load_on_two_shards_propagates_within_50ms() {
         .map(|_| load_client(proxy.addr, stop.clone(), ok.clone(), failures.clone()))
         .collect();
     // Steady state first: every peer serves.
-    thread::sleep(Duration::from_millis(150));
-    assert!(c.request_count() > 0);
+    wait_for("every peer to serve", || {
+        [&a, &b, &c].iter().all(|p| p.request_count() > 0)
+    });
 
     c.kill();
     let killed_at = Instant::now();
@@ -436,8 +462,11 @@ fn killing_a_backend_under_load_on_two_shards_propagates_within_50ms() {
         );
         thread::sleep(Duration::from_millis(2));
     };
+    // The load goes on without failures on the two peers left.
     let served_before = ok.load(Ordering::SeqCst);
-    thread::sleep(Duration::from_millis(300));
+    wait_for("100 more requests served after propagation", || {
+        ok.load(Ordering::SeqCst) >= served_before + 100
+    });
     stop.store(true, Ordering::SeqCst);
     for t in clients {
         t.join().unwrap();
@@ -471,10 +500,12 @@ fn killing_a_backend_under_load_on_two_shards_propagates_within_50ms() {
         late.is_empty(),
         "requests failed after propagation: {late:?}"
     );
-    assert!(served_after > 20, "the load stalled: {served_after}");
+    assert!(served_after >= 100, "the load stalled: {served_after}");
+    // Shards look at their control channel between requests and every 5 ms: 250 ms is 50 of
+    // those ticks, room for two shards and the load threads sharing busy cores.
     assert!(
-        worst < 50_000,
-        "propagation took {worst} us, more than 50 ms"
+        worst < 250_000,
+        "propagation took {worst} us, more than 250 ms"
     );
 }
 
@@ -557,27 +588,26 @@ fn regional_failover_and_fail_back_are_logged_once_each() {
 
 #[test]
 fn when_all_down_fail_answers_503_at_once() {
-    let a = Backend::start("a");
+    // The peer's health check fails (its /health answers 500) but it would serve traffic:
+    // `fail` must answer 503 without trying it. Traffic that reached it would show in its
+    // request log; "at once" is a generous bound far above a local round trip.
+    let a = switchable("a", Arc::new(AtomicBool::new(false)));
     let proxy = Proxy::start(&config(
         1,
         "",
         "failfast",
         &[entry(a.addr(), "")],
-        &[TCP_CHECK, NO_PASSIVE, "when_all_down = \"fail\""],
+        &[HTTP_CHECK, NO_PASSIVE, "when_all_down = \"fail\""],
     ));
-    wait_state(&proxy, 0, "up");
-    a.kill();
     wait_state(&proxy, 0, "down");
     let mut c = proxy.client();
     let t = Instant::now();
     let r = c.roundtrip(&get("/"));
+    let took = t.elapsed();
     r.assert_proxy_error(503);
     assert!(r.header("retry-after").is_some(), "{}", show(&r.head));
-    assert!(
-        t.elapsed() < Duration::from_millis(200),
-        "{:?}",
-        t.elapsed()
-    );
+    assert_eq!(a.traffic_count("/health"), 0, "the down peer was tried");
+    assert!(took < Duration::from_secs(1), "503 after {took:?}");
 }
 
 #[test]
@@ -638,9 +668,10 @@ fn passive_reports_are_dropped_and_counted_on_a_full_queue_without_blocking() {
     println!("50 failing requests in {total:?} (slowest {slowest:?}); shard stats {shard}");
     assert_eq!(shard["dropped_observations"], 49, "{st:#}");
     assert_eq!(shard["sent_observations"], 1, "{st:#}");
+    // A send that waited for room would wait out the 10 s pause.
     assert!(
-        slowest < Duration::from_millis(100),
-        "a request took {slowest:?}"
+        slowest < Duration::from_secs(2),
+        "a request took {slowest:?}: the report was waited for"
     );
 }
 
