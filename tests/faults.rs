@@ -66,14 +66,19 @@ fn assert_served_by(r: &Response, name: &str) {
     );
 }
 
-/// Requests the faulty peer saw: accepted connections for a peer that reads nothing, else
-/// complete requests (and then exactly as many connections).
+/// Whether a peer with this fault reads the requests it gets (all but accept-and-close and
+/// stall, which never read).
+fn reads_requests(fault: &Fault) -> bool {
+    !matches!(fault, Fault::AcceptClose | Fault::Stall)
+}
+
+/// The faulty peer saw `n` connections, and read `n` complete requests on them if its fault
+/// reads at all (0 if it does not).
 #[track_caller]
 fn assert_faulty_hits(a: &FaultPeer, n: usize) {
     assert_eq!(a.accepts(), n, "connections to the faulty peer");
-    if a.hits() != 0 {
-        assert_eq!(a.hits(), n, "requests the faulty peer read");
-    }
+    let read = if reads_requests(a.fault()) { n } else { 0 };
+    assert_eq!(a.hits(), read, "requests the faulty peer read");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -110,7 +115,7 @@ fn post_is_not_retried(fault: Fault, status: u16, timeouts: &[(&str, u64)]) -> D
     r.assert_proxy_error(status);
     assert_faulty_hits(&a, 1);
     assert_eq!(b.accepts(), 0, "the POST must not reach the healthy peer");
-    if a.hits() == 1 {
+    if reads_requests(a.fault()) {
         assert!(
             a.requests()[0].ends_with(BODY),
             "the faulty peer got the whole POST"
@@ -672,7 +677,7 @@ fn breaker_opens_trials_and_closes() {
 fn half_open_breaker_admits_one_trial_at_a_time() {
     let (a, _) = scripted(|n| match n {
         1..=3 => Reply::new(503, "a is down"),
-        4 => Reply::ok("a").delay(Duration::from_millis(500)),
+        4 => Reply::ok("a").delay(Duration::from_secs(2)),
         _ => Reply::ok("a"),
     });
     let b = Backend::start("b");
@@ -764,11 +769,14 @@ fn request_timeout_bounds_all_tries() {
     let t = Instant::now();
     proxy.client().roundtrip(&get("/")).assert_proxy_error(504);
     let took = t.elapsed();
+    // The try counts below tell the deadline from four full tries; the time only has to be
+    // at least two tries and not wildly past the deadline.
     assert!(
-        took >= Duration::from_millis(600) && took < Duration::from_millis(1100),
+        took >= Duration::from_millis(600) && took < Duration::from_millis(3500),
         "504 after {took:?} (2 × 300 ms tries, 700 ms deadline)"
     );
-    // a, b, then (if the backoff left time) a third try on a cut short by the deadline.
+    // a, b, then (if the backoff left time) a third try on a cut short by the deadline;
+    // without the deadline b would get a second try.
     assert_eq!(b.hits(), 1);
     assert!((1..=2).contains(&a.hits()), "a saw {} tries", a.hits());
 }
@@ -777,7 +785,7 @@ fn request_timeout_bounds_all_tries() {
 // Deadlines around connect and write.
 
 /// `per_try_timeout_ms` bounds the connect of a try too: a peer that does not complete the
-/// handshake costs one per-try timeout (300 ms), not the 2 s connect timeout, then the healthy
+/// handshake costs one per-try timeout (300 ms), not the 10 s connect timeout, then the healthy
 /// peer answers.
 #[test]
 fn per_try_timeout_bounds_a_slow_connect() {
@@ -787,18 +795,18 @@ fn per_try_timeout_bounds_a_slow_connect() {
         hole,
         b.addr(),
         &["retry = { per_try_timeout_ms = 300 }"],
-        &[("connect_ms", 2000)],
+        &[("connect_ms", 10_000)],
     );
     let t = Instant::now();
     assert_served_by(&proxy.client().roundtrip(&get("/")), "b");
     let took = t.elapsed();
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
-        "answered after {took:?} (per_try_timeout_ms = 300, connect_ms = 2000)"
+        "answered after {took:?} (per_try_timeout_ms = 300, connect_ms = 10000)"
     );
 }
 
-/// `request_timeout_ms` bounds a connect too: 504 at the deadline (400 ms), not after the 2 s
+/// `request_timeout_ms` bounds a connect too: 504 at the deadline (400 ms), not after the 10 s
 /// connect timeout.
 #[test]
 fn request_timeout_bounds_a_slow_connect() {
@@ -808,14 +816,14 @@ fn request_timeout_bounds_a_slow_connect() {
         hole,
         b.addr(),
         &["retry = { request_timeout_ms = 400 }"],
-        &[("connect_ms", 2000)],
+        &[("connect_ms", 10_000)],
     );
     let t = Instant::now();
     proxy.client().roundtrip(&get("/")).assert_proxy_error(504);
     let took = t.elapsed();
     assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
-        "504 after {took:?} (request_timeout_ms = 400, connect_ms = 2000)"
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2000),
+        "504 after {took:?} (request_timeout_ms = 400, connect_ms = 10000)"
     );
     assert_eq!(b.accepts(), 0);
 }
@@ -866,7 +874,7 @@ fn request_timeout_bounds_a_stalled_upload() {
         a.addr(),
         b.addr(),
         &["retry = { request_timeout_ms = 400 }"],
-        &[("upstream_write_ms", 3000)],
+        &[("upstream_write_ms", 20_000)],
     );
     let mut c = proxy.client();
     let mut writer = c.stream().try_clone().expect("clone client socket");
@@ -879,17 +887,14 @@ fn request_timeout_bounds_a_stalled_upload() {
     });
     let answer = c.try_response(false);
     let took = t.elapsed();
-    let heard = match &answer {
-        Ok(r) => {
-            assert!(matches!(r.status, 502 | 504), "{}", show(&r.head));
-            format!("{} {}", show(&r.head), r.body_str())
-        }
-        Err(e) => e.to_string(),
-    };
+    // Past the deadline the answer is 504 (README, `retry.request_timeout_ms`); lingering
+    // close keeps the unread upload from resetting it away.
+    let r = answer.unwrap_or_else(|e| panic!("no answer after {took:?}: {e}"));
+    r.assert_proxy_error(504);
+    // Not before the deadline, and long before the write timeout.
     assert!(
-        took < Duration::from_millis(1500),
-        "the client heard back after {took:?} ({heard}); request_timeout_ms = 400, \
-         upstream_write_ms = 3000"
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2000),
+        "504 after {took:?}; request_timeout_ms = 400, upstream_write_ms = 20000"
     );
     let _ = c.stream().shutdown(std::net::Shutdown::Both);
     let _ = upload.join();

@@ -148,6 +148,11 @@ impl FaultPeer {
         self.addr
     }
 
+    /// How it misbehaves.
+    pub fn fault(&self) -> &Fault {
+        &self.shared.fault
+    }
+
     /// Connections accepted so far.
     pub fn accepts(&self) -> usize {
         self.shared.accepts.load(Ordering::SeqCst)
