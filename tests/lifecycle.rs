@@ -131,9 +131,21 @@ fn shards_are_named_threads_pinned_to_their_cpus() {
 }
 
 #[test]
-fn ipv6_listener_serves_when_loopback_v6_exists() {
+fn ipv6_listener_serves_and_without_v6_loopback_the_start_error_names_the_key() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("no IPv6 loopback here: nothing to test");
+        // No IPv6 loopback here: the serving half is skipped, and what is left to check is
+        // that ringlb refuses to start with an error that names the listen key.
+        eprintln!("SKIPPED serving over IPv6: no IPv6 loopback; checking the start error");
+        let toml = "[server]\nlisten = [\"[::1]:0\"]\nworkers = 1\nadmin = \"\"\n\
+                    [[upstream]]\nname = \"app\"\npeers = [{ address = \"127.0.0.1:9\" }]\n";
+        let cfg = ringlb::Config::from_toml_str(toml, "<test>").expect("config");
+        match ringlb::Server::start(cfg) {
+            Ok(_) => panic!("started on [::1] although this host cannot bind it"),
+            Err(e) => assert!(
+                e.to_string().contains("server.listen[0]"),
+                "the error does not name the key: {e}"
+            ),
+        }
         return;
     }
     let b = Backend::start("a");
