@@ -1015,3 +1015,142 @@ fn a_dead_pooled_connection_is_replaced_on_every_peer_tried() {
     );
     assert_eq!(b.request_count(), 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// README rows without an end-to-end test before: status retries other than 503, a response
+// that stalls after it started, per-upstream timeouts, the breaker's failure rate.
+
+/// `retry.on` takes any status 400–599, as a string or an integer: with `500` listed a GET
+/// answered 500 is retried on the next peer; with the defaults (which list 502–504 only) the
+/// 500 is relayed as it was.
+#[test]
+fn retry_on_lists_other_status_codes() {
+    for (line, listed) in [
+        ("retry = { on = [\"500\", 404] }", true),
+        ("retry = { on = [404] }", false),
+        ("retry = { max_retries = 3 }", false),
+    ] {
+        let a = Backend::with_handler("a", |_| Reply::new(500, "a broke"));
+        let b = Backend::start("b");
+        let proxy = proxy_over(a.addr(), b.addr(), &[line], &[]);
+        let r = proxy.client().roundtrip(&get("/"));
+        assert_eq!(a.request_count(), 1, "{line}");
+        if listed {
+            assert_served_by(&r, "b");
+            assert_eq!(b.request_count(), 1, "{line}");
+        } else {
+            assert_eq!((r.status, r.body_str()), (500, "a broke".into()), "{line}");
+            assert_eq!(b.accepts(), 0, "{line}: the 500 was retried");
+        }
+    }
+    // 404 listed as an integer is retried as well.
+    let a = Backend::with_handler("a", |_| Reply::new(404, "not here"));
+    let b = Backend::start("b");
+    let proxy = proxy_over(a.addr(), b.addr(), &["retry = { on = [404] }"], &[]);
+    assert_served_by(&proxy.client().roundtrip(&get("/")), "b");
+    assert_eq!(a.request_count(), 1);
+}
+
+/// `upstream_read_ms` after the response started: the status line and part of the body went to
+/// the client, then the upstream goes silent. ringlb cannot answer 504 any more; it closes the
+/// client connection at about `upstream_read_ms` (the client sees a truncated body), and does not
+/// retry.
+#[test]
+fn upstream_read_timeout_after_the_response_started_closes_the_client() {
+    let a = FaultPeer::start(Fault::AnswerThenHang(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst forty bytes of a hundred-byte body"
+            .to_vec(),
+    ));
+    let b = Backend::start("b");
+    let proxy = proxy_over(a.addr(), b.addr(), &[], &[("upstream_read_ms", 300)]);
+    let mut c = proxy.client();
+    let t = Instant::now();
+    c.send(&get("/stalls"));
+    let got = c.try_response(false);
+    let took = t.elapsed();
+    match got {
+        Err(ReadErr::Truncated(_)) => {}
+        other => panic!("after {took:?}: expected a truncated response, got {other:?}"),
+    }
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "closed after {took:?} (upstream_read_ms = 300)"
+    );
+    assert_eq!(a.hits(), 1);
+    assert_eq!(b.accepts(), 0, "a response that started is never retried");
+}
+
+/// Per-upstream `timeouts = { upstream_read_ms = 300 }` overrides the global 15 s for that
+/// upstream only: a backend that answers after 1 s gets a 504 in about 300 ms through the
+/// upstream with the override and its 200 through the other.
+#[test]
+fn per_upstream_timeouts_override_the_global_ones() {
+    let slow = Backend::with_handler("slow", |_| Reply::ok("late").delay(Duration::from_secs(1)));
+    let proxy = ProxyConfig::new()
+        .timeout("upstream_read_ms", 15_000)
+        .upstream("strict", "round_robin", &[peer(slow.addr())])
+        .upstream_line("timeouts = { upstream_read_ms = 300 }")
+        .upstream_line("retry = { max_retries = 0 }")
+        .upstream("lenient", "round_robin", &[peer(slow.addr())])
+        .route(&["path_prefix = \"/strict\""], "strict")
+        .route(&[], "lenient")
+        .start();
+    let t = Instant::now();
+    proxy
+        .client()
+        .roundtrip(&get("/strict"))
+        .assert_proxy_error(504);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1000),
+        "504 after {took:?} (upstream_read_ms = 300 for this upstream; the peer answers after 1 s)"
+    );
+    let t = Instant::now();
+    let r = proxy.client().roundtrip(&get("/lenient"));
+    assert_eq!(
+        (r.status, r.body_str()),
+        (200, "late".into()),
+        "{}",
+        show(&r.head)
+    );
+    assert!(t.elapsed() >= Duration::from_secs(1));
+}
+
+/// `circuit_breaker.failure_rate`: with `failures = 100` no run of consecutive failures opens
+/// the breaker, but half of the results failing once `min_requests = 4` were seen does: after
+/// a's fourth request (503, 200, 200, 503) it gets nothing more. Without `failure_rate` the
+/// same peer keeps its rotation share.
+#[test]
+fn breaker_opens_on_the_failure_rate() {
+    for (line, opens) in [
+        (
+            "circuit_breaker = { failures = 100, failure_rate = 0.5, min_requests = 4, \
+             window_ms = 60000, open_ms = 60000 }",
+            true,
+        ),
+        (
+            "circuit_breaker = { failures = 100, open_ms = 60000 }",
+            false,
+        ),
+    ] {
+        let (a, _) = scripted(|n| match n {
+            1 | 4 | 5 | 8 | 9 => Reply::new(503, "a fails"),
+            _ => Reply::ok("a"),
+        });
+        let b = Backend::start("b");
+        let proxy = proxy_over(a.addr(), b.addr(), &[line], &[]);
+        let mut c = proxy.client();
+        // Every request is answered 200: a's 503s are retried on b.
+        for _ in 0..20 {
+            served_by(&mut c);
+        }
+        if opens {
+            assert_eq!(a.request_count(), 4, "{line}: a after its breaker opened");
+        } else {
+            // Each of a's 503s is retried on b, which takes b's turn, so the next request
+            // starts at a again: a is picked for 13 of the 20 (failing on its 1st, 4th, 5th,
+            // 8th and 9th).
+            assert_eq!(a.request_count(), 13, "{line}: a keeps its rotation share");
+        }
+    }
+}

@@ -88,6 +88,9 @@ pub enum Fault {
     Hang,
     /// Reads the whole request, writes these bytes, then closes the connection (FIN).
     Answer(Vec<u8>),
+    /// Reads the whole request, writes these bytes (a response head and part of its body),
+    /// then goes silent like [`Fault::Hang`]: a response that started and stalls.
+    AnswerThenHang(Vec<u8>),
     /// Answers the first request on each connection `200` (`ok`, kept alive), then reads the
     /// second one whole and resets the connection: a pooled connection that dies after the
     /// peer got the request.
@@ -217,7 +220,7 @@ fn fault_accept_loop(listener: TcpListener, sh: Arc<FaultShared>) {
         }
         // Only a hanging connection is kept for Drop to shut down (which wakes its thread): a
         // kept clone would hold the socket open past the thread's close, so no RST would go out.
-        if let Fault::Hang = sh.fault {
+        if let Fault::Hang | Fault::AnswerThenHang(_) = sh.fault {
             if let Ok(c) = stream.try_clone() {
                 sh.conns.lock().unwrap().push(c);
             }
@@ -226,6 +229,17 @@ fn fault_accept_loop(listener: TcpListener, sh: Arc<FaultShared>) {
         let _ = thread::Builder::new()
             .name("fault-peer-conn".into())
             .spawn(move || fault_serve(stream, &sh2));
+    }
+}
+
+/// Answers nothing more: waits until the proxy gives up (EOF, reset) or Drop shuts the
+/// connection down. A quiet spell longer than IO_TIMEOUT also ends it.
+fn hang(wire: &mut Wire) {
+    let mut b = [0u8; 4096];
+    while let Ok(n) = wire.stream().read(&mut b) {
+        if n == 0 {
+            break;
+        }
     }
 }
 
@@ -273,14 +287,10 @@ fn fault_serve(stream: TcpStream, sh: &FaultShared) {
             // SO_LINGER 0: close() sends an RST instead of a FIN.
             let _ = socket2::SockRef::from(&*wire.stream()).set_linger(Some(Duration::ZERO));
         }
-        Fault::Hang => {
-            // Never answer: wait until the proxy gives up (EOF, reset) or Drop shuts the
-            // connection down. A quiet spell longer than IO_TIMEOUT also ends it.
-            let mut b = [0u8; 4096];
-            while let Ok(n) = wire.stream().read(&mut b) {
-                if n == 0 {
-                    break;
-                }
+        Fault::Hang => hang(&mut wire),
+        Fault::AnswerThenHang(bytes) => {
+            if wire.stream().write_all(bytes).is_ok() {
+                hang(&mut wire);
             }
         }
         Fault::Answer(bytes) => {
