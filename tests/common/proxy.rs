@@ -314,6 +314,11 @@ impl ProxyProcess {
     /// Writes `toml` to a file, starts `ringlb --config FILE --log-level warn` and waits (up to
     /// 20 s) until it listens.
     pub fn spawn(toml: &str) -> ProxyProcess {
+        ProxyProcess::spawn_with_log_level(toml, "warn")
+    }
+
+    /// Like [`ProxyProcess::spawn`], with `--log-level level`.
+    pub fn spawn_with_log_level(toml: &str, level: &str) -> ProxyProcess {
         let config = write_config(toml);
         let log = temp_path("ringlb", "log");
         let out = std::fs::File::create(&log).expect("create log");
@@ -322,7 +327,7 @@ impl ProxyProcess {
             .arg("--config")
             .arg(&config)
             .arg("--log-level")
-            .arg("warn")
+            .arg(level)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
