@@ -1,7 +1,8 @@
 //! Health checking end to end, against real backends the tests start, break, kill and restart:
 //! HTTP and TCP active checks, passive ejection (with `max_eject_percent`), propagation to every
 //! shard under load (measured), backups, regional failover, `when_all_down`, the admin
-//! endpoint, and drop-on-full of passive reports.
+//! endpoint, drop-on-full of passive reports, `passive.on_5xx`, and the probe's `method`,
+//! `host`, `port` and `body_contains`.
 //!
 //! Intervals are short (probes every 50 ms) so the suite stays fast.
 
@@ -730,4 +731,130 @@ fn start_down_gets_no_traffic_before_rise_probes() {
     let p = wait_state(&proxy, 0, "up");
     assert_eq!(p["why"], "2 consecutive probe successes (last: connected)");
     assert_eq!(bodies(&proxy, 2), vec!["a", "a"]);
+}
+
+/// `passive.on_5xx`: with `on_5xx = true`, 5xx answers count as failures and eject the peer
+/// after `consecutive_failures`; with the default `false` they do not. The group also has a
+/// resetting peer, ejected in both modes: outcomes travel on one channel in order, so once it
+/// is ejected every earlier 500 of the other peer has been counted (or not).
+#[test]
+fn passive_on_5xx_counts_server_errors_only_when_asked() {
+    for on_5xx in [true, false] {
+        let p500 = Backend::with_handler("p500", |_| Reply::new(500, "broken"));
+        let r = ResetBackend::start();
+        let a = Backend::start("a");
+        let proxy = Proxy::start(&config(
+            1,
+            "",
+            "on5xx",
+            &[
+                entry(p500.addr(), ""),
+                entry(r.addr(), ""),
+                entry(a.addr(), ""),
+            ],
+            &[&format!(
+                "passive = {{ consecutive_failures = 2, eject_ms = 60000, \
+                 max_eject_percent = 100, on_5xx = {on_5xx} }}"
+            )],
+        ));
+        let mut c = proxy.client();
+        // Round robin: p500 (500, relayed: not in retry.on), the resetting peer (the GET is
+        // retried on the next peer), a; until the resetting peer has failed twice.
+        while r.accepts() < 2 {
+            c.roundtrip(&get("/x"));
+        }
+        wait_state(&proxy, 1, "ejected");
+        assert!(
+            p500.request_count() >= 2,
+            "p500 got {}",
+            p500.request_count()
+        );
+        let p = peer_status(&proxy, 0);
+        if on_5xx {
+            let p = wait_state(&proxy, 0, "ejected");
+            let why = p["why"].as_str().unwrap();
+            assert!(why.starts_with("2 consecutive failures"), "{p:#}");
+        } else {
+            assert_eq!(p["state"], "up", "on_5xx = false: {p:#}");
+            assert_eq!(p["passive_consecutive_failures"], 0, "{p:#}");
+        }
+    }
+}
+
+/// The probe request as configured: `method`, `path`, `host` (the Host header) and `port`
+/// (another port on the peer's IP). Probes reach the health port, never the traffic port.
+#[test]
+fn http_probe_uses_method_path_host_and_port() {
+    let traffic = Backend::start("traffic");
+    let probes = Backend::with_handler("probes", |_| Reply::no_body(200));
+    let proxy = Proxy::start(&config(
+        1,
+        "",
+        "probe",
+        &[entry(traffic.addr(), "")],
+        &[
+            &format!(
+                "health = {{ kind = \"http\", method = \"HEAD\", path = \"/hc\", \
+                 host = \"probe.example\", port = {}, interval_ms = 50, timeout_ms = 500, \
+                 rise = 2, fall = 3, start = \"down\" }}",
+                probes.addr().port()
+            ),
+            NO_PASSIVE,
+        ],
+    ));
+    wait_state(&proxy, 0, "up");
+    assert_eq!(bodies(&proxy, 2), ["traffic", "traffic"]);
+    let seen = probes.requests();
+    assert!(seen.len() >= 2, "{} probes", seen.len());
+    for r in &seen {
+        assert_eq!(
+            (r.method.as_str(), r.path()),
+            ("HEAD", "/hc"),
+            "{}",
+            show(&r.head)
+        );
+        assert_eq!(r.header("host"), Some("probe.example"), "{}", show(&r.head));
+    }
+    assert_eq!(traffic.traffic_count("/hc"), 2);
+    assert_eq!(
+        traffic.request_count(),
+        2,
+        "a probe went to the traffic port"
+    );
+}
+
+/// `health.body_contains`: a 200 whose body lacks the text fails the probe; once the body has
+/// it, the peer comes up.
+#[test]
+fn http_probe_body_contains() {
+    let ready = Arc::new(AtomicBool::new(false));
+    let r2 = ready.clone();
+    let b = Backend::with_handler("b", move |req| {
+        if req.path() != "/health" {
+            Reply::ok("b")
+        } else if r2.load(Ordering::SeqCst) {
+            Reply::ok("status: READY")
+        } else {
+            Reply::ok("status: starting")
+        }
+    });
+    let proxy = Proxy::start(&config(
+        1,
+        "",
+        "contains",
+        &[entry(b.addr(), "")],
+        &[
+            "health = { kind = \"http\", path = \"/health\", body_contains = \"READY\", \
+             interval_ms = 50, timeout_ms = 500, rise = 2, fall = 2 }",
+            NO_PASSIVE,
+        ],
+    ));
+    let p = wait_state(&proxy, 0, "down");
+    assert_eq!(
+        p["why"], "2 consecutive probe failures (last: HTTP 200, body does not contain \"READY\")",
+        "{p:#}"
+    );
+    ready.store(true, Ordering::SeqCst);
+    wait_state(&proxy, 0, "up");
+    assert_eq!(bodies(&proxy, 1), ["b"]);
 }
