@@ -1,4 +1,5 @@
-//! Shards, drivers, limits and the pool's lifecycle: what the server does besides forwarding.
+//! Shards, drivers, limits and the pool's lifecycle (idle expiry, `max_idle_per_peer`, LIFO
+//! reuse): what the server does besides forwarding.
 
 mod common;
 
@@ -360,4 +361,100 @@ fn connect_timeout_moves_on_to_the_next_peer() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(3),
         "first peer should have cost one connect timeout (300 ms), took {took:?}"
     );
+}
+
+/// A backend whose `/hold/NAME` requests wait until `NAME` is released (20 s at most) and
+/// that answers every request with the accept index of the connection it came on.
+fn holding_backend(released: std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> Backend {
+    Backend::with_handler("holding", move |r| {
+        if let Some(name) = r.path().strip_prefix("/hold/") {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !released.lock().unwrap().iter().any(|n| n == name) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Reply::ok(r.conn.to_string())
+    })
+}
+
+/// Sends `/hold/a` on `ca` and `/hold/b` on `cb`, waits until both are at the backend (on two
+/// upstream connections), releases them and reads both answers.
+fn hold_pair(
+    b: &Backend,
+    released: &std::sync::Mutex<Vec<String>>,
+    ca: &mut Client,
+    cb: &mut Client,
+) {
+    let heads = b.heads_seen();
+    released.lock().unwrap().clear();
+    ca.send(&get("/hold/a"));
+    cb.send(&get("/hold/b"));
+    b.wait_heads(heads + 2, Duration::from_secs(10));
+    released
+        .lock()
+        .unwrap()
+        .extend(["a".to_string(), "b".to_string()]);
+    assert_eq!(ca.response().status, 200);
+    assert_eq!(cb.response().status, 200);
+}
+
+/// `pool.max_idle_per_peer`: two requests in flight at once use two upstream connections; with
+/// `max_idle_per_peer = 1` only one of them is kept, so the next pair needs a third connection,
+/// while with 2 both are kept and the next pair needs none.
+#[test]
+fn max_idle_per_peer_caps_the_idle_connections_kept() {
+    for (max_idle, want_accepts) in [(1, 3), (2, 2)] {
+        let released = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = holding_backend(released.clone());
+        let proxy = Proxy::start(&config(
+            "",
+            &b,
+            &format!("pool = {{ max_idle_per_peer = {max_idle}, idle_timeout_ms = 30000 }}"),
+        ));
+        let (mut ca, mut cb) = (Client::connect(proxy.addr), Client::connect(proxy.addr));
+        hold_pair(&b, &released, &mut ca, &mut cb);
+        assert_eq!(b.accepts(), 2);
+        // A request on each client connection: its task returned its upstream connection to
+        // the pool (or closed it) before it reads the client's next request. Both reuse.
+        assert_eq!(ca.roundtrip(&get("/q")).status, 200);
+        assert_eq!(cb.roundtrip(&get("/q")).status, 200);
+        assert_eq!(b.accepts(), 2, "max_idle_per_peer = {max_idle}");
+        hold_pair(&b, &released, &mut ca, &mut cb);
+        assert_eq!(
+            b.accepts(),
+            want_accepts,
+            "max_idle_per_peer = {max_idle}: upstream connections opened"
+        );
+    }
+}
+
+/// The pool is LIFO: the connection returned last is reused first.
+#[test]
+fn pool_reuses_the_most_recently_returned_connection() {
+    let released = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let b = holding_backend(released.clone());
+    let proxy = Proxy::start(&config(
+        "",
+        &b,
+        "pool = { max_idle_per_peer = 8, idle_timeout_ms = 30000 }",
+    ));
+    let (mut ca, mut cb) = (Client::connect(proxy.addr), Client::connect(proxy.addr));
+    ca.send(&get("/hold/a"));
+    cb.send(&get("/hold/b"));
+    b.wait_heads(2, Duration::from_secs(10));
+    // a's connection goes back first (and is used once more by a's next request, which can
+    // only take it: b's is still busy); then b's goes back.
+    released.lock().unwrap().push("a".into());
+    let ka = ca.response().body_str();
+    assert_eq!(ca.roundtrip(&get("/q")).body_str(), ka);
+    released.lock().unwrap().push("b".into());
+    let kb = cb.response().body_str();
+    assert_ne!(ka, kb);
+    // b's task returned kb before it reads this request: kb is the last returned.
+    assert_eq!(
+        cb.roundtrip(&get("/which")).body_str(),
+        kb,
+        "not LIFO (a's was {ka})"
+    );
+    assert_eq!(b.accepts(), 2);
 }
