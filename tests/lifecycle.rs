@@ -321,22 +321,34 @@ fn demo_starts_three_backends_and_rotates_over_them() {
 
 #[test]
 fn second_signal_exits_at_once() {
-    let b = Backend::with_handler("a", |_| Reply::ok("late").delay(Duration::from_secs(5)));
-    let mut p = ProxyConfig::with_backends(&[&b])
-        .shutdown_timeout_ms(30_000)
-        .spawn_binary();
+    let b = Backend::with_handler("a", |_| Reply::ok("late").delay(Duration::from_secs(20)));
+    let mut p = ProxyProcess::spawn_with_log_level(
+        &ProxyConfig::with_backends(&[&b])
+            .shutdown_timeout_ms(30_000)
+            .toml(),
+        "info",
+    );
     let mut inflight = Client::connect(p.addr);
     inflight.send(&get("/slow"));
     b.wait_heads(1, Duration::from_secs(10));
     p.signal(libc::SIGTERM);
-    // The first signal waits for the 5 s request; the second must not.
-    std::thread::sleep(Duration::from_millis(200));
+    // The first signal waits for the 20 s request; the second must not. Wait until the first
+    // one was acted on (logged), so the second is the second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.log_text().contains("SIGTERM: shutting down") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM not acted on within 10 s:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let t = Instant::now();
     p.signal(libc::SIGINT);
     let st = p
-        .wait_exit(Duration::from_secs(3))
+        .wait_exit(Duration::from_secs(10))
         .unwrap_or_else(|| panic!("still running after the second signal:\n{}", p.log_text()));
-    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert_eq!(st.code(), Some(1), "exit status {st}");
 }
 
