@@ -1,7 +1,9 @@
-//! Load balancing end to end (issue #3): load-aware algorithms against a slow peer, hash
-//! affinity by header, cookie and client IP (on one and two shards), the round-robin fallback
-//! for requests without a key, the consistent-hash walk on a refusing peer, shard-local
-//! least-connections counts on two shards, weights, and `ringlb demo --algorithm maglev`.
+//! Load balancing end to end: round robin, smooth weighted round robin and backups in exact
+//! order, refused peers, 502/504 from the upstream side and routing; load-aware algorithms
+//! against a slow peer, hash affinity by header, cookie and client IP (on one and two shards),
+//! the round-robin fallback for requests without a key, the consistent-hash walk on a refusing
+//! peer, shard-local least-connections counts on two shards, weights, and
+//! `ringlb demo --algorithm maglev`.
 //!
 //! Where a placement is deterministic, the test predicts it with the library's own selectors
 //! (`ConsistentHash`, `Maglev` over the peers' addresses as written in the config, keyed with
@@ -218,6 +220,251 @@ fn conns_on_every_shard(
         conns.push(ShardConn { client, shard });
     }
     conns
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotation, backups, refused peers, upstream errors, routing (one shard: exact orders).
+
+/// Sends `n` GETs on one connection and returns the response bodies (each backend answers
+/// with its name).
+fn names(proxy: &Proxy, n: usize) -> Vec<String> {
+    let mut c = proxy.client();
+    (0..n)
+        .map(|i| {
+            let r = c.roundtrip(&get(&format!("/{i}")));
+            assert_eq!(r.status, 200, "request {i}: {}", show(&r.head));
+            r.body_str()
+        })
+        .collect()
+}
+
+#[test]
+fn round_robin_exact_order_over_three_peers() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let proxy = ProxyConfig::new()
+        .upstream(
+            "app",
+            "round_robin",
+            &[peer(a.addr()), peer(b.addr()), peer(c.addr())],
+        )
+        .start();
+    assert_eq!(names(&proxy, 9).concat(), "abcabcabc");
+    assert_eq!(
+        (a.request_count(), b.request_count(), c.request_count()),
+        (3, 3, 3)
+    );
+}
+
+#[test]
+fn round_robin_ignores_weights_and_new_connections_continue_rotation() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = ProxyConfig::new()
+        .upstream(
+            "app",
+            "round_robin",
+            &[peer(a.addr()).weight(5), peer(b.addr())],
+        )
+        .start();
+    // One shard: the rotation is per shard, not per client connection.
+    let mut seq = String::new();
+    for _ in 0..3 {
+        seq.push_str(&names(&proxy, 2).concat());
+    }
+    assert_eq!(seq, "ababab");
+}
+
+#[test]
+fn smooth_weighted_exact_order_5_1_1() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let proxy = ProxyConfig::new()
+        .upstream(
+            "app",
+            "smooth_weighted",
+            &[
+                peer(a.addr()).weight(5),
+                peer(b.addr()).weight(1),
+                peer(c.addr()).weight(1),
+            ],
+        )
+        .start();
+    assert_eq!(names(&proxy, 14).concat(), "aabacaaaabacaa");
+    assert_eq!(
+        (a.request_count(), b.request_count(), c.request_count()),
+        (10, 2, 2)
+    );
+}
+
+#[test]
+fn backup_peer_gets_no_traffic_while_primaries_are_up() {
+    let (a, b, spare) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("spare"),
+    );
+    let proxy = ProxyConfig::new()
+        .upstream(
+            "app",
+            "round_robin",
+            &[peer(a.addr()), peer(spare.addr()).backup(), peer(b.addr())],
+        )
+        .start();
+    // The rotation skips the backup: a and b alternate exactly.
+    let got = names(&proxy, 6);
+    assert_eq!(got.concat(), "ababab");
+    assert_eq!(spare.accepts(), 0);
+    assert_eq!((a.request_count(), b.request_count()), (3, 3), "{got:?}");
+}
+
+#[test]
+fn refusing_peer_is_skipped() {
+    let (a, c) = (Backend::start("a"), Backend::start("c"));
+    let dead = refusing_addr();
+    let proxy = ProxyConfig::new()
+        .upstream(
+            "app",
+            "round_robin",
+            &[peer(a.addr()), peer(dead), peer(c.addr())],
+        )
+        .start();
+    let got = names(&proxy, 12);
+    assert!(
+        got.iter().all(|n| n == "a" || n == "c"),
+        "responses came from {got:?}"
+    );
+    assert_eq!((a.request_count(), c.request_count()), (6, 6), "{got:?}");
+}
+
+#[test]
+fn all_peers_down_gives_502() {
+    let proxy = ProxyConfig::new()
+        .upstream(
+            "app",
+            "round_robin",
+            &[peer(refusing_addr()), peer(refusing_addr())],
+        )
+        .start();
+    let mut c = proxy.client();
+    let r = c.roundtrip(&get("/"));
+    r.assert_proxy_error(502);
+    // A second request gets the same answer (the proxy did not crash or hang).
+    let mut c = proxy.client();
+    c.roundtrip(&get("/again")).assert_proxy_error(502);
+}
+
+#[test]
+fn slow_peer_beyond_upstream_read_timeout_gives_504() {
+    let b = Backend::with_handler("slow", |_| Reply::ok("late").delay(Duration::from_secs(10)));
+    // No retries: a timed-out GET is retried by default (`retry.on` lists `timeout`), which
+    // would add tries and backoffs to the time measured here.
+    let proxy = ProxyConfig::with_backends(&[&b])
+        .upstream_line("retry = { max_retries = 0 }")
+        .timeout("upstream_read_ms", 300)
+        .start();
+    let mut c = proxy.client();
+    let t = Instant::now();
+    let r = c.roundtrip(&get("/"));
+    let took = t.elapsed();
+    r.assert_proxy_error(504);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "504 after {took:?} (upstream_read_ms = 300, peer answers after 10 s)"
+    );
+    assert_eq!(b.heads_seen(), 1);
+}
+
+#[test]
+fn garbage_status_line_gives_502() {
+    let b = Backend::with_handler("bad", |_| Reply::raw(&b"NONSENSE 42\r\n\r\n"[..]));
+    let proxy = ProxyConfig::with_backends(&[&b]).start();
+    let mut c = proxy.client();
+    c.roundtrip(&get("/")).assert_proxy_error(502);
+    let mut c = proxy.client();
+    c.roundtrip(&post("/p", b"data")).assert_proxy_error(502);
+}
+
+#[test]
+fn routing_by_host_path_prefix_and_header() {
+    let api = Backend::start("api");
+    let stat = Backend::start("static");
+    let canary = Backend::start("canary");
+    let dflt = Backend::start("default");
+    let proxy = ProxyConfig::new()
+        .upstream("api", "round_robin", &[peer(api.addr())])
+        .upstream("static", "round_robin", &[peer(stat.addr())])
+        .upstream("canary", "round_robin", &[peer(canary.addr())])
+        .upstream("default", "round_robin", &[peer(dflt.addr())])
+        .route(&["host = \"api.example.com\""], "api")
+        .route(&["path_prefix = \"/static/\""], "static")
+        .route(&["header = \"X-Canary: true\""], "canary")
+        .route(&[], "default")
+        .start();
+    let cases: &[(&str, &str)] = &[
+        (
+            "GET /v1/users HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+            "api",
+        ),
+        (
+            "GET /v1/users HTTP/1.1\r\nHost: API.Example.COM:8080\r\n\r\n",
+            "api",
+        ),
+        // First match wins: the host route comes before the path route.
+        (
+            "GET /static/app.js HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+            "api",
+        ),
+        (
+            "GET /static/app.js HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            "static",
+        ),
+        (
+            "GET /staticky HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            "default",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: www.example.com\r\nX-Canary: true\r\n\r\n",
+            "canary",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: www.example.com\r\nx-canary: true\r\n\r\n",
+            "canary",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: www.example.com\r\nX-Canary: false\r\n\r\n",
+            "default",
+        ),
+        ("GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n", "default"),
+    ];
+    let mut c = proxy.client();
+    for (req, want) in cases {
+        let r = c.roundtrip(req.as_bytes());
+        assert_eq!(r.status, 200, "{req:?}");
+        assert_eq!(r.body_str(), *want, "routed {req:?}");
+    }
+    assert_eq!(api.request_count(), 3);
+    assert_eq!(stat.request_count(), 1);
+    assert_eq!(canary.request_count(), 2);
+    assert_eq!(dflt.request_count(), 3);
+}
+
+#[test]
+fn backup_peer_serves_when_the_only_primary_refuses() {
+    let spare = Backend::start("spare");
+    let proxy = ProxyConfig::new()
+        .upstream(
+            "app",
+            "round_robin",
+            &[peer(refusing_addr()), peer(spare.addr()).backup()],
+        )
+        .start();
+    assert_eq!(names(&proxy, 3).concat(), "sparesparespare");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1092,17 +1339,33 @@ fn demo_with_maglev_keeps_each_user_on_one_demo_backend() {
 // ---------------------------------------------------------------------------------------------
 // A request waiting for its connect is in flight to its peer.
 
+/// Sockets of this network namespace in SYN_SENT towards `addr` (IPv4): connects in progress.
+fn connects_pending_to(addr: SocketAddr) -> usize {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let want = format!(":{:04X}", addr.port());
+    text.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[3] == "02" && f[2].ends_with(&want)
+        })
+        .count()
+}
+
 #[test]
 fn least_connections_counts_requests_whose_connect_is_pending() {
-    // Peer 0 never completes a connect (within connect_ms = 1000); peer 1 holds requests.
-    // Six requests, one every 50 ms: least_connections must see the ones stuck connecting to
-    // peer 0 as in flight there and alternate (0, 1, 0, 1, 0, 1), not pile every request after
-    // the second onto the peer that merely looks idle because its connects never finish.
-    let (_hole, _fill, hole) = blackhole_peer();
+    // Peer 0 never completes a connect (its accept queue is full, so its SYNs are dropped);
+    // peer 1 holds requests. Six requests, each sent once the one before is in flight (held
+    // by peer 1, or a connect to peer 0 pending in the kernel): least_connections must see the
+    // ones stuck connecting to peer 0 as in flight there and alternate (0, 1, 0, 1, 0, 1), not
+    // pile every request after the second onto the peer that merely looks idle because its
+    // connects never finish. connect_ms is long enough that no connect times out meanwhile.
+    let (hole_socket, fill, hole) = blackhole_peer();
     let holds = Arc::new(Holds::default());
     let a = HoldingBackend::start("a", holds.clone());
+    let connect_ms = 20_000;
     let proxy = ProxyConfig::new()
-        .timeout("connect_ms", 1000)
+        .timeout("connect_ms", connect_ms)
         .upstream(
             "app",
             "least_connections",
@@ -1111,31 +1374,43 @@ fn least_connections_counts_requests_whose_connect_is_pending() {
         .start();
     let start = Instant::now();
     let mut clients = Vec::new();
+    let in_flight = || holds.held.lock().unwrap().len() + connects_pending_to(hole);
     for i in 0..6 {
         let mut c = proxy.client();
         c.send(format!("GET /hold HTTP/1.1\r\nHost: test\r\nX-Conn: {i}\r\n\r\n").as_bytes());
         clients.push(c);
-        thread::sleep(Duration::from_millis(50));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while in_flight() < i + 1 {
+            assert!(
+                Instant::now() < deadline,
+                "request {i} neither reached peer 1 nor started a connect to peer 0 within 10 s"
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
     }
-    thread::sleep(Duration::from_millis(100));
     let at_a = holds.held.lock().unwrap().len();
+    let pending = connects_pending_to(hole);
     let elapsed = start.elapsed();
     println!(
         "least_connections with a peer stuck connecting: {at_a} of 6 requests went to the \
-         answering peer within {elapsed:?} (want 3)"
+         answering peer, {pending} wait for a connect to the other ({elapsed:?})"
     );
     assert!(
-        elapsed < Duration::from_millis(900),
-        "too slow to tell: {elapsed:?}"
+        elapsed < Duration::from_millis(connect_ms),
+        "a connect may have timed out meanwhile: {elapsed:?}"
     );
+    assert_eq!(
+        (at_a, pending),
+        (3, 3),
+        "requests waiting for a connect to peer 0 were not counted as in flight to it"
+    );
+    // Closing peer 0's listener answers the retransmitted SYNs with a reset: the stuck
+    // requests fail over to peer 1, and everything completes.
+    drop(fill);
+    drop(hole_socket);
     holds.release.store(true, Ordering::SeqCst);
-    // Everything completes: the stuck ones fail over to peer 1 after the connect timeout.
     for c in &mut clients {
         let r = c.response();
         assert_eq!(r.status, 200, "{}", show(&r.head));
     }
-    assert_eq!(
-        at_a, 3,
-        "requests waiting for a connect to peer 0 were not counted as in flight to it"
-    );
 }

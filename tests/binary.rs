@@ -1,5 +1,5 @@
-//! The real `ringlb` binary: graceful SIGTERM, memory bounded while streaming huge bodies,
-//! and `ringlb check`.
+//! The real `ringlb` binary: graceful SIGTERM and SIGINT, an expiring shutdown timeout,
+//! `--log-level`, memory bounded while streaming huge bodies, and `ringlb check`.
 
 mod common;
 
@@ -13,8 +13,10 @@ const HUGE: u64 = 1 << 30;
 /// How much the proxy's peak and current RSS may grow while streaming HUGE bytes each way.
 const RSS_SLACK_KB: u64 = 16 * 1024;
 
-#[test]
-fn sigterm_finishes_in_flight_request_then_exits_zero() {
+/// The first SIGTERM or SIGINT: new connections are refused, the in-flight request finishes,
+/// an idle keep-alive connection is closed, and the process exits 0 without waiting out the
+/// shutdown timeout. Logged at info: `SIGxxx: shutting down`.
+fn first_signal_finishes_in_flight_request_then_exits_zero(sig: i32, name: &str) {
     let b = Backend::with_handler("a", |r| {
         if r.path() == "/slow" {
             Reply::ok("slow done").delay(Duration::from_secs(1))
@@ -22,9 +24,12 @@ fn sigterm_finishes_in_flight_request_then_exits_zero() {
             Reply::ok("fast")
         }
     });
-    let mut p = ProxyConfig::with_backends(&[&b])
-        .shutdown_timeout_ms(10_000)
-        .spawn_binary();
+    let mut p = ProxyProcess::spawn_with_log_level(
+        &ProxyConfig::with_backends(&[&b])
+            .shutdown_timeout_ms(30_000)
+            .toml(),
+        "info",
+    );
     // The proxy works; this client then stays idle on its keep-alive connection.
     let mut idle = Client::connect(p.addr);
     assert_eq!(idle.roundtrip(&get("/")).body_str(), "fast");
@@ -33,7 +38,7 @@ fn sigterm_finishes_in_flight_request_then_exits_zero() {
     inflight.send(&get("/slow"));
     b.wait_heads(2, Duration::from_secs(10));
     let t = Instant::now();
-    p.signal(libc::SIGTERM);
+    p.signal(sig);
 
     // New connections are refused soon after the signal (while /slow is still in flight).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -43,7 +48,7 @@ fn sigterm_finishes_in_flight_request_then_exits_zero() {
             _ => {
                 assert!(
                     Instant::now() < deadline,
-                    "still accepting connections 5 s after SIGTERM"
+                    "still accepting connections 5 s after {name}"
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -59,7 +64,7 @@ fn sigterm_finishes_in_flight_request_then_exits_zero() {
 
     let st = p.wait_exit(Duration::from_secs(15)).unwrap_or_else(|| {
         panic!(
-            "ringlb still running 15 s after SIGTERM; log:\n{}",
+            "ringlb still running 15 s after {name}; log:\n{}",
             p.log_text()
         )
     });
@@ -70,17 +75,115 @@ fn sigterm_finishes_in_flight_request_then_exits_zero() {
         p.log_text()
     );
     // The in-flight request needs ~1 s; an idle connection must not hold the process until
-    // the 10 s shutdown timeout.
+    // the 30 s shutdown timeout.
     assert!(
-        t.elapsed() < Duration::from_secs(6),
-        "exit took {:?} after SIGTERM (in-flight request: 1 s, shutdown_timeout_ms = 10000)",
+        t.elapsed() < Duration::from_secs(15),
+        "exit took {:?} after {name} (in-flight request: 1 s, shutdown_timeout_ms = 30000)",
         t.elapsed()
+    );
+    let log = p.log_text();
+    assert!(
+        log.contains(&format!(
+            "{name}: shutting down: finishing in-flight requests"
+        )),
+        "{log}"
     );
     let refused = TcpStream::connect_timeout(&p.addr, Duration::from_secs(1));
     assert!(refused.is_err(), "connect after exit succeeded");
 }
 
 /// Downloads `len` pattern bytes from `path`, checking them on the fly.
+#[test]
+fn sigterm_finishes_in_flight_request_then_exits_zero() {
+    first_signal_finishes_in_flight_request_then_exits_zero(libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sigint_as_the_first_signal_finishes_in_flight_request_then_exits_zero() {
+    first_signal_finishes_in_flight_request_then_exits_zero(libc::SIGINT, "SIGINT");
+}
+
+/// `shutdown_timeout_ms` expires: a request still in flight after it does not hold the
+/// process; the client's connection is closed without an answer and ringlb exits 0 at about
+/// the timeout.
+#[test]
+fn expiring_shutdown_timeout_closes_the_in_flight_request_and_exits() {
+    let b = Backend::with_handler("a", |_| {
+        Reply::ok("too late").delay(Duration::from_secs(20))
+    });
+    let mut p = ProxyConfig::with_backends(&[&b])
+        .shutdown_timeout_ms(500)
+        .spawn_binary();
+    let mut inflight = Client::connect(p.addr);
+    inflight.send(&get("/slow"));
+    b.wait_heads(1, Duration::from_secs(10));
+    let t = Instant::now();
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!(
+            "ringlb still running 10 s after SIGTERM with shutdown_timeout_ms = 500; log:\n{}",
+            p.log_text()
+        )
+    });
+    let took = t.elapsed();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "exit status {st}; log:\n{}",
+        p.log_text()
+    );
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(2500),
+        "exit {took:?} after SIGTERM (shutdown_timeout_ms = 500, the request needs 20 s)"
+    );
+    match inflight.try_response(false) {
+        Err(ReadErr::Eof) => {}
+        Err(ReadErr::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the in-flight client got {other:?}, not a closed connection"),
+    }
+}
+
+/// `--log-level` sets the filter: at `info` the start, the signal and the stop are logged; at
+/// `warn` none of them are, while a warning (SIGHUP's) still is.
+#[test]
+fn log_level_sets_the_log_filter() {
+    let b = Backend::start("a");
+    for level in ["info", "warn"] {
+        let mut p =
+            ProxyProcess::spawn_with_log_level(&ProxyConfig::with_backends(&[&b]).toml(), level);
+        p.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !p
+            .log_text()
+            .contains("SIGHUP: configuration reload is not supported yet")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "--log-level {level}: no SIGHUP warning within 10 s; log:\n{}",
+                p.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        p.signal(libc::SIGTERM);
+        let st = p
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("--log-level {level}: still running 10 s after SIGTERM"));
+        assert_eq!(st.code(), Some(0));
+        let log = p.log_text();
+        for info_line in [
+            "ringlb started",
+            "SIGTERM: shutting down: finishing in-flight requests",
+            "stopped",
+        ] {
+            assert_eq!(
+                log.contains(info_line),
+                level == "info",
+                "--log-level {level}: {info_line:?} in the log:\n{log}"
+            );
+        }
+    }
+}
+
 fn download(c: &mut Client, path: &str, len: u64) {
     c.send(&get(path));
     let mut check = PatternCheck::default();

@@ -1,5 +1,6 @@
 //! Requests the proxy answers itself: malformed or ambiguous framing (400), slow heads (408),
-//! oversized bodies (413), request lines (414) and heads (431), unknown codings (501).
+//! oversized bodies (413), request lines (414) and heads (431), unknown codings (501); and
+//! slow clients (stalled uploads, readers that stop reading) cut off at `client_idle_ms`.
 //!
 //! Every such answer is `text/plain` and the client connection is closed after it: the proxy
 //! cannot know where the next request would start.
@@ -323,4 +324,101 @@ fn trickling_head_times_out_with_408() {
     c.expect_closed();
     writer.join().expect("writer thread");
     assert_eq!(b.heads_seen(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow clients: `client_idle_ms` bounds each read of a request body and each write to the
+// client.
+
+/// A request body that stops arriving: the connection is closed at about `client_idle_ms`
+/// (300 ms; the bound is 5 ×), whether the body is kept whole before the first try (1000
+/// bytes: the backend never sees the request) or streams (200 000 bytes, over
+/// `retry_body_bytes`: the backend got the head but never a complete request).
+#[test]
+fn client_idle_ms_closes_a_stalled_upload() {
+    let b = Backend::start("a");
+    let proxy = ProxyConfig::with_backends(&[&b])
+        .timeout("client_idle_ms", 300)
+        .start();
+    for (len, sent, heads) in [(1000usize, 10usize, 0usize), (200_000, 100_000, 1)] {
+        let mut c = proxy.client();
+        let t = Instant::now();
+        c.send(
+            format!("POST /up HTTP/1.1\r\nHost: test\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+        );
+        c.send(&pattern_bytes(sent));
+        let got = c.try_response(false);
+        let took = t.elapsed();
+        match got {
+            Err(ReadErr::Eof) => {}
+            Err(ReadErr::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("{sent} of {len} bytes: expected the connection closed, got {other:?}"),
+        }
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+            "{sent} of {len} bytes: closed after {took:?} (client_idle_ms = 300)"
+        );
+        assert_eq!(b.heads_seen(), heads, "{sent} of {len} bytes");
+    }
+    assert_eq!(
+        b.request_count(),
+        0,
+        "an incomplete body reached the backend as a request"
+    );
+}
+
+/// The TCP state (`/proc/net/tcp` hex code, `01` = established) of the IPv4 socket from
+/// `local` to `remote`, if it still exists.
+fn tcp_state(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<String> {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => {
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(v4.ip().octets()),
+                v4.port()
+            )
+        }
+        std::net::SocketAddr::V6(_) => panic!("IPv4 only"),
+    };
+    let (l, r) = (hex(local), hex(remote));
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 3 && f[1] == l && f[2] == r).then(|| f[3].to_string())
+    })
+}
+
+/// A client that does not read a large response: once its buffers are full the proxy's write
+/// waits, and at about `client_idle_ms` (300 ms; the bound is 5 ×) the proxy gives up and
+/// closes its end. When the client finally reads, the body is cut short.
+#[test]
+fn client_idle_ms_closes_a_slow_reader() {
+    const LEN: u64 = 64 << 20; // far more than the socket buffers on both sides hold
+    let big = Backend::with_handler("big", |_| Reply::pattern(LEN, None));
+    let proxy = ProxyConfig::with_backends(&[&big])
+        .timeout("client_idle_ms", 300)
+        .start();
+    let mut c = proxy.client();
+    let me = c.stream().local_addr().expect("local addr");
+    let t = Instant::now();
+    c.send(&get("/big"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tcp_state(proxy.addr, me).as_deref() == Some("01") {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy still writes to a client that reads nothing after 10 s"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "the proxy closed its end after {took:?} (client_idle_ms = 300)"
+    );
+    let mut n = 0u64;
+    match c.response_streamed(false, &mut |d: &[u8]| n += d.len() as u64) {
+        Err(ReadErr::Truncated(_)) => {}
+        other => panic!("expected a cut-off body, got {other:?} after {n} bytes"),
+    }
+    assert!(n < LEN, "{n} bytes");
 }

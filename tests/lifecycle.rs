@@ -1,4 +1,5 @@
-//! Shards, drivers, limits and the pool's lifecycle: what the server does besides forwarding.
+//! Shards, drivers, limits and the pool's lifecycle (idle expiry, `max_idle_per_peer`, LIFO
+//! reuse): what the server does besides forwarding.
 
 mod common;
 
@@ -131,9 +132,21 @@ fn shards_are_named_threads_pinned_to_their_cpus() {
 }
 
 #[test]
-fn ipv6_listener_serves_when_loopback_v6_exists() {
+fn ipv6_listener_serves_and_without_v6_loopback_the_start_error_names_the_key() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("no IPv6 loopback here: nothing to test");
+        // No IPv6 loopback here: the serving half is skipped, and what is left to check is
+        // that ringlb refuses to start with an error that names the listen key.
+        eprintln!("SKIPPED serving over IPv6: no IPv6 loopback; checking the start error");
+        let toml = "[server]\nlisten = [\"[::1]:0\"]\nworkers = 1\nadmin = \"\"\n\
+                    [[upstream]]\nname = \"app\"\npeers = [{ address = \"127.0.0.1:9\" }]\n";
+        let cfg = ringlb::Config::from_toml_str(toml, "<test>").expect("config");
+        match ringlb::Server::start(cfg) {
+            Ok(_) => panic!("started on [::1] although this host cannot bind it"),
+            Err(e) => assert!(
+                e.to_string().contains("server.listen[0]"),
+                "the error does not name the key: {e}"
+            ),
+        }
         return;
     }
     let b = Backend::start("a");
@@ -308,22 +321,34 @@ fn demo_starts_three_backends_and_rotates_over_them() {
 
 #[test]
 fn second_signal_exits_at_once() {
-    let b = Backend::with_handler("a", |_| Reply::ok("late").delay(Duration::from_secs(5)));
-    let mut p = ProxyConfig::with_backends(&[&b])
-        .shutdown_timeout_ms(30_000)
-        .spawn_binary();
+    let b = Backend::with_handler("a", |_| Reply::ok("late").delay(Duration::from_secs(20)));
+    let mut p = ProxyProcess::spawn_with_log_level(
+        &ProxyConfig::with_backends(&[&b])
+            .shutdown_timeout_ms(30_000)
+            .toml(),
+        "info",
+    );
     let mut inflight = Client::connect(p.addr);
     inflight.send(&get("/slow"));
     b.wait_heads(1, Duration::from_secs(10));
     p.signal(libc::SIGTERM);
-    // The first signal waits for the 5 s request; the second must not.
-    std::thread::sleep(Duration::from_millis(200));
+    // The first signal waits for the 20 s request; the second must not. Wait until the first
+    // one was acted on (logged), so the second is the second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.log_text().contains("SIGTERM: shutting down") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM not acted on within 10 s:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let t = Instant::now();
     p.signal(libc::SIGINT);
     let st = p
-        .wait_exit(Duration::from_secs(3))
+        .wait_exit(Duration::from_secs(10))
         .unwrap_or_else(|| panic!("still running after the second signal:\n{}", p.log_text()));
-    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert_eq!(st.code(), Some(1), "exit status {st}");
 }
 
@@ -348,4 +373,100 @@ fn connect_timeout_moves_on_to_the_next_peer() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(3),
         "first peer should have cost one connect timeout (300 ms), took {took:?}"
     );
+}
+
+/// A backend whose `/hold/NAME` requests wait until `NAME` is released (20 s at most) and
+/// that answers every request with the accept index of the connection it came on.
+fn holding_backend(released: std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> Backend {
+    Backend::with_handler("holding", move |r| {
+        if let Some(name) = r.path().strip_prefix("/hold/") {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !released.lock().unwrap().iter().any(|n| n == name) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Reply::ok(r.conn.to_string())
+    })
+}
+
+/// Sends `/hold/a` on `ca` and `/hold/b` on `cb`, waits until both are at the backend (on two
+/// upstream connections), releases them and reads both answers.
+fn hold_pair(
+    b: &Backend,
+    released: &std::sync::Mutex<Vec<String>>,
+    ca: &mut Client,
+    cb: &mut Client,
+) {
+    let heads = b.heads_seen();
+    released.lock().unwrap().clear();
+    ca.send(&get("/hold/a"));
+    cb.send(&get("/hold/b"));
+    b.wait_heads(heads + 2, Duration::from_secs(10));
+    released
+        .lock()
+        .unwrap()
+        .extend(["a".to_string(), "b".to_string()]);
+    assert_eq!(ca.response().status, 200);
+    assert_eq!(cb.response().status, 200);
+}
+
+/// `pool.max_idle_per_peer`: two requests in flight at once use two upstream connections; with
+/// `max_idle_per_peer = 1` only one of them is kept, so the next pair needs a third connection,
+/// while with 2 both are kept and the next pair needs none.
+#[test]
+fn max_idle_per_peer_caps_the_idle_connections_kept() {
+    for (max_idle, want_accepts) in [(1, 3), (2, 2)] {
+        let released = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = holding_backend(released.clone());
+        let proxy = Proxy::start(&config(
+            "",
+            &b,
+            &format!("pool = {{ max_idle_per_peer = {max_idle}, idle_timeout_ms = 30000 }}"),
+        ));
+        let (mut ca, mut cb) = (Client::connect(proxy.addr), Client::connect(proxy.addr));
+        hold_pair(&b, &released, &mut ca, &mut cb);
+        assert_eq!(b.accepts(), 2);
+        // A request on each client connection: its task returned its upstream connection to
+        // the pool (or closed it) before it reads the client's next request. Both reuse.
+        assert_eq!(ca.roundtrip(&get("/q")).status, 200);
+        assert_eq!(cb.roundtrip(&get("/q")).status, 200);
+        assert_eq!(b.accepts(), 2, "max_idle_per_peer = {max_idle}");
+        hold_pair(&b, &released, &mut ca, &mut cb);
+        assert_eq!(
+            b.accepts(),
+            want_accepts,
+            "max_idle_per_peer = {max_idle}: upstream connections opened"
+        );
+    }
+}
+
+/// The pool is LIFO: the connection returned last is reused first.
+#[test]
+fn pool_reuses_the_most_recently_returned_connection() {
+    let released = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let b = holding_backend(released.clone());
+    let proxy = Proxy::start(&config(
+        "",
+        &b,
+        "pool = { max_idle_per_peer = 8, idle_timeout_ms = 30000 }",
+    ));
+    let (mut ca, mut cb) = (Client::connect(proxy.addr), Client::connect(proxy.addr));
+    ca.send(&get("/hold/a"));
+    cb.send(&get("/hold/b"));
+    b.wait_heads(2, Duration::from_secs(10));
+    // a's connection goes back first (and is used once more by a's next request, which can
+    // only take it: b's is still busy); then b's goes back.
+    released.lock().unwrap().push("a".into());
+    let ka = ca.response().body_str();
+    assert_eq!(ca.roundtrip(&get("/q")).body_str(), ka);
+    released.lock().unwrap().push("b".into());
+    let kb = cb.response().body_str();
+    assert_ne!(ka, kb);
+    // b's task returned kb before it reads this request: kb is the last returned.
+    assert_eq!(
+        cb.roundtrip(&get("/which")).body_str(),
+        kb,
+        "not LIFO (a's was {ka})"
+    );
+    assert_eq!(b.accepts(), 2);
 }

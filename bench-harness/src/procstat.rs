@@ -187,6 +187,39 @@ mod tests {
         let me = std::process::id();
         assert_eq!(process_tree(me)[0], me);
         assert!(tree_rss_kib(me) > 0);
-        assert!(tree_cpu_seconds(me) >= 0.0);
+    }
+
+    #[test]
+    fn tree_cpu_counts_a_busy_child() {
+        use std::time::{Duration, Instant};
+        let me = std::process::id();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("spawn a busy shell");
+        let pid = child.id();
+        assert!(process_tree(me).contains(&pid), "the child is in the tree");
+        // The child burns CPU: its tree's CPU time grows past 50 ms (wall time is no measure
+        // on a shared machine, so wait for it, 30 s at most).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut burnt = tree_cpu_seconds(pid);
+        while burnt < 0.05 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            burnt = tree_cpu_seconds(pid);
+        }
+        // Sampled in this order, each later value only grew: this process's tree holds at
+        // least its own CPU time plus the child's.
+        let own = read_stat(me).map_or(0, |s| s.utime + s.stime) as f64 / clock_ticks_per_second();
+        let whole = tree_cpu_seconds(me);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            burnt >= 0.05,
+            "a busy child shows {burnt} CPU seconds after 30 s"
+        );
+        assert!(
+            whole >= own + burnt,
+            "tree {whole} s < own {own} s + child {burnt} s"
+        );
     }
 }
