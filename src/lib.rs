@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML file format and the validated runtime `Config`.
+//! - [`control`]: the protocol between the control thread and the shards (`ControlMsg`,
+//!   `HealthChange`, `Observation`, the shard's outcome reporter, the wake-up primitive).
 //! - [`server`]: starts and stops the whole proxy ([`Server`]): control thread + shards.
 //! - [`shard`]: one pinned thread with its own monoio runtime, listeners, pool and selectors.
 //! - [`http`]: head parsing, framing, chunked codec, head rewriting, error responses.
@@ -19,6 +21,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod failover;
 pub mod health;

@@ -55,3 +55,41 @@ pub use breaker::{
 pub use budget::{RetryBudget, WINDOW as BUDGET_WINDOW};
 pub use hooks::{DefaultHooks, FailureAction, FailureHooks, Next, PeerInfo, PolicyHooks, Retrier};
 pub use policy::{Failure, GiveUpReason, RetryDecision, RetryOn, RetryPolicy, TryContext};
+
+use crate::control::Outcome;
+
+impl From<Failure> for Outcome {
+    /// How a failed try counts for passive health.
+    fn from(failure: Failure) -> Outcome {
+        match failure {
+            Failure::ConnectFailure | Failure::ConnectTimeout => Outcome::ConnectFailure,
+            Failure::Reset => Outcome::Reset,
+            Failure::Timeout => Outcome::Timeout,
+            Failure::InvalidResponse => Outcome::InvalidResponse,
+            Failure::Status(s) => Outcome::from_status(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_from_failures() {
+        assert_eq!(Outcome::from(Failure::Timeout), Outcome::Timeout);
+        assert_eq!(
+            Outcome::from(Failure::ConnectTimeout),
+            Outcome::ConnectFailure
+        );
+        assert_eq!(
+            Outcome::from(Failure::InvalidResponse),
+            Outcome::InvalidResponse
+        );
+        assert_eq!(Outcome::from(Failure::Reset), Outcome::Reset);
+        assert_eq!(Outcome::from(Failure::Status(502)), Outcome::Status(502));
+        assert_eq!(Outcome::from(Failure::Status(404)), Outcome::Success);
+        assert_eq!(Outcome::from_status(200), Outcome::Success);
+        assert_eq!(Outcome::from_status(503), Outcome::Status(503));
+    }
+}

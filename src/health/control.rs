@@ -35,10 +35,9 @@ use serde_json::{json, Value};
 
 use super::probe::Probe;
 use super::state::{Change, GroupHealth};
-use super::{HealthChange, Observation, ShardStats};
 use crate::config::{Config, Driver};
+use crate::control::{ControlMsg, HealthChange, Notify, Observation, ShardStats};
 use crate::process::{dropped_log_writes, spawn_supervised, RateLimit};
-use crate::shard::{ControlMsg, Notify};
 
 /// How long the observation drain sleeps after a round that found observations.
 const DRAIN_TICK: Duration = Duration::from_millis(1);

@@ -24,8 +24,8 @@ use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::balance::PeerId;
+use crate::control::Outcome;
 use crate::failover::{Failure, FailureAction, FailureHooks, Next, PeerInfo, TryContext};
-use crate::health::Outcome;
 use crate::http::{
     copy_without, parse_request, parse_response, rewrite_request, rewrite_response,
     write_error_response, BodyKind, ChunkedDecoder, ForwardInfo, HttpError, ParseStatus,

@@ -6,10 +6,6 @@
 //! shard; the shard learns about the world only by draining its control channel (`try_recv`)
 //! between requests and on a short tick.
 
-mod notify;
-
-pub use notify::Notify;
-
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -21,7 +17,7 @@ use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, Driver, UringTaskrun};
-use crate::health::{HealthChange, ShardReporter};
+use crate::control::{ControlMsg, Notify, ShardReporter};
 use crate::process::RateLimit;
 use crate::proxy::{self, Picker, Router};
 use crate::upstream::UpstreamGroup;
@@ -41,16 +37,6 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// The pause after any other accept failure.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
-
-/// ControlMsg is what the control side tells a shard.
-#[derive(Debug, Clone)]
-pub enum ControlMsg {
-    /// Stop accepting, close idle connections, let in-flight requests finish within the
-    /// shutdown timeout, then stop the shard.
-    Shutdown,
-    /// A peer's eligibility flipped (decided by the control thread's health checks).
-    Health(HealthChange),
-}
 
 /// ShardCtx is everything the connections of one shard share (behind an `Rc`).
 pub struct ShardCtx {
