@@ -11,7 +11,9 @@
 //! - [`upstream`]: peers, upstream groups, the per-shard connection pool.
 //! - [`balance`]: the `Selector` trait, one file per algorithm, the eligibility wrapper.
 //! - [`failover`]: retry policy, backoff, retry budget, circuit breaker, failure hooks.
-//! - [`health`]: the control thread: health state machines, probes, passive ejection, admin.
+//! - [`health`]: the control thread: health state machines, probes, passive ejection, and the
+//!   task that serves the admin endpoint.
+//! - [`admin`]: the admin HTTP endpoint (`/status`, `/health`), served through the `http` parser.
 //! - [`demo`]: in-process demo backends for `ringlb demo`.
 //! - [`process`]: what keeps the process controllable: a log writer that never fails, a
 //!   rate limiter for repeated warnings, panic supervision of the control and signal threads.
@@ -19,6 +21,7 @@
 //! Invariants (see docs/architecture.md): the request path takes no locks and does no cross-shard
 //! communication; one shard = one core = one runtime; bad input gets a clear HTTP answer.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod control;
