@@ -408,7 +408,10 @@ impl Conn<'_> {
             .hash
             .or_else(|| group.request_hash(&self.rbuf, &self.head, self.fwd.client_ip));
         let start = Instant::now();
-        let mut tctx = TryContext::new(&self.head, &self.rbuf);
+        let mut tctx = TryContext::new(
+            self.head.method.is_idempotent(),
+            self.head.has_idempotency_key(&self.rbuf),
+        );
         if keep_body {
             if let Err(keep) = self.buffer_body(&mut body, policy.retry_body_bytes).await {
                 return keep;
