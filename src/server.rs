@@ -20,8 +20,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::control::{ControlMsg, ShardReporter, ShardStats};
 use crate::health::control::{ControlSetup, ControlThread};
-use crate::proxy::Picker;
-use crate::shard::{self, ShardCtx};
+use crate::proxy::{Picker, ShardCtx};
+use crate::shard;
 
 /// Capacity of each shard's control channel.
 const CONTROL_CAPACITY: usize = 1024;

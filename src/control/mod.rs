@@ -31,7 +31,7 @@ pub enum ControlMsg {
 }
 
 /// Outcome is how one try of a request on one peer ended, as far as passive health cares.
-/// (`From<Failure>` is implemented in [`crate::failover`], which owns `Failure`.)
+/// (`From<Failure>` is implemented by the proxy, which uses both.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// A response came (a 5xx is reported as [`Outcome::Status`]).

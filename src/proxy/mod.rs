@@ -8,10 +8,12 @@
 //! client never sees mixed or truncated-but-complete-looking bytes.
 
 mod body;
+mod context;
 mod io;
 mod picker;
 mod route;
 
+pub use context::ShardCtx;
 pub use picker::{Pick, Picker, RequestInfo, Upstreams};
 pub use route::Router;
 
@@ -31,7 +33,6 @@ use crate::http::{
     write_error_response, BodyKind, ChunkedDecoder, ForwardInfo, HttpError, ParseStatus,
     RequestHead, ResponseHead, Version,
 };
-use crate::shard::ShardCtx;
 use crate::upstream::{Admit, TriedSet, UpstreamGroup};
 use body::BodyProgress;
 use io::{read_more, write_all, write_all_counted, write_range, IoFail};
