@@ -7,6 +7,7 @@
 //! - [`server`]: starts and stops the whole proxy ([`Server`]): control thread + shards.
 //! - [`shard`]: one pinned thread with its own monoio runtime, listeners, pool and selectors.
 //! - [`http`]: head parsing, framing, chunked codec, head rewriting, error responses.
+//! - `io`: the owned-buffer read and write helpers (one read helper for every reader).
 //! - [`proxy`]: the per-connection request loop: route → select → forward → failover.
 //! - [`upstream`]: peers, upstream groups, the per-shard connection pool.
 //! - [`balance`]: the `Selector` trait, one file per algorithm, the eligibility wrapper.
@@ -32,6 +33,7 @@ pub mod demo;
 pub mod failover;
 pub mod health;
 pub mod http;
+pub(crate) mod io;
 pub mod process;
 pub mod proxy;
 pub mod server;
@@ -51,7 +53,7 @@ mod layers {
     /// included) only modules on a lower floor. A module not listed is checked for cycles only.
     const FLOORS: &[&[&str]] = &[
         // Ground: no imports of the crate's own modules.
-        &["process", "balance"],
+        &["process", "balance", "io"],
         // Pure retry/breaker logic over peer ids.
         &["failover"],
         // The file format and the runtime Config; it builds balance and failover types.

@@ -11,12 +11,13 @@
 
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use serde_json::Value;
 
 use crate::config::Limits;
 use crate::http::{self, HttpError, Method, ParseStatus, RequestHead};
+use crate::io::read_append;
 
 /// An admin request must arrive and be answered within this.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,15 +53,7 @@ async fn serve_unbounded(host: &impl Host, mut stream: TcpStream) {
         if buf.len() >= MAX_HEAD {
             return;
         }
-        if buf.capacity() == buf.len() {
-            buf.reserve(1024);
-        }
-        let (len, cap) = (buf.len(), buf.capacity().min(MAX_HEAD));
-        let (res, slice) = stream
-            .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
-            .await;
-        buf = slice.into_inner();
-        match res {
+        match read_append(&mut stream, &mut buf, 1024, MAX_HEAD, None).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }

@@ -7,12 +7,12 @@
 
 use std::net::SocketAddr;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::config::{CheckKind, HealthCheck, HttpCheck, ProbeMethod};
 use crate::http::{parse_response, BodyKind, HttpError, Method, ParseStatus, ResponseHead};
+use crate::io::read_append;
 
 /// How much of a probe's response is read at most (head + body searched by `body_contains`).
 /// The head is parsed by the proxy's own [`parse_response`], whose head limit is the same.
@@ -95,13 +95,7 @@ async fn exchange(mut stream: TcpStream, req: Vec<u8>, http: &HttpCheck) -> Resu
     loop {
         let mut eof = false;
         if buf.len() < MAX_RESPONSE {
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4096.min(MAX_RESPONSE - buf.len()).max(1024));
-            }
-            let (len, cap) = (buf.len(), buf.capacity().min(MAX_RESPONSE));
-            let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
-            buf = slice.into_inner();
-            match res {
+            match read_append(&mut stream, &mut buf, 4096, MAX_RESPONSE, None).await {
                 Ok(0) => eof = true,
                 Ok(_) => {}
                 Err(e) if head.is_none() => return Err(format!("read: {e}")),

@@ -9,7 +9,6 @@
 
 mod body;
 mod context;
-mod io;
 mod picker;
 mod route;
 
@@ -33,9 +32,9 @@ use crate::http::{
     write_error_response, BodyKind, ChunkedDecoder, ForwardInfo, HttpError, ParseStatus,
     RequestHead, ResponseHead, Version,
 };
+use crate::io::{read_more, write_all, write_all_counted, write_range, IoFail};
 use crate::upstream::{Admit, TriedSet, UpstreamGroup};
 use body::BodyProgress;
-use io::{read_more, write_all, write_all_counted, write_range, IoFail};
 
 /// Initial capacity of a connection's client read buffer.
 const CLIENT_BUF: usize = 8 * 1024;
