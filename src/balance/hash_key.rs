@@ -11,7 +11,7 @@
 //! | `cookie:NAME` | the value of cookie `NAME` (case-sensitive) from the `Cookie` header(s) |
 //! | `query_param:NAME` | the value of the first `NAME=` parameter of the query |
 //!
-//! Values are hashed with [`stable_hash`] exactly as they appear on the wire: no
+//! Values are hashed with [`stable_hash`](super::stable_hash) exactly as they appear on the wire: no
 //! percent-decoding (`a%20b` and `a+b` are different keys from `a b`), no case folding of
 //! values; cookie values in double quotes are hashed without the quotes. A key that is absent
 //! from the request — no such header, cookie or parameter, no query — or whose value is empty
