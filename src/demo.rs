@@ -7,12 +7,12 @@
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::Limits;
 use crate::http::{parse_request, slice, BodyKind, ChunkedDecoder, ParseStatus, RequestHead};
+use crate::io::read_append;
 
 /// DemoBackends is a set of running demo backends.
 pub struct DemoBackends {
@@ -159,12 +159,5 @@ async fn serve(mut stream: TcpStream, n: usize) {
 
 /// Reads more bytes onto `buf`; false on EOF or error.
 async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(8192);
-    }
-    let owned = std::mem::take(buf);
-    let (len, cap) = (owned.len(), owned.capacity());
-    let (res, slice) = stream.read(owned.slice_mut(len..cap)).await;
-    *buf = slice.into_inner();
-    matches!(res, Ok(n) if n > 0)
+    matches!(read_append(stream, buf, 8192, usize::MAX, None).await, Ok(n) if n > 0)
 }

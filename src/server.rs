@@ -18,10 +18,10 @@ use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+use crate::control::{ControlMsg, ShardReporter, ShardStats};
 use crate::health::control::{ControlSetup, ControlThread};
-use crate::health::{ShardReporter, ShardStats};
-use crate::proxy::Picker;
-use crate::shard::{self, ControlMsg, ShardCtx};
+use crate::proxy::{Picker, ShardCtx};
+use crate::shard;
 
 /// Capacity of each shard's control channel.
 const CONTROL_CAPACITY: usize = 1024;

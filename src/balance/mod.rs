@@ -56,7 +56,59 @@ pub use weighted_random::WeightedRandom;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use crate::config::Algorithm;
+/// Algorithm is the load-balancing algorithm of an upstream group (`algorithm = …`, default
+/// `round_robin`); each has its file here ([`build_selector`] builds it). The config
+/// names it and re-exports it as `config::Algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Plain rotation over peers, ignoring weights.
+    RoundRobin,
+    /// nginx's smooth weighted round robin.
+    SmoothWeighted,
+    /// Fewest requests in flight ÷ weight (shard-local counts).
+    LeastConnections,
+    /// The less loaded (÷ weight) of two random peers.
+    PowerOfTwo,
+    /// Uniformly random (weights ignored, except 0 = drained).
+    Random,
+    /// Random in proportion to weight.
+    WeightedRandom,
+    /// Ketama-style consistent hashing of `hash_key`.
+    ConsistentHash,
+    /// Maglev table lookup of `hash_key`.
+    Maglev,
+    /// Two random peers, lower peak-EWMA latency × (active + 1).
+    PeakEwma,
+    /// `consistent_hash` keyed by the client IP.
+    IpHash,
+}
+
+impl Algorithm {
+    /// The config-file name of this algorithm.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::SmoothWeighted => "smooth_weighted",
+            Algorithm::LeastConnections => "least_connections",
+            Algorithm::PowerOfTwo => "power_of_two",
+            Algorithm::Random => "random",
+            Algorithm::WeightedRandom => "weighted_random",
+            Algorithm::ConsistentHash => "consistent_hash",
+            Algorithm::Maglev => "maglev",
+            Algorithm::PeakEwma => "peak_ewma",
+            Algorithm::IpHash => "ip_hash",
+        }
+    }
+
+    /// Whether the algorithm maps requests by a hash key (`consistent_hash`, `maglev`,
+    /// `ip_hash`).
+    pub fn is_hashing(self) -> bool {
+        matches!(
+            self,
+            Algorithm::ConsistentHash | Algorithm::Maglev | Algorithm::IpHash
+        )
+    }
+}
 
 /// PeerId is a peer's index within its upstream group (its position in the config's peer list).
 pub type PeerId = usize;
@@ -78,7 +130,7 @@ pub struct PeerLoad {
 /// PickRequest is what a selector is told about the request it picks for.
 #[derive(Debug, Clone, Copy)]
 pub struct PickRequest<'a> {
-    /// The request's hash key ([`HashKey::hash`]), for hashing algorithms (`None` when the
+    /// The request's hash key ([`crate::upstream::hash_request`]), for hashing algorithms (`None` when the
     /// group does not hash or the key is absent from the request: hashing selectors then
     /// rotate over their candidates).
     pub hash: Option<u64>,

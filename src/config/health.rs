@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::file::UpstreamFile;
 use super::{PeerConfig, UpstreamConfig};
 
 /// Default `health.interval_ms`.
@@ -317,24 +316,38 @@ pub(crate) fn observation_queue(value: Option<u64>) -> Result<usize, KeyError> {
     }
 }
 
+/// HealthKeys are the health keys of one `[[upstream]]` as the file wrote them (the fields of
+/// `file::UpstreamFile` this module checks; passed apart so that this module and the file
+/// format do not import each other).
+pub(crate) struct HealthKeys<'a> {
+    /// `health = { … }`.
+    pub health: Option<&'a HealthFile>,
+    /// `passive = { … }`.
+    pub passive: Option<&'a PassiveFile>,
+    /// `local_region`.
+    pub local_region: Option<&'a String>,
+    /// `when_all_down`.
+    pub when_all_down: Option<&'a str>,
+}
+
 /// Checks the health keys of `[[upstream]]` number `i` (whose peers are already checked).
 pub(crate) fn upstream_health(
     i: usize,
-    f: &UpstreamFile,
+    f: HealthKeys<'_>,
     peers: &[PeerConfig],
 ) -> Result<UpstreamHealth, KeyError> {
     let key = |rest: &str| format!("upstream[{i}].{rest}");
     let err = |rest: &str, reason: String| (key(rest), reason);
 
-    let health = match &f.health {
+    let health = match f.health {
         None => None,
         Some(h) => Some(health(h).map_err(|(k, r)| err(&format!("health.{k}"), r))?),
     };
-    let passive = match &f.passive {
+    let passive = match f.passive {
         None => PassiveHealth::default(),
         Some(p) => passive(p).map_err(|(k, r)| err(&format!("passive.{k}"), r))?,
     };
-    let local_region = match &f.local_region {
+    let local_region = match f.local_region {
         None => None,
         Some(r) if r.trim().is_empty() => {
             return Err(err(
@@ -355,7 +368,7 @@ pub(crate) fn upstream_health(
             Some(r.clone())
         }
     };
-    let when_all_down = match f.when_all_down.as_deref() {
+    let when_all_down = match f.when_all_down {
         None | Some("fail") => WhenAllDown::Fail,
         Some("try_all") => WhenAllDown::TryAll,
         Some(other) => {

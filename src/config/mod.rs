@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub use crate::balance::{BalanceParams, HashKey};
+pub use crate::balance::{Algorithm, BalanceParams, HashKey};
 pub use crate::failover::{BreakerConfig, RetryPolicy};
 pub use cpus::{
     allowed_cpus, format_cpu_list, numa_node_cpus, parse_cpu_list, CpuSetError, MAX_CPUS,
@@ -194,59 +194,6 @@ impl Default for Limits {
             lingering_timeout: Duration::from_millis(5_000),
             lingering_max_bytes: 64 << 20,
         }
-    }
-}
-
-/// Algorithm is the load-balancing algorithm of an upstream group (`algorithm = …`, default
-/// `round_robin`); `src/balance/` implements each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// Plain rotation over peers, ignoring weights.
-    RoundRobin,
-    /// nginx's smooth weighted round robin.
-    SmoothWeighted,
-    /// Fewest requests in flight ÷ weight (shard-local counts).
-    LeastConnections,
-    /// The less loaded (÷ weight) of two random peers.
-    PowerOfTwo,
-    /// Uniformly random (weights ignored, except 0 = drained).
-    Random,
-    /// Random in proportion to weight.
-    WeightedRandom,
-    /// Ketama-style consistent hashing of `hash_key`.
-    ConsistentHash,
-    /// Maglev table lookup of `hash_key`.
-    Maglev,
-    /// Two random peers, lower peak-EWMA latency × (active + 1).
-    PeakEwma,
-    /// `consistent_hash` keyed by the client IP.
-    IpHash,
-}
-
-impl Algorithm {
-    /// The config-file name of this algorithm.
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::RoundRobin => "round_robin",
-            Algorithm::SmoothWeighted => "smooth_weighted",
-            Algorithm::LeastConnections => "least_connections",
-            Algorithm::PowerOfTwo => "power_of_two",
-            Algorithm::Random => "random",
-            Algorithm::WeightedRandom => "weighted_random",
-            Algorithm::ConsistentHash => "consistent_hash",
-            Algorithm::Maglev => "maglev",
-            Algorithm::PeakEwma => "peak_ewma",
-            Algorithm::IpHash => "ip_hash",
-        }
-    }
-
-    /// Whether the algorithm maps requests by a hash key (`consistent_hash`, `maglev`,
-    /// `ip_hash`).
-    pub fn is_hashing(self) -> bool {
-        matches!(
-            self,
-            Algorithm::ConsistentHash | Algorithm::Maglev | Algorithm::IpHash
-        )
     }
 }
 

@@ -512,7 +512,13 @@ fn upstream(
     let circuit_breaker =
         failover::circuit_breaker(&key("circuit_breaker"), f.circuit_breaker.as_ref())
             .map_err(|(k, r)| cx.err(k, r))?;
-    let h = super::health::upstream_health(i, f, &peers).map_err(|(k, r)| cx.err(k, r))?;
+    let keys = super::health::HealthKeys {
+        health: f.health.as_ref(),
+        passive: f.passive.as_ref(),
+        local_region: f.local_region.as_ref(),
+        when_all_down: f.when_all_down.as_deref(),
+    };
+    let h = super::health::upstream_health(i, keys, &peers).map_err(|(k, r)| cx.err(k, r))?;
 
     Ok(UpstreamConfig {
         name: f.name.clone(),

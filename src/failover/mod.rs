@@ -13,7 +13,7 @@
 //! ```text
 //! retrier.record_request(now);
 //! let deadline = policy.request_deadline(start);
-//! let mut ctx = TryContext::new(&head, &rbuf);
+//! let mut ctx = TryContext::new(idempotent, has_idempotency_key);  (plain facts, not the head)
 //! loop {
 //!     peer = select an eligible peer not in `tried` (breaker.would_allow(now) is part of
 //!            eligibility); none at all → 503 with Retry-After

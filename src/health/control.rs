@@ -7,7 +7,9 @@
 //!   then sleeps 1 ms (doubling up to 16 ms while nothing arrives); the same loop ends
 //!   ejections whose time has come and retries pushes that found a shard's control channel
 //!   full;
-//! - the admin endpoint (`GET /status`, `GET /health`).
+//! - the admin endpoint: its accept loop and one task per connection, each served by
+//!   [`crate::admin::serve`] (`GET /status`, `GET /health`); the `/status` document comes from
+//!   this thread's state through [`crate::admin::Host`].
 //!
 //! The thread runs supervised ([`crate::process::supervise`]): a panic is logged and every
 //! shard is told to shut down, so the process stops (and [`ControlThread::stop`] reports it)
@@ -28,17 +30,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use serde_json::{json, Value};
 
 use super::probe::Probe;
 use super::state::{Change, GroupHealth};
-use super::{HealthChange, Observation, ShardStats};
+use crate::admin;
 use crate::config::{Config, Driver};
+use crate::control::{ControlMsg, HealthChange, Notify, Observation, ShardStats};
 use crate::process::{dropped_log_writes, spawn_supervised, RateLimit};
-use crate::shard::{ControlMsg, Notify};
 
 /// How long the observation drain sleeps after a round that found observations.
 const DRAIN_TICK: Duration = Duration::from_millis(1);
@@ -49,10 +49,6 @@ const DRAIN_IDLE_MAX: Duration = Duration::from_millis(16);
 const DRAIN_BATCH: usize = 4096;
 /// How long the control thread waits for its tasks to end when it stops.
 const STOP_WAIT: Duration = Duration::from_secs(1);
-/// An admin request must arrive and be answered within this.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest admin request head.
-const ADMIN_MAX_HEAD: usize = 8 * 1024;
 
 /// ControlSetup is what the control thread needs from [`Server::start`](crate::Server::start).
 pub struct ControlSetup {
@@ -372,7 +368,9 @@ impl Ctl {
             self.apply(gi, peer, Some(c), now);
         }
     }
+}
 
+impl admin::Host for Ctl {
     /// The `/status` document.
     fn status(&self) -> Value {
         let groups = self.groups.borrow();
@@ -601,82 +599,8 @@ async fn admin_loop(guard: TaskGuard, listener: TcpListener) {
     }
 }
 
-/// Serves one admin request, then closes.
+/// Serves one admin connection (see [`crate::admin`]), cut short when the thread stops.
 async fn admin_conn(guard: TaskGuard, stream: TcpStream) {
     let ctl = guard.0.clone();
-    let _ = ctl
-        .until_stop(monoio::time::timeout(
-            ADMIN_TIMEOUT,
-            serve_admin(&ctl, stream),
-        ))
-        .await;
-}
-
-/// Reads one request head and answers it: `GET /status` (JSON), `GET /health` (`ok`), else
-/// 404 (or 405 for another method).
-async fn serve_admin(ctl: &Ctl, mut stream: TcpStream) {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let (method, path) = loop {
-        if buf.len() >= ADMIN_MAX_HEAD {
-            return;
-        }
-        if buf.capacity() == buf.len() {
-            buf.reserve(1024);
-        }
-        let (len, cap) = (buf.len(), buf.capacity().min(ADMIN_MAX_HEAD));
-        let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
-        buf = slice.into_inner();
-        match res {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let path = req.path.unwrap_or("/");
-                let path = path.split('?').next().unwrap_or(path);
-                break (req.method.unwrap_or("").to_string(), path.to_string());
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(_) => {
-                let _ = write_response(&mut stream, 400, "text/plain", "bad request\n").await;
-                return;
-            }
-        }
-    };
-    let (status, kind, body) = match (method.as_str(), path.as_str()) {
-        ("GET", "/status") => (200, "application/json", format!("{:#}\n", ctl.status())),
-        ("GET", "/health") => (200, "text/plain", "ok\n".to_string()),
-        (_, "/status" | "/health") => (405, "text/plain", "method not allowed\n".to_string()),
-        _ => (404, "text/plain", "not found\n".to_string()),
-    };
-    let _ = write_response(&mut stream, status, kind, &body).await;
-}
-
-/// Writes a complete `Connection: close` response.
-async fn write_response(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        _ => "Method Not Allowed",
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status == 405 {
-        out.push_str("Allow: GET\r\n");
-    }
-    out.push_str("\r\n");
-    out.push_str(body);
-    let (res, _) = stream.write_all(out.into_bytes()).await;
-    res.map(|_| ())
+    let _ = ctl.until_stop(admin::serve(&*ctl, stream)).await;
 }

@@ -7,16 +7,16 @@
 
 use std::net::SocketAddr;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::config::{CheckKind, HealthCheck, HttpCheck, ProbeMethod};
+use crate::http::{parse_response, BodyKind, HttpError, Method, ParseStatus, ResponseHead};
+use crate::io::read_append;
 
 /// How much of a probe's response is read at most (head + body searched by `body_contains`).
+/// The head is parsed by the proxy's own [`parse_response`], whose head limit is the same.
 pub const MAX_RESPONSE: usize = 64 * 1024;
-/// Header fields a probe response may have at most.
-const MAX_HEADERS: usize = 64;
 
 /// Probe is one peer's prepared probe: where to connect and, for `http`, the request bytes.
 #[derive(Debug, Clone)]
@@ -85,18 +85,17 @@ async fn exchange(mut stream: TcpStream, req: Vec<u8>, http: &HttpCheck) -> Resu
     let (res, _) = stream.write_all(req).await;
     res.map_err(|e| format!("write: {e}"))?;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let method = match http.method {
+        ProbeMethod::Get => Method::Get,
+        ProbeMethod::Head => Method::Head,
+    };
+    let mut resp = ResponseHead::default();
     // (head length, status, content length) once the head is complete.
     let mut head: Option<(usize, u16, Option<usize>)> = None;
     loop {
         let mut eof = false;
         if buf.len() < MAX_RESPONSE {
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4096.min(MAX_RESPONSE - buf.len()).max(1024));
-            }
-            let (len, cap) = (buf.len(), buf.capacity().min(MAX_RESPONSE));
-            let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
-            buf = slice.into_inner();
-            match res {
+            match read_append(&mut stream, &mut buf, 4096, MAX_RESPONSE, None).await {
                 Ok(0) => eof = true,
                 Ok(_) => {}
                 Err(e) if head.is_none() => return Err(format!("read: {e}")),
@@ -106,26 +105,22 @@ async fn exchange(mut stream: TcpStream, req: Vec<u8>, http: &HttpCheck) -> Resu
             eof = true; // read all we are willing to
         }
         if head.is_none() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let status = resp.code.unwrap_or(0);
+            match parse_response(&buf, method, &mut resp) {
+                Ok(ParseStatus::Complete) => {
+                    let status = resp.status;
                     if !http.expect.contains(status) {
                         return Err(format!("HTTP {status} (expected {})", http.expect));
                     }
                     if http.body_contains.is_none() || http.method == ProbeMethod::Head {
                         return Ok(format!("HTTP {status}"));
                     }
-                    let length = resp
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                        .and_then(|h| std::str::from_utf8(h.value).ok())
-                        .and_then(|v| v.trim().parse::<usize>().ok());
-                    head = Some((n, status, length));
+                    let length = match resp.body {
+                        BodyKind::Length(n) => usize::try_from(n).ok(),
+                        _ => None,
+                    };
+                    head = Some((resp.head_len, status, length));
                 }
-                Ok(httparse::Status::Partial) if eof => {
+                Ok(ParseStatus::Partial) if eof => {
                     return Err(if buf.is_empty() {
                         "connection closed without a response".to_string()
                     } else if buf.len() >= MAX_RESPONSE {
@@ -134,8 +129,11 @@ async fn exchange(mut stream: TcpStream, req: Vec<u8>, http: &HttpCheck) -> Resu
                         "connection closed mid-head".to_string()
                     });
                 }
-                Ok(httparse::Status::Partial) => continue,
-                Err(e) => return Err(format!("invalid response: {e}")),
+                Ok(ParseStatus::Partial) => continue,
+                Err(HttpError::BadGateway("response head too large")) => {
+                    return Err(format!("response head larger than {MAX_RESPONSE} bytes"));
+                }
+                Err(e) => return Err(e.detail().unwrap_or("invalid response").to_string()),
             }
         }
         if let Some((n, status, length)) = head {

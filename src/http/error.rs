@@ -61,22 +61,9 @@ impl HttpError {
         }
     }
 
-    /// The reason phrase sent with [`HttpError::status`] (RFC 9110 §15 wording; 413 is
-    /// "Content Too Large" since RFC 9110 renamed "Payload Too Large").
+    /// The reason phrase sent with [`HttpError::status`]: [`status_reason`] of it.
     pub fn reason(&self) -> &'static str {
-        match self {
-            HttpError::BadRequest(_) => "Bad Request",
-            HttpError::NotFound => "Not Found",
-            HttpError::RequestTimeout => "Request Timeout",
-            HttpError::PayloadTooLarge => "Content Too Large",
-            HttpError::UriTooLong => "URI Too Long",
-            HttpError::HeaderTooLarge => "Request Header Fields Too Large",
-            HttpError::NotImplemented(_) => "Not Implemented",
-            HttpError::BadGateway(_) => "Bad Gateway",
-            HttpError::ServiceUnavailable(_) => "Service Unavailable",
-            HttpError::GatewayTimeout(_) => "Gateway Timeout",
-            HttpError::Status(code) => status_reason(*code),
-        }
+        status_reason(self.status())
     }
 
     /// The short detail text for the response body, if the variant carries one.
@@ -114,9 +101,18 @@ impl HttpError {
     }
 }
 
-/// The standard reason phrase of a status code (RFC 9110 §15), or a generic one.
+/// The standard reason phrase of a status code (RFC 9110 §15 wording; 413 is "Content Too
+/// Large" since RFC 9110 renamed "Payload Too Large"), or a generic one for a code not listed.
+/// The one reason-phrase table: error answers, the admin endpoint and anything else ringlb
+/// answers itself use it.
 pub fn status_reason(code: u16) -> &'static str {
     match code {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -135,6 +131,9 @@ pub fn status_reason(code: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
+        _ if code < 200 => "Informational",
+        _ if code < 300 => "Success",
+        _ if code < 400 => "Redirection",
         _ if code < 500 => "Client Error",
         _ => "Server Error",
     }

@@ -11,7 +11,7 @@ mod parse;
 mod rewrite;
 
 pub use chunked::{copy_without, ChunkedDecoder};
-pub use error::{write_error_response, HttpError};
+pub use error::{status_reason, write_error_response, HttpError};
 pub use parse::{parse_request, parse_response, ParseStatus};
 pub use rewrite::{rewrite_request, rewrite_response, ForwardInfo};
 
@@ -139,6 +139,20 @@ pub struct RequestHead {
     pub head_len: usize,
 }
 
+impl RequestHead {
+    /// Whether the request carries a non-empty `Idempotency-Key` header (which makes a
+    /// non-idempotent request safe to send again). `buf` is the buffer the head was parsed
+    /// from; offsets outside it read as absent.
+    pub fn has_idempotency_key(&self, buf: &[u8]) -> bool {
+        self.headers.iter().any(|h| {
+            let name = buf.get(range(h.name));
+            let value = buf.get(range(h.value));
+            name.is_some_and(|n| n.eq_ignore_ascii_case(b"idempotency-key"))
+                && value.is_some_and(|v| !v.is_empty())
+        })
+    }
+}
+
 impl Default for RequestHead {
     fn default() -> Self {
         RequestHead {
@@ -205,4 +219,50 @@ pub fn slice(buf: &[u8], r: (u32, u32)) -> &[u8] {
 #[inline]
 pub fn range(r: (u32, u32)) -> Range<usize> {
     r.0 as usize..r.1 as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+
+    #[test]
+    fn idempotency_facts_from_a_request_head() {
+        let limits = Limits::default();
+        let cases: [(&[u8], bool, bool); 5] = [
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true, false),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", false, false),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nidempotency-KEY: \"8e03\"\r\nContent-Length: 0\r\n\r\n",
+                false,
+                true,
+            ),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nIdempotency-Key:\r\n\r\n", false, false),
+            (b"DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n", true, false),
+        ];
+        for (raw, idempotent, key) in cases {
+            let mut head = RequestHead::default();
+            assert_eq!(
+                parse_request(raw, &limits, &mut head).unwrap(),
+                ParseStatus::Complete
+            );
+            assert_eq!(
+                head.method.is_idempotent(),
+                idempotent,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+            assert_eq!(
+                head.has_idempotency_key(raw),
+                key,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        // A head that does not match its buffer never panics.
+        let mut head = RequestHead::default();
+        parse_request(cases[2].0, &limits, &mut head).unwrap();
+        assert_eq!(head.method, Method::Post);
+        assert!(!head.has_idempotency_key(b"short"));
+    }
 }

@@ -49,6 +49,35 @@ pub(super) enum KnownHeader {
     Other,
 }
 
+impl KnownHeader {
+    /// Whether the field is hop-by-hop: the one list both rewriters drop in both directions
+    /// (RFC 9110 §7.6.1, RFC 9112 §9.6): `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`,
+    /// `Transfer-Encoding`, `Upgrade` (ringlb does not tunnel upgraded protocols), and, our
+    /// call, `Proxy-Authorization` and `Proxy-Authenticate` (they address the proxy hop, RFC
+    /// 9110 §11.7). Fields named by a `Connection` option are dropped too (per message).
+    ///
+    /// Not here, because the directions differ: `Content-Length` is dropped from both and
+    /// re-emitted from the parser's framing decision (for a response to HEAD or a 304, the
+    /// received value, normalised); a request also loses `X-Forwarded-Proto`, and its `X-Forwarded-For` and
+    /// `Via` are rewritten with ringlb's hop appended, and `Expect: 100-continue` goes on only
+    /// while ringlb waits for the upstream's 100.
+    #[inline]
+    pub(super) fn is_hop_by_hop(self) -> bool {
+        use KnownHeader::*;
+        matches!(
+            self,
+            Connection
+                | KeepAlive
+                | ProxyConnection
+                | Te
+                | TransferEncoding
+                | Upgrade
+                | ProxyAuthorization
+                | ProxyAuthenticate
+        )
+    }
+}
+
 /// Classifies a header field name (case-insensitively; dispatches on the length first so most
 /// names cost one comparison or none).
 #[inline]

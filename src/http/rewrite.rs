@@ -5,11 +5,13 @@
 //! header lines are copied with one `memcpy` each. Nothing is allocated besides growing `out`,
 //! which the caller reuses.
 //!
-//! Removed in both directions (RFC 9110 §7.6.1 and RFC 9112 §9.6): `Connection`, every field
-//! named by a `Connection` option, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
-//! `Upgrade` (ringlb does not tunnel upgraded protocols), and `Content-Length` — framing is
-//! re-emitted from the parser's decision, so what reaches the other side always matches what the
-//! proxy will actually send. `Trailer` is kept (RFC 9110 no longer lists it as hop-by-hop).
+//! Removed in both directions: the hop-by-hop fields, one list in `KnownHeader::is_hop_by_hop`
+//! (parse.rs) with the differences between the directions stated there (RFC 9110 §7.6.1 and
+//! RFC 9112 §9.6): `Connection`, every field named by a `Connection` option, `Keep-Alive`,
+//! `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade` (ringlb does not tunnel upgraded
+//! protocols); and `Content-Length` — framing is re-emitted from the parser's decision, so what
+//! reaches the other side always matches what the proxy will actually send. `Trailer` is kept
+//! (RFC 9110 no longer lists it as hop-by-hop).
 //!
 //! Our call: `Proxy-Authorization` and `Proxy-Authenticate` are dropped too. They address the
 //! proxy hop (RFC 9110 §11.7), ringlb as a gateway does not authenticate proxies, and forwarding
@@ -273,16 +275,8 @@ pub fn rewrite_request(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out: &
     for h in &head.headers {
         let name = bytes(buf, h.name);
         match classify(name) {
-            KnownHeader::Connection
-            | KnownHeader::KeepAlive
-            | KnownHeader::ProxyConnection
-            | KnownHeader::Te
-            | KnownHeader::TransferEncoding
-            | KnownHeader::Upgrade
-            | KnownHeader::ContentLength
-            | KnownHeader::ProxyAuthorization
-            | KnownHeader::ProxyAuthenticate
-            | KnownHeader::XForwardedProto => continue,
+            k if k.is_hop_by_hop() => continue,
+            KnownHeader::ContentLength | KnownHeader::XForwardedProto => continue,
             KnownHeader::XForwardedFor => {
                 forwarded_for = true;
                 continue;
@@ -375,14 +369,7 @@ pub fn rewrite_response(
     for h in &head.headers {
         let name = bytes(buf, h.name);
         match classify(name) {
-            KnownHeader::Connection
-            | KnownHeader::KeepAlive
-            | KnownHeader::ProxyConnection
-            | KnownHeader::Te
-            | KnownHeader::TransferEncoding
-            | KnownHeader::Upgrade
-            | KnownHeader::ProxyAuthorization
-            | KnownHeader::ProxyAuthenticate => continue,
+            k if k.is_hop_by_hop() => continue,
             KnownHeader::ContentLength => {
                 content_length = true;
                 continue;

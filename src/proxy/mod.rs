@@ -8,10 +8,11 @@
 //! client never sees mixed or truncated-but-complete-looking bytes.
 
 mod body;
-mod io;
+mod context;
 mod picker;
 mod route;
 
+pub use context::ShardCtx;
 pub use picker::{Pick, Picker, RequestInfo, Upstreams};
 pub use route::Router;
 
@@ -24,17 +25,16 @@ use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::balance::PeerId;
+use crate::control::Outcome;
 use crate::failover::{Failure, FailureAction, FailureHooks, Next, PeerInfo, TryContext};
-use crate::health::Outcome;
 use crate::http::{
     copy_without, parse_request, parse_response, rewrite_request, rewrite_response,
     write_error_response, BodyKind, ChunkedDecoder, ForwardInfo, HttpError, ParseStatus,
     RequestHead, ResponseHead, Version,
 };
-use crate::shard::ShardCtx;
+use crate::io::{read_more, write_all, write_all_counted, write_range, IoFail};
 use crate::upstream::{Admit, TriedSet, UpstreamGroup};
 use body::BodyProgress;
-use io::{read_more, write_all, write_all_counted, write_range, IoFail};
 
 /// Initial capacity of a connection's client read buffer.
 const CLIENT_BUF: usize = 8 * 1024;
@@ -408,7 +408,10 @@ impl Conn<'_> {
             .hash
             .or_else(|| group.request_hash(&self.rbuf, &self.head, self.fwd.client_ip));
         let start = Instant::now();
-        let mut tctx = TryContext::new(&self.head, &self.rbuf);
+        let mut tctx = TryContext::new(
+            self.head.method.is_idempotent(),
+            self.head.has_idempotency_key(&self.rbuf),
+        );
         if keep_body {
             if let Err(keep) = self.buffer_body(&mut body, policy.retry_body_bytes).await {
                 return keep;

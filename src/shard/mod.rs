@@ -6,25 +6,16 @@
 //! shard; the shard learns about the world only by draining its control channel (`try_recv`)
 //! between requests and on a short tick.
 
-mod notify;
-
-pub use notify::Notify;
-
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::config::{Config, Driver, UringTaskrun};
-use crate::health::{HealthChange, ShardReporter};
+use crate::config::{Driver, UringTaskrun};
 use crate::process::RateLimit;
-use crate::proxy::{self, Picker, Router};
-use crate::upstream::UpstreamGroup;
+use crate::proxy::{self, ShardCtx};
 
 /// How often a shard drains its control channel when no request does it first.
 pub const CONTROL_TICK: Duration = Duration::from_millis(5);
@@ -42,137 +33,44 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// The pause after any other accept failure.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
-/// ControlMsg is what the control side tells a shard.
-#[derive(Debug, Clone)]
-pub enum ControlMsg {
-    /// Stop accepting, close idle connections, let in-flight requests finish within the
-    /// shutdown timeout, then stop the shard.
-    Shutdown,
-    /// A peer's eligibility flipped (decided by the control thread's health checks).
-    Health(HealthChange),
-}
-
-/// ShardCtx is everything the connections of one shard share (behind an `Rc`).
-pub struct ShardCtx {
-    /// The shard's index.
-    pub id: usize,
-    /// The configuration this shard runs (immutable snapshot).
-    pub config: Arc<Config>,
-    /// This shard's replica of every upstream group, in config order.
-    pub groups: Vec<UpstreamGroup>,
-    /// Route table: request → group index (the default picker).
-    pub router: Router,
-    /// A library user's picker, replacing `router` when set.
-    pub picker: Option<Arc<dyn Picker>>,
-    /// Upstream group names in config order (for pickers).
-    pub upstream_names: Vec<String>,
-    /// The control channel, drained with `try_recv` only.
-    control: Receiver<ControlMsg>,
-    /// Set once shutdown began: connections finish their request and close.
-    shutting_down: Cell<bool>,
+/// Shard is one running shard: the context its connections share (owned by the proxy, which
+/// is what a connection sees) and the counts only the shard's own loops need.
+struct Shard {
+    /// What every connection of this shard shares; also drains the control channel.
+    ctx: ShardCtx,
     /// Open downstream connections.
     connections: Cell<usize>,
     /// Accept loops still running (they end at shutdown, dropping their listeners).
     accept_loops: Cell<usize>,
-    /// Notified when a connection closes and when shutdown begins.
-    changed: Notify,
-    /// Cancels every accept and idle keep-alive read at shutdown.
-    canceller: RefCell<Canceller>,
-    /// Reports request outcomes to the control thread (passive health), never blocking.
-    pub health: ShardReporter,
 }
 
-impl ShardCtx {
-    /// Builds a shard's context from the config.
-    pub fn new(
-        id: usize,
-        config: Arc<Config>,
-        control: Receiver<ControlMsg>,
-        picker: Option<Arc<dyn Picker>>,
-        health: ShardReporter,
-    ) -> Self {
-        let groups = config.upstreams.iter().map(UpstreamGroup::new).collect();
-        let router = Router::new(&config);
-        let upstream_names = config.upstreams.iter().map(|u| u.name.clone()).collect();
-        ShardCtx {
-            id,
-            config,
-            groups,
-            router,
-            picker,
-            upstream_names,
-            control,
-            shutting_down: Cell::new(false),
+impl Shard {
+    fn new(ctx: ShardCtx) -> Shard {
+        Shard {
+            ctx,
             connections: Cell::new(0),
             accept_loops: Cell::new(0),
-            changed: Notify::default(),
-            canceller: RefCell::new(Canceller::new()),
-            health,
         }
-    }
-
-    /// Applies every pending control message, without blocking.
-    pub fn drain_control(&self) {
-        while let Ok(msg) = self.control.try_recv() {
-            match msg {
-                ControlMsg::Shutdown => self.begin_shutdown(),
-                ControlMsg::Health(change) => {
-                    if let Some(g) = self.groups.get(change.group) {
-                        g.set_health(change.peer, change.eligible);
-                    }
-                    self.health.applied(&change);
-                }
-            }
-        }
-    }
-
-    fn begin_shutdown(&self) {
-        if self.shutting_down.replace(true) {
-            return;
-        }
-        tracing::debug!(
-            shard = self.id,
-            "shutdown: stop accepting, closing idle connections"
-        );
-        let old = std::mem::take(&mut *self.canceller.borrow_mut());
-        *self.canceller.borrow_mut() = old.cancel();
-        self.changed.notify_all();
-    }
-
-    /// Whether shutdown began.
-    #[inline]
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.get()
-    }
-
-    /// A handle that shutdown cancels: for accepts and idle keep-alive reads.
-    pub fn cancel_handle(&self) -> monoio::io::CancelHandle {
-        self.canceller.borrow().handle()
-    }
-
-    /// Open downstream connections right now.
-    pub fn connection_count(&self) -> usize {
-        self.connections.get()
     }
 }
 
 /// Counts one open connection; dropping it (even when the task is dropped) uncounts it.
-struct ConnGuard(Rc<ShardCtx>);
+struct ConnGuard(Rc<Shard>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.connections.set(self.0.connections.get() - 1);
-        self.0.changed.notify_all();
+        self.0.ctx.changed().notify_all();
     }
 }
 
 /// Counts one running accept loop; dropping it uncounts it.
-struct AcceptLoopGuard(Rc<ShardCtx>);
+struct AcceptLoopGuard(Rc<Shard>);
 
 impl Drop for AcceptLoopGuard {
     fn drop(&mut self) {
         self.0.accept_loops.set(self.0.accept_loops.get() - 1);
-        self.0.changed.notify_all();
+        self.0.ctx.changed().notify_all();
     }
 }
 
@@ -211,7 +109,7 @@ pub fn run(
         {
             Ok(mut rt) => {
                 ready(Ok("epoll"));
-                rt.block_on(shard_main(Rc::new(ctx), listeners));
+                rt.block_on(shard_main(Rc::new(Shard::new(ctx)), listeners));
             }
             Err(e) => ready(Err(format!("cannot build the epoll runtime: {e}"))),
         }
@@ -243,7 +141,7 @@ pub fn run(
                     );
                 }
                 ready(Ok("io_uring"));
-                rt.block_on(shard_main(Rc::new(ctx), listeners));
+                rt.block_on(shard_main(Rc::new(Shard::new(ctx)), listeners));
                 return;
             }
             Err(e) => last_err = e.to_string(),
@@ -272,12 +170,13 @@ fn uring_builder(mode: UringTaskrun) -> io_uring::Builder {
     b
 }
 
-async fn shard_main(ctx: Rc<ShardCtx>, listeners: Vec<std::net::TcpListener>) {
+async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
+    let ctx = &shard.ctx;
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                ctx.accept_loops.set(ctx.accept_loops.get() + 1);
-                monoio::spawn(accept_loop(AcceptLoopGuard(ctx.clone()), l));
+                shard.accept_loops.set(shard.accept_loops.get() + 1);
+                monoio::spawn(accept_loop(AcceptLoopGuard(shard.clone()), l));
             }
             Err(e) => tracing::error!(shard = ctx.id, "cannot register listener: {e}"),
         }
@@ -302,29 +201,29 @@ async fn shard_main(ctx: Rc<ShardCtx>, listeners: Vec<std::net::TcpListener>) {
     for g in &ctx.groups {
         g.pool.clear();
     }
-    while ctx.connections.get() > 0 {
+    while shard.connections.get() > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             tracing::warn!(
                 shard = ctx.id,
-                open = ctx.connections.get(),
+                open = shard.connections.get(),
                 "shutdown timeout: closing connections still open"
             );
             break;
         }
-        let _ = monoio::time::timeout(left, ctx.changed.notified()).await;
+        let _ = monoio::time::timeout(left, ctx.changed().notified()).await;
     }
     // The listeners must close before the runtime goes away: the accept loops drop them once
     // their cancelled accept returns, and io_uring closes a dropped socket with a queued close
     // operation that only the next turn of the event loop submits. Without both, an embedding
     // process keeps the listen sockets (still completing handshakes into their backlog).
     let deadline = Instant::now() + CLOSE_WAIT;
-    while ctx.accept_loops.get() > 0 {
+    while shard.accept_loops.get() > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
-        let _ = monoio::time::timeout(left, ctx.changed.notified()).await;
+        let _ = monoio::time::timeout(left, ctx.changed().notified()).await;
     }
     monoio::time::sleep(Duration::from_millis(1)).await;
 }
@@ -332,15 +231,16 @@ async fn shard_main(ctx: Rc<ShardCtx>, listeners: Vec<std::net::TcpListener>) {
 /// Accepts connections on `listener` until shutdown. (Parameters drop in reverse order:
 /// `listener` closes before `guard` tells the shard this loop is done.)
 async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
-    let ctx = &guard.0;
+    let shard = &guard.0;
+    let ctx = &shard.ctx;
     let max = ctx.config.server.max_connections;
     // One warning per second at most: when descriptors run out, every pending connection
     // fails its accept again and again.
     let warnings = RateLimit::per_second();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        while ctx.connections.get() >= max && !ctx.is_shutting_down() {
-            ctx.changed.notified().await;
+        while shard.connections.get() >= max && !ctx.is_shutting_down() {
+            ctx.changed().notified().await;
         }
         if ctx.is_shutting_down() {
             return;
@@ -348,8 +248,8 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
         match listener.cancelable_accept(ctx.cancel_handle()).await {
             Ok((stream, addr)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                ctx.connections.set(ctx.connections.get() + 1);
-                let guard = ConnGuard(ctx.clone());
+                shard.connections.set(shard.connections.get() + 1);
+                let guard = ConnGuard(shard.clone());
                 monoio::spawn(serve_conn(guard, stream, addr));
             }
             Err(e) => {
@@ -371,7 +271,7 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
                         }
                         // Do not spin: the pending connection fails the same way until a
                         // descriptor is free. Wait for one of ours to close, or a while.
-                        let _ = monoio::time::timeout(backoff, ctx.changed.notified()).await;
+                        let _ = monoio::time::timeout(backoff, ctx.changed().notified()).await;
                         backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     }
                     AcceptFailure::Other => {
@@ -418,7 +318,7 @@ impl AcceptFailure {
 
 async fn serve_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    proxy::serve(&guard.0, stream, addr).await;
+    proxy::serve(&guard.0.ctx, stream, addr).await;
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 //! Everything here is owned by one shard and touched only from its thread (invariant
 //! 1): plain fields and `Cell`s, no atomics, no locks.
 
+mod hash_key;
 mod pool;
 
+pub use hash_key::hash_request;
 pub use pool::{is_quiet, Pool, PooledConn};
 
 use std::cell::{Cell, RefCell};
@@ -13,11 +15,12 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::balance::Algorithm;
 use crate::balance::{
     build_selector, observe_latency, select_eligible, Candidate, HashKey, PeerId, PeerLoad,
     Selector,
 };
-use crate::config::{Algorithm, PoolConfig, StartState, Timeouts, UpstreamConfig, WhenAllDown};
+use crate::config::{PoolConfig, StartState, Timeouts, UpstreamConfig, WhenAllDown};
 use crate::failover::{BreakerTransition, CircuitBreaker, Retrier, Ticket};
 use crate::http::RequestHead;
 
@@ -281,7 +284,7 @@ impl UpstreamGroup {
     /// the buffer `head` was parsed from.
     #[inline]
     pub fn request_hash(&self, buf: &[u8], head: &RequestHead, client_ip: IpAddr) -> Option<u64> {
-        self.hash_key.as_ref()?.hash(buf, head, client_ip)
+        hash_request(self.hash_key.as_ref()?, buf, head, client_ip)
     }
 
     /// Feeds a response's round-trip time into `peer`'s latency estimate (what peak_ewma

@@ -1,5 +1,5 @@
-//! A single-threaded notification: tasks of one shard wait until another task of the same shard
-//! says something changed (a connection closed, shutdown began).
+//! A single-threaded notification: tasks of one thread (a shard, the control thread) wait until
+//! another task of the same thread says something changed (a connection closed, shutdown began).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -1,4 +1,6 @@
-//! Owned-buffer I/O with timeouts, the monoio way: move the buffer in, get it back, rebind.
+//! Owned-buffer I/O, the monoio way: move the buffer in, get it back, rebind. The one read
+//! helper ([`read_append`]) serves the request path ([`read_more`], with a timeout), the
+//! health probes, the admin endpoint and the demo backends.
 //!
 //! When a timeout fires the in-flight operation is cancelled and its buffer is dropped with it;
 //! the caller's `Vec` is then left empty (a timeout always ends the exchange anyway).
@@ -22,8 +24,33 @@ pub enum IoFail {
     Io(io::Error),
 }
 
-/// Reads once, appending to `buf` (growing it by `grow` when it has little room left).
-/// `Ok(0)` is end of stream.
+/// Reads once, appending to `buf`: first grows it by `grow` when less than 1 KiB is free, and
+/// never fills it past `max` bytes in all (`Ok(0)` then, as at end of stream). `cancel`, when
+/// given, cancels the read. If the future is dropped mid-read, `buf` is left empty.
+pub async fn read_append(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    grow: usize,
+    max: usize,
+    cancel: Option<CancelHandle>,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(grow);
+    }
+    let owned = std::mem::take(buf);
+    let len = owned.len();
+    let cap = owned.capacity().min(max).max(len);
+    let slice = owned.slice_mut(len..cap);
+    let (res, slice) = match cancel {
+        Some(c) => stream.cancelable_read(slice, c).await,
+        None => stream.read(slice).await,
+    };
+    *buf = slice.into_inner();
+    res
+}
+
+/// Reads once within `timeout`, appending to `buf` (growing it by `grow`, at least 4 KiB, when
+/// it has little room left). `Ok(0)` is end of stream.
 pub async fn read_more(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
@@ -31,24 +58,9 @@ pub async fn read_more(
     cancel: Option<CancelHandle>,
     grow: usize,
 ) -> Result<usize, IoFail> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(grow.max(4096));
-    }
-    let owned = std::mem::take(buf);
-    let len = owned.len();
-    let cap = owned.capacity();
-    let slice = owned.slice_mut(len..cap);
-    let read = async {
-        match cancel {
-            Some(c) => stream.cancelable_read(slice, c).await,
-            None => stream.read(slice).await,
-        }
-    };
+    let read = read_append(stream, buf, grow.max(4096), usize::MAX, cancel);
     match monoio::time::timeout(timeout, read).await {
-        Ok((res, slice)) => {
-            *buf = slice.into_inner();
-            res.map_err(IoFail::Io)
-        }
+        Ok(res) => res.map_err(IoFail::Io),
         Err(_) => Err(IoFail::Timeout),
     }
 }
