@@ -185,8 +185,10 @@ pub struct ResponseHead {
     pub headers: Vec<HeaderRange>,
     /// Response body framing, given the request method and the status.
     pub body: BodyKind,
-    /// A Transfer-Encoding field was present (for an `UntilClose` body: codings other than a
-    /// final chunked, which only an HTTP/1.1 client can be told about).
+    /// An HTTP/1.1 response's Transfer-Encoding does not end in chunked (`chunked, gzip`): the
+    /// body runs until close, and the client must be told the codings to decode it (only an
+    /// HTTP/1.1 client can be). An HTTP/1.0 response's Transfer-Encoding is faulty framing and
+    /// is dropped.
     pub transfer_coded: bool,
     /// Whether the upstream connection may be reused after this response.
     pub keep_alive: bool,

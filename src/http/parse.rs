@@ -692,7 +692,7 @@ pub fn parse_response(
     };
     head.version = version;
     head.body = body;
-    head.transfer_coded = codings.present;
+    head.transfer_coded = codings.present && version == Version::Http11 && !codings.last_chunked;
     head.keep_alive =
         connection.persistent(version) && reusable && body != BodyKind::UntilClose && status != 101;
     head.head_len = head_len;
@@ -1374,6 +1374,31 @@ mod tests {
         assert!(ka(
             b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn transfer_codings_the_client_must_be_told() {
+        let coded = |raw: &[u8]| {
+            let h = resp(raw, Method::Get).unwrap();
+            (h.body, h.transfer_coded)
+        };
+        assert_eq!(
+            coded(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            (BodyKind::UntilClose, true)
+        );
+        assert_eq!(
+            coded(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            (BodyKind::Chunked, false)
+        );
+        // HTTP/1.0 with Transfer-Encoding is faulty framing: until close, codings dropped.
+        assert_eq!(
+            coded(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            (BodyKind::UntilClose, false)
+        );
+        assert_eq!(
+            coded(b"HTTP/1.1 200 OK\r\n\r\n"),
+            (BodyKind::UntilClose, false)
+        );
     }
 
     #[test]
