@@ -20,6 +20,17 @@ use common::*;
 // ---------------------------------------------------------------------------------------------
 // Raw backends.
 
+/// The Content-Length of a request head (0 without one).
+fn content_length(head: &str) -> u64 {
+    head.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 /// IdleEnd is what a [`RawBackend`] does to a connection that stayed idle for its idle time.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum IdleEnd {
@@ -101,14 +112,7 @@ fn raw_serve(
         let line = text.lines().next().unwrap_or_default().to_string();
         let mut parts = line.split(' ');
         let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let len: u64 = text
-            .lines()
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
+        let len = content_length(&text);
         let mut body = Vec::new();
         if wire
             .read_exact_to(len, &mut |d| body.extend_from_slice(d))
@@ -377,14 +381,7 @@ fn silent_continue_backend(early: Option<&'static str>) -> (SocketAddr, Arc<Mute
                         thread::sleep(Duration::from_millis(500));
                         return;
                     }
-                    let len: u64 = text
-                        .lines()
-                        .find_map(|l| {
-                            let (n, v) = l.split_once(':')?;
-                            n.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
+                    let len = content_length(&text);
                     let mut got = 0u64;
                     if wire
                         .read_exact_to(len, &mut |d| got += d.len() as u64)
@@ -673,47 +670,37 @@ fn malformed_response_trailers_are_not_relayed() {
     assert!(!text.contains("abc"), "{text:?}");
 }
 
+/// Sends a GET to a backend that answers with `interim` repeated `times` times, then a 200;
+/// returns how many interim responses reached the client, and the final response.
+fn relayed_interims(interim: &[u8], times: usize) -> (usize, Response) {
+    let mut flood = interim.repeat(times);
+    flood.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let b = Backend::with_handler("a", move |_| Reply::raw(flood.clone()));
+    let proxy = ProxyConfig::with_backends(&[&b]).start();
+    let mut c = proxy.client();
+    c.send(&get("/"));
+    let mut relayed = 0;
+    loop {
+        let r = c.response();
+        if !(100..200).contains(&r.status) {
+            return (relayed, r);
+        }
+        relayed += 1;
+    }
+}
+
 #[test]
 fn interim_response_flood_is_cut_off() {
-    let mut flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(40_000);
-    flood.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let b = Backend::with_handler("a", move |_| Reply::raw(flood.clone()));
-    let proxy = ProxyConfig::with_backends(&[&b]).start();
-    let mut c = proxy.client();
-    c.send(&get("/"));
-    let mut interim = 0;
-    let last = loop {
-        let r = c.response();
-        if r.status != 100 {
-            break r;
-        }
-        interim += 1;
-    };
-    assert_eq!(last.status, 502, "{}", show(&last.head));
     // A 100 after the first says nothing new: only one is relayed, and the flood stops at
-    // `max_interim_responses` (16 by default).
-    assert_eq!(interim, 1);
-
-    // Distinct interim responses: at most 16 relayed.
-    let mut flood = Vec::new();
-    for _ in 0..1000 {
-        flood.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n");
-    }
-    flood.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let b = Backend::with_handler("a", move |_| Reply::raw(flood.clone()));
-    let proxy = ProxyConfig::with_backends(&[&b]).start();
-    let mut c = proxy.client();
-    c.send(&get("/"));
-    let mut interim = 0;
-    let last = loop {
-        let r = c.response();
-        if r.status != 103 {
-            break r;
-        }
-        interim += 1;
-    };
-    assert_eq!(last.status, 502);
-    assert_eq!(interim, 16);
+    // `max_interim_responses` (16 by default) with a 502.
+    let (relayed, last) = relayed_interims(b"HTTP/1.1 100 Continue\r\n\r\n", 40_000);
+    assert_eq!(last.status, 502, "{}", show(&last.head));
+    assert_eq!(relayed, 1);
+    // Distinct interim responses: 16 relayed, then 502.
+    let hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n";
+    let (relayed, last) = relayed_interims(hints, 1000);
+    assert_eq!(last.status, 502, "{}", show(&last.head));
+    assert_eq!(relayed, 16);
 }
 
 #[test]
