@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Ringlb is the real binary started with extra arguments (and optionally a file-descriptor
@@ -147,27 +147,6 @@ fn wait_exit(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Runs `ringlb ARGS...` and returns its output; panics if it still runs after `timeout`.
-fn run_to_exit(args: &[&str], timeout: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringlb");
-    let mut exited = None;
-    if wait_exit(&mut child, &mut exited, timeout).is_none() {
-        let _ = child.kill();
-        let out = child.wait_with_output().expect("collect output");
-        panic!(
-            "ringlb {args:?} still running after {timeout:?}; stderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    child.wait_with_output().expect("collect output")
 }
 
 /// One request on a fresh connection; returns the response body.
@@ -321,7 +300,7 @@ fn a_second_instance_on_the_same_address_is_refused_and_the_first_keeps_all_traf
         .replace("127.0.0.1:0", &addr.to_string());
     let path = write_config(&second);
     let file = path.to_str().expect("utf-8 temp path");
-    let out = run_to_exit(
+    let out = run_binary_within(
         &["--config", file, "--log-level", "warn"],
         Duration::from_secs(10),
     );

@@ -298,12 +298,10 @@ impl Conn<'_> {
             return true;
         }
         self.continue_sent = true;
-        let mut buf = std::mem::take(&mut self.out);
-        buf.clear();
-        buf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.out.clear();
+        self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         let wait = self.ctx.config.timeouts.client_idle;
-        let ok = write_all(&mut self.io, &mut buf, wait).await.is_ok();
-        self.out = buf;
+        let ok = write_all(&mut self.io, &mut self.out, wait).await.is_ok();
         self.out.clear();
         ok
     }

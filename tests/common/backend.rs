@@ -258,6 +258,16 @@ impl Backend {
 
     fn build(name: &str, auto_continue: bool, handler: Box<Handler>) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::serve(name, listener, auto_continue, handler)
+    }
+
+    /// Serves on `listener` from a thread of its own.
+    fn serve(
+        name: &str,
+        listener: TcpListener,
+        auto_continue: bool,
+        handler: Box<Handler>,
+    ) -> Backend {
         let addr = listener.local_addr().expect("backend local addr");
         let shared = Arc::new(Shared {
             name: name.to_string(),
@@ -350,23 +360,7 @@ impl Backend {
                 Err(e) => panic!("rebind backend {name} on {addr}: {e}"),
             }
         };
-        let shared = Arc::new(Shared {
-            name: name.to_string(),
-            handler: Box::new(handler),
-            auto_continue: true,
-            accepts: AtomicUsize::new(0),
-            heads: AtomicUsize::new(0),
-            requests: Mutex::new(Vec::new()),
-            errors: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-            conns: Mutex::new(Vec::new()),
-        });
-        let sh = shared.clone();
-        thread::Builder::new()
-            .name(format!("backend-{name}"))
-            .spawn(move || accept_loop(listener, sh))
-            .expect("spawn backend thread");
-        Backend { addr, shared }
+        Backend::serve(name, listener, true, Box::new(handler))
     }
 
     /// Like `start` (answers 200 with its name), on `addr`.

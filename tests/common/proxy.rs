@@ -459,6 +459,12 @@ pub fn listening_port(pid: u32) -> Option<u16> {
 
 /// Runs `ringlb ARGS...` to completion (60 s at most) and returns its output.
 pub fn run_binary(args: &[&str]) -> std::process::Output {
+    run_binary_within(args, Duration::from_secs(60))
+}
+
+/// Runs `ringlb ARGS...` and returns its output; panics (with its stderr) if it still runs
+/// after `timeout`.
+pub fn run_binary_within(args: &[&str], timeout: Duration) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
         .args(args)
         .stdin(Stdio::null())
@@ -466,11 +472,15 @@ pub fn run_binary(args: &[&str]) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ringlb");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + timeout;
     while child.try_wait().expect("try_wait").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("ringlb {args:?} did not finish within 60 s");
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "ringlb {args:?} still running after {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         thread::sleep(Duration::from_millis(10));
     }
