@@ -211,10 +211,16 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy from TOML text; panics with the error and the text if that fails.
     pub fn start(toml: &str) -> Proxy {
-        let cfg = ringlb::Config::from_toml_str(toml, "<test>")
-            .unwrap_or_else(|e| panic!("config rejected: {e}\n--- config ---\n{toml}"));
-        let server = ringlb::Server::start(cfg)
-            .unwrap_or_else(|e| panic!("server did not start: {e}\n--- config ---\n{toml}"));
+        Proxy::from_server(ringlb::Server::start(config_from(toml)), toml)
+    }
+
+    /// Wraps a started server (panics with the error and the config text if it did not start).
+    fn from_server(
+        started: Result<ringlb::Server, ringlb::server::StartError>,
+        toml: &str,
+    ) -> Proxy {
+        let server =
+            started.unwrap_or_else(|e| panic!("server did not start: {e}\n--- config ---\n{toml}"));
         let addr = server.listen_addrs()[0];
         assert_ne!(addr.port(), 0, "listen_addrs() must resolve port 0");
         Proxy {
@@ -264,14 +270,10 @@ impl Proxy {
         toml: &str,
         picker: std::sync::Arc<dyn ringlb::proxy::Picker>,
     ) -> Proxy {
-        let server = ringlb::Server::start_with_picker(config_from(toml), picker)
-            .unwrap_or_else(|e| panic!("server did not start: {e}\n--- config ---\n{toml}"));
-        let addr = server.listen_addrs()[0];
-        assert_ne!(addr.port(), 0, "listen_addrs() must resolve port 0");
-        Proxy {
-            server: Some(server),
-            addr,
-        }
+        Proxy::from_server(
+            ringlb::Server::start_with_picker(config_from(toml), picker),
+            toml,
+        )
     }
 }
 
