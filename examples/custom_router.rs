@@ -18,11 +18,15 @@ use std::sync::Arc;
 
 use ringlb::balance::stable_hash;
 use ringlb::demo::DemoBackends;
+use ringlb::failover::FailureHooks;
 use ringlb::proxy::{Pick, Picker, RequestInfo, Upstreams};
 use ringlb::{Config, Server};
 
 /// CustomRouter is the picker: canary header, then `/api` with user affinity, then web.
 pub struct CustomRouter;
+
+/// The policy's retry decisions are fine here: no hooks overridden.
+impl FailureHooks for CustomRouter {}
 
 impl Picker for CustomRouter {
     fn pick(&self, req: &RequestInfo<'_>, upstreams: &Upstreams<'_>) -> Pick {

@@ -16,6 +16,7 @@ use ringlb::balance::{
     select_eligible, stable_hash, Candidate, ConsistentHash, Maglev, PeerLoad, PickRequest,
     Selector,
 };
+use ringlb::failover::FailureHooks;
 use ringlb::proxy::{Pick, Picker, RequestInfo, Upstreams};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -155,6 +156,8 @@ struct ShardSpy {
     /// Picks per shard.
     picks: Mutex<BTreeMap<usize, usize>>,
 }
+
+impl FailureHooks for ShardSpy {}
 
 impl Picker for ShardSpy {
     fn pick(&self, req: &RequestInfo<'_>, _: &Upstreams<'_>) -> Pick {

@@ -11,7 +11,7 @@ mod custom_router;
 
 use common::*;
 use ringlb::balance::{stable_hash, Candidate, ConsistentHash, PickRequest, Selector};
-use ringlb::failover::{Failure, FailureAction, PeerInfo, TryContext};
+use ringlb::failover::{Failure, FailureAction, FailureHooks, PeerInfo, TryContext};
 use ringlb::proxy::{Pick, Picker, RequestInfo, Upstreams};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -169,6 +169,8 @@ struct Fixed {
     index: Option<usize>,
 }
 
+impl FailureHooks for Fixed {}
+
 impl Picker for Fixed {
     fn pick(&self, _: &RequestInfo<'_>, upstreams: &Upstreams<'_>) -> Pick {
         Pick {
@@ -253,7 +255,9 @@ impl Picker for Hooks {
             hash: None,
         }
     }
+}
 
+impl FailureHooks for Hooks {
     fn fail_to_connect(&self, err: &Failure, peer: &PeerInfo<'_>, tries: u32) -> FailureAction {
         let call = ("fail_to_connect", *err, peer.address.to_string(), tries);
         self.calls.lock().unwrap().push(call);

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use crate::failover::{Failure, FailureAction, PeerInfo, TryContext};
+use crate::failover::FailureHooks;
 use crate::http::{slice, Method, RequestHead};
 
 /// Pick is a picker's decision for one request.
@@ -110,31 +110,11 @@ impl<'a> RequestInfo<'a> {
     }
 }
 
-/// Picker decides which upstream group serves a request and with which hash key, and may
-/// decide what happens after a failed try (Pingora's `fail_to_connect` /
-/// `error_while_proxying`); both hooks default to the upstream's `retry = { … }` policy.
-pub trait Picker: Send + Sync + 'static {
+/// Picker decides which upstream group serves a request and with which hash key. Its
+/// [`FailureHooks`] (Pingora's `fail_to_connect` / `error_while_proxying`) may decide what
+/// happens after a failed try; both default to the upstream's `retry = { … }` policy, so a
+/// picker that does not care writes `impl FailureHooks for MyPicker {}`.
+pub trait Picker: FailureHooks + Send + Sync + 'static {
     /// Returns the decision for one request.
     fn pick(&self, req: &RequestInfo<'_>, upstreams: &Upstreams<'_>) -> Pick;
-
-    /// Called when connecting to `peer` failed or timed out; `tries` counts this request's
-    /// tries so far, this one included. Default: the retry policy decides.
-    fn fail_to_connect(&self, err: &Failure, peer: &PeerInfo<'_>, tries: u32) -> FailureAction {
-        let _ = (err, peer, tries);
-        FailureAction::Default
-    }
-
-    /// Called for every other failed try (reset, timeout, invalid response, a status listed in
-    /// `retry.on`); `ctx` says what was sent and whether the request can be replayed.
-    /// Default: the retry policy decides.
-    fn error_while_proxying(
-        &self,
-        err: &Failure,
-        peer: &PeerInfo<'_>,
-        tries: u32,
-        ctx: &TryContext,
-    ) -> FailureAction {
-        let _ = (err, peer, tries, ctx);
-        FailureAction::Default
-    }
 }

@@ -8,7 +8,7 @@ mod hash_key;
 mod pool;
 
 pub use hash_key::hash_request;
-pub use pool::{is_quiet, Pool, PooledConn};
+pub use pool::{is_quiet, Connection, Pool, PooledConn};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -19,10 +19,15 @@ use monoio::net::TcpStream;
 use crate::balance::PeerId;
 use crate::config::PoolConfig;
 
+/// Connection is an upstream connection as the pool keeps it and the request path uses it
+/// (through [`crate::io::Transport`]): plain TCP today. Upstream TLS turns it into an enum
+/// over the transports, with no change to the request path.
+pub type Connection = TcpStream;
+
 /// PooledConn is an idle upstream connection and when it became idle.
 pub struct PooledConn {
     /// The connection.
-    pub stream: TcpStream,
+    pub stream: Connection,
     /// When it was returned to the pool.
     pub idle_since: Instant,
 }
@@ -49,7 +54,7 @@ impl Pool {
 
     /// Takes the most recent idle connection to `peer` that has not expired and is still
     /// quiet ([`is_quiet`]); the expired and dead ones met on the way are closed.
-    pub fn take(&self, peer: PeerId, now: Instant) -> Option<TcpStream> {
+    pub fn take(&self, peer: PeerId, now: Instant) -> Option<Connection> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(peer)?;
         while let Some(conn) = list.pop() {
@@ -63,7 +68,7 @@ impl Pool {
     }
 
     /// Returns a reusable connection to the pool (dropped when the peer's list is full).
-    pub fn put(&self, peer: PeerId, stream: TcpStream, now: Instant) {
+    pub fn put(&self, peer: PeerId, stream: Connection, now: Instant) {
         let mut idle = self.idle.borrow_mut();
         if let Some(list) = idle.get_mut(peer) {
             if list.len() < self.max_idle_per_peer {

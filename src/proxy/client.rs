@@ -1,0 +1,128 @@
+//! The client side of a connection: reading request heads (the keep-alive wait, the header
+//! deadline), ringlb's own answers (errors, `100 Continue`) and the lingering close.
+
+use std::time::Instant;
+
+use super::{Conn, CLIENT_BUF};
+use crate::http::{parse_request, write_error_response, BodyKind, HttpError, ParseStatus};
+use crate::io::{read_more, write_all, IoFail, Transport};
+
+impl<C: Transport> Conn<'_, C> {
+    /// Reads until `rbuf[rpos..]` starts with a complete request head, parsed into `self.head`.
+    ///
+    /// `Ok(false)`: the connection should close quietly (client closed, idle timeout,
+    /// shutdown). An idle wait is bounded by `client_idle`; once a request has begun (and for a
+    /// new connection, from accept) the whole head must arrive within `request_header` (408).
+    pub(super) async fn read_request_head(&mut self, first: bool) -> Result<bool, HttpError> {
+        let ctx = self.ctx;
+        let limits = ctx.config.limits;
+        let timeouts = ctx.config.timeouts;
+        if self.rpos > 0 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        let mut deadline = first.then(|| Instant::now() + timeouts.request_header);
+        loop {
+            if !self.rbuf.is_empty() {
+                self.head_request = starts_head_request(&self.rbuf);
+                if parse_request(&self.rbuf, &limits, &mut self.head)? == ParseStatus::Complete {
+                    return Ok(true);
+                }
+                deadline.get_or_insert_with(|| Instant::now() + timeouts.request_header);
+            }
+            if self.rbuf.is_empty() && ctx.is_shutting_down() {
+                return Ok(false);
+            }
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => timeouts.client_idle,
+            };
+            // Only a connection with nothing pending is idle: shutdown may cancel that wait.
+            let pending = !self.rbuf.is_empty();
+            let cancel = (!pending).then(|| ctx.cancel_handle());
+            match read_more(&mut self.io, &mut self.rbuf, wait, cancel, CLIENT_BUF).await {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                // (a timed-out read drops the buffer, so `pending` was taken before it)
+                Err(IoFail::Timeout) if pending => return Err(HttpError::RequestTimeout),
+                Err(_) => return Ok(false),
+            }
+        }
+    }
+
+    /// Writes an error response; returns whether the connection stays open. A connection that
+    /// closes after it is closed the lingering way (the client may be sending still).
+    pub(super) async fn reply_error(&mut self, err: &HttpError, keep_alive: bool) -> bool {
+        let keep_alive = keep_alive && !self.ctx.is_shutting_down();
+        self.out.clear();
+        write_error_response(err, keep_alive, self.head_request, &mut self.out);
+        let wait = self.ctx.config.timeouts.client_idle;
+        let written = write_all(&mut self.io, &mut self.out, wait).await.is_ok();
+        self.linger = written && !keep_alive;
+        written && keep_alive
+    }
+
+    /// Sends `100 Continue` to the client (once per request): ringlb asks for the body itself.
+    /// Returns false when the client is gone.
+    pub(super) async fn send_continue(&mut self) -> bool {
+        if self.continue_sent {
+            return true;
+        }
+        self.continue_sent = true;
+        self.out.clear();
+        self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let wait = self.ctx.config.timeouts.client_idle;
+        let ok = write_all(&mut self.io, &mut self.out, wait).await.is_ok();
+        self.out.clear();
+        ok
+    }
+
+    /// Closes the connection so that what was written reaches the client even while it is
+    /// still sending (nginx's `lingering_close`): shut the write side (the FIN tells the client
+    /// the answer is complete), then read and discard until the client closes, nothing arrives
+    /// for `lingering_timeout`, `lingering_time` has passed or `lingering_max_bytes` were
+    /// discarded. Closing with unread bytes instead would make the kernel send a reset, which
+    /// destroys the answer not yet read by the client. Shutdown cuts the wait short.
+    pub(super) async fn lingering_close(&mut self) {
+        let limits = self.ctx.config.limits;
+        if !self.io.shutdown_write() {
+            return;
+        }
+        let end = Instant::now() + limits.lingering_time;
+        let mut discarded = 0u64;
+        self.rbuf.clear();
+        self.rpos = 0;
+        while discarded <= limits.lingering_max_bytes {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.ctx.is_shutting_down() {
+                break;
+            }
+            let wait = left.min(limits.lingering_timeout);
+            let cancel = Some(self.ctx.cancel_handle());
+            match read_more(&mut self.io, &mut self.rbuf, wait, cancel, CLIENT_BUF).await {
+                Ok(n) if n > 0 => discarded += n as u64,
+                _ => break,
+            }
+            self.rbuf.clear();
+        }
+    }
+
+    /// Answers 404 (no route). The request body, if any, was not read: close unless it has none.
+    pub(super) async fn reply_not_found(&mut self) -> bool {
+        let keep = self.head.keep_alive && self.head.body == BodyKind::None;
+        if keep {
+            self.rpos = self.head.head_len;
+        }
+        self.reply_error(&HttpError::NotFound, keep).await
+    }
+}
+
+/// Whether a request that starts with `buf` is a HEAD (leading empty lines skipped, as the
+/// parser does), so an error answer to it can leave out the body even when its head is bad.
+fn starts_head_request(buf: &[u8]) -> bool {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    buf[start..].starts_with(b"HEAD ")
+}

@@ -1,0 +1,498 @@
+//! One exchange on one upstream connection: take a pooled connection or connect, send the
+//! request (head, kept body, streamed body, `Expect: 100-continue`), read the response head
+//! (relaying interim responses), and hand back how it went ([`TryResult`]). A stale pooled
+//! connection is replaced here, within the try ([`replay_on_fresh`]); every other failure goes
+//! back to the try loop as a value.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use monoio::io::Canceller;
+use monoio::net::TcpStream;
+
+use super::body::BodyProgress;
+use super::tries::replay_on_fresh;
+use super::{Conn, STREAM_BUF, UPSTREAM_BUF};
+use crate::balance::PeerId;
+use crate::control::Outcome;
+use crate::failover::Failure;
+use crate::http::{parse_response, rewrite_response, ParseStatus, Version};
+use crate::io::{read_more, write_all, write_all_counted, write_range, IoFail, Transport};
+use crate::upstream::{Connection, UpstreamGroup};
+
+/// TryResult is how one try of a request on one peer ended.
+pub(super) enum TryResult {
+    /// The response was relayed completely (or as far as the client took it).
+    Relayed {
+        /// The client connection may serve another request.
+        keep_client: bool,
+    },
+    /// The try failed before anything but interim responses reached the client.
+    Failed {
+        /// What failed.
+        failure: Failure,
+        /// Whether any request byte was written on the try's connection.
+        sent: bool,
+        /// For a status failure: the connection with its response head, to relay it when
+        /// the request is not retried.
+        held: Option<Held>,
+    },
+    /// The client went away, or the response broke off after it started: close. `fault` is
+    /// the upstream's part in it, if it had one.
+    Broken {
+        /// How the upstream failed (broke off, sent garbage, went silent).
+        fault: Option<Outcome>,
+    },
+}
+
+/// TryFail is why sending a request or reading its response head failed.
+pub(super) enum TryFail {
+    /// A pooled connection turned out closed before any response byte: the request may be
+    /// sent again on a fresh connection.
+    Stale,
+    /// Writing the request failed before any byte of it left: the peer never saw it, so it
+    /// may be sent again whatever its method.
+    Unsent,
+    /// The try failed.
+    Failure {
+        /// What failed.
+        failure: Failure,
+        /// Whether any request byte was written.
+        sent: bool,
+    },
+    /// The client went away.
+    ClientGone,
+}
+
+/// Held is an upstream connection whose final response head is parsed in `Conn::resp` and
+/// not relayed yet.
+pub(super) struct Held {
+    /// The connection.
+    pub up: Connection,
+    /// The upstream refused an `Expect: 100-continue` body, which was never sent.
+    pub body_unsent: bool,
+    /// The request body was read completely from the client.
+    pub body_done: bool,
+}
+
+/// ActiveGuard counts a request in flight to a peer for as long as it lives.
+pub(super) struct ActiveGuard<'a>(&'a Cell<u32>);
+
+impl<'a> ActiveGuard<'a> {
+    fn new(active: &'a Cell<u32>) -> Self {
+        active.set(active.get() + 1);
+        ActiveGuard(active)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+impl<C: Transport> Conn<'_, C> {
+    /// One try on one peer: a pooled or new connection, the request, the response head; then
+    /// either the response is relayed, or the failure is handed back to the try loop (with the
+    /// connection and its parsed head when the failure is a status listed in `retry.on`).
+    pub(super) async fn try_peer(
+        &mut self,
+        group: &UpstreamGroup,
+        peer_id: PeerId,
+        expect: bool,
+        body: &mut BodyProgress,
+        try_deadline: Option<Instant>,
+        replay_stale: bool,
+    ) -> TryResult {
+        // In flight to the peer from the moment it is chosen: a request waiting for its
+        // connect counts too, or a peer that is slow to accept looks idle to the load-aware
+        // selectors and attracts every request meanwhile.
+        let _active = ActiveGuard::new(&group.load(peer_id).active);
+        let mut fresh_only = false;
+        let mut stale_replayed = false;
+        loop {
+            let pooled = if fresh_only {
+                None
+            } else {
+                group.pool.take(peer_id, Instant::now())
+            };
+            let from_pool = pooled.is_some();
+            let mut up = match pooled {
+                Some(up) => up,
+                None => match connect(group, peer_id, try_deadline).await {
+                    Ok(up) => up,
+                    Err(failure) => {
+                        return TryResult::Failed {
+                            failure,
+                            sent: false,
+                            held: None,
+                        }
+                    }
+                },
+            };
+            let sent_at = Instant::now();
+            let res = self
+                .send_and_read_head(group, &mut up, expect, body, try_deadline)
+                .await;
+            if matches!(
+                res,
+                Ok(_)
+                    | Err(TryFail::Failure {
+                        failure: Failure::Timeout,
+                        ..
+                    })
+            ) {
+                // Response-head latency feeds peak_ewma (a timeout counts as its duration).
+                let now = Instant::now();
+                group.observe_latency(peer_id, now.duration_since(sent_at), now);
+            }
+            match res {
+                Ok(body_unsent) => {
+                    let status = self.resp.status;
+                    let retry_on = group.retrier.borrow().policy().on;
+                    if retry_on.contains(Failure::Status(status)) {
+                        return TryResult::Failed {
+                            failure: Failure::Status(status),
+                            sent: true,
+                            held: Some(Held {
+                                up,
+                                body_unsent,
+                                body_done: body.done(),
+                            }),
+                        };
+                    }
+                    let held = Held {
+                        up,
+                        body_unsent,
+                        body_done: body.done(),
+                    };
+                    return self.relay_response(group, peer_id, held).await;
+                }
+                Err(TryFail::ClientGone) => return TryResult::Broken { fault: None },
+                Err(TryFail::Failure { failure, sent }) => {
+                    return TryResult::Failed {
+                        failure,
+                        sent,
+                        held: None,
+                    }
+                }
+                Err(fail @ (TryFail::Stale | TryFail::Unsent)) => {
+                    let unsent = matches!(fail, TryFail::Unsent);
+                    if !replay_on_fresh(from_pool, unsent, replay_stale, stale_replayed) {
+                        return TryResult::Failed {
+                            failure: Failure::Reset,
+                            sent: !unsent,
+                            held: None,
+                        };
+                    }
+                    tracing::debug!(
+                        group = %group.name,
+                        peer = %group.peers[peer_id].address,
+                        "pooled connection failed before the peer answered ({}); sending the \
+                         request on a fresh one",
+                        if unsent { "nothing sent" } else { "closed by the peer" }
+                    );
+                    stale_replayed |= !unsent;
+                    fresh_only = true;
+                }
+            }
+        }
+    }
+
+    /// Sends the request on `up` (head, then the body) and reads the final response head
+    /// into `self.resp`, relaying interim 1xx responses to HTTP/1.1 clients. `Ok(true)` means
+    /// the upstream answered an `Expect: 100-continue` with a final status, so the body was
+    /// never sent.
+    pub(super) async fn send_and_read_head<U: Transport>(
+        &mut self,
+        group: &UpstreamGroup,
+        up: &mut U,
+        expect: bool,
+        body: &mut BodyProgress,
+        try_deadline: Option<Instant>,
+    ) -> Result<bool, TryFail> {
+        let t = group.timeouts;
+        self.interim_sent = false;
+        self.interim_count = 0;
+        self.interim_bytes = 0;
+        // A try may be replayed transparently (stale pooled connection) only while no client
+        // body byte beyond `out` was consumed and nothing reached the client.
+        let replayable = !body.started_streaming();
+        let limit = within(t.upstream_write, try_deadline);
+        match write_all_counted(up, &mut self.out, limit).await {
+            Ok(()) => {}
+            Err((IoFail::Timeout, written)) => {
+                return Err(TryFail::Failure {
+                    failure: Failure::Timeout,
+                    sent: written > 0,
+                })
+            }
+            // Not one byte left: the peer cannot have seen the request.
+            Err((IoFail::Io(_), 0)) => return Err(TryFail::Unsent),
+            Err(_) if replayable => return Err(TryFail::Stale),
+            Err(_) => {
+                return Err(TryFail::Failure {
+                    failure: Failure::Reset,
+                    sent: true,
+                })
+            }
+        }
+        self.ubuf.clear();
+        let mut body_unsent = false;
+        if expect && !body.started_streaming() {
+            match self.await_continue(up, t.expect_continue).await {
+                Ok(true) => {}
+                Ok(false) => body_unsent = true,
+                Err(fail) => return Err(fail),
+            }
+        }
+        if !body.done() && !body_unsent {
+            self.stream_request_body(up, body, t.upstream_write, try_deadline)
+                .await?;
+        }
+
+        let method = self.head.method;
+        loop {
+            match parse_response(&self.ubuf, method, &mut self.resp) {
+                Ok(ParseStatus::Complete) => {
+                    let status = self.resp.status;
+                    if status == 101 {
+                        return Err(TryFail::Failure {
+                            failure: Failure::InvalidResponse,
+                            sent: true,
+                        });
+                    }
+                    if (100..200).contains(&status) {
+                        self.relay_interim().await?;
+                        continue;
+                    }
+                    return Ok(body_unsent);
+                }
+                Ok(ParseStatus::Partial) => {}
+                Err(_) => {
+                    return Err(TryFail::Failure {
+                        failure: Failure::InvalidResponse,
+                        sent: true,
+                    })
+                }
+            }
+            let mut wait = t.upstream_read;
+            if let Some(d) = try_deadline {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
+            }
+            let read = read_more(up, &mut self.ubuf, wait, None, UPSTREAM_BUF).await;
+            match read {
+                Ok(n) if n > 0 => {}
+                Ok(_) | Err(IoFail::Io(_)) => {
+                    if let Err(IoFail::Io(e)) = &read {
+                        tracing::debug!(group = %group.name, "upstream read failed: {e}");
+                    }
+                    if self.ubuf.is_empty() && !body.started_streaming() && !self.interim_sent {
+                        return Err(TryFail::Stale);
+                    }
+                    return Err(TryFail::Failure {
+                        failure: Failure::Reset,
+                        sent: true,
+                    });
+                }
+                Err(IoFail::Timeout) => {
+                    return Err(TryFail::Failure {
+                        failure: Failure::Timeout,
+                        sent: true,
+                    })
+                }
+            }
+        }
+    }
+
+    /// With `Expect: 100-continue` on a body that streams: waits (at most `wait`, the
+    /// upstream's `timeouts.expect_continue_ms`) for the upstream's answer.
+    /// `Ok(true)`: send the body (a 100 was relayed, or the upstream stayed silent and ringlb
+    /// sent the client a 100 itself, so that the client does not wait for its own timeout);
+    /// `Ok(false)`: the upstream answered with a final status, the body is not sent.
+    pub(super) async fn await_continue<U: Transport>(
+        &mut self,
+        up: &mut U,
+        wait: Duration,
+    ) -> Result<bool, TryFail> {
+        let canceller = Canceller::new();
+        let buf = std::mem::take(&mut self.ubuf);
+        let len = buf.len();
+        let cap = buf.capacity().max(UPSTREAM_BUF);
+        let mut buf = buf;
+        buf.reserve(cap - len);
+        let cap = buf.capacity();
+        let (res, slice) = {
+            let slice = monoio::buf::IoBufMut::slice_mut(buf, len..cap);
+            let read = up.cancelable_read(slice, canceller.handle());
+            let mut read = std::pin::pin!(read);
+            monoio::select! {
+                r = &mut read => r,
+                _ = monoio::time::sleep(wait) => {
+                    let _ = canceller.cancel();
+                    read.await
+                }
+            }
+        };
+        self.ubuf = slice.into_inner();
+        match res {
+            Ok(0) => return Err(TryFail::Stale),
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                return match self.send_continue().await {
+                    true => Ok(true),
+                    false => Err(TryFail::ClientGone),
+                };
+            }
+            Err(_) if self.ubuf.is_empty() => return Err(TryFail::Stale),
+            Err(_) => {}
+        }
+        // Read on until we know what the upstream said.
+        let read_timeout = self.ctx.config.timeouts.upstream_read;
+        loop {
+            match parse_response(&self.ubuf, self.head.method, &mut self.resp) {
+                Ok(ParseStatus::Complete) => {
+                    if self.resp.status == 100 {
+                        self.relay_interim().await?;
+                        return Ok(true);
+                    }
+                    // Another 1xx is handled by the caller's loop; a final status means
+                    // the upstream refused the body.
+                    return Ok((100..200).contains(&self.resp.status) && self.resp.status != 101);
+                }
+                Ok(ParseStatus::Partial) => {}
+                Err(_) => return Ok(false), // the caller reports the invalid response
+            }
+            match read_more(up, &mut self.ubuf, read_timeout, None, UPSTREAM_BUF).await {
+                Ok(n) if n > 0 => {}
+                _ => return Ok(false),
+            }
+        }
+    }
+
+    /// Relays the interim (1xx) response at the start of `ubuf` to an HTTP/1.1 client and
+    /// removes it from `ubuf`. An upstream that sends more interim responses (or bytes of them)
+    /// than `[limits]` allows is answering nothing: its response is invalid (502). A second
+    /// `100 Continue` is dropped.
+    pub(super) async fn relay_interim(&mut self) -> Result<(), TryFail> {
+        let limits = self.ctx.config.limits;
+        self.interim_count += 1;
+        self.interim_bytes += self.resp.head_len;
+        if self.interim_count > limits.max_interim_responses
+            || self.interim_bytes > limits.max_interim_bytes
+        {
+            tracing::debug!(
+                count = self.interim_count,
+                bytes = self.interim_bytes,
+                "upstream sent too many interim responses"
+            );
+            return Err(TryFail::Failure {
+                failure: Failure::InvalidResponse,
+                sent: true,
+            });
+        }
+        let repeat = self.resp.status == 100 && self.continue_sent;
+        if self.head.version == Version::Http11 && !repeat {
+            self.out.clear();
+            rewrite_response(&self.ubuf, &self.resp, Version::Http11, true, &mut self.out);
+            let wait = self.ctx.config.timeouts.client_idle;
+            if write_all(&mut self.io, &mut self.out, wait).await.is_err() {
+                return Err(TryFail::ClientGone);
+            }
+            self.interim_sent = true;
+            self.continue_sent |= self.resp.status == 100;
+        }
+        self.ubuf.drain(..self.resp.head_len);
+        Ok(())
+    }
+
+    /// Streams the rest of the request body from the client to the upstream, through `rbuf`
+    /// (so bytes of a pipelined next request stay where the next head read finds them).
+    pub(super) async fn stream_request_body<U: Transport>(
+        &mut self,
+        up: &mut U,
+        body: &mut BodyProgress,
+        write_timeout: Duration,
+        try_deadline: Option<Instant>,
+    ) -> Result<(), TryFail> {
+        let client_idle = self.ctx.config.timeouts.client_idle;
+        body.mark_streaming();
+        if self.rbuf.capacity() < STREAM_BUF {
+            self.rbuf.reserve(STREAM_BUF - self.rbuf.len());
+        }
+        while !body.done() {
+            self.rbuf.clear();
+            self.rpos = 0;
+            match read_more(&mut self.io, &mut self.rbuf, client_idle, None, STREAM_BUF).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(TryFail::ClientGone), // the client went away mid-body
+            }
+            let taken = match body.advance(&self.rbuf, None) {
+                Ok(n) => n,
+                Err(err) => {
+                    self.reply_error(&err, false).await;
+                    return Err(TryFail::ClientGone);
+                }
+            };
+            let limit = within(write_timeout, try_deadline);
+            let written = if body.strip().is_empty() {
+                write_range(up, &mut self.rbuf, 0..taken, limit).await
+            } else {
+                self.out.clear();
+                body.copy_taken(&self.rbuf, taken, &mut self.out);
+                write_all(up, &mut self.out, limit).await
+            };
+            match written {
+                Ok(()) => {}
+                Err(IoFail::Timeout) => {
+                    return Err(TryFail::Failure {
+                        failure: Failure::Timeout,
+                        sent: true,
+                    })
+                }
+                Err(_) => {
+                    return Err(TryFail::Failure {
+                        failure: Failure::Reset,
+                        sent: true,
+                    })
+                }
+            }
+            self.rpos = taken;
+        }
+        if self.rbuf.capacity() > STREAM_BUF {
+            self.rbuf.shrink_to(STREAM_BUF);
+        }
+        Ok(())
+    }
+}
+
+/// Connects to a peer within the group's connect timeout.
+async fn connect(
+    group: &UpstreamGroup,
+    peer: PeerId,
+    try_deadline: Option<Instant>,
+) -> Result<Connection, Failure> {
+    let p = &group.peers[peer];
+    let limit = within(group.timeouts.connect, try_deadline);
+    match monoio::time::timeout(limit, TcpStream::connect_addr(p.addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(group = %group.name, peer = %p.address, "connect failed: {e}");
+            Err(Failure::ConnectFailure)
+        }
+        Err(_) => {
+            tracing::debug!(group = %group.name, peer = %p.address, "connect timed out");
+            Err(Failure::ConnectTimeout)
+        }
+    }
+}
+
+/// The shorter of `timeout` and the time left until `deadline`.
+fn within(timeout: Duration, deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(d) => timeout.min(d.saturating_duration_since(Instant::now())),
+        None => timeout,
+    }
+}

@@ -1,0 +1,157 @@
+//! Response streaming: relay a final response whose head was read (rewritten for the client,
+//! de-chunked for HTTP/1.0), stream its body through one bounded buffer, and return the
+//! upstream connection to the pool when it can carry another request.
+
+use std::time::Instant;
+
+use super::body::BodyProgress;
+use super::exchange::{Held, TryResult};
+use super::{Conn, STREAM_BUF};
+use crate::balance::PeerId;
+use crate::control::Outcome;
+use crate::http::{rewrite_response, BodyKind, HttpError, Version};
+use crate::io::{read_more, write_all, write_range, IoFail, Transport};
+use crate::upstream::UpstreamGroup;
+
+impl<C: Transport> Conn<'_, C> {
+    /// Relays the final response whose head is in `self.resp` / `self.ubuf` to the client,
+    /// streaming its body, and returns the upstream connection to the pool when reusable.
+    pub(super) async fn relay_response(
+        &mut self,
+        group: &UpstreamGroup,
+        peer_id: PeerId,
+        held: Held,
+    ) -> TryResult {
+        let Held {
+            mut up,
+            body_unsent,
+            body_done,
+        } = held;
+        let t = group.timeouts;
+        let client_idle = self.ctx.config.timeouts.client_idle;
+        let client_version = self.head.version;
+        let resp_body = self.resp.body;
+        let dechunk = resp_body == BodyKind::Chunked && client_version == Version::Http10;
+        let keep_client = self.head.keep_alive
+            && !self.ctx.is_shutting_down()
+            && body_done
+            && !body_unsent
+            && resp_body != BodyKind::UntilClose
+            && !dechunk;
+        let mut reuse_upstream = self.resp.keep_alive && !body_unsent;
+        // The client may still be sending a body ringlb did not read: close the lingering way.
+        self.linger = !keep_client && (body_unsent || !body_done);
+        if resp_body == BodyKind::UntilClose
+            && self.resp.transfer_coded
+            && client_version == Version::Http10
+        {
+            // Transfer codings other than chunked cannot be told to an HTTP/1.0 client
+            // (RFC 9112 §6.1), and without them the payload is undecodable.
+            let err = HttpError::BadGateway("transfer coding an HTTP/1.0 client cannot decode");
+            self.reply_error(&err, false).await;
+            return TryResult::Broken {
+                fault: Some(Outcome::InvalidResponse),
+            };
+        }
+        self.out.clear();
+        rewrite_response(
+            &self.ubuf,
+            &self.resp,
+            client_version,
+            keep_client,
+            &mut self.out,
+        );
+        let rhead_len = self.resp.head_len;
+        let mut rbody = BodyProgress::new(resp_body, None);
+        let mut ranges = Vec::new();
+        let taken = match rbody.advance(&self.ubuf[rhead_len..], dechunk.then_some(&mut ranges)) {
+            Ok(n) => n,
+            Err(_) => {
+                let err = HttpError::BadGateway("invalid chunked body from upstream");
+                self.reply_error(&err, false).await;
+                return TryResult::Broken {
+                    fault: Some(Outcome::InvalidResponse),
+                };
+            }
+        };
+        if rhead_len + taken < self.ubuf.len() {
+            reuse_upstream = false; // the upstream sent more than its response
+        }
+        if dechunk {
+            for r in &ranges {
+                self.out
+                    .extend_from_slice(&self.ubuf[rhead_len + r.start..rhead_len + r.end]);
+            }
+        } else {
+            rbody.copy_taken(&self.ubuf[rhead_len..], taken, &mut self.out);
+        }
+        if write_all(&mut self.io, &mut self.out, client_idle)
+            .await
+            .is_err()
+        {
+            return TryResult::Broken { fault: None };
+        }
+
+        // The rest of the body streams through `ubuf`.
+        if !rbody.done() {
+            if self.ubuf.capacity() < STREAM_BUF {
+                self.ubuf.reserve(STREAM_BUF - self.ubuf.len());
+            }
+            loop {
+                self.ubuf.clear();
+                match read_more(&mut up, &mut self.ubuf, t.upstream_read, None, STREAM_BUF).await {
+                    Ok(0) if resp_body == BodyKind::UntilClose => break,
+                    Ok(0) | Err(IoFail::Io(_)) => {
+                        return TryResult::Broken {
+                            fault: Some(Outcome::Reset),
+                        };
+                    }
+                    Err(IoFail::Timeout) => {
+                        return TryResult::Broken {
+                            fault: Some(Outcome::Timeout),
+                        };
+                    }
+                    Ok(_) => {}
+                }
+                ranges.clear();
+                let taken = match rbody.advance(&self.ubuf, dechunk.then_some(&mut ranges)) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        return TryResult::Broken {
+                            fault: Some(Outcome::InvalidResponse),
+                        };
+                    }
+                };
+                if taken < self.ubuf.len() {
+                    reuse_upstream = false;
+                }
+                let res = if dechunk {
+                    self.out.clear();
+                    for r in &ranges {
+                        self.out.extend_from_slice(&self.ubuf[r.clone()]);
+                    }
+                    write_all(&mut self.io, &mut self.out, client_idle).await
+                } else if !rbody.strip().is_empty() {
+                    self.out.clear();
+                    rbody.copy_taken(&self.ubuf, taken, &mut self.out);
+                    write_all(&mut self.io, &mut self.out, client_idle).await
+                } else {
+                    write_range(&mut self.io, &mut self.ubuf, 0..taken, client_idle).await
+                };
+                if res.is_err() {
+                    return TryResult::Broken { fault: None };
+                }
+                if rbody.done() {
+                    break;
+                }
+            }
+            if self.ubuf.capacity() > STREAM_BUF {
+                self.ubuf.shrink_to(STREAM_BUF);
+            }
+        }
+        if reuse_upstream && resp_body != BodyKind::UntilClose {
+            group.pool.put(peer_id, up, Instant::now());
+        }
+        TryResult::Relayed { keep_client }
+    }
+}
