@@ -20,6 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::control::{ControlMsg, ShardReporter, ShardStats};
 use crate::health::control::{ControlSetup, ControlThread};
+pub use crate::health::control::{ReloadHandle, ReloadReport};
 use crate::proxy::{Picker, ShardCtx};
 use crate::shard;
 
@@ -292,6 +293,26 @@ impl Server {
     /// The bound listen addresses (port 0 resolved), in config order.
     pub fn listen_addrs(&self) -> &[SocketAddr] {
         &self.listen
+    }
+
+    /// A handle that applies new configurations to the running proxy (SIGHUP, `POST
+    /// /reload` and the admin API take the same path).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.control
+            .as_ref()
+            .expect("a started server has a control thread")
+            .reload_handle()
+    }
+
+    /// Re-reads the configuration file and applies it (what SIGHUP does). `Err`: the reason
+    /// it was refused; the running configuration stays.
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        self.reload_handle().reload()
+    }
+
+    /// Applies `config` as the running configuration (a library user's reload).
+    pub fn apply(&self, config: Config) -> Result<ReloadReport, String> {
+        self.reload_handle().apply(config)
     }
 
     /// The bound admin address (port 0 resolved), or `None` when `server.admin = ""`.

@@ -9,13 +9,13 @@ use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use serde::de::{self, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::UpstreamConfig;
 use crate::failover::{Backoff, BreakerConfig, Failure, RetryOn, RetryPolicy};
 
 /// RetryFile is an upstream's `retry = { … }` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetryFile {
     /// Default 3; 0..=100.
@@ -50,6 +50,15 @@ pub(crate) enum OnItemFile {
     Code(i64),
 }
 
+impl Serialize for OnItemFile {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OnItemFile::Text(t) => serializer.serialize_str(t),
+            OnItemFile::Code(c) => serializer.serialize_i64(*c),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for OnItemFile {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct OnItemVisitor;
@@ -79,7 +88,7 @@ impl<'de> Deserialize<'de> for OnItemFile {
 }
 
 /// BreakerFile is an upstream's `circuit_breaker = { … }` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BreakerFile {
     /// Default 5; >= 1.

@@ -12,13 +12,13 @@
 use std::fmt;
 
 use serde::de::{self, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::failover::{BreakerFile, RetryFile};
 
 /// ConfigFile is the whole file: `[server]`, `[timeouts]`, `[limits]`, `[[upstream]]`,
 /// `[[route]]`. Every table is optional; `[[upstream]]` is required by validation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConfigFile {
     /// The `[server]` table.
@@ -39,7 +39,7 @@ pub(crate) struct ConfigFile {
 }
 
 /// ServerFile is the `[server]` table.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServerFile {
     /// `listen = ["0.0.0.0:8080"]`: socket addresses. Default `["0.0.0.0:8080"]`.
@@ -52,6 +52,9 @@ pub(crate) struct ServerFile {
     pub numa_node: Option<u64>,
     /// `admin = "127.0.0.1:9900"`; `""` disables. Default `127.0.0.1:9900`.
     pub admin: Option<String>,
+    /// Bearer token the admin endpoint's writing requests need. Required with a non-loopback
+    /// `admin`.
+    pub admin_token: Option<String>,
     /// Default 10000.
     pub shutdown_timeout_ms: Option<u64>,
     /// Default 4096.
@@ -111,8 +114,17 @@ impl<'de> Deserialize<'de> for WorkersFile {
     }
 }
 
+impl Serialize for WorkersFile {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WorkersFile::Auto => serializer.serialize_str("auto"),
+            WorkersFile::Count(n) => serializer.serialize_i64(*n),
+        }
+    }
+}
+
 /// DriverFile is `driver = "auto" | "io_uring" | "epoll"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum DriverFile {
     /// `"auto"`.
@@ -124,7 +136,7 @@ pub(crate) enum DriverFile {
 }
 
 /// UringTaskrunFile is `uring_taskrun = "defer" | "coop" | "interrupt"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum UringTaskrunFile {
     /// `"defer"`.
@@ -136,7 +148,7 @@ pub(crate) enum UringTaskrunFile {
 }
 
 /// TimeoutsFile is `[timeouts]`, and an upstream's `timeouts = { … }` overrides.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TimeoutsFile {
     /// Upstream TCP connect.
@@ -154,7 +166,7 @@ pub(crate) struct TimeoutsFile {
 }
 
 /// LimitsFile is `[limits]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsFile {
     /// Default 16384; 1024..=1 MiB.
@@ -176,7 +188,7 @@ pub(crate) struct LimitsFile {
 }
 
 /// UpstreamFile is one `[[upstream]]` table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamFile {
     /// Required, unique, non-empty.
@@ -216,7 +228,7 @@ pub(crate) struct UpstreamFile {
 }
 
 /// PeerFile is one inline table in an upstream's `peers`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PeerFile {
     /// `ip:port` or `host:port`.
@@ -227,10 +239,12 @@ pub(crate) struct PeerFile {
     pub backup: Option<bool>,
     /// Optional label.
     pub region: Option<String>,
+    /// Default false: `true` sends it no new requests (the admin API's `drain`).
+    pub drain: Option<bool>,
 }
 
 /// PoolFile is an upstream's `pool = { … }`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PoolFile {
     /// Default 64; 0 disables pooling.
@@ -240,7 +254,7 @@ pub(crate) struct PoolFile {
 }
 
 /// RouteFile is one `[[route]]` table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RouteFile {
     /// Host to match (no port).

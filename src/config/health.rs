@@ -10,7 +10,7 @@ use std::fmt::{self, Write as _};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{PeerConfig, UpstreamConfig};
 
@@ -43,7 +43,7 @@ const MAX_RISE_FALL: u64 = 1000;
 // File structs.
 
 /// HealthFile is an upstream's `health = { … }` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HealthFile {
     /// `"tcp"` or `"http"`; required.
@@ -73,7 +73,7 @@ pub(crate) struct HealthFile {
 }
 
 /// PassiveFile is an upstream's `passive = { … }` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PassiveFile {
     /// Default 5; 0 disables passive ejection.

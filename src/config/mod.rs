@@ -8,10 +8,11 @@
 mod balance;
 mod cpus;
 mod failover;
-mod file;
+pub(crate) mod file;
 mod health;
 mod locate;
 mod validate;
+pub(crate) use validate::MAX_WEIGHT;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -44,6 +45,9 @@ pub struct Config {
     /// Routes, in file order; the first match wins. Empty means "everything to upstream 0"
     /// (several upstreams and no routes is valid: the others then get no traffic).
     pub routes: Vec<RouteConfig>,
+    /// The file as written (what `GET /config` shows, and what admin API changes edit and
+    /// validate again).
+    pub(crate) file: std::sync::Arc<file::ConfigFile>,
 }
 
 /// ServerConfig is the `[server]` table.
@@ -58,6 +62,9 @@ pub struct ServerConfig {
     pub cpus: Option<Vec<usize>>,
     /// Admin endpoint address. Default `127.0.0.1:9900`; `None` when `admin = ""`.
     pub admin: Option<SocketAddr>,
+    /// Bearer token the admin endpoint's writing requests need (`admin_token`); `None` = no
+    /// token (only allowed on a loopback `admin`).
+    pub admin_token: Option<String>,
     /// How long in-flight requests may take to finish after a shutdown signal. Default 10 s.
     pub shutdown_timeout: Duration,
     /// Listen backlog of each listener. Default 4096.
@@ -243,6 +250,9 @@ pub struct PeerConfig {
     pub backup: bool,
     /// Optional region label.
     pub region: Option<String>,
+    /// Draining: no new requests, requests in flight finish (`drain = true`, or the admin
+    /// API's `PATCH … {"drain": true}`). Default false.
+    pub drain: bool,
 }
 
 /// PoolConfig is an upstream's `pool = { … }`.
@@ -339,6 +349,22 @@ impl Config {
         let file: file::ConfigFile =
             toml::from_str(text).map_err(|e| locate::toml_error(text, source, &e))?;
         validate::validate(file, source).map_err(|e| locate::with_line(text, e))
+    }
+
+    /// The configuration as TOML, as written plus the admin API's changes (`GET /config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&*self.file).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The configuration after `edit` of its file model, validated again in full (the same
+    /// errors as `check`). How the admin API changes peers.
+    pub(crate) fn edited(
+        &self,
+        edit: impl FnOnce(&mut file::ConfigFile) -> Result<(), ConfigError>,
+    ) -> Result<Config, ConfigError> {
+        let mut file = (*self.file).clone();
+        edit(&mut file)?;
+        validate::validate(file, &self.source)
     }
 
     /// One entry per shard to run: the CPU it is pinned to (`None` = no CPU known).
@@ -623,7 +649,7 @@ upstream = "static"
         assert_eq!(
             e.to_string(),
             "ringlb.toml: key `server.foo`: unknown field `foo`, expected one of `listen`, \
-             `workers`, `cpus`, `numa_node`, `admin`, `shutdown_timeout_ms`, `backlog`, \
+             `workers`, `cpus`, `numa_node`, `admin`, `admin_token`, `shutdown_timeout_ms`, `backlog`, \
              `driver`, `max_connections`, `uring_entries`, `uring_taskrun`, \
              `observation_queue` (line 2)"
         );

@@ -22,6 +22,9 @@ use super::{
 
 /// Default `server.listen`.
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// The largest peer weight.
+pub(crate) const MAX_WEIGHT: u32 = 65535;
+
 /// Default `server.admin`.
 const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
 /// Default `server.shutdown_timeout_ms`.
@@ -87,6 +90,7 @@ pub(crate) fn validate_on(
         limits,
         upstreams,
         routes,
+        file: std::sync::Arc::new(file),
     })
 }
 
@@ -158,6 +162,29 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
             Some(addr)
         }
     };
+    let admin_token = match f.admin_token.as_deref() {
+        None => None,
+        Some(t)
+            if t.trim().is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            return Err(cx.err(
+                "server.admin_token",
+                "must be non-empty, without spaces or control characters",
+            ))
+        }
+        Some(t) => Some(t.to_string()),
+    };
+    if let (Some(addr), None) = (admin, &admin_token) {
+        if !addr.ip().is_loopback() {
+            return Err(cx.err(
+                "server.admin",
+                format!(
+                    "`{addr}` is not a loopback address: set server.admin_token too, so that \
+                     only holders of the token can change the running proxy"
+                ),
+            ));
+        }
+    }
 
     let backlog = match f.backlog {
         None => DEFAULT_BACKLOG,
@@ -211,6 +238,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         workers,
         cpus,
         admin,
+        admin_token,
         shutdown_timeout: Duration::from_millis(
             f.shutdown_timeout_ms.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_MS),
         ),
@@ -540,6 +568,13 @@ fn upstream(
 /// Checks one peer table; `key` is its path (`upstream[0].peers[2]`).
 fn peer(cx: &Cx<'_>, key: &str, f: &PeerFile) -> Result<PeerConfig, ConfigError> {
     let addr = resolve(&f.address).map_err(|reason| cx.err(format!("{key}.address"), reason))?;
+    let weight = f.weight.unwrap_or(1);
+    if weight > MAX_WEIGHT {
+        return Err(cx.err(
+            format!("{key}.weight"),
+            format!("must be between 0 and {MAX_WEIGHT}, got {weight}"),
+        ));
+    }
     if let Some(region) = &f.region {
         if region.trim().is_empty() {
             return Err(cx.err(
@@ -551,9 +586,10 @@ fn peer(cx: &Cx<'_>, key: &str, f: &PeerFile) -> Result<PeerConfig, ConfigError>
     Ok(PeerConfig {
         address: f.address.clone(),
         addr,
-        weight: f.weight.unwrap_or(1),
+        weight,
         backup: f.backup.unwrap_or(false),
         region: f.region.clone(),
+        drain: f.drain.unwrap_or(false),
     })
 }
 
@@ -1307,6 +1343,27 @@ upstream = "static"
             &format!("[server]\nlisten = [\"0.0.0.0:9900\"]\n{MIN}"),
             "server.admin",
             "collides with listen address server.listen[0]",
+        );
+        // Reachable from elsewhere: only with a token.
+        expect_err(
+            &format!("[server]\nadmin = \"0.0.0.0:9901\"\n{MIN}"),
+            "server.admin",
+            "not a loopback address: set server.admin_token",
+        );
+        expect_err(
+            &format!("[server]\nadmin_token = \"two words\"\n{MIN}"),
+            "server.admin_token",
+            "without spaces",
+        );
+        let c = load(&format!(
+            "[server]\nadmin = \"0.0.0.0:9901\"\nadmin_token = \"s3cret\"\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(c.server.admin_token.as_deref(), Some("s3cret"));
+        expect_err(
+            &MIN.replace("127.0.0.1:8001\"", "127.0.0.1:8001\", weight = 65536"),
+            "upstream[0].peers[0].weight",
+            "must be between 0 and 65535",
         );
     }
 

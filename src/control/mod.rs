@@ -6,9 +6,13 @@
 //! - [`HealthChange`]: an eligibility flip decided by the control thread (invariant 3);
 //! - [`Observation`] and [`Outcome`]: what a shard reports about its requests (passive health),
 //!   sent by its [`ShardReporter`] with `try_send` only, counted in its [`ShardStats`];
+//! - [`Snapshot`]: a new configuration (reload, admin API), pushed as one immutable value that
+//!   a shard swaps in at a request boundary;
 //! - [`Notify`]: the single-threaded wake-up both sides use inside their own runtime.
 //!
-//! A configuration reload will add its snapshot message here.
+//! Indices (group, peer) in every message belong to one configuration *generation*: a shard
+//! reports with the generation its request started on, and the control thread ignores reports
+//! of an older one (their indices may name other peers since).
 
 mod notify;
 mod report;
@@ -16,9 +20,10 @@ mod report;
 pub use notify::Notify;
 pub use report::{ShardReporter, ShardStats};
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::PassiveHealth;
+use crate::config::{Config, PassiveHealth};
 
 /// ControlMsg is what the control side tells a shard.
 #[derive(Debug, Clone)]
@@ -28,6 +33,22 @@ pub enum ControlMsg {
     Shutdown,
     /// A peer's eligibility flipped (decided by the control thread's health checks).
     Health(HealthChange),
+    /// A new configuration: the shard swaps it in before its next request; requests in flight
+    /// finish on the one they started with.
+    Reload(Arc<Snapshot>),
+}
+
+/// Snapshot is one configuration generation as the control thread pushes it to every shard.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The generation: 0 at start, one more per applied reload or admin change.
+    pub generation: u64,
+    /// Per upstream group (config order), per peer: whether health lets it take requests now
+    /// (the control thread's decision carried over from the previous generation; the shard
+    /// must not decide it itself, invariant 3).
+    pub eligible: Vec<Vec<bool>>,
 }
 
 /// Outcome is how one try of a request on one peer ended, as far as passive health cares.
@@ -90,6 +111,8 @@ pub struct Observation {
     pub peer: usize,
     /// The reporting shard.
     pub shard: usize,
+    /// The configuration generation `group` and `peer` belong to.
+    pub generation: u64,
     /// What happened.
     pub outcome: Outcome,
 }

@@ -1,7 +1,7 @@
 //! The shard's end of passive health: it reports request outcomes to the control thread
 //! without ever blocking, and records the health changes it applied (for `/status`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -33,15 +33,41 @@ pub struct ShardReporter {
     shard: usize,
     /// The bounded observation channel to the control thread (`try_send` only).
     tx: Sender<Observation>,
+    /// What depends on the configuration generation (replaced on reload).
+    current: RefCell<PerConfig>,
+    /// Reports dropped on a full channel (shard-local copy of the stat).
+    dropped: Cell<u64>,
+    /// Counters the control thread shows in `/status`.
+    stats: Arc<ShardStats>,
+}
+
+/// PerConfig is the part of a reporter that follows the configuration.
+struct PerConfig {
+    /// The configuration generation the indices below belong to.
+    generation: u64,
     /// Per group, per peer: whether this shard's last report on it was a failure. Successes
     /// are only sent after a failure (they reset the count), to keep the channel quiet.
     last_failed: Vec<Vec<Cell<bool>>>,
     /// Per group: its passive settings (`None` = passive off: nothing is reported).
     passive: Vec<Option<PassiveHealth>>,
-    /// Reports dropped on a full channel (shard-local copy of the stat).
-    dropped: Cell<u64>,
-    /// Counters the control thread shows in `/status`.
-    stats: Arc<ShardStats>,
+}
+
+impl PerConfig {
+    fn new(config: &Config, generation: u64) -> PerConfig {
+        PerConfig {
+            generation,
+            last_failed: config
+                .upstreams
+                .iter()
+                .map(|u| u.peers.iter().map(|_| Cell::new(false)).collect())
+                .collect(),
+            passive: config
+                .upstreams
+                .iter()
+                .map(|u| u.passive.enabled().then_some(u.passive))
+                .collect(),
+        }
+    }
 }
 
 impl ShardReporter {
@@ -55,16 +81,7 @@ impl ShardReporter {
         ShardReporter {
             shard,
             tx,
-            last_failed: config
-                .upstreams
-                .iter()
-                .map(|u| u.peers.iter().map(|_| Cell::new(false)).collect())
-                .collect(),
-            passive: config
-                .upstreams
-                .iter()
-                .map(|u| u.passive.enabled().then_some(u.passive))
-                .collect(),
+            current: RefCell::new(PerConfig::new(config, 0)),
             dropped: Cell::new(0),
             stats,
         }
@@ -73,11 +90,17 @@ impl ShardReporter {
     /// Reports the outcome of one try on `peer` of group `group`, if it matters: every
     /// failure, and a success right after this shard reported a failure. Never blocks: a full
     /// channel drops the report and counts it.
-    pub fn report(&self, group: usize, peer: usize, outcome: Outcome) {
-        let Some(Some(passive)) = self.passive.get(group) else {
+    pub fn report(&self, generation: u64, group: usize, peer: usize, outcome: Outcome) {
+        let current = self.current.borrow();
+        if current.generation != generation {
+            // The request started on an older configuration: its indices may name other
+            // peers now.
+            return;
+        }
+        let Some(Some(passive)) = current.passive.get(group) else {
             return;
         };
-        let Some(flag) = self.last_failed.get(group).and_then(|g| g.get(peer)) else {
+        let Some(flag) = current.last_failed.get(group).and_then(|g| g.get(peer)) else {
             return;
         };
         let failed = outcome.is_failure(passive);
@@ -88,6 +111,7 @@ impl ShardReporter {
             group,
             peer,
             shard: self.shard,
+            generation,
             outcome,
         };
         match self.tx.try_send(obs) {
@@ -102,6 +126,12 @@ impl ShardReporter {
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
+    }
+
+    /// Follows a new configuration generation: reports of requests that started on an older
+    /// one are dropped from now on.
+    pub fn reconfigure(&self, config: &Config, generation: u64) {
+        *self.current.borrow_mut() = PerConfig::new(config, generation);
     }
 
     /// Reports dropped by this shard because the channel was full.
@@ -141,21 +171,21 @@ mod tests {
         let cfg = config("");
         let (tx, rx) = crossbeam_channel::bounded(16);
         let r = ShardReporter::new(3, &cfg, tx, Arc::default());
-        r.report(0, 1, Outcome::Success);
-        r.report(0, 1, Outcome::Status(503)); // on_5xx = false: a success
+        r.report(0, 0, 1, Outcome::Success);
+        r.report(0, 0, 1, Outcome::Status(503)); // on_5xx = false: a success
         assert!(rx.try_recv().is_err());
-        r.report(0, 1, Outcome::Reset);
-        r.report(0, 1, Outcome::Timeout);
-        r.report(0, 1, Outcome::Success);
-        r.report(0, 1, Outcome::Success);
+        r.report(0, 0, 1, Outcome::Reset);
+        r.report(0, 0, 1, Outcome::Timeout);
+        r.report(0, 0, 1, Outcome::Success);
+        r.report(0, 0, 1, Outcome::Success);
         let got: Vec<Outcome> = rx.try_iter().map(|o| o.outcome).collect();
         assert_eq!(
             got,
             vec![Outcome::Reset, Outcome::Timeout, Outcome::Success]
         );
         // Unknown groups and peers are ignored.
-        r.report(5, 0, Outcome::Reset);
-        r.report(0, 9, Outcome::Reset);
+        r.report(0, 5, 0, Outcome::Reset);
+        r.report(0, 0, 9, Outcome::Reset);
         assert!(rx.try_recv().is_err());
     }
 
@@ -166,7 +196,7 @@ mod tests {
         let stats = Arc::new(ShardStats::default());
         let r = ShardReporter::new(0, &cfg, tx, stats.clone());
         for _ in 0..5 {
-            r.report(0, 0, Outcome::ConnectFailure);
+            r.report(0, 0, 0, Outcome::ConnectFailure);
         }
         assert_eq!(r.dropped(), 4);
         assert_eq!(stats.dropped_observations.load(Ordering::Relaxed), 4);
@@ -178,13 +208,13 @@ mod tests {
         let cfg = config("passive = { on_5xx = true }\n");
         let (tx, rx) = crossbeam_channel::bounded(4);
         let r = ShardReporter::new(0, &cfg, tx, Arc::default());
-        r.report(0, 0, Outcome::Status(502));
+        r.report(0, 0, 0, Outcome::Status(502));
         assert_eq!(rx.try_recv().map(|o| o.outcome), Ok(Outcome::Status(502)));
 
         let cfg = config("passive = { consecutive_failures = 0 }\n");
         let (tx, rx) = crossbeam_channel::bounded(4);
         let r = ShardReporter::new(0, &cfg, tx, Arc::default());
-        r.report(0, 0, Outcome::Reset);
+        r.report(0, 0, 0, Outcome::Reset);
         assert!(rx.try_recv().is_err());
     }
 }

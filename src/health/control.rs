@@ -31,14 +31,15 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use monoio::net::{TcpListener, TcpStream};
-use serde_json::{json, Value};
+
+mod api;
 
 use super::probe::Probe;
 use super::state::{Change, GroupHealth};
 use crate::admin;
-use crate::config::{Config, Driver};
-use crate::control::{ControlMsg, HealthChange, Notify, Observation, ShardStats};
-use crate::process::{dropped_log_writes, spawn_supervised, RateLimit};
+use crate::config::{Config, ConfigError, Driver};
+use crate::control::{ControlMsg, HealthChange, Notify, Observation, ShardStats, Snapshot};
+use crate::process::{spawn_supervised, RateLimit};
 
 /// How long the observation drain sleeps after a round that found observations.
 const DRAIN_TICK: Duration = Duration::from_millis(1);
@@ -76,6 +77,58 @@ pub struct ControlThread {
     panicked: Arc<AtomicBool>,
     /// The bound admin address.
     admin: Option<SocketAddr>,
+    /// Reload requests to the thread.
+    reloads: Sender<ReloadRequest>,
+}
+
+/// ReloadRequest asks the control thread to apply a configuration: the file again (`None`,
+/// what SIGHUP does) or the given one; the outcome goes to `reply`.
+struct ReloadRequest {
+    /// The configuration to apply; `None` re-reads the file the running one came from.
+    config: Option<Config>,
+    /// Where the outcome goes.
+    reply: mpsc::Sender<Result<ReloadReport, String>>,
+}
+
+/// ReloadReport is what an applied reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The configuration generation now running.
+    pub generation: u64,
+    /// Settings that changed in the file but only take effect after a restart (the running
+    /// value was kept), one sentence each.
+    pub needs_restart: Vec<String>,
+}
+
+/// ReloadHandle applies a new configuration to a running proxy, from any thread.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    /// Reload requests to the control thread.
+    tx: Sender<ReloadRequest>,
+}
+
+impl ReloadHandle {
+    /// Re-reads the configuration file the proxy runs (SIGHUP) and applies it. `Err` carries
+    /// the reason (the file, key and reason of a config error); the old configuration keeps
+    /// running then.
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        self.request(None)
+    }
+
+    /// Applies `config` (already validated) as the next generation.
+    pub fn apply(&self, config: Config) -> Result<ReloadReport, String> {
+        self.request(Some(config))
+    }
+
+    fn request(&self, config: Option<Config>) -> Result<ReloadReport, String> {
+        let (reply, answer) = mpsc::channel();
+        self.tx
+            .send(ReloadRequest { config, reply })
+            .map_err(|_| "the control thread is not running".to_string())?;
+        answer
+            .recv()
+            .map_err(|_| "the control thread stopped before answering".to_string())?
+    }
 }
 
 /// TestKnobs are the control thread's test hooks, set from another thread.
@@ -100,6 +153,7 @@ impl ControlThread {
         let panicked = Arc::new(AtomicBool::new(false));
         let (stop2, knobs2) = (stop.clone(), knobs.clone());
         let (shards, panicked2) = (setup.shards.clone(), panicked.clone());
+        let (reloads, reload_rx) = crossbeam_channel::unbounded();
         // A second handle on the admin socket: a panic unwinds the runtime without closing the
         // sockets it owned, so the panic action shuts this one down (no more accepts).
         let admin_socket = match &setup.admin {
@@ -108,7 +162,7 @@ impl ControlThread {
         };
         let thread = spawn_supervised(
             "ringlb-ctl",
-            move || run(setup, stop2, knobs2, ready_tx),
+            move || run(setup, reload_rx, stop2, knobs2, ready_tx),
             move |_| {
                 panicked2.store(true, Ordering::SeqCst);
                 tracing::error!("no health checks and no admin endpoint any more: stopping ringlb");
@@ -127,6 +181,7 @@ impl ControlThread {
             thread: Some(thread),
             panicked,
             admin,
+            reloads,
         };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(ctl),
@@ -144,6 +199,13 @@ impl ControlThread {
     /// The bound admin address (port 0 resolved), if the admin endpoint is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// A handle that applies new configurations.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            tx: self.reloads.clone(),
+        }
     }
 
     /// Test knob: stop draining observations for `d` (shards keep reporting; a full channel
@@ -182,6 +244,7 @@ impl Drop for ControlThread {
 /// The thread body: builds the runtime and runs until stopped.
 fn run(
     setup: ControlSetup,
+    reloads: Receiver<ReloadRequest>,
     stop: Arc<AtomicBool>,
     knobs: Arc<TestKnobs>,
     ready: mpsc::Sender<Result<(), String>>,
@@ -189,7 +252,7 @@ fn run(
     let epoll = setup.config.server.driver == Driver::Epoll;
     let main = |ready: mpsc::Sender<Result<(), String>>| async move {
         let _ = ready.send(Ok(()));
-        control_main(setup, stop, knobs).await;
+        control_main(setup, reloads, stop, knobs).await;
     };
     if epoll {
         match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -216,14 +279,18 @@ fn run(
 
 /// Ctl is the control thread's state, shared by its tasks (one thread: `Rc` + `RefCell`).
 struct Ctl {
-    /// The configuration.
-    config: Arc<Config>,
+    /// The configuration running now.
+    config: RefCell<Arc<Config>>,
+    /// Its generation (see [`Snapshot::generation`]).
+    generation: Cell<u64>,
+    /// Reload outcomes so far.
+    reloads: RefCell<ReloadStats>,
     /// Health of every group, in config order.
     groups: RefCell<Vec<GroupHealth>>,
     /// Every shard's control sender.
     shards: Vec<Sender<ControlMsg>>,
     /// Per shard: pushes that found its channel full, sent before anything newer.
-    backlog: RefCell<Vec<VecDeque<HealthChange>>>,
+    backlog: RefCell<Vec<VecDeque<ControlMsg>>>,
     /// Every shard's health counters.
     stats: Vec<Arc<ShardStats>>,
     /// Earliest end of any ejection (so the drain loop checks expiry in O(1) otherwise).
@@ -240,6 +307,19 @@ struct Ctl {
     tasks: Cell<usize>,
     /// When the control thread started, for `/status`.
     started: Instant,
+}
+
+/// ReloadStats counts reload outcomes (for `/status` and the metrics).
+#[derive(Debug, Default, Clone)]
+struct ReloadStats {
+    /// Applied reloads.
+    ok: u64,
+    /// Refused reloads (the old configuration kept running).
+    error: u64,
+    /// When the last applied reload happened (Unix seconds).
+    last_success_unix: Option<f64>,
+    /// Why the last refused reload was refused.
+    last_error: Option<String>,
 }
 
 /// TaskGuard counts a running task for as long as it lives.
@@ -276,7 +356,8 @@ impl Ctl {
         let Some(c) = change else {
             return;
         };
-        let g = &self.config.upstreams[group];
+        let config = self.config.borrow().clone();
+        let g = &config.upstreams[group];
         tracing::info!(
             group = %g.name,
             peer = %g.peers[peer].address,
@@ -301,11 +382,11 @@ impl Ctl {
         let mut backlog = self.backlog.borrow_mut();
         for (tx, queue) in self.shards.iter().zip(backlog.iter_mut()) {
             if !queue.is_empty() {
-                queue.push_back(change);
+                queue.push_back(ControlMsg::Health(change));
                 continue;
             }
-            if let Err(TrySendError::Full(_)) = tx.try_send(ControlMsg::Health(change)) {
-                queue.push_back(change);
+            if let Err(TrySendError::Full(msg)) = tx.try_send(ControlMsg::Health(change)) {
+                queue.push_back(msg);
             }
         }
     }
@@ -314,12 +395,13 @@ impl Ctl {
     fn flush_backlog(&self) {
         let mut backlog = self.backlog.borrow_mut();
         for (tx, queue) in self.shards.iter().zip(backlog.iter_mut()) {
-            while let Some(change) = queue.front() {
-                match tx.try_send(ControlMsg::Health(*change)) {
-                    Ok(()) => {
-                        queue.pop_front();
+            while let Some(msg) = queue.pop_front() {
+                match tx.try_send(msg) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(msg)) => {
+                        queue.push_front(msg);
+                        break;
                     }
-                    Err(TrySendError::Full(_)) => break,
                     Err(TrySendError::Disconnected(_)) => queue.clear(),
                 }
             }
@@ -329,6 +411,9 @@ impl Ctl {
     /// Feeds one shard observation to its peer's state machine.
     fn observe(&self, obs: Observation) {
         self.received.set(self.received.get() + 1);
+        if obs.generation != self.generation.get() {
+            return; // its indices belong to an older configuration
+        }
         let now = Instant::now();
         let change = {
             let mut groups = self.groups.borrow_mut();
@@ -370,90 +455,6 @@ impl Ctl {
     }
 }
 
-impl admin::Host for Ctl {
-    /// The `/status` document.
-    fn status(&self) -> Value {
-        let groups = self.groups.borrow();
-        let now = Instant::now();
-        let ms_since = |t: Instant| now.saturating_duration_since(t).as_millis() as u64;
-        let groups: Vec<Value> = self
-            .config
-            .upstreams
-            .iter()
-            .zip(groups.iter())
-            .map(|(u, g)| {
-                let peers: Vec<Value> = u
-                    .peers
-                    .iter()
-                    .zip(g.peers.iter())
-                    .map(|(p, h)| {
-                        let last_check = h.last_check.as_ref().map(|c| {
-                            json!({
-                                "ok": c.ok,
-                                "result": c.detail,
-                                "ago_ms": ms_since(c.at),
-                                "unix_ms": c.wall.duration_since(UNIX_EPOCH)
-                                    .map_or(0, |d| d.as_millis() as u64),
-                            })
-                        });
-                        json!({
-                            "address": p.address,
-                            "addr": p.addr.to_string(),
-                            "weight": p.weight,
-                            "backup": p.backup,
-                            "region": p.region,
-                            "state": h.status().name(),
-                            "eligible": h.is_eligible(),
-                            "why": h.why,
-                            "last_check": last_check,
-                            "consecutive_successes": h.successes,
-                            "consecutive_failures": h.failures,
-                            "passive_consecutive_failures": h.passive_failures,
-                            "ejected": h.is_ejected(),
-                            "ejected_for_ms": h.ejected_until
-                                .map_or(0, |t| t.saturating_duration_since(now).as_millis() as u64),
-                            "ejections": h.ejections,
-                            "changed_ago_ms": h.changed_at.map(ms_since),
-                        })
-                    })
-                    .collect();
-                json!({
-                    "name": u.name,
-                    "active_check": u.health.is_some(),
-                    "local_region": u.local_region,
-                    "when_all_down": u.when_all_down.name(),
-                    "ejected": g.ejected(),
-                    "max_ejected": g.max_ejected(),
-                    "peers": peers,
-                })
-            })
-            .collect();
-        let shards: Vec<Value> = self
-            .stats
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                json!({
-                    "shard": i,
-                    "sent_observations": s.sent_observations.load(Ordering::Relaxed),
-                    "dropped_observations": s.dropped_observations.load(Ordering::Relaxed),
-                    "health_changes_applied": s.changes_applied.load(Ordering::Relaxed),
-                    "last_apply_lag_us": s.last_apply_lag_ns.load(Ordering::Relaxed) / 1000,
-                    "max_apply_lag_us": s.max_apply_lag_ns.load(Ordering::Relaxed) / 1000,
-                })
-            })
-            .collect();
-        json!({
-            "uptime_ms": ms_since(self.started),
-            "observations_received": self.received.get(),
-            "health_changes_pushed": self.pushed.get(),
-            "dropped_log_writes": dropped_log_writes(),
-            "groups": groups,
-            "shards": shards,
-        })
-    }
-}
-
 /// The earlier of two optional instants.
 fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
@@ -469,7 +470,12 @@ fn jitter(d: Duration) -> Duration {
 
 /// The runtime's main future: spawns the probe and admin tasks, then drains observations until
 /// stopped, then lets every task end.
-async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, knobs: Arc<TestKnobs>) {
+async fn control_main(
+    setup: ControlSetup,
+    reloads: Receiver<ReloadRequest>,
+    stop: Arc<AtomicBool>,
+    knobs: Arc<TestKnobs>,
+) {
     let config = setup.config;
     let ctl = Rc::new(Ctl {
         groups: RefCell::new(config.upstreams.iter().map(GroupHealth::new).collect()),
@@ -483,23 +489,11 @@ async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, knobs: Arc<Tes
         stopped: Notify::default(),
         tasks: Cell::new(0),
         started: Instant::now(),
-        config: config.clone(),
+        config: RefCell::new(config),
+        generation: Cell::new(0),
+        reloads: RefCell::new(ReloadStats::default()),
     });
-    for (gi, u) in config.upstreams.iter().enumerate() {
-        let Some(check) = &u.health else {
-            continue;
-        };
-        for (pi, p) in u.peers.iter().enumerate() {
-            let probe = Probe::new(check, p.addr, &p.address);
-            monoio::spawn(probe_loop(
-                TaskGuard::new(&ctl),
-                gi,
-                pi,
-                probe,
-                check.interval,
-            ));
-        }
-    }
+    spawn_probes(&ctl);
     if let Some(l) = setup.admin {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -531,6 +525,10 @@ async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, knobs: Arc<Tes
                 seen += 1;
             }
         }
+        while let Ok(req) = reloads.try_recv() {
+            let outcome = ctl.reload(req.config);
+            let _ = req.reply.send(outcome);
+        }
         ctl.expire(Instant::now());
         ctl.flush_backlog();
         idle_sleep = if seen > 0 {
@@ -549,8 +547,167 @@ async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, knobs: Arc<Tes
     }
 }
 
+/// Starts one probe loop per actively checked peer of the running configuration generation
+/// (loops of an older generation end at their next wake-up).
+fn spawn_probes(ctl: &Rc<Ctl>) {
+    let config = ctl.config.borrow().clone();
+    let generation = ctl.generation.get();
+    for (gi, u) in config.upstreams.iter().enumerate() {
+        let Some(check) = &u.health else {
+            continue;
+        };
+        for (pi, p) in u.peers.iter().enumerate() {
+            let probe = Probe::new(check, p.addr, &p.address);
+            monoio::spawn(probe_loop(
+                TaskGuard::new(ctl),
+                generation,
+                gi,
+                pi,
+                probe,
+                check.interval,
+            ));
+        }
+    }
+}
+
+/// The settings a running process cannot change: (what, whether it differs). A reload keeps
+/// the running value of each and says so.
+fn restart_only(old: &Config, new: &Config) -> Vec<(&'static str, bool)> {
+    let (o, n) = (&old.server, &new.server);
+    vec![
+        ("server.workers", o.workers != n.workers),
+        ("server.cpus / server.numa_node", o.cpus != n.cpus),
+        ("server.driver", o.driver != n.driver),
+        ("server.uring_entries", o.uring_entries != n.uring_entries),
+        ("server.uring_taskrun", o.uring_taskrun != n.uring_taskrun),
+        (
+            "server.observation_queue",
+            o.observation_queue != n.observation_queue,
+        ),
+        ("server.listen", o.listen != n.listen),
+        ("server.backlog", o.backlog != n.backlog),
+        ("server.admin", o.admin != n.admin),
+    ]
+}
+
+impl Ctl {
+    /// Applies a new configuration (`None`: the running one's file again): validates it,
+    /// carries every surviving peer's health over, pushes the next generation to every shard
+    /// and restarts the probes. On error the running configuration stays and the reason is
+    /// logged, counted and returned.
+    fn reload(self: &Rc<Self>, new: Option<Config>) -> Result<ReloadReport, String> {
+        let old = self.config.borrow().clone();
+        let loaded = match new {
+            Some(c) => Ok(c),
+            None => Config::from_file(std::path::Path::new(&old.source))
+                .map_err(|e: ConfigError| e.to_string()),
+        };
+        let mut new = match loaded {
+            Ok(c) => c,
+            Err(reason) => {
+                let mut stats = self.reloads.borrow_mut();
+                stats.error += 1;
+                stats.last_error = Some(reason.clone());
+                tracing::error!(
+                    "reload refused, still running the previous configuration: {reason}"
+                );
+                return Err(reason);
+            }
+        };
+        let mut needs_restart = Vec::new();
+        for (what, changed) in restart_only(&old, &new) {
+            if changed {
+                needs_restart.push(format!(
+                    "{what} changed: it takes effect after a restart; the running value is kept"
+                ));
+            }
+        }
+        // Keep what cannot change while running.
+        new.server.workers = old.server.workers;
+        new.server.cpus = old.server.cpus.clone();
+        new.server.driver = old.server.driver;
+        new.server.uring_entries = old.server.uring_entries;
+        new.server.uring_taskrun = old.server.uring_taskrun;
+        new.server.observation_queue = old.server.observation_queue;
+        new.server.listen = old.server.listen.clone();
+        new.server.backlog = old.server.backlog;
+        new.server.admin = old.server.admin;
+
+        let groups: Vec<GroupHealth> = {
+            let old_groups = self.groups.borrow();
+            new.upstreams
+                .iter()
+                .map(
+                    |u| match old.upstreams.iter().position(|o| o.name == u.name) {
+                        Some(oi) => GroupHealth::succeed(&old_groups[oi], &old.upstreams[oi], u),
+                        None => GroupHealth::new(u),
+                    },
+                )
+                .collect()
+        };
+        let generation = self.generation.get() + 1;
+        let snapshot = Arc::new(Snapshot {
+            eligible: groups
+                .iter()
+                .map(|g| g.peers.iter().map(|p| p.is_eligible()).collect())
+                .collect(),
+            config: Arc::new(new),
+            generation,
+        });
+        let next_expiry = groups
+            .iter()
+            .fold(None, |acc, g| min_instant(acc, g.next_expiry()));
+        *self.groups.borrow_mut() = groups;
+        *self.config.borrow_mut() = snapshot.config.clone();
+        self.generation.set(generation);
+        self.next_expiry.set(next_expiry);
+        {
+            // Health changes still queued name old indices: the snapshot supersedes them.
+            let mut backlog = self.backlog.borrow_mut();
+            for (tx, queue) in self.shards.iter().zip(backlog.iter_mut()) {
+                queue.clear();
+                if let Err(TrySendError::Full(msg)) =
+                    tx.try_send(ControlMsg::Reload(snapshot.clone()))
+                {
+                    queue.push_back(msg);
+                }
+            }
+        }
+        spawn_probes(self);
+        {
+            let mut stats = self.reloads.borrow_mut();
+            stats.ok += 1;
+            stats.last_success_unix = std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs_f64());
+        }
+        let c = &snapshot.config;
+        tracing::info!(
+            generation,
+            upstreams = c.upstreams.len(),
+            peers = c.upstreams.iter().map(|u| u.peers.len()).sum::<usize>(),
+            "configuration reloaded"
+        );
+        for note in &needs_restart {
+            tracing::warn!("reload: {note}");
+        }
+        Ok(ReloadReport {
+            generation,
+            needs_restart,
+        })
+    }
+}
+
 /// Probes one peer forever, on its own jittered schedule.
-async fn probe_loop(guard: TaskGuard, group: usize, peer: usize, probe: Probe, interval: Duration) {
+async fn probe_loop(
+    guard: TaskGuard,
+    generation: u64,
+    group: usize,
+    peer: usize,
+    probe: Probe,
+    interval: Duration,
+) {
     let ctl = guard.0.clone();
     // The first probe comes within a tenth of an interval, spread so peers do not probe in
     // lockstep; later ones every interval ±10%, start to start.
@@ -559,10 +716,16 @@ async fn probe_loop(guard: TaskGuard, group: usize, peer: usize, probe: Probe, i
         if ctl.until_stop(monoio::time::sleep(wait)).await.is_none() {
             return;
         }
+        if ctl.generation.get() != generation {
+            return; // a reload started the probes of the new configuration
+        }
         let started = Instant::now();
         let Some(result) = ctl.until_stop(probe.run()).await else {
             return;
         };
+        if ctl.generation.get() != generation {
+            return;
+        }
         let now = Instant::now();
         let (ok, detail) = match result {
             Ok(d) => (true, d),
@@ -602,5 +765,5 @@ async fn admin_loop(guard: TaskGuard, listener: TcpListener) {
 /// Serves one admin connection (see [`crate::admin`]), cut short when the thread stops.
 async fn admin_conn(guard: TaskGuard, stream: TcpStream) {
     let ctl = guard.0.clone();
-    let _ = ctl.until_stop(admin::serve(&*ctl, stream)).await;
+    let _ = ctl.until_stop(admin::serve(&ctl, stream)).await;
 }

@@ -317,6 +317,33 @@ impl GroupHealth {
         }
     }
 
+    /// The health of `cfg` (the same group in a new configuration) after a reload: a peer
+    /// whose address stays keeps its state (probe counts, ejection, history), a new one starts
+    /// as a new group's would. Without an active check any more, a surviving peer's probe
+    /// verdict no longer applies: it is up (an ejection stays).
+    pub fn succeed(
+        old: &GroupHealth,
+        old_cfg: &UpstreamConfig,
+        cfg: &UpstreamConfig,
+    ) -> GroupHealth {
+        let mut next = GroupHealth::new(cfg);
+        for (i, peer) in cfg.peers.iter().enumerate() {
+            let Some(old_i) = old_cfg.peers.iter().position(|p| p.address == peer.address) else {
+                continue;
+            };
+            let Some(prev) = old.peers.get(old_i) else {
+                continue;
+            };
+            let mut carried = prev.clone();
+            if cfg.health.is_none() && carried.state != ProbeState::Up {
+                carried.state = ProbeState::Up;
+                carried.why = "no active check".to_string();
+            }
+            next.peers[i] = carried;
+        }
+        next
+    }
+
     /// How many peers may be ejected at once: `max_eject_percent` of the group, rounded down.
     pub fn max_ejected(&self) -> usize {
         self.peers.len() * self.passive.max_eject_percent as usize / 100

@@ -15,8 +15,8 @@ impl<C: Transport> Conn<'_, C> {
     /// new connection, from accept) the whole head must arrive within `request_header` (408).
     pub(super) async fn read_request_head(&mut self, first: bool) -> Result<bool, HttpError> {
         let ctx = self.ctx;
-        let limits = ctx.config.limits;
-        let timeouts = ctx.config.timeouts;
+        let limits = self.live.config.limits;
+        let timeouts = self.live.config.timeouts;
         if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
@@ -56,7 +56,7 @@ impl<C: Transport> Conn<'_, C> {
         let keep_alive = keep_alive && !self.ctx.is_shutting_down();
         self.out.clear();
         write_error_response(err, keep_alive, self.head_request, &mut self.out);
-        let wait = self.ctx.config.timeouts.client_idle;
+        let wait = self.live.config.timeouts.client_idle;
         let written = write_all(&mut self.io, &mut self.out, wait).await.is_ok();
         self.linger = written && !keep_alive;
         written && keep_alive
@@ -71,7 +71,7 @@ impl<C: Transport> Conn<'_, C> {
         self.continue_sent = true;
         self.out.clear();
         self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        let wait = self.ctx.config.timeouts.client_idle;
+        let wait = self.live.config.timeouts.client_idle;
         let ok = write_all(&mut self.io, &mut self.out, wait).await.is_ok();
         self.out.clear();
         ok
@@ -84,7 +84,7 @@ impl<C: Transport> Conn<'_, C> {
     /// discarded. Closing with unread bytes instead would make the kernel send a reset, which
     /// destroys the answer not yet read by the client. Shutdown cuts the wait short.
     pub(super) async fn lingering_close(&mut self) {
-        let limits = self.ctx.config.limits;
+        let limits = self.live.config.limits;
         if !self.io.shutdown_write() {
             return;
         }

@@ -2,9 +2,13 @@
 //! request loop uses it, and embedded by the shard, so the proxy does not import the shard.
 //!
 //! Draining the control channel lives here too: the request loop drains it before every
-//! request (invariant 1: `try_recv` only), the shard on its tick.
+//! request (invariant 1: `try_recv` only), the shard on its tick. A reload arrives there as a
+//! [`Snapshot`]: the shard builds its next [`Live`] state from it and swaps it in; a request
+//! holds the `Live` it started on (an `Rc`) until it ends.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
@@ -12,27 +16,88 @@ use monoio::io::Canceller;
 
 use super::{Picker, Router};
 use crate::config::Config;
-use crate::control::{ControlMsg, Notify, Outcome, ShardReporter};
+use crate::control::{ControlMsg, Notify, Outcome, ShardReporter, Snapshot};
 use crate::failover::Failure;
 use crate::upstream::UpstreamGroup;
 
-/// ShardCtx is everything the connections of one shard share (behind an `Rc`): the
-/// configuration snapshot, the shard's replica of every upstream group, the router or picker,
-/// the passive-health reporter, and the shard's control channel with the shutdown state it
-/// sets. The shard embeds it (`shard::Shard`) and adds what only its own loops count.
+/// Live is what a shard serves requests with under one configuration generation: the config
+/// snapshot, the shard's replica of every upstream group, the router. Immutable once built; a
+/// reload builds the next one.
+pub struct Live {
+    /// The configuration (immutable snapshot).
+    pub config: Arc<Config>,
+    /// The generation (see [`Snapshot::generation`]); reports carry it.
+    pub generation: u64,
+    /// This shard's replica of every upstream group, in config order.
+    pub groups: Vec<Rc<UpstreamGroup>>,
+    /// Route table: request → group index (the default picker).
+    pub router: Router,
+    /// Upstream group names in config order (for pickers).
+    pub upstream_names: Vec<String>,
+}
+
+impl Live {
+    /// The first generation, every peer as the config starts it.
+    fn new(config: Arc<Config>) -> Live {
+        let groups = config
+            .upstreams
+            .iter()
+            .map(|u| Rc::new(UpstreamGroup::new(u)))
+            .collect();
+        Live::with_groups(config, 0, groups)
+    }
+
+    fn with_groups(config: Arc<Config>, generation: u64, groups: Vec<Rc<UpstreamGroup>>) -> Live {
+        Live {
+            router: Router::new(&config),
+            upstream_names: config.upstreams.iter().map(|u| u.name.clone()).collect(),
+            generation,
+            groups,
+            config,
+        }
+    }
+
+    /// The next generation: groups that stay (by name) succeed their old replica (state
+    /// carried over, see `UpstreamGroup::succeed`), new ones start fresh, removed ones close
+    /// their idle connections (their in-flight requests finish on the old `Live`).
+    fn succeed(&self, snap: &Snapshot) -> Live {
+        let mut old: HashMap<&str, &Rc<UpstreamGroup>> =
+            self.groups.iter().map(|g| (g.name.as_str(), g)).collect();
+        let groups = snap
+            .config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(gi, u)| {
+                let eligible = snap.eligible.get(gi).map_or(&[][..], Vec::as_slice);
+                match old.remove(u.name.as_str()) {
+                    Some(prev) => UpstreamGroup::succeed(prev, u, eligible),
+                    None => {
+                        let g = UpstreamGroup::new(u);
+                        g.set_all_health(eligible);
+                        Rc::new(g)
+                    }
+                }
+            })
+            .collect();
+        for gone in old.values() {
+            gone.pool.clear();
+        }
+        Live::with_groups(snap.config.clone(), snap.generation, groups)
+    }
+}
+
+/// ShardCtx is everything the connections of one shard share (behind an `Rc`): the current
+/// [`Live`] state, the router or picker, the passive-health reporter, and the shard's control
+/// channel with the shutdown state it sets. The shard embeds it (`shard::Shard`) and adds what
+/// only its own loops count.
 pub struct ShardCtx {
     /// The shard's index.
     pub id: usize,
-    /// The configuration this shard runs (immutable snapshot).
-    pub config: Arc<Config>,
-    /// This shard's replica of every upstream group, in config order.
-    pub groups: Vec<UpstreamGroup>,
-    /// Route table: request → group index (the default picker).
-    pub router: Router,
-    /// A library user's picker, replacing `router` when set.
+    /// The current generation's state; swapped by a reload.
+    live: RefCell<Rc<Live>>,
+    /// A library user's picker, replacing the router when set.
     pub picker: Option<Arc<dyn Picker>>,
-    /// Upstream group names in config order (for pickers).
-    pub upstream_names: Vec<String>,
     /// The control channel, drained with `try_recv` only.
     control: Receiver<ControlMsg>,
     /// Set once shutdown began: connections finish their request and close.
@@ -55,16 +120,10 @@ impl ShardCtx {
         picker: Option<Arc<dyn Picker>>,
         health: ShardReporter,
     ) -> Self {
-        let groups = config.upstreams.iter().map(UpstreamGroup::new).collect();
-        let router = Router::new(&config);
-        let upstream_names = config.upstreams.iter().map(|u| u.name.clone()).collect();
         ShardCtx {
             id,
-            config,
-            groups,
-            router,
+            live: RefCell::new(Rc::new(Live::new(config))),
             picker,
-            upstream_names,
             control,
             shutting_down: Cell::new(false),
             changed: Notify::default(),
@@ -73,19 +132,43 @@ impl ShardCtx {
         }
     }
 
+    /// The current generation's state (a request keeps the one it started with).
+    #[inline]
+    pub fn live(&self) -> Rc<Live> {
+        self.live.borrow().clone()
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.live.borrow().config.clone()
+    }
+
     /// Applies every pending control message, without blocking.
     pub fn drain_control(&self) {
         while let Ok(msg) = self.control.try_recv() {
             match msg {
                 ControlMsg::Shutdown => self.begin_shutdown(),
                 ControlMsg::Health(change) => {
-                    if let Some(g) = self.groups.get(change.group) {
+                    if let Some(g) = self.live.borrow().groups.get(change.group) {
                         g.set_health(change.peer, change.eligible);
                     }
                     self.health.applied(&change);
                 }
+                ControlMsg::Reload(snap) => self.reload(&snap),
             }
         }
+    }
+
+    /// Swaps in the next generation.
+    fn reload(&self, snap: &Snapshot) {
+        let next = self.live.borrow().succeed(snap);
+        self.health.reconfigure(&snap.config, snap.generation);
+        tracing::debug!(
+            shard = self.id,
+            generation = snap.generation,
+            "configuration applied"
+        );
+        *self.live.borrow_mut() = Rc::new(next);
     }
 
     fn begin_shutdown(&self) {

@@ -4,7 +4,6 @@
 //! connection is replaced here, within the try ([`replay_on_fresh`]); every other failure goes
 //! back to the try loop as a value.
 
-use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
@@ -75,21 +74,28 @@ pub(super) struct Held {
     pub body_done: bool,
 }
 
-/// ActiveGuard counts a request in flight to a peer for as long as it lives.
-pub(super) struct ActiveGuard<'a>(&'a Cell<u32>);
+/// ActiveGuard counts a request in flight to a peer for as long as it lives (in the group's
+/// successors too, after a reload).
+pub(super) struct ActiveGuard<'a> {
+    /// The group the request was counted in.
+    group: &'a UpstreamGroup,
+    /// The peer.
+    peer: PeerId,
+}
 
 impl<'a> ActiveGuard<'a> {
-    fn new(active: &'a Cell<u32>) -> Self {
-        active.set(active.get() + 1);
-        ActiveGuard(active)
+    fn new(group: &'a UpstreamGroup, peer: PeerId) -> Self {
+        group.begin_active(peer);
+        ActiveGuard { group, peer }
     }
 }
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        self.group.end_active(self.peer);
     }
 }
+
 impl<C: Transport> Conn<'_, C> {
     /// One try on one peer: a pooled or new connection, the request, the response head; then
     /// either the response is relayed, or the failure is handed back to the try loop (with the
@@ -106,7 +112,7 @@ impl<C: Transport> Conn<'_, C> {
         // In flight to the peer from the moment it is chosen: a request waiting for its
         // connect counts too, or a peer that is slow to accept looks idle to the load-aware
         // selectors and attracts every request meanwhile.
-        let _active = ActiveGuard::new(&group.load(peer_id).active);
+        let _active = ActiveGuard::new(group, peer_id);
         let mut fresh_only = false;
         let mut stale_replayed = false;
         loop {
@@ -347,7 +353,7 @@ impl<C: Transport> Conn<'_, C> {
             Err(_) => {}
         }
         // Read on until we know what the upstream said.
-        let read_timeout = self.ctx.config.timeouts.upstream_read;
+        let read_timeout = self.live.config.timeouts.upstream_read;
         loop {
             match parse_response(&self.ubuf, self.head.method, &mut self.resp) {
                 Ok(ParseStatus::Complete) => {
@@ -374,7 +380,7 @@ impl<C: Transport> Conn<'_, C> {
     /// than `[limits]` allows is answering nothing: its response is invalid (502). A second
     /// `100 Continue` is dropped.
     pub(super) async fn relay_interim(&mut self) -> Result<(), TryFail> {
-        let limits = self.ctx.config.limits;
+        let limits = self.live.config.limits;
         self.interim_count += 1;
         self.interim_bytes += self.resp.head_len;
         if self.interim_count > limits.max_interim_responses
@@ -394,7 +400,7 @@ impl<C: Transport> Conn<'_, C> {
         if self.head.version == Version::Http11 && !repeat {
             self.out.clear();
             rewrite_response(&self.ubuf, &self.resp, Version::Http11, true, &mut self.out);
-            let wait = self.ctx.config.timeouts.client_idle;
+            let wait = self.live.config.timeouts.client_idle;
             if write_all(&mut self.io, &mut self.out, wait).await.is_err() {
                 return Err(TryFail::ClientGone);
             }
@@ -414,7 +420,7 @@ impl<C: Transport> Conn<'_, C> {
         write_timeout: Duration,
         try_deadline: Option<Instant>,
     ) -> Result<(), TryFail> {
-        let client_idle = self.ctx.config.timeouts.client_idle;
+        let client_idle = self.live.config.timeouts.client_idle;
         body.mark_streaming();
         if self.rbuf.capacity() < STREAM_BUF {
             self.rbuf.reserve(STREAM_BUF - self.rbuf.len());

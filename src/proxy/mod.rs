@@ -31,11 +31,12 @@ mod relay;
 mod route;
 mod tries;
 
-pub use context::ShardCtx;
+pub use context::{Live, ShardCtx};
 pub use picker::{Pick, Picker, RequestInfo, Upstreams};
 pub use route::Router;
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use crate::balance::PeerId;
@@ -60,6 +61,7 @@ const STREAM_BUF: usize = 64 * 1024;
 pub async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
     let mut conn = Conn {
         ctx,
+        live: ctx.live(),
         io,
         client: addr,
         fwd: ForwardInfo {
@@ -82,6 +84,7 @@ pub async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
     let mut first = true;
     loop {
         ctx.drain_control();
+        conn.live = ctx.live();
         match conn.read_request_head(first).await {
             Ok(true) => {}
             Ok(false) => break,
@@ -91,6 +94,9 @@ pub async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
             }
         }
         first = false;
+        // A reload that arrived while the head was read applies to this request already.
+        ctx.drain_control();
+        conn.live = ctx.live();
         if !conn.handle_request().await {
             break;
         }
@@ -106,6 +112,9 @@ pub async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
 struct Conn<'a, C> {
     /// The shard this connection lives on.
     ctx: &'a ShardCtx,
+    /// The configuration generation the current request runs on (taken before each request
+    /// head is read: a reload applies from the next request on).
+    live: Rc<Live>,
     /// The client connection.
     io: C,
     /// The client's address.
@@ -151,24 +160,25 @@ impl<C: Transport> Conn<'_, C> {
     /// with ringlb's own error, or relaying the failed try's response.
     async fn handle_request(&mut self) -> bool {
         let ctx = self.ctx;
+        let live = self.live.clone();
         let pick = match &ctx.picker {
             Some(picker) => {
                 let info = RequestInfo::new(&self.rbuf, &self.head, self.client);
-                picker.pick(&info, &Upstreams::new(&ctx.upstream_names))
+                picker.pick(&info, &Upstreams::new(&live.upstream_names))
             }
             None => Pick {
-                upstream: ctx.router.route(&self.rbuf, &self.head),
+                upstream: live.router.route(&self.rbuf, &self.head),
                 hash: None,
             },
         };
         let Some(group_idx) = pick.upstream else {
             return self.reply_not_found().await;
         };
-        let Some(group) = ctx.groups.get(group_idx) else {
+        let Some(group) = live.groups.get(group_idx) else {
             return self.reply_not_found().await;
         };
         let head_len = self.head.head_len;
-        let mut body = BodyProgress::new(self.head.body, ctx.config.limits.max_body_bytes);
+        let mut body = BodyProgress::new(self.head.body, live.config.limits.max_body_bytes);
         let buffered = match body.advance(&self.rbuf[head_len..], None) {
             Ok(n) => n,
             Err(err) => return self.reply_error(&err, false).await,
@@ -263,7 +273,7 @@ impl<C: Transport> Conn<'_, C> {
             };
             let finished = tries.finish(group, hooks, end, Instant::now());
             if let Some((peer, outcome)) = finished.report {
-                ctx.health.report(group_idx, peer, outcome);
+                ctx.health.report(live.generation, group_idx, peer, outcome);
             }
             match finished.then {
                 Then::Done => return keep_client,
@@ -316,7 +326,7 @@ impl<C: Transport> Conn<'_, C> {
     /// head), so the whole request can be sent again. Stops early, leaving the rest to stream,
     /// when a chunked body turns out larger. `Err(keep)`: answered or gone; return `keep`.
     async fn buffer_body(&mut self, body: &mut BodyProgress, limit: usize) -> Result<(), bool> {
-        let client_idle = self.ctx.config.timeouts.client_idle;
+        let client_idle = self.live.config.timeouts.client_idle;
         let kept = |out: &Vec<u8>, head: usize| out.len().saturating_sub(head);
         let head_part = self.out.len() - (self.rpos - self.head.head_len);
         while !body.done() && kept(&self.out, head_part) <= limit {

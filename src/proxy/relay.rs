@@ -28,7 +28,7 @@ impl<C: Transport> Conn<'_, C> {
             body_done,
         } = held;
         let t = group.timeouts;
-        let client_idle = self.ctx.config.timeouts.client_idle;
+        let client_idle = self.live.config.timeouts.client_idle;
         let client_version = self.head.version;
         let resp_body = self.resp.body;
         let dechunk = resp_body == BodyKind::Chunked && client_version == Version::Http10;
@@ -150,7 +150,7 @@ impl<C: Transport> Conn<'_, C> {
             }
         }
         if reuse_upstream && resp_body != BodyKind::UntilClose {
-            group.pool.put(peer_id, up, Instant::now());
+            group.put_idle(peer_id, up, Instant::now());
         }
         TryResult::Relayed { keep_client }
     }

@@ -86,8 +86,8 @@ pub fn run(
     listeners: Vec<std::net::TcpListener>,
     ready: impl FnOnce(Result<&'static str, String>),
 ) {
-    let entries = ctx.config.server.uring_entries;
-    let uring = match ctx.config.server.driver {
+    let entries = ctx.config().server.uring_entries;
+    let uring = match ctx.config().server.driver {
         Driver::Epoll => false,
         Driver::Auto => monoio::utils::detect_uring(),
         Driver::IoUring => {
@@ -121,7 +121,7 @@ pub fn run(
         UringTaskrun::Coop,
         UringTaskrun::Interrupt,
     ];
-    let wanted = ctx.config.server.uring_taskrun;
+    let wanted = ctx.config().server.uring_taskrun;
     let first = modes.iter().position(|&m| m == wanted).unwrap_or(0);
     let mut last_err = String::new();
     for &mode in &modes[first..] {
@@ -191,14 +191,14 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
         let now = Instant::now();
         if now.duration_since(last_reap) >= REAP_EVERY {
             last_reap = now;
-            for g in &ctx.groups {
+            for g in &ctx.live().groups {
                 g.pool.reap(now);
             }
         }
     }
     // Drain: in-flight requests finish (their connections close afterwards), bounded.
-    let deadline = Instant::now() + ctx.config.server.shutdown_timeout;
-    for g in &ctx.groups {
+    let deadline = Instant::now() + ctx.config().server.shutdown_timeout;
+    for g in &ctx.live().groups {
         g.pool.clear();
     }
     while shard.connections.get() > 0 {
@@ -233,7 +233,7 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
 async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
     let shard = &guard.0;
     let ctx = &shard.ctx;
-    let max = ctx.config.server.max_connections;
+    let max = ctx.config().server.max_connections;
     // One warning per second at most: when descriptors run out, every pending connection
     // fails its accept again and again.
     let warnings = RateLimit::per_second();

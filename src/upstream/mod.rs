@@ -6,22 +6,23 @@
 
 mod hash_key;
 mod pool;
+mod reload;
 
 pub use hash_key::hash_request;
 pub use pool::{is_quiet, Connection, Pool, PooledConn};
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::balance::Algorithm;
 use crate::balance::{
-    build_selector, observe_latency, select_eligible, Candidate, HashKey, PeerId, PeerLoad,
-    Selector,
+    build_selector, observe_latency, select_eligible, BalanceParams, Candidate, HashKey, PeerId,
+    PeerLoad, Selector,
 };
 use crate::config::{PoolConfig, StartState, Timeouts, UpstreamConfig, WhenAllDown};
-use crate::failover::{BreakerTransition, CircuitBreaker, Retrier, Ticket};
+use crate::failover::{BreakerConfig, BreakerTransition, CircuitBreaker, Retrier, Ticket};
 use crate::http::RequestHead;
 
 /// Peer is one peer of a group with its shard-local state.
@@ -32,6 +33,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Configured weight (0 = drained: no new requests).
     pub weight: u32,
+    /// Draining (`drain = true`): no new requests, whatever the weight.
+    pub drain: bool,
     /// Backup peers only get traffic when no primary is eligible.
     pub backup: bool,
     /// This peer's index among the primaries (or among the backups, for a backup peer): its
@@ -48,7 +51,13 @@ impl Peer {
     /// Whether the shard may send a new request to this peer: not drained, and healthy.
     #[inline]
     pub fn is_eligible(&self) -> bool {
-        self.weight > 0 && self.healthy.get()
+        self.takes_requests() && self.healthy.get()
+    }
+
+    /// Whether it takes new requests at all, health aside: not drained, weight above 0.
+    #[inline]
+    pub fn takes_requests(&self) -> bool {
+        self.weight > 0 && !self.drain
     }
 }
 
@@ -78,7 +87,13 @@ pub struct UpstreamGroup {
     pub retrier: RefCell<Retrier>,
     /// One circuit breaker per peer (indexed by `PeerId`) when the upstream configures
     /// `circuit_breaker`; empty otherwise.
-    breakers: Vec<RefCell<CircuitBreaker>>,
+    breakers: Vec<Rc<RefCell<CircuitBreaker>>>,
+    /// The breaker settings `breakers` were built with.
+    breaker_config: Option<BreakerConfig>,
+    /// The balancing parameters the selectors were built with.
+    balance: BalanceParams,
+    /// The replica that replaced this one after a reload (see `reload.rs`).
+    successor: RefCell<Option<reload::Successor>>,
     /// Prefer peers of this region while any is eligible.
     local_region: Option<String>,
     /// What `select` does when no peer is eligible.
@@ -133,6 +148,7 @@ impl UpstreamGroup {
                     address: p.address.clone(),
                     addr: p.addr,
                     weight: p.weight,
+                    drain: p.drain,
                     backup: p.backup,
                     slot: *tier - 1,
                     region: p.region.clone(),
@@ -169,10 +185,13 @@ impl UpstreamGroup {
             retrier: RefCell::new(Retrier::new(cfg.retry, now, fastrand::Rng::with_seed(seed))),
             breakers: match cfg.circuit_breaker {
                 Some(b) => (0..cfg.peers.len())
-                    .map(|_| RefCell::new(CircuitBreaker::new(b, now)))
+                    .map(|_| Rc::new(RefCell::new(CircuitBreaker::new(b, now))))
                     .collect(),
                 None => Vec::new(),
             },
+            breaker_config: cfg.circuit_breaker,
+            balance: cfg.balance,
+            successor: RefCell::new(None),
             local_region: cfg.local_region.clone(),
             when_all_down: cfg.when_all_down,
             failed_over_to: Cell::new(None),
@@ -248,37 +267,6 @@ impl UpstreamGroup {
         }
     }
 
-    /// Rebuilds this group from a new config of it (reload, DNS): new peers, selectors,
-    /// timeouts and pool settings, keeping for every peer whose `address` stays its live
-    /// load (active count, latency estimate) and, when it still resolves to the same socket
-    /// address, its idle pooled connections. Peers that are gone lose theirs.
-    ///
-    /// The active counts are copied: requests still in flight hold a reference to the old
-    /// counters, so the caller must not rebuild while requests of this group are in flight
-    /// (`&mut self` enforces that when the group is not shared).
-    pub fn rebuild(&mut self, cfg: &UpstreamConfig) {
-        let next = UpstreamGroup::new(cfg);
-        let old: HashMap<&str, PeerId> = self
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(id, p)| (p.address.as_str(), id))
-            .collect();
-        for (id, peer) in next.peers.iter().enumerate() {
-            let Some(&old_id) = old.get(peer.address.as_str()) else {
-                continue;
-            };
-            let (from, to) = (self.load(old_id), next.load(id));
-            to.active.set(from.active.get());
-            to.ewma_ns.set(from.ewma_ns.get());
-            to.ewma_at.set(from.ewma_at.get());
-            if self.peers[old_id].addr == peer.addr {
-                next.pool.adopt(id, &self.pool, old_id);
-            }
-        }
-        *self = next;
-    }
-
     /// The hash of a request for this group's hashing algorithm: `None` when the group does
     /// not hash or the key is absent from the request (the selector then rotates). `buf` is
     /// the buffer `head` was parsed from.
@@ -329,7 +317,7 @@ impl UpstreamGroup {
         if found.is_some() || self.when_all_down == WhenAllDown::Fail {
             return found;
         }
-        let last_resort = |id: PeerId| peers[id].weight > 0 && !tried.contains(id);
+        let last_resort = |id: PeerId| peers[id].takes_requests() && !tried.contains(id);
         self.pick(false, hash, last_resort)
             .or_else(|| self.pick(true, hash, last_resort))
     }
@@ -432,23 +420,24 @@ mod tests {
     }
 
     #[test]
-    fn rebuild_carries_loads_over_for_kept_addresses() {
-        let mut g = UpstreamGroup::new(&config(
+    fn reload_carries_loads_over_for_kept_addresses() {
+        let old = UpstreamGroup::new(&config(
             "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }, \
              { address = \"127.0.0.1:3\", backup = true }",
             "least_connections",
         ));
         let t0 = Instant::now();
         for (id, active) in [(0, 4), (1, 7), (2, 1)] {
-            g.load(id).active.set(active);
-            g.observe_latency(id, Duration::from_millis(id as u64 + 1), t0);
+            old.load(id).active.set(active);
+            old.observe_latency(id, Duration::from_millis(id as u64 + 1), t0);
         }
         // :1 goes, :3 stops being a backup and moves to the front, :4 is new.
-        g.rebuild(&config(
+        let cfg = config(
             "{ address = \"127.0.0.1:3\", weight = 2 }, { address = \"127.0.0.1:4\" }, \
              { address = \"127.0.0.1:2\" }",
             "least_connections",
-        ));
+        );
+        let g = UpstreamGroup::succeed(&old, &cfg, &[true; 3]);
         let addresses: Vec<&str> = g.peers.iter().map(|p| p.address.as_str()).collect();
         assert_eq!(addresses, ["127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:2"]);
         let active: Vec<u32> = (0..3).map(|id| g.load(id).active.get()).collect();
@@ -473,7 +462,7 @@ mod tests {
     }
 
     #[test]
-    fn rebuild_keeps_idle_connections_of_kept_peers() {
+    fn reload_keeps_idle_connections_of_kept_peers() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let kept = format!("{{ address = \"{addr}\" }}");
@@ -482,19 +471,20 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let mut g = UpstreamGroup::new(&config(
+            let old = UpstreamGroup::new(&config(
                 &format!("{{ address = \"127.0.0.1:9\" }}, {kept}"),
                 "round_robin",
             ));
             let now = Instant::now();
             for _ in 0..2 {
                 let stream = monoio::net::TcpStream::connect(addr).await.unwrap();
-                g.pool.put(1, stream, now);
+                old.pool.put(1, stream, now);
             }
-            g.rebuild(&config(
+            let cfg = config(
                 &format!("{kept}, {{ address = \"127.0.0.1:10\" }}"),
                 "round_robin",
-            ));
+            );
+            let g = UpstreamGroup::succeed(&old, &cfg, &[true, true]);
             assert_eq!(g.pool.idle_count(0), 2);
             assert_eq!(g.pool.idle_count(1), 0);
             assert!(g.pool.take(0, now).is_some());

@@ -214,6 +214,14 @@ impl Proxy {
         Proxy::from_server(ringlb::Server::start(config_from(toml)), toml)
     }
 
+    /// Starts the proxy from a config file (so that a reload can read it again).
+    pub fn start_file(path: &Path) -> Proxy {
+        let config =
+            ringlb::Config::from_file(path).unwrap_or_else(|e| panic!("config rejected: {e}"));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        Proxy::from_server(ringlb::Server::start(config), &text)
+    }
+
     /// Wraps a started server (panics with the error and the config text if it did not start).
     fn from_server(
         started: Result<ringlb::Server, ringlb::server::StartError>,

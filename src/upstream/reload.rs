@@ -1,0 +1,238 @@
+//! A group's next generation in one shard (hot reload, admin API changes): what survives, and
+//! how requests still in flight on the old generation keep the new one's counts right.
+//!
+//! [`UpstreamGroup::succeed`] builds the new replica from the new config. For every peer whose
+//! `address` stays, it carries the live state over:
+//! - its in-flight count and latency estimate (least-connection, power-of-two, peak_ewma keep
+//!   their view),
+//! - its circuit breaker (the same breaker object, when the breaker settings did not change),
+//! - its idle pooled connections (when it still resolves to the same socket address);
+//!
+//! the group keeps its selector (round-robin position, smooth-weighted credit) when membership,
+//! weights, algorithm and balancing parameters are unchanged, and its retry budget when the
+//! retry policy is. Health comes from the control thread's snapshot, never from the shard
+//! (invariant 3). The old replica's remaining idle connections (removed peers) are closed.
+//!
+//! A request in flight on the old replica finishes there; the old replica then forwards what it
+//! would have changed to its successor: the end of the request (the in-flight count the new
+//! replica copied includes it) and its reusable connection (pooled by the successor when the
+//! peer stays at the same address, closed otherwise).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::{Connection, UpstreamGroup};
+use crate::balance::PeerId;
+use crate::config::UpstreamConfig;
+
+/// Successor is the replica that replaced a group after a reload, and where each old peer went.
+pub(super) struct Successor {
+    /// The new replica.
+    group: Rc<UpstreamGroup>,
+    /// Indexed by the old `PeerId`: the same peer (same address) in the new replica.
+    peers: Vec<Option<PeerId>>,
+}
+
+impl UpstreamGroup {
+    /// Builds the replica that replaces `old` for `cfg` (the same group, by name, in the new
+    /// configuration), with `eligible[id]` as each new peer's health, and makes `old` forward
+    /// the ends of its in-flight requests to it. See the module documentation for what
+    /// survives.
+    pub fn succeed(old: &UpstreamGroup, cfg: &UpstreamConfig, eligible: &[bool]) -> Rc<Self> {
+        let next = UpstreamGroup::new(cfg);
+        next.set_all_health(eligible);
+        let old_ids: HashMap<&str, PeerId> = old
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(id, p)| (p.address.as_str(), id))
+            .collect();
+        let mut map = vec![None; old.peers.len()];
+        let mut next = next;
+        let same_breaker = old.breaker_config == next.breaker_config;
+        for (id, peer) in next.peers.iter().enumerate() {
+            let Some(&old_id) = old_ids.get(peer.address.as_str()) else {
+                continue;
+            };
+            map[old_id] = Some(id);
+            let (from, to) = (old.load(old_id), next.load(id));
+            to.active.set(from.active.get());
+            to.ewma_ns.set(from.ewma_ns.get());
+            to.ewma_at.set(from.ewma_at.get());
+            if same_breaker {
+                if let (Some(from), Some(to)) =
+                    (old.breakers.get(old_id), next.breakers.get_mut(id))
+                {
+                    *to = from.clone();
+                }
+            }
+            if old.peers[old_id].addr == peer.addr {
+                next.pool.adopt(id, &old.pool, old_id);
+            }
+        }
+        if old.same_selection(&next) {
+            // Same candidates in the same order: keep the selectors' position and credit.
+            std::mem::swap(
+                &mut *old.primary.borrow_mut(),
+                &mut *next.primary.borrow_mut(),
+            );
+            std::mem::swap(
+                &mut *old.backup.borrow_mut(),
+                &mut *next.backup.borrow_mut(),
+            );
+        }
+        if old.retrier.borrow().policy() == next.retrier.borrow().policy() {
+            *next.retrier.borrow_mut() = old.retrier.borrow().clone();
+        }
+        // What was not adopted belongs to removed peers (or moved addresses): close it.
+        old.pool.clear();
+        let next = Rc::new(next);
+        *old.successor.borrow_mut() = Some(Successor {
+            group: next.clone(),
+            peers: map,
+        });
+        next
+    }
+
+    /// Sets every peer's health from a snapshot (`eligible[id]`; a missing entry is healthy).
+    pub fn set_all_health(&self, eligible: &[bool]) {
+        for (id, p) in self.peers.iter().enumerate() {
+            p.healthy.set(eligible.get(id).copied().unwrap_or(true));
+        }
+    }
+
+    /// Whether `next` selects among the same candidates as `self`, the same way.
+    fn same_selection(&self, next: &UpstreamGroup) -> bool {
+        self.algorithm == next.algorithm
+            && self.balance == next.balance
+            && self.peers.len() == next.peers.len()
+            && self.peers.iter().zip(&next.peers).all(|(a, b)| {
+                a.address == b.address && a.weight == b.weight && a.backup == b.backup
+            })
+    }
+
+    /// Counts a request in flight to `peer` (see [`UpstreamGroup::end_active`]).
+    #[inline]
+    pub fn begin_active(&self, peer: PeerId) {
+        let active = &self.load(peer).active;
+        active.set(active.get() + 1);
+    }
+
+    /// Ends a request counted by [`UpstreamGroup::begin_active`], here and in every
+    /// successor that copied the count.
+    #[inline]
+    pub fn end_active(&self, peer: PeerId) {
+        let active = &self.load(peer).active;
+        active.set(active.get().saturating_sub(1));
+        if let Some(s) = &*self.successor.borrow() {
+            if let Some(&Some(id)) = s.peers.get(peer) {
+                s.group.end_active(id);
+            }
+        }
+    }
+
+    /// Returns a reusable connection to `peer` for the next request: to this replica's pool,
+    /// or after a reload to the successor's (when the peer stayed at the same address; else
+    /// the connection is closed).
+    pub fn put_idle(&self, peer: PeerId, conn: Connection, now: Instant) {
+        match &*self.successor.borrow() {
+            None => self.pool.put(peer, conn, now),
+            Some(s) => {
+                if let Some(&Some(id)) = s.peers.get(peer) {
+                    if s.group.peers[id].addr == self.peers[peer].addr {
+                        s.group.put_idle(id, conn, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a reload replaced this replica.
+    pub fn is_succeeded(&self) -> bool {
+        self.successor.borrow().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::upstream::TriedSet;
+
+    fn upstream(body: &str) -> UpstreamConfig {
+        let text = format!("[server]\nadmin = \"\"\n[[upstream]]\nname = \"u\"\n{body}\n");
+        Config::from_toml_str(&text, "t.toml")
+            .expect("valid config")
+            .upstreams
+            .remove(0)
+    }
+
+    const AB: &str = "peers = [{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }]";
+    const BC: &str = "peers = [{ address = \"127.0.0.1:2\" }, { address = \"127.0.0.1:3\" }]";
+
+    #[test]
+    fn survivors_keep_their_in_flight_count_and_old_requests_end_in_the_successor() {
+        let old = UpstreamGroup::new(&upstream(AB));
+        old.begin_active(1); // 127.0.0.1:2, in flight across the reload
+        old.begin_active(0); // 127.0.0.1:1, removed by the reload
+        let next = UpstreamGroup::succeed(&old, &upstream(BC), &[true, true]);
+        assert_eq!(next.peers[0].address, "127.0.0.1:2");
+        assert_eq!(next.load(0).active.get(), 1, "the count is carried over");
+        assert_eq!(next.load(1).active.get(), 0, "a new peer starts idle");
+        next.begin_active(0);
+        assert_eq!(next.load(0).active.get(), 2);
+        // The old request ends: both replicas count it down.
+        old.end_active(1);
+        old.end_active(0);
+        assert_eq!(old.load(1).active.get(), 0);
+        assert_eq!(next.load(0).active.get(), 1);
+        next.end_active(0);
+        assert_eq!(next.load(0).active.get(), 0);
+        assert!(old.is_succeeded() && !next.is_succeeded());
+    }
+
+    #[test]
+    fn health_comes_from_the_snapshot() {
+        let old = UpstreamGroup::new(&upstream(AB));
+        let next = UpstreamGroup::succeed(&old, &upstream(BC), &[false, true]);
+        assert!(!next.peers[0].healthy.get());
+        assert!(next.peers[1].healthy.get());
+        let now = Instant::now();
+        assert_eq!(next.select(None, &TriedSet::default(), now), Some(1));
+    }
+
+    #[test]
+    fn unchanged_membership_keeps_the_rotation() {
+        let cfg = upstream(
+            "peers = [{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }, \
+             { address = \"127.0.0.1:3\" }]",
+        );
+        let now = Instant::now();
+        let none = TriedSet::default();
+        let old = UpstreamGroup::new(&cfg);
+        let first = old.select(None, &none, now).unwrap();
+        let next = UpstreamGroup::succeed(&old, &cfg, &[true; 3]);
+        let second = next.select(None, &none, now).unwrap();
+        assert_eq!(second, (first + 1) % 3, "round robin goes on where it was");
+        // A weight change rebuilds the selector.
+        let reweighted = upstream(
+            "peers = [{ address = \"127.0.0.1:1\", weight = 2 }, { address = \"127.0.0.1:2\" }, \
+             { address = \"127.0.0.1:3\" }]",
+        );
+        assert!(!next.same_selection(&UpstreamGroup::new(&reweighted)));
+    }
+
+    #[test]
+    fn open_breaker_survives_a_reload_with_the_same_breaker_settings() {
+        let body = format!("{AB}\ncircuit_breaker = {{ failures = 1, open_ms = 60000 }}");
+        let old = UpstreamGroup::new(&upstream(&body));
+        let now = Instant::now();
+        let admit = old.admit(1, now);
+        old.breaker_outcome(1, admit, Some(false), now);
+        assert!(!old.is_eligible(1, now), "the breaker opened");
+        let next = UpstreamGroup::succeed(&old, &upstream(&body), &[true, true]);
+        assert!(!next.is_eligible(1, now), "still open after the reload");
+        assert!(next.is_eligible(0, now));
+    }
+}

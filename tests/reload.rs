@@ -1,0 +1,399 @@
+//! Hot reload and the admin API, end to end: a real proxy, real backends, real HTTP to the
+//! admin endpoint; configurations written to real files and read again.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+/// A one-shard config with an admin endpoint (and `token`, if given) and one upstream `app`
+/// over `peers` (round robin).
+fn config(peers: &[&Backend], token: Option<&str>, extra: &str) -> String {
+    let list: Vec<String> = peers
+        .iter()
+        .map(|b| format!("{{ address = \"{}\" }}", b.addr()))
+        .collect();
+    let token = token.map_or(String::new(), |t| format!("admin_token = \"{t}\"\n"));
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n{token}\n\
+         [[upstream]]\nname = \"app\"\nalgorithm = \"round_robin\"\npeers = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+/// Who answered each of `n` GETs, one connection each.
+fn answers(proxy: &Proxy, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let r = proxy.client().roundtrip(&get("/"));
+            assert_eq!(r.status, 200, "{}", show(&r.head));
+            r.body_str()
+        })
+        .collect()
+}
+
+/// How often each name occurs.
+fn counts(names: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for n in names {
+        *m.entry(n.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// One admin request: (status, body).
+fn admin(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = Client::connect(addr).roundtrip(req.as_bytes());
+    (r.status, r.body_str())
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write config");
+}
+
+#[test]
+fn reload_from_file_swaps_peers_and_a_broken_file_changes_nothing() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let path = write_config(&config(&[&a, &b], None, ""));
+    let proxy = Proxy::start_file(&path);
+    assert_eq!(
+        counts(&answers(&proxy, 4)),
+        counts(&["a", "b", "a", "b"].map(String::from))
+    );
+
+    write(&path, &config(&[&b, &c], None, ""));
+    let report = proxy.server().reload().expect("reload applies");
+    assert_eq!(report.generation, 1);
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    let after = answers(&proxy, 6);
+    assert_eq!(
+        counts(&after),
+        counts(&["b", "c", "b", "c", "b", "c"].map(String::from))
+    );
+
+    // A broken file: refused with the file and the key; the running config stays.
+    write(
+        &path,
+        &config(&[&a], None, "retry = { max_retries = \"three\" }"),
+    );
+    let err = proxy
+        .server()
+        .reload()
+        .expect_err("a broken file is refused");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("max_retries"), "{err}");
+    assert_eq!(
+        counts(&answers(&proxy, 4)),
+        counts(&["b", "c", "b", "c"].map(String::from))
+    );
+    let admin_addr = proxy.server().admin_addr().unwrap();
+    let status = json(&admin(admin_addr, "GET", "/status", None, "").1);
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["reloads"]["ok"], 1);
+    assert_eq!(status["reloads"]["error"], 1);
+    assert!(status["reloads"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("max_retries"));
+    proxy.shutdown();
+}
+
+#[test]
+fn post_reload_answers_json_and_400_with_the_reason() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let path = write_config(&config(&[&a], None, ""));
+    let proxy = Proxy::start_file(&path);
+    let admin_addr = proxy.server().admin_addr().unwrap();
+
+    write(
+        &path,
+        &config(&[&b], None, "").replace("workers = 1", "workers = 2"),
+    );
+    let (code, body) = admin(admin_addr, "POST", "/reload", None, "");
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["generation"], 1);
+    let notes = v["needs_restart"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{body}");
+    assert!(
+        notes[0].as_str().unwrap().contains("server.workers"),
+        "{body}"
+    );
+    assert_eq!(proxy.server().shard_count(), 1, "workers needs a restart");
+    assert_eq!(answers(&proxy, 3), ["b", "b", "b"]);
+
+    write(&path, "[server\nbroken");
+    let (code, body) = admin(admin_addr, "POST", "/reload", None, "");
+    assert_eq!(code, 400, "{body}");
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains(&path.display().to_string()));
+    assert_eq!(answers(&proxy, 2), ["b", "b"]);
+    // GET on a writing path is 405.
+    assert_eq!(admin(admin_addr, "GET", "/reload", None, "").0, 405);
+    proxy.shutdown();
+}
+
+#[test]
+fn request_in_flight_finishes_on_the_configuration_it_started_with() {
+    let slow = Backend::with_handler("slow", |_| {
+        Reply::ok("slow").delay(Duration::from_millis(600))
+    });
+    let fresh = Backend::start("fresh");
+    let path = write_config(&config(&[&slow], None, ""));
+    let proxy = Proxy::start_file(&path);
+    let addr = proxy.addr;
+    let in_flight = thread::spawn(move || Client::connect(addr).roundtrip(&get("/")));
+    slow.wait_heads(1, Duration::from_secs(10));
+
+    write(&path, &config(&[&fresh], None, ""));
+    proxy.server().reload().expect("reload applies");
+    // New requests go to the new peer at once, while the old one is still answering.
+    assert_eq!(answers(&proxy, 2), ["fresh", "fresh"]);
+    let r = in_flight.join().unwrap();
+    assert_eq!((r.status, r.body_str().as_str()), (200, "slow"));
+    assert_eq!(slow.request_count(), 1);
+    proxy.shutdown();
+}
+
+#[test]
+fn keep_alive_client_moves_to_the_new_configuration_at_its_next_request() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let path = write_config(&config(&[&a], None, ""));
+    let proxy = Proxy::start_file(&path);
+    let mut client = proxy.client();
+    assert_eq!(client.roundtrip(&get("/")).body_str(), "a");
+    write(&path, &config(&[&b], None, ""));
+    proxy.server().reload().expect("reload applies");
+    // Same client connection: the next request runs on the new generation.
+    assert_eq!(client.roundtrip(&get("/")).body_str(), "b");
+    proxy.shutdown();
+}
+
+#[test]
+fn health_state_survives_a_reload() {
+    let up = Backend::start("up");
+    let dead = refusing_addr();
+    let check =
+        "health = { kind = \"tcp\", interval_ms = 100, timeout_ms = 200, rise = 1, fall = 1 }";
+    let text = |extra_peer: Option<&Backend>| {
+        let mut peers = format!(
+            "{{ address = \"{}\" }}, {{ address = \"{dead}\" }}",
+            up.addr()
+        );
+        if let Some(p) = extra_peer {
+            peers.push_str(&format!(", {{ address = \"{}\" }}", p.addr()));
+        }
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n\n\
+             [[upstream]]\nname = \"app\"\npeers = [{peers}]\n{check}\n"
+        )
+    };
+    let path = write_config(&text(None));
+    let proxy = Proxy::start_file(&path);
+    let admin_addr = proxy.server().admin_addr().unwrap();
+    let state = |i: usize| -> String {
+        let s = json(&admin(admin_addr, "GET", "/status", None, "").1);
+        s["groups"][0]["peers"][i]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state(1) != "down" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead peer never went down"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let extra = Backend::start("extra");
+    write(&path, &text(Some(&extra)));
+    proxy.server().reload().expect("reload applies");
+    // Right after the reload, before any new probe could decide: the dead peer is still
+    // down (not "unknown"), the live one still up.
+    assert_eq!(state(1), "down");
+    assert_eq!(state(0), "up");
+    let got = counts(&answers(&proxy, 20));
+    assert!(!got.contains_key(""), "{got:?}");
+    assert_eq!(got.values().sum::<usize>(), 20);
+    assert!(got.keys().all(|k| k == "up" || k == "extra"), "{got:?}");
+    proxy.shutdown();
+}
+
+#[test]
+fn admin_api_adds_drains_and_removes_peers() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let token = "t0ken";
+    let path = write_config(&config(&[&a, &b], Some(token), ""));
+    let proxy = Proxy::start_file(&path);
+    let admin_addr = proxy.server().admin_addr().unwrap();
+    let api =
+        |method: &str, path: &str, body: &str| admin(admin_addr, method, path, Some(token), body);
+
+    // Reading needs no token; writing does.
+    let (code, body) = admin(admin_addr, "GET", "/upstreams", None, "");
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["upstreams"][0]["name"], "app");
+    assert_eq!(v["upstreams"][0]["peers"].as_array().unwrap().len(), 2);
+    let add = format!("{{\"address\": \"{}\", \"weight\": 1}}", c.addr());
+    assert_eq!(
+        admin(admin_addr, "POST", "/upstreams/app/peers", None, &add).0,
+        401
+    );
+    assert_eq!(
+        admin(
+            admin_addr,
+            "POST",
+            "/upstreams/app/peers",
+            Some("wrong"),
+            &add
+        )
+        .0,
+        401
+    );
+    assert_eq!(counts(&answers(&proxy, 4)).len(), 2, "nothing changed");
+
+    // Add c.
+    let (code, body) = api("POST", "/upstreams/app/peers", &add);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&body)["upstream"]["peers"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(
+        counts(&answers(&proxy, 6)),
+        counts(&["a", "b", "c", "a", "b", "c"].map(String::from))
+    );
+
+    // Drain a: no new requests.
+    let a_path = format!("/upstreams/app/peers/{}", a.addr());
+    let (code, body) = api("PATCH", &a_path, "{\"drain\": true}");
+    assert_eq!(code, 200, "{body}");
+    let before = a.request_count();
+    let got = answers(&proxy, 6);
+    assert_eq!(
+        a.request_count(),
+        before,
+        "a drained peer gets no new requests"
+    );
+    assert_eq!(
+        counts(&got),
+        counts(&["b", "c", "b", "c", "b", "c"].map(String::from))
+    );
+    let (_, body) = admin(admin_addr, "GET", "/upstreams", None, "");
+    let peers = json(&body)["upstreams"][0]["peers"].clone();
+    assert_eq!(peers[0]["drain"], true);
+    assert_eq!(peers[0]["eligible"], false);
+
+    // Remove b (percent-encoded address works too).
+    let b_path = format!(
+        "/upstreams/app/peers/{}",
+        b.addr().to_string().replace(':', "%3A")
+    );
+    let (code, body) = api("DELETE", &b_path, "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(answers(&proxy, 3), ["c", "c", "c"]);
+
+    // The running config shows the changes, as TOML.
+    let (code, toml_text) = admin(admin_addr, "GET", "/config", None, "");
+    assert_eq!(code, 200);
+    let parsed: toml::Value = toml::from_str(&toml_text).expect("GET /config is TOML");
+    let peers = parsed["upstream"][0]["peers"].as_array().unwrap();
+    let addrs: Vec<&str> = peers
+        .iter()
+        .map(|p| p["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(addrs, [a.addr().to_string(), c.addr().to_string()]);
+    assert_eq!(peers[0]["drain"].as_bool(), Some(true));
+    // …and is a config ringlb accepts.
+    ringlb::Config::from_toml_str(&toml_text, "config.toml").expect("GET /config validates");
+
+    // Bad input: 4xx naming the field; nothing changes.
+    let cases: &[(&str, &str, &str, u16, &str)] = &[
+        ("POST", "/upstreams/nope/peers", &add, 404, "upstream"),
+        (
+            "POST",
+            "/upstreams/app/peers",
+            &format!("{{\"address\": \"{}\"}}", c.addr()),
+            409,
+            "address",
+        ),
+        (
+            "POST",
+            "/upstreams/app/peers",
+            "{\"address\": \"127.0.0.1:1\", \"weight\": 70000}",
+            400,
+            "weight",
+        ),
+        (
+            "POST",
+            "/upstreams/app/peers",
+            "{\"adress\": \"127.0.0.1:1\"}",
+            400,
+            "adress",
+        ),
+        ("POST", "/upstreams/app/peers", "not json", 400, "body"),
+        (
+            "POST",
+            "/upstreams/app/peers",
+            "{\"address\": \"no-port\"}",
+            400,
+            "upstream[0].peers[2].address",
+        ),
+        (
+            "PATCH",
+            "/upstreams/app/peers/127.0.0.1:9",
+            "{\"weight\": 2}",
+            404,
+            "address",
+        ),
+        ("PATCH", &a_path, "{\"wieght\": 2}", 400, "wieght"),
+    ];
+    for (method, path, body, want, field) in cases {
+        let (code, got) = api(method, path, body);
+        assert_eq!(code, *want, "{method} {path} {body}: {got}");
+        assert_eq!(json(&got)["field"], *field, "{method} {path} {body}: {got}");
+    }
+    assert_eq!(answers(&proxy, 2), ["c", "c"]);
+
+    // A reload from the file ends the runtime changes.
+    proxy.server().reload().expect("reload");
+    assert_eq!(
+        counts(&answers(&proxy, 4)),
+        counts(&["a", "b", "a", "b"].map(String::from))
+    );
+    proxy.shutdown();
+}
