@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ringlb::config::Config;
 use ringlb::demo::DemoBackends;
 use ringlb::process::{spawn_supervised, StderrLog};
@@ -24,8 +24,9 @@ struct Cli {
     /// Config file (TOML) to run or check.
     #[arg(short, long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log level (error, warn, info, debug, trace) or a tracing filter; overrides RUST_LOG.
-    #[arg(long, global = true, value_name = "LEVEL")]
+    /// Log level (error, warn, info, debug, trace, off) or a tracing filter such as
+    /// `info,ringlb=debug`; overrides RUST_LOG. Anything else is an error (exit status 2).
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = parse_log_filter)]
     log_level: Option<String>,
     /// Share the listen addresses with a process that already listens there (SO_REUSEPORT
     /// across processes, e.g. the old ringlb during a binary upgrade); without it ringlb
@@ -42,13 +43,18 @@ enum Command {
     Run,
     /// Validate --config FILE and print the resolved setup.
     Check,
-    /// Start three demo backends on loopback and the proxy in front of them.
+    /// Start three demo backends on loopback and the proxy in front of them (it builds its
+    /// own config: --config is rejected).
     Demo {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
-        /// Shards to run ("auto" = one per CPU).
-        #[arg(long, default_value = "auto")]
+        /// Where the admin endpoint (/status, /health) listens; `off` disables it.
+        #[arg(long, default_value = DEMO_ADMIN, value_parser = parse_demo_admin)]
+        admin: String,
+        /// Shards to run ("auto" = one per CPU). One by default, so that the rotation over the
+        /// backends is the one you see: each shard rotates on its own.
+        #[arg(long, default_value = "1")]
         workers: String,
         /// Balancing algorithm over the demo backends: round_robin, smooth_weighted,
         /// least_connections, power_of_two, random, weighted_random, consistent_hash, maglev,
@@ -62,8 +68,28 @@ enum Command {
     },
 }
 
+/// The demo's default admin address: next to the default `server.admin` (9900), so that the
+/// demo runs beside a ringlb with the default config.
+const DEMO_ADMIN: &str = "127.0.0.1:9901";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Demo { .. })) {
+        if let Some(path) = &cli.config {
+            // `--config` is a global flag, so clap accepts it here; the demo would ignore it.
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "`ringlb demo` builds its own config and cannot use --config {}; \
+                         run `ringlb --config {}` to serve that file",
+                        path.display(),
+                        path.display()
+                    ),
+                )
+                .exit();
+        }
+    }
     init_logging(cli.log_level.as_deref());
     let options = StartOptions {
         reuse_listeners: cli.reuse_listeners,
@@ -74,10 +100,20 @@ fn main() -> ExitCode {
         Command::Check => check(cli.config),
         Command::Demo {
             listen,
+            admin,
             workers,
             algorithm,
             hash_key,
-        } => demo(&listen, &workers, &algorithm, &hash_key, options),
+        } => demo(
+            &DemoArgs {
+                listen: &listen,
+                admin: &admin,
+                workers: &workers,
+                algorithm: &algorithm,
+                hash_key: &hash_key,
+            },
+            options,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,9 +125,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// Checks a `--log-level` value: a level name (`error`, `warn`, `info`, `debug`, `trace`,
+/// `off`, any case) or a tracing filter with directives (`info,ringlb=debug`). A lone word
+/// that is no level (`loud`) is rejected: tracing would take it for a target name and log
+/// nothing else.
+fn parse_log_filter(value: &str) -> Result<String, String> {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::EnvFilter;
+    let is_directive_list = value.contains(['=', ',', '[', ':']);
+    if !is_directive_list {
+        value.parse::<LevelFilter>().map_err(|_| {
+            format!(
+                "`{value}` is not a log level (error, warn, info, debug, trace, off) \
+                 nor a filter such as `info,ringlb=debug`"
+            )
+        })?;
+    }
+    EnvFilter::builder()
+        .parse(value)
+        .map_err(|e| format!("`{value}` is not a valid log filter: {e}"))?;
+    Ok(value.to_string())
+}
+
+/// Checks the demo's `--admin` value: `off` or an `ip:port` address.
+fn parse_demo_admin(value: &str) -> Result<String, String> {
+    if value == "off" || value.parse::<std::net::SocketAddr>().is_ok() {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "`{value}` is not an `ip:port` address (IPv6 as `[::1]:9901`) nor `off`"
+        ))
+    }
+}
+
 /// Logs to stderr through [`StderrLog`]: a log line the OS refuses (stderr closed or full) is
 /// dropped and counted, never reported with a panicking `eprintln!` from the thread that
-/// logged.
+/// logged. `level` was checked by [`parse_log_filter`]; a `RUST_LOG` that does not parse
+/// falls back to `info`.
 fn init_logging(level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
@@ -126,9 +196,16 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(Config::from_file(&path)?)
 }
 
+/// `ringlb check`: the resolved setup, then each warning (a valid setting that is probably a
+/// mistake), then `config OK`.
 fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(path)?;
-    print_stdout(&format!("{}\nconfig OK\n", config.describe()));
+    let mut out = format!("{}\n", config.describe());
+    for warning in config.warnings() {
+        out += &format!("warning: {warning}\n");
+    }
+    out += "config OK\n";
+    print_stdout(&out);
     Ok(())
 }
 
@@ -200,55 +277,88 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-fn demo(
-    listen: &str,
-    workers: &str,
-    algorithm: &str,
-    hash_key: &str,
-    options: StartOptions,
-) -> anyhow::Result<()> {
+/// The command-line arguments of `ringlb demo`.
+struct DemoArgs<'a> {
+    /// `--listen`: the proxy's address.
+    listen: &'a str,
+    /// `--admin`: the admin endpoint's address, or `off`.
+    admin: &'a str,
+    /// `--workers`: `auto` or a number of shards.
+    workers: &'a str,
+    /// `--algorithm`: the balancing algorithm's name.
+    algorithm: &'a str,
+    /// `--hash-key`: what hashing algorithms hash.
+    hash_key: &'a str,
+}
+
+/// `ringlb demo`: three demo backends, the proxy in front of them and its admin endpoint;
+/// prints what to try, then serves until a signal as `run` does.
+fn demo(args: &DemoArgs<'_>, options: StartOptions) -> anyhow::Result<()> {
     let signals = handled_signals()?;
     let backends = DemoBackends::start(3)?;
-    let workers = if workers == "auto" {
+    let workers = if args.workers == "auto" {
         "\"auto\"".to_string()
     } else {
-        workers.to_string()
+        args.workers.to_string()
     };
+    let admin = if args.admin == "off" { "" } else { args.admin };
     let peers: Vec<String> = backends
         .addrs
         .iter()
         .map(|a| format!("{{ address = \"{a}\" }}"))
         .collect();
     // consistent_hash and maglev need a key; ip_hash brings its own.
+    let algorithm = args.algorithm;
     let hash_line = if matches!(algorithm, "consistent_hash" | "maglev") {
-        format!("hash_key = \"{hash_key}\"\n")
+        format!("hash_key = \"{}\"\n", args.hash_key)
     } else {
         String::new()
     };
     let text = format!(
-        "[server]\nlisten = [\"{listen}\"]\nworkers = {workers}\nadmin = \"\"\n\n\
+        "[server]\nlisten = [\"{}\"]\nworkers = {workers}\nadmin = \"{admin}\"\n\n\
          [[upstream]]\nname = \"demo\"\nalgorithm = \"{algorithm}\"\n{hash_line}peers = [{}]\n",
+        args.listen,
         peers.join(", ")
     );
     let config = Config::from_toml_str(&text, "<demo>")?;
-    let server = Server::start_with(config, options)?;
+    let server = Server::start_with(config, options).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\n(`ringlb demo --listen ADDR --admin ADDR` picks other addresses; \
+             `--admin off` runs without the admin endpoint)"
+        )
+    })?;
     let addr = server.listen_addrs()[0];
+    let shards = server.shard_count();
     let mut out = format!(
-        "ringlb demo: {} shard(s) on {}, listening on http://{addr}/\n",
-        server.shard_count(),
+        "ringlb demo: {shards} shard(s) on {}, listening on http://{addr}/\n",
         server.driver()
     );
     for (i, a) in backends.addrs.iter().enumerate() {
         out += &format!("  demo backend {} on {a}\n", i + 1);
+    }
+    match server.admin_addr() {
+        Some(a) => out += &format!("  admin on http://{a}/ (GET /status, GET /health)\n"),
+        None => out += "  admin off\n",
     }
     out += &format!(
         "\nTry:\n\
          \x20 curl -i http://{addr}/hello          # answered by the next backend in rotation\n\
          \x20 for i in 1 2 3 4; do curl -s http://{addr}/; done\n\
          \x20 curl -s -X POST --data-binary @Cargo.toml http://{addr}/upload\n\
-         \x20 wrk -t1 -c64 -d10s http://{addr}/\n\
-         \nCtrl-C stops it (a second Ctrl-C exits at once).\n"
+         \x20 wrk -t1 -c64 -d10s http://{addr}/\n"
     );
+    if let Some(a) = server.admin_addr() {
+        out +=
+            &format!("\x20 curl -s http://{a}/status          # every peer's state and counts\n");
+    }
+    if shards > 1 {
+        out += &format!(
+            "\nThe rotation is per shard: each of the {shards} shards rotates over the backends \
+             on its own,\nand the kernel spreads connections over the shards, so consecutive \
+             requests on new\nconnections need not go 1, 2, 3 (`--workers 1` shows one rotation).\n"
+        );
+    }
+    out += "\nCtrl-C stops it (a second Ctrl-C exits at once).\n";
     print_stdout(&out);
     serve_until_signal(server, signals)
 }
