@@ -607,10 +607,19 @@ fn demo_by_default_rotates_one_shard_through_the_backends_in_order() {
     );
 }
 
-/// The demo serves the admin endpoint where `--admin` says (127.0.0.1:9901 by default), prints
-/// its URL, and answers `GET /status` (JSON naming the demo group) and `GET /health`.
+/// The demo serves the admin endpoint where `--admin` says (127.0.0.1:9901 by default, as
+/// `--help` shows: the test does not bind a fixed port), prints its URL, and answers
+/// `GET /status` (JSON naming the demo group and its backends) and `GET /health`.
 #[test]
 fn demo_serves_the_admin_endpoint() {
+    let help = run_binary(&["demo", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for want in ["[default: 127.0.0.1:9901]", "[default: 1]"] {
+        assert!(
+            help.contains(want),
+            "`ringlb demo --help` lacks {want}:\n{help}"
+        );
+    }
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let demo = Demo::start(&["--listen", "127.0.0.1:0", "--admin", &admin.to_string()]);
     assert!(
