@@ -140,12 +140,16 @@ impl Server {
         )
     }
 
-    /// Starts the proxy with [`StartOptions`] (a custom picker, listener takeover).
+    /// Starts the proxy with [`StartOptions`] (a custom picker, listener takeover). Each of
+    /// [`Config::warnings`] is logged at warn first.
     pub fn start_with(config: Config, options: StartOptions) -> Result<Server, StartError> {
         let StartOptions {
             picker,
             reuse_listeners,
         } = options;
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let config = Arc::new(config);
         let cpus = config.shard_cpus();
         let bind_error = |key: String, addr: SocketAddr, error: std::io::Error| StartError::Bind {

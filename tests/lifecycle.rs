@@ -293,6 +293,8 @@ fn demo_starts_three_backends_and_rotates_over_them() {
             "127.0.0.1:0",
             "--workers",
             "1",
+            "--admin",
+            "off",
             "--log-level",
             "warn",
         ])

@@ -3,7 +3,8 @@
 //! Two layers (as monolake does it): `file.rs` holds serde structs that mirror the file exactly
 //! (`*_ms: Option<u64>`, unknown keys rejected); `validate.rs` converts them into the checked
 //! runtime types below (`Duration`s, resolved socket addresses, parsed CPU sets). Every error
-//! names the file, the key and the reason ([`ConfigError`]).
+//! names the file, the key and the reason ([`ConfigError`]); so does every warning about a valid
+//! but probably mistaken setting ([`Config::warnings`], `warnings.rs`).
 
 mod balance;
 mod cpus;
@@ -12,6 +13,7 @@ pub(crate) mod file;
 mod health;
 mod locate;
 mod validate;
+mod warnings;
 pub(crate) use validate::MAX_WEIGHT;
 
 use std::fmt;
@@ -28,6 +30,7 @@ pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
 };
+pub use warnings::ConfigWarning;
 
 /// Config is the validated, resolved runtime configuration of a whole ringlb process.
 #[derive(Debug, Clone)]
