@@ -16,6 +16,8 @@
 //!   task that serves the admin endpoint.
 //! - [`admin`]: the admin HTTP endpoint (`/status`, `/health`), served through the `http` parser.
 //! - [`demo`]: in-process demo backends for `ringlb demo`.
+//! - [`metrics`]: per-shard counters, gauges and histograms (single writer, no locks), the
+//!   control thread's `Registry` of them, and their Prometheus text rendering.
 //! - [`process`]: what keeps the process controllable: a log writer that never fails, a
 //!   rate limiter for repeated warnings, panic supervision of the control and signal threads.
 //!
@@ -34,6 +36,7 @@ pub mod failover;
 pub mod health;
 pub mod http;
 pub(crate) mod io;
+pub mod metrics;
 pub mod process;
 pub mod proxy;
 pub mod server;
@@ -53,7 +56,7 @@ mod layers {
     /// included) only modules on a lower floor. A module not listed is checked for cycles only.
     const FLOORS: &[&[&str]] = &[
         // Ground: no imports of the crate's own modules.
-        &["process", "balance", "io"],
+        &["process", "balance", "io", "metrics"],
         // Pure retry/breaker logic over peer ids.
         &["failover"],
         // The file format and the runtime Config; it builds balance and failover types.
