@@ -206,6 +206,8 @@ impl Server {
             None => None,
         };
         let (obs_tx, obs_rx) = crossbeam_channel::bounded(config.server.observation_queue);
+        let mut registry = crate::metrics::Registry::new(cpus.len());
+        let mut handles = registry.reconcile(&config.peer_layout()).into_iter();
         let stats: Vec<Arc<ShardStats>> = cpus.iter().map(|_| Arc::default()).collect();
 
         let mut senders = Vec::with_capacity(cpus.len());
@@ -217,6 +219,7 @@ impl Server {
             let cfg = config.clone();
             let picker = picker.clone();
             let reporter = ShardReporter::new(id, &config, obs_tx.clone(), stats[id].clone());
+            let metrics = handles.next().expect("one set of metrics per shard");
             let spawned = std::thread::Builder::new()
                 .name(format!("ringlb-shard-{id}"))
                 .spawn(move || {
@@ -225,7 +228,7 @@ impl Server {
                             tracing::warn!(shard = id, cpu, "could not pin shard to its cpu");
                         }
                     }
-                    let ctx = ShardCtx::new(id, cfg, rx, picker, reporter);
+                    let ctx = ShardCtx::new(id, cfg, rx, picker, reporter, metrics);
                     shard::run(ctx, listeners, |r| {
                         let _ = ready_tx.send(r);
                     });
@@ -278,6 +281,7 @@ impl Server {
             observations: obs_rx,
             stats,
             admin,
+            registry,
         })
         .map_err(|reason| StartError::Control { reason })?;
         server.control = Some(control);

@@ -1,6 +1,6 @@
 //! The admin HTTP endpoint. Reading: `GET /status` (peer health and shard counters, JSON),
 //! `GET /health` (`ok`), `GET /upstreams` (groups and peers, JSON), `GET /config` (the
-//! running configuration as TOML). Writing:
+//! running configuration as TOML), `GET /metrics` (Prometheus text format 0.0.4). Writing:
 //! `POST /reload`, `POST /upstreams/{name}/peers`, `PATCH /upstreams/{name}/peers/{address}`,
 //! `DELETE /upstreams/{name}/peers/{address}`. Any other path is 404, another method on a
 //! known path 405 (with `Allow`).
@@ -46,6 +46,8 @@ pub trait Host {
     fn upstreams(&self) -> Value;
     /// The running configuration as TOML (`/config`).
     fn config_toml(&self) -> String;
+    /// The Prometheus text exposition (`/metrics`).
+    fn metrics(&self) -> String;
     /// Re-reads the configuration file and applies it (`POST /reload`): what it changed, or
     /// why it was refused.
     fn reload(&self) -> Result<Value, ApiError>;
@@ -286,6 +288,13 @@ fn route(host: &impl Host, req: &Request<'_>) -> Response {
             Method::Get => Response {
                 content_type: "application/toml",
                 ..Response::text(200, host.config_toml())
+            },
+            _ => Response::not_allowed("GET"),
+        },
+        ["metrics"] => match m {
+            Method::Get => Response {
+                content_type: crate::metrics::render::CONTENT_TYPE,
+                ..Response::text(200, host.metrics())
             },
             _ => Response::not_allowed("GET"),
         },

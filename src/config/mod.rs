@@ -354,6 +354,20 @@ impl Config {
         validate::validate(file, source).map_err(|e| locate::with_line(text, e))
     }
 
+    /// Every upstream's name with its peers' addresses as configured, in config order (the
+    /// layout the metrics registry follows).
+    pub fn peer_layout(&self) -> Vec<(String, Vec<String>)> {
+        self.upstreams
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    u.peers.iter().map(|p| p.address.clone()).collect(),
+                )
+            })
+            .collect()
+    }
+
     /// The configuration as TOML, as written plus the admin API's changes (`GET /config`).
     pub fn to_toml(&self) -> String {
         toml::to_string(&*self.file).unwrap_or_else(|e| format!("# cannot render: {e}\n"))

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Config, PassiveHealth};
+use crate::metrics::ShardHandles;
 
 /// ControlMsg is what the control side tells a shard.
 #[derive(Debug, Clone)]
@@ -49,6 +50,9 @@ pub struct Snapshot {
     /// (the control thread's decision carried over from the previous generation; the shard
     /// must not decide it itself, invariant 3).
     pub eligible: Vec<Vec<bool>>,
+    /// Per shard (index = shard id): its metrics for this generation's upstreams and peers
+    /// (surviving peers keep their counters).
+    pub metrics: Vec<ShardHandles>,
 }
 
 /// Outcome is how one try of a request on one peer ended, as far as passive health cares.

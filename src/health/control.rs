@@ -39,6 +39,7 @@ use super::state::{Change, GroupHealth};
 use crate::admin;
 use crate::config::{Config, ConfigError, Driver};
 use crate::control::{ControlMsg, HealthChange, Notify, Observation, ShardStats, Snapshot};
+use crate::metrics::Registry;
 use crate::process::{spawn_supervised, RateLimit};
 
 /// How long the observation drain sleeps after a round that found observations.
@@ -63,6 +64,8 @@ pub struct ControlSetup {
     pub stats: Vec<Arc<ShardStats>>,
     /// The bound admin listener (`None` when `server.admin = ""`).
     pub admin: Option<std::net::TcpListener>,
+    /// Every shard's metrics, laid out for `config` (the shards hold their handles).
+    pub registry: Registry,
 }
 
 /// ControlThread is the running `ringlb-ctl` thread; dropping it stops and joins it.
@@ -285,6 +288,8 @@ struct Ctl {
     generation: Cell<u64>,
     /// Reload outcomes so far.
     reloads: RefCell<ReloadStats>,
+    /// Every shard's metrics (read at scrape time, re-laid out by each reload).
+    metrics: RefCell<Registry>,
     /// Health of every group, in config order.
     groups: RefCell<Vec<GroupHealth>>,
     /// Every shard's control sender.
@@ -492,6 +497,7 @@ async fn control_main(
         config: RefCell::new(config),
         generation: Cell::new(0),
         reloads: RefCell::new(ReloadStats::default()),
+        metrics: RefCell::new(setup.registry),
     });
     spawn_probes(&ctl);
     if let Some(l) = setup.admin {
@@ -651,6 +657,7 @@ impl Ctl {
                 .iter()
                 .map(|g| g.peers.iter().map(|p| p.is_eligible()).collect())
                 .collect(),
+            metrics: self.metrics.borrow_mut().reconcile(&new.peer_layout()),
             config: Arc::new(new),
             generation,
         });

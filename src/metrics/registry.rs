@@ -165,6 +165,38 @@ impl Registry {
     }
 }
 
+/// PeerTotals is one peer's counts summed over the shards, for `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PeerTotals {
+    /// Tries sent to it.
+    pub requests: u64,
+    /// Tries that failed (connect failure or timeout, reset, timeout, invalid response).
+    pub failures: u64,
+    /// Requests in flight to it now.
+    pub active: u64,
+    /// Mean response time (head received − request sent), if it answered at all.
+    pub mean_response_seconds: Option<f64>,
+}
+
+impl Registry {
+    /// The counts of `address` in `upstream`, summed over the shards.
+    pub fn peer_totals(&self, upstream: &str, address: &str) -> Option<PeerTotals> {
+        let u = self.upstreams.iter().find(|u| u.name == upstream)?;
+        let p = u.peers.iter().find(|p| p.address == address)?;
+        let mut t = PeerTotals::default();
+        let mut hist = super::HistogramSnapshot::default();
+        for m in &p.per_shard {
+            t.requests += m.requests.get();
+            t.failures += m.failures.iter().map(|c| c.get()).sum::<u64>();
+            t.active += m.active_requests.get();
+            m.response_seconds.add_to(&mut hist);
+        }
+        let n = hist.count();
+        t.mean_response_seconds = (n > 0).then(|| hist.sum_nanos as f64 / 1e9 / n as f64);
+        Some(t)
+    }
+}
+
 /// One new, zeroed `T` per shard.
 fn fresh<T: Default>(shards: usize) -> Vec<Arc<T>> {
     (0..shards).map(|_| Arc::default()).collect()

@@ -56,6 +56,7 @@ impl<C: Transport> Conn<'_, C> {
         let keep_alive = keep_alive && !self.ctx.is_shutting_down();
         self.out.clear();
         write_error_response(err, keep_alive, self.head_request, &mut self.out);
+        self.ctx.metrics.count_response(err.status());
         let wait = self.live.config.timeouts.client_idle;
         let written = write_all(&mut self.io, &mut self.out, wait).await.is_ok();
         self.linger = written && !keep_alive;

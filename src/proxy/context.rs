@@ -18,6 +18,7 @@ use super::{Picker, Router};
 use crate::config::Config;
 use crate::control::{ControlMsg, Notify, Outcome, ShardReporter, Snapshot};
 use crate::failover::Failure;
+use crate::metrics::{ShardHandles, ShardMetrics};
 use crate::upstream::UpstreamGroup;
 
 /// Live is what a shard serves requests with under one configuration generation: the config
@@ -37,12 +38,18 @@ pub struct Live {
 }
 
 impl Live {
-    /// The first generation, every peer as the config starts it.
-    fn new(config: Arc<Config>) -> Live {
+    /// The first generation, every peer as the config starts it, counting into `metrics`.
+    fn new(config: Arc<Config>, metrics: &ShardHandles) -> Live {
         let groups = config
             .upstreams
             .iter()
-            .map(|u| Rc::new(UpstreamGroup::new(u)))
+            .enumerate()
+            .map(|(gi, u)| {
+                Rc::new(match metrics.upstreams.get(gi) {
+                    Some(m) => UpstreamGroup::with_metrics(u, m),
+                    None => UpstreamGroup::new(u),
+                })
+            })
             .collect();
         Live::with_groups(config, 0, groups)
     }
@@ -60,7 +67,8 @@ impl Live {
     /// The next generation: groups that stay (by name) succeed their old replica (state
     /// carried over, see `UpstreamGroup::succeed`), new ones start fresh, removed ones close
     /// their idle connections (their in-flight requests finish on the old `Live`).
-    fn succeed(&self, snap: &Snapshot) -> Live {
+    fn succeed(&self, snap: &Snapshot, shard: usize) -> Live {
+        let metrics = snap.metrics.get(shard);
         let mut old: HashMap<&str, &Rc<UpstreamGroup>> =
             self.groups.iter().map(|g| (g.name.as_str(), g)).collect();
         let groups = snap
@@ -70,10 +78,14 @@ impl Live {
             .enumerate()
             .map(|(gi, u)| {
                 let eligible = snap.eligible.get(gi).map_or(&[][..], Vec::as_slice);
+                let handles = metrics.and_then(|m| m.upstreams.get(gi));
                 match old.remove(u.name.as_str()) {
-                    Some(prev) => UpstreamGroup::succeed(prev, u, eligible),
+                    Some(prev) => UpstreamGroup::succeed(prev, u, eligible, handles),
                     None => {
-                        let g = UpstreamGroup::new(u);
+                        let g = match handles {
+                            Some(h) => UpstreamGroup::with_metrics(u, h),
+                            None => UpstreamGroup::new(u),
+                        };
                         g.set_all_health(eligible);
                         Rc::new(g)
                     }
@@ -109,6 +121,8 @@ pub struct ShardCtx {
     canceller: RefCell<Canceller>,
     /// Reports request outcomes to the control thread (passive health), never blocking.
     pub health: ShardReporter,
+    /// This shard's own counters (connections, requests, responses by status).
+    pub metrics: Arc<ShardMetrics>,
 }
 
 impl ShardCtx {
@@ -119,10 +133,12 @@ impl ShardCtx {
         control: Receiver<ControlMsg>,
         picker: Option<Arc<dyn Picker>>,
         health: ShardReporter,
+        metrics: ShardHandles,
     ) -> Self {
         ShardCtx {
             id,
-            live: RefCell::new(Rc::new(Live::new(config))),
+            live: RefCell::new(Rc::new(Live::new(config, &metrics))),
+            metrics: metrics.shard,
             picker,
             control,
             shutting_down: Cell::new(false),
@@ -161,7 +177,7 @@ impl ShardCtx {
 
     /// Swaps in the next generation.
     fn reload(&self, snap: &Snapshot) {
-        let next = self.live.borrow().succeed(snap);
+        let next = self.live.borrow().succeed(snap, self.id);
         self.health.reconfigure(&snap.config, snap.generation);
         tracing::debug!(
             shard = self.id,

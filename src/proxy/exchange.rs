@@ -17,6 +17,7 @@ use crate::control::Outcome;
 use crate::failover::Failure;
 use crate::http::{parse_response, rewrite_response, ParseStatus, Version};
 use crate::io::{read_more, write_all, write_all_counted, write_range, IoFail, Transport};
+use crate::metrics::{FailureKind, PeerMetrics};
 use crate::upstream::{Connection, UpstreamGroup};
 
 /// TryResult is how one try of a request on one peer ended.
@@ -113,19 +114,26 @@ impl<C: Transport> Conn<'_, C> {
         // connect counts too, or a peer that is slow to accept looks idle to the load-aware
         // selectors and attracts every request meanwhile.
         let _active = ActiveGuard::new(group, peer_id);
+        let pm = &*group.peers[peer_id].metrics;
         let mut fresh_only = false;
         let mut stale_replayed = false;
         loop {
             let pooled = if fresh_only {
                 None
             } else {
-                group.pool.take(peer_id, Instant::now())
+                group.take_idle(peer_id, Instant::now())
             };
             let from_pool = pooled.is_some();
             let mut up = match pooled {
-                Some(up) => up,
+                Some(up) => {
+                    pm.connections_reused.inc();
+                    up
+                }
                 None => match connect(group, peer_id, try_deadline).await {
-                    Ok(up) => up,
+                    Ok(up) => {
+                        pm.connections_new.inc();
+                        up
+                    }
                     Err(failure) => {
                         return TryResult::Failed {
                             failure,
@@ -137,7 +145,7 @@ impl<C: Transport> Conn<'_, C> {
             };
             let sent_at = Instant::now();
             let res = self
-                .send_and_read_head(group, &mut up, expect, body, try_deadline)
+                .send_and_read_head(group, pm, &mut up, expect, body, try_deadline)
                 .await;
             if matches!(
                 res,
@@ -154,6 +162,8 @@ impl<C: Transport> Conn<'_, C> {
             match res {
                 Ok(body_unsent) => {
                     let status = self.resp.status;
+                    pm.response_seconds.observe(sent_at.elapsed());
+                    pm.count_response(status);
                     let retry_on = group.retrier.borrow().policy().on;
                     if retry_on.contains(Failure::Status(status)) {
                         return TryResult::Failed {
@@ -211,6 +221,7 @@ impl<C: Transport> Conn<'_, C> {
     pub(super) async fn send_and_read_head<U: Transport>(
         &mut self,
         group: &UpstreamGroup,
+        pm: &PeerMetrics,
         up: &mut U,
         expect: bool,
         body: &mut BodyProgress,
@@ -224,13 +235,15 @@ impl<C: Transport> Conn<'_, C> {
         // body byte beyond `out` was consumed and nothing reached the client.
         let replayable = !body.started_streaming();
         let limit = within(t.upstream_write, try_deadline);
+        let head_bytes = self.out.len() as u64;
         match write_all_counted(up, &mut self.out, limit).await {
-            Ok(()) => {}
+            Ok(()) => pm.bytes_sent.add(head_bytes),
             Err((IoFail::Timeout, written)) => {
+                pm.bytes_sent.add(written as u64);
                 return Err(TryFail::Failure {
                     failure: Failure::Timeout,
                     sent: written > 0,
-                })
+                });
             }
             // Not one byte left: the peer cannot have seen the request.
             Err((IoFail::Io(_), 0)) => return Err(TryFail::Unsent),
@@ -245,14 +258,14 @@ impl<C: Transport> Conn<'_, C> {
         self.ubuf.clear();
         let mut body_unsent = false;
         if expect && !body.started_streaming() {
-            match self.await_continue(up, t.expect_continue).await {
+            match self.await_continue(up, pm, t.expect_continue).await {
                 Ok(true) => {}
                 Ok(false) => body_unsent = true,
                 Err(fail) => return Err(fail),
             }
         }
         if !body.done() && !body_unsent {
-            self.stream_request_body(up, body, t.upstream_write, try_deadline)
+            self.stream_request_body(up, pm, body, t.upstream_write, try_deadline)
                 .await?;
         }
 
@@ -287,7 +300,7 @@ impl<C: Transport> Conn<'_, C> {
             }
             let read = read_more(up, &mut self.ubuf, wait, None, UPSTREAM_BUF).await;
             match read {
-                Ok(n) if n > 0 => {}
+                Ok(n) if n > 0 => pm.bytes_received.add(n as u64),
                 Ok(_) | Err(IoFail::Io(_)) => {
                     if let Err(IoFail::Io(e)) = &read {
                         tracing::debug!(group = %group.name, "upstream read failed: {e}");
@@ -318,6 +331,7 @@ impl<C: Transport> Conn<'_, C> {
     pub(super) async fn await_continue<U: Transport>(
         &mut self,
         up: &mut U,
+        pm: &PeerMetrics,
         wait: Duration,
     ) -> Result<bool, TryFail> {
         let canceller = Canceller::new();
@@ -342,7 +356,7 @@ impl<C: Transport> Conn<'_, C> {
         self.ubuf = slice.into_inner();
         match res {
             Ok(0) => return Err(TryFail::Stale),
-            Ok(_) => {}
+            Ok(n) => pm.bytes_received.add(n as u64),
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
                 return match self.send_continue().await {
                     true => Ok(true),
@@ -369,7 +383,7 @@ impl<C: Transport> Conn<'_, C> {
                 Err(_) => return Ok(false), // the caller reports the invalid response
             }
             match read_more(up, &mut self.ubuf, read_timeout, None, UPSTREAM_BUF).await {
-                Ok(n) if n > 0 => {}
+                Ok(n) if n > 0 => pm.bytes_received.add(n as u64),
                 _ => return Ok(false),
             }
         }
@@ -416,6 +430,7 @@ impl<C: Transport> Conn<'_, C> {
     pub(super) async fn stream_request_body<U: Transport>(
         &mut self,
         up: &mut U,
+        pm: &PeerMetrics,
         body: &mut BodyProgress,
         write_timeout: Duration,
         try_deadline: Option<Instant>,
@@ -440,15 +455,19 @@ impl<C: Transport> Conn<'_, C> {
                 }
             };
             let limit = within(write_timeout, try_deadline);
-            let written = if body.strip().is_empty() {
-                write_range(up, &mut self.rbuf, 0..taken, limit).await
+            let (written, n) = if body.strip().is_empty() {
+                (
+                    write_range(up, &mut self.rbuf, 0..taken, limit).await,
+                    taken,
+                )
             } else {
                 self.out.clear();
                 body.copy_taken(&self.rbuf, taken, &mut self.out);
-                write_all(up, &mut self.out, limit).await
+                let n = self.out.len();
+                (write_all(up, &mut self.out, limit).await, n)
             };
             match written {
-                Ok(()) => {}
+                Ok(()) => pm.bytes_sent.add(n as u64),
                 Err(IoFail::Timeout) => {
                     return Err(TryFail::Failure {
                         failure: Failure::Timeout,
@@ -469,6 +488,29 @@ impl<C: Transport> Conn<'_, C> {
         }
         Ok(())
     }
+}
+
+/// The metrics' name for a failed try (`None` for a status: that is a response).
+pub(super) fn failure_kind(failure: Failure) -> Option<FailureKind> {
+    Some(match failure {
+        Failure::ConnectFailure => FailureKind::ConnectFailure,
+        Failure::ConnectTimeout => FailureKind::ConnectTimeout,
+        Failure::Reset => FailureKind::Reset,
+        Failure::Timeout => FailureKind::Timeout,
+        Failure::InvalidResponse => FailureKind::InvalidResponse,
+        Failure::Status(_) => return None,
+    })
+}
+
+/// The metrics' name for how a response broke off.
+pub(super) fn fault_kind(fault: Outcome) -> Option<FailureKind> {
+    Some(match fault {
+        Outcome::ConnectFailure => FailureKind::ConnectFailure,
+        Outcome::Reset => FailureKind::Reset,
+        Outcome::Timeout => FailureKind::Timeout,
+        Outcome::InvalidResponse => FailureKind::InvalidResponse,
+        Outcome::Success | Outcome::Status(_) => return None,
+    })
 }
 
 /// Connects to a peer within the group's connect timeout.

@@ -42,7 +42,8 @@ use std::time::Instant;
 use crate::balance::PeerId;
 use crate::failover::{DefaultHooks, FailureHooks, TryContext};
 use crate::http::{
-    copy_without, rewrite_request, BodyKind, ChunkedDecoder, ForwardInfo, RequestHead, ResponseHead,
+    copy_without, rewrite_request, BodyKind, ChunkedDecoder, ForwardInfo, HttpError, RequestHead,
+    ResponseHead,
 };
 use crate::io::{read_more, Transport};
 use crate::upstream::UpstreamGroup;
@@ -97,7 +98,12 @@ pub async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
         // A reload that arrived while the head was read applies to this request already.
         ctx.drain_control();
         conn.live = ctx.live();
-        if !conn.handle_request().await {
+        let started = Instant::now();
+        let keep = conn.handle_request().await;
+        ctx.metrics
+            .request_duration_seconds
+            .observe(started.elapsed());
+        if !keep {
             break;
         }
     }
@@ -161,6 +167,7 @@ impl<C: Transport> Conn<'_, C> {
     async fn handle_request(&mut self) -> bool {
         let ctx = self.ctx;
         let live = self.live.clone();
+        ctx.metrics.requests.inc();
         let pick = match &ctx.picker {
             Some(picker) => {
                 let info = RequestInfo::new(&self.rbuf, &self.head, self.client);
@@ -177,6 +184,7 @@ impl<C: Transport> Conn<'_, C> {
         let Some(group) = live.groups.get(group_idx) else {
             return self.reply_not_found().await;
         };
+        group.metrics.requests.inc();
         let head_len = self.head.head_len;
         let mut body = BodyProgress::new(self.head.body, live.config.limits.max_body_bytes);
         let buffered = match body.advance(&self.rbuf[head_len..], None) {
@@ -239,7 +247,18 @@ impl<C: Transport> Conn<'_, C> {
                     let keep = self.head.keep_alive && body.done();
                     return self.reply_error(&err, keep).await;
                 }
+                Step::NoPeer => {
+                    group.metrics.no_peer.inc();
+                    let err = HttpError::ServiceUnavailable("no eligible upstream peer");
+                    let keep = self.head.keep_alive && body.done();
+                    return self.reply_error(&err, keep).await;
+                }
             };
+            let pm = &*group.peers[peer].metrics;
+            pm.requests.inc();
+            if tries.count() > 1 {
+                pm.retries.inc();
+            }
             if self.out.is_empty() {
                 // A timed-out write took the request with it; it is still whole in `rbuf`
                 // (a retry only happens while the body is replayable).
@@ -255,23 +274,36 @@ impl<C: Transport> Conn<'_, C> {
                     },
                     keep_client,
                 ),
-                TryResult::Broken { fault } => (TryEnd::Broken { fault }, false),
+                TryResult::Broken { fault } => {
+                    if let Some(kind) = fault.and_then(exchange::fault_kind) {
+                        pm.count_failure(kind);
+                    }
+                    (TryEnd::Broken { fault }, false)
+                }
                 TryResult::Failed {
                     failure,
                     sent,
                     held,
-                } => (
-                    TryEnd::Failed {
-                        failure,
-                        sent,
-                        response_started: self.interim_sent,
-                        body_replayable: !body.started_streaming(),
-                        held,
-                    },
-                    false,
-                ),
+                } => {
+                    if let Some(kind) = exchange::failure_kind(failure) {
+                        pm.count_failure(kind);
+                    }
+                    (
+                        TryEnd::Failed {
+                            failure,
+                            sent,
+                            response_started: self.interim_sent,
+                            body_replayable: !body.started_streaming(),
+                            held,
+                        },
+                        false,
+                    )
+                }
             };
             let finished = tries.finish(group, hooks, end, Instant::now());
+            if finished.budget_exhausted {
+                group.metrics.retry_budget_exhausted.inc();
+            }
             if let Some((peer, outcome)) = finished.report {
                 ctx.health.report(live.generation, group_idx, peer, outcome);
             }

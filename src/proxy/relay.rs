@@ -28,6 +28,7 @@ impl<C: Transport> Conn<'_, C> {
             body_done,
         } = held;
         let t = group.timeouts;
+        let pm = &*group.peers[peer_id].metrics;
         let client_idle = self.live.config.timeouts.client_idle;
         let client_version = self.head.version;
         let resp_body = self.resp.body;
@@ -85,6 +86,7 @@ impl<C: Transport> Conn<'_, C> {
         } else {
             rbody.copy_taken(&self.ubuf[rhead_len..], taken, &mut self.out);
         }
+        self.ctx.metrics.count_response(self.resp.status);
         if write_all(&mut self.io, &mut self.out, client_idle)
             .await
             .is_err()
@@ -111,7 +113,7 @@ impl<C: Transport> Conn<'_, C> {
                             fault: Some(Outcome::Timeout),
                         };
                     }
-                    Ok(_) => {}
+                    Ok(n) => pm.bytes_received.add(n as u64),
                 }
                 ranges.clear();
                 let taken = match rbody.advance(&self.ubuf, dechunk.then_some(&mut ranges)) {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::balance::PeerId;
 use crate::control::Outcome;
-use crate::failover::{Failure, FailureHooks, Next, PeerInfo, RetryPolicy, TryContext};
+use crate::failover::{
+    Failure, FailureHooks, GiveUpReason, Next, PeerInfo, RetryPolicy, TryContext,
+};
 use crate::http::HttpError;
 use crate::upstream::{Admit, TriedSet, UpstreamGroup};
 
@@ -39,8 +41,10 @@ pub(crate) enum Step<H> {
         /// Its connection, with the response head read.
         held: H,
     },
-    /// No peer is left: answer with ringlb's own error.
+    /// No peer is left after a failed try: answer with ringlb's own error for it.
     Respond(HttpError),
+    /// No eligible peer for the request at all (nothing was tried): 503.
+    NoPeer,
 }
 
 /// TryEnd is how one try ended, as the request loop saw it.
@@ -103,6 +107,8 @@ pub(crate) struct Finished<H> {
     pub then: Then<H>,
     /// The outcome to report to the control thread for the tried peer, if any.
     pub report: Option<(PeerId, Outcome)>,
+    /// The retry policy would have retried, but the retry budget was spent.
+    pub budget_exhausted: bool,
 }
 
 /// Tries is the state of one request's try loop: what was tried, the response held from a
@@ -149,7 +155,6 @@ impl<H> Tries<H> {
     }
 
     /// Tries made so far (the one in progress included).
-    #[cfg(test)]
     pub fn count(&self) -> u32 {
         self.ctx.tries
     }
@@ -169,11 +174,10 @@ impl<H> Tries<H> {
                 if let Some((peer, held)) = self.held.take() {
                     return Step::Relay { peer, held };
                 }
-                let err = self
-                    .last_err
-                    .take()
-                    .unwrap_or(HttpError::ServiceUnavailable("no eligible upstream peer"));
-                return Step::Respond(err);
+                return match self.last_err.take() {
+                    Some(err) => Step::Respond(err),
+                    None => Step::NoPeer,
+                };
             };
             self.tried.insert(peer);
             let admit = group.admit(peer, now);
@@ -207,6 +211,7 @@ impl<H> Tries<H> {
             return Finished {
                 then: Then::Done,
                 report: None,
+                budget_exhausted: false,
             };
         };
         let (failure, held) = match end {
@@ -215,6 +220,7 @@ impl<H> Tries<H> {
                 return Finished {
                     then: Then::Done,
                     report: Some((peer, Outcome::from_status(status))),
+                    budget_exhausted: false,
                 };
             }
             TryEnd::Broken { fault } => {
@@ -222,6 +228,7 @@ impl<H> Tries<H> {
                 return Finished {
                     then: Then::Done,
                     report: fault.map(|outcome| (peer, outcome)),
+                    budget_exhausted: false,
                 };
             }
             TryEnd::Failed {
@@ -258,6 +265,15 @@ impl<H> Tries<H> {
             try_no = self.ctx.tries,
             "try failed ({failure:?}): {next:?}"
         );
+        let budget_exhausted = matches!(
+            next,
+            Next::Respond {
+                reason: GiveUpReason::Budget,
+                ..
+            } | Next::Relay {
+                reason: GiveUpReason::Budget
+            }
+        );
         let then = match next {
             Next::Retry { backoff } => {
                 self.held = held.map(|h| (peer, h));
@@ -276,7 +292,11 @@ impl<H> Tries<H> {
                 None => Then::Respond(failure_error(failure)),
             },
         };
-        Finished { then, report }
+        Finished {
+            then,
+            report,
+            budget_exhausted,
+        }
     }
 }
 
@@ -499,6 +519,7 @@ mod tests {
             Then::Respond(HttpError::BadGateway(_)) => {}
             other => panic!("expected 502 for lack of budget, got {other:?}"),
         }
+        assert!(fin.budget_exhausted);
         // A connect failure costs no budget: it still fails over at once.
         let mut t = get(&g, now);
         let _ = try_peer(t.next(&g, None, now));
@@ -538,8 +559,8 @@ mod tests {
         let _ = t.finish(&g, &Policy, failed(Failure::Reset, true, None), now);
         let mut t = get(&g, now);
         match t.next(&g, None, now) {
-            Step::Respond(HttpError::ServiceUnavailable(_)) => {}
-            step => panic!("expected 503 with both breakers open ({a}, {b}), got {step:?}"),
+            Step::NoPeer => {}
+            step => panic!("expected no peer with both breakers open ({a}, {b}), got {step:?}"),
         }
     }
 

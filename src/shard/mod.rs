@@ -60,6 +60,7 @@ struct ConnGuard(Rc<Shard>);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.connections.set(self.0.connections.get() - 1);
+        self.0.ctx.metrics.connections_active.dec();
         self.0.ctx.changed().notify_all();
     }
 }
@@ -192,7 +193,7 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
         if now.duration_since(last_reap) >= REAP_EVERY {
             last_reap = now;
             for g in &ctx.live().groups {
-                g.pool.reap(now);
+                g.reap_idle(now);
             }
         }
     }
@@ -249,6 +250,8 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
             Ok((stream, addr)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 shard.connections.set(shard.connections.get() + 1);
+                ctx.metrics.connections_accepted.inc();
+                ctx.metrics.connections_active.inc();
                 let guard = ConnGuard(shard.clone());
                 monoio::spawn(serve_conn(guard, stream, addr));
             }

@@ -14,6 +14,7 @@ pub use pool::{is_quiet, Connection, Pool, PooledConn};
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::balance::Algorithm;
@@ -22,8 +23,11 @@ use crate::balance::{
     PeerLoad, Selector,
 };
 use crate::config::{PoolConfig, StartState, Timeouts, UpstreamConfig, WhenAllDown};
-use crate::failover::{BreakerConfig, BreakerTransition, CircuitBreaker, Retrier, Ticket};
+use crate::failover::{
+    BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker, Retrier, Ticket,
+};
 use crate::http::RequestHead;
+use crate::metrics::{PeerMetrics, UpstreamHandles, UpstreamMetrics};
 
 /// Peer is one peer of a group with its shard-local state.
 pub struct Peer {
@@ -45,6 +49,8 @@ pub struct Peer {
     /// Health as last pushed by the control thread (false = down or ejected). The shard never
     /// overrides a pushed down (invariant 3).
     pub healthy: Cell<bool>,
+    /// This shard's counters of the peer (written only here, summed at scrape time).
+    pub metrics: Arc<PeerMetrics>,
 }
 
 impl Peer {
@@ -94,6 +100,8 @@ pub struct UpstreamGroup {
     balance: BalanceParams,
     /// The replica that replaced this one after a reload (see `reload.rs`).
     successor: RefCell<Option<reload::Successor>>,
+    /// This shard's counters of the group.
+    pub metrics: Arc<UpstreamMetrics>,
     /// Prefer peers of this region while any is eligible.
     local_region: Option<String>,
     /// What `select` does when no peer is eligible.
@@ -123,11 +131,22 @@ impl UpstreamGroup {
     /// Builds a shard's replica of a configured group. The randomized selectors are seeded
     /// from the thread's `fastrand` generator, so every shard draws its own sequence.
     pub fn new(cfg: &UpstreamConfig) -> Self {
-        UpstreamGroup::new_seeded(cfg, fastrand::u64(..))
+        UpstreamGroup::build(cfg, fastrand::u64(..), None)
+    }
+
+    /// Builds a shard's replica of a configured group that counts into `metrics` (this
+    /// shard's handles of the group, peers in config order).
+    pub fn with_metrics(cfg: &UpstreamConfig, metrics: &UpstreamHandles) -> Self {
+        UpstreamGroup::build(cfg, fastrand::u64(..), Some(metrics))
     }
 
     /// Builds a shard's replica of a configured group with a fixed seed for its randomness.
     pub fn new_seeded(cfg: &UpstreamConfig, seed: u64) -> Self {
+        UpstreamGroup::build(cfg, seed, None)
+    }
+
+    /// Builds a replica: seeded, counting into `metrics` (fresh counters without).
+    fn build(cfg: &UpstreamConfig, seed: u64, metrics: Option<&UpstreamHandles>) -> Self {
         let now = Instant::now();
         let (mut primaries, mut backups) = (0, 0);
         let start_down = cfg
@@ -137,7 +156,8 @@ impl UpstreamGroup {
         let peers: Vec<Peer> = cfg
             .peers
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
                 let tier = if p.backup {
                     &mut backups
                 } else {
@@ -153,6 +173,9 @@ impl UpstreamGroup {
                     slot: *tier - 1,
                     region: p.region.clone(),
                     healthy: Cell::new(!start_down),
+                    metrics: metrics
+                        .and_then(|m| m.peers.get(i).cloned())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -192,6 +215,7 @@ impl UpstreamGroup {
             breaker_config: cfg.circuit_breaker,
             balance: cfg.balance,
             successor: RefCell::new(None),
+            metrics: metrics.map(|m| m.metrics.clone()).unwrap_or_default(),
             local_region: cfg.local_region.clone(),
             when_all_down: cfg.when_all_down,
             failed_over_to: Cell::new(None),
@@ -250,6 +274,8 @@ impl UpstreamGroup {
 
     fn log_transition(&self, peer: PeerId, transition: Option<BreakerTransition>) {
         if let Some(t) = transition {
+            let open = t.to == BreakerState::Open;
+            self.peers[peer].metrics.breaker_open.set(u64::from(open));
             tracing::info!(
                 group = %self.name,
                 peer = %self.peers[peer].address,
@@ -279,7 +305,12 @@ impl UpstreamGroup {
     /// picks by); cheap enough to call for every response of every group.
     #[inline]
     pub fn observe_latency(&self, peer: PeerId, rtt: Duration, now: Instant) {
-        observe_latency(self.load(peer), rtt, now, self.ewma_decay);
+        let load = self.load(peer);
+        observe_latency(load, rtt, now, self.ewma_decay);
+        self.peers[peer]
+            .metrics
+            .ewma_seconds
+            .set(load.ewma_ns.get() / 1e9);
     }
 
     /// The live load of a peer.
@@ -437,7 +468,7 @@ mod tests {
              { address = \"127.0.0.1:2\" }",
             "least_connections",
         );
-        let g = UpstreamGroup::succeed(&old, &cfg, &[true; 3]);
+        let g = UpstreamGroup::succeed(&old, &cfg, &[true; 3], None);
         let addresses: Vec<&str> = g.peers.iter().map(|p| p.address.as_str()).collect();
         assert_eq!(addresses, ["127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:2"]);
         let active: Vec<u32> = (0..3).map(|id| g.load(id).active.get()).collect();
@@ -484,7 +515,7 @@ mod tests {
                 &format!("{kept}, {{ address = \"127.0.0.1:10\" }}"),
                 "round_robin",
             );
-            let g = UpstreamGroup::succeed(&old, &cfg, &[true, true]);
+            let g = UpstreamGroup::succeed(&old, &cfg, &[true, true], None);
             assert_eq!(g.pool.idle_count(0), 2);
             assert_eq!(g.pool.idle_count(1), 0);
             assert!(g.pool.take(0, now).is_some());

@@ -25,6 +25,7 @@ use std::time::Instant;
 use super::{Connection, UpstreamGroup};
 use crate::balance::PeerId;
 use crate::config::UpstreamConfig;
+use crate::metrics::UpstreamHandles;
 
 /// Successor is the replica that replaced a group after a reload, and where each old peer went.
 pub(super) struct Successor {
@@ -39,8 +40,16 @@ impl UpstreamGroup {
     /// configuration), with `eligible[id]` as each new peer's health, and makes `old` forward
     /// the ends of its in-flight requests to it. See the module documentation for what
     /// survives.
-    pub fn succeed(old: &UpstreamGroup, cfg: &UpstreamConfig, eligible: &[bool]) -> Rc<Self> {
-        let next = UpstreamGroup::new(cfg);
+    pub fn succeed(
+        old: &UpstreamGroup,
+        cfg: &UpstreamConfig,
+        eligible: &[bool],
+        metrics: Option<&UpstreamHandles>,
+    ) -> Rc<Self> {
+        let next = match metrics {
+            Some(m) => UpstreamGroup::with_metrics(cfg, m),
+            None => UpstreamGroup::new(cfg),
+        };
         next.set_all_health(eligible);
         let old_ids: HashMap<&str, PeerId> = old
             .peers
@@ -87,6 +96,10 @@ impl UpstreamGroup {
         }
         // What was not adopted belongs to removed peers (or moved addresses): close it.
         old.pool.clear();
+        for id in 0..next.peers.len() {
+            next.note_idle(id);
+            next.note_active(id);
+        }
         let next = Rc::new(next);
         *old.successor.borrow_mut() = Some(Successor {
             group: next.clone(),
@@ -117,6 +130,31 @@ impl UpstreamGroup {
     pub fn begin_active(&self, peer: PeerId) {
         let active = &self.load(peer).active;
         active.set(active.get() + 1);
+        self.note_active(peer);
+    }
+
+    /// Sets the in-flight gauge of `peer` from its count (a surviving peer's gauge is shared
+    /// with the replicas before this one: the newest sets it).
+    #[inline]
+    fn note_active(&self, peer: PeerId) {
+        let n = self.load(peer).active.get();
+        self.peers[peer].metrics.active_requests.set(u64::from(n));
+    }
+
+    /// Sets the idle-connections gauge of `peer` from the pool.
+    #[inline]
+    pub(super) fn note_idle(&self, peer: PeerId) {
+        self.peers[peer]
+            .metrics
+            .pool_idle
+            .set(self.pool.idle_count(peer) as u64);
+    }
+
+    /// Takes a quiet idle connection to `peer` from the pool (see [`super::Pool::take`]).
+    pub fn take_idle(&self, peer: PeerId, now: Instant) -> Option<Connection> {
+        let conn = self.pool.take(peer, now);
+        self.note_idle(peer);
+        conn
     }
 
     /// Ends a request counted by [`UpstreamGroup::begin_active`], here and in every
@@ -128,8 +166,10 @@ impl UpstreamGroup {
         if let Some(s) = &*self.successor.borrow() {
             if let Some(&Some(id)) = s.peers.get(peer) {
                 s.group.end_active(id);
+                return;
             }
         }
+        self.note_active(peer);
     }
 
     /// Returns a reusable connection to `peer` for the next request: to this replica's pool,
@@ -137,13 +177,26 @@ impl UpstreamGroup {
     /// the connection is closed).
     pub fn put_idle(&self, peer: PeerId, conn: Connection, now: Instant) {
         match &*self.successor.borrow() {
-            None => self.pool.put(peer, conn, now),
+            None => {
+                self.pool.put(peer, conn, now);
+                self.note_idle(peer);
+            }
             Some(s) => {
                 if let Some(&Some(id)) = s.peers.get(peer) {
                     if s.group.peers[id].addr == self.peers[peer].addr {
                         s.group.put_idle(id, conn, now);
                     }
                 }
+            }
+        }
+    }
+
+    /// Closes expired and dead idle connections (the shard's periodic sweep) and updates the
+    /// idle gauges.
+    pub fn reap_idle(&self, now: Instant) {
+        if self.pool.reap(now) > 0 {
+            for id in 0..self.peers.len() {
+                self.note_idle(id);
             }
         }
     }
@@ -176,7 +229,7 @@ mod tests {
         let old = UpstreamGroup::new(&upstream(AB));
         old.begin_active(1); // 127.0.0.1:2, in flight across the reload
         old.begin_active(0); // 127.0.0.1:1, removed by the reload
-        let next = UpstreamGroup::succeed(&old, &upstream(BC), &[true, true]);
+        let next = UpstreamGroup::succeed(&old, &upstream(BC), &[true, true], None);
         assert_eq!(next.peers[0].address, "127.0.0.1:2");
         assert_eq!(next.load(0).active.get(), 1, "the count is carried over");
         assert_eq!(next.load(1).active.get(), 0, "a new peer starts idle");
@@ -195,7 +248,7 @@ mod tests {
     #[test]
     fn health_comes_from_the_snapshot() {
         let old = UpstreamGroup::new(&upstream(AB));
-        let next = UpstreamGroup::succeed(&old, &upstream(BC), &[false, true]);
+        let next = UpstreamGroup::succeed(&old, &upstream(BC), &[false, true], None);
         assert!(!next.peers[0].healthy.get());
         assert!(next.peers[1].healthy.get());
         let now = Instant::now();
@@ -212,7 +265,7 @@ mod tests {
         let none = TriedSet::default();
         let old = UpstreamGroup::new(&cfg);
         let first = old.select(None, &none, now).unwrap();
-        let next = UpstreamGroup::succeed(&old, &cfg, &[true; 3]);
+        let next = UpstreamGroup::succeed(&old, &cfg, &[true; 3], None);
         let second = next.select(None, &none, now).unwrap();
         assert_eq!(second, (first + 1) % 3, "round robin goes on where it was");
         // A weight change rebuilds the selector.
@@ -231,7 +284,7 @@ mod tests {
         let admit = old.admit(1, now);
         old.breaker_outcome(1, admit, Some(false), now);
         assert!(!old.is_eligible(1, now), "the breaker opened");
-        let next = UpstreamGroup::succeed(&old, &upstream(&body), &[true, true]);
+        let next = UpstreamGroup::succeed(&old, &upstream(&body), &[true, true], None);
         assert!(!next.is_eligible(1, now), "still open after the reload");
         assert!(next.is_eligible(0, now));
     }

@@ -14,6 +14,8 @@ use super::Ctl;
 use crate::admin::{self, ApiError, PeerChange, PeerPatch};
 use crate::config::file::PeerFile;
 use crate::config::{Config, UpstreamConfig, MAX_WEIGHT};
+use crate::health::state::Status;
+use crate::metrics::{render, ControlGauges, PeerControl, PeerState};
 use crate::process::dropped_log_writes;
 
 impl admin::Host for Rc<Ctl> {
@@ -38,6 +40,43 @@ impl admin::Host for Rc<Ctl> {
 
     fn config_toml(&self) -> String {
         self.config.borrow().to_toml()
+    }
+
+    fn metrics(&self) -> String {
+        let config = self.config.borrow().clone();
+        let groups = self.groups.borrow();
+        let mut peers = Vec::new();
+        for (u, g) in config.upstreams.iter().zip(groups.iter()) {
+            for (p, h) in u.peers.iter().zip(g.peers.iter()) {
+                peers.push(PeerControl {
+                    upstream: u.name.clone(),
+                    peer: p.address.clone(),
+                    state: match h.status() {
+                        Status::Up => PeerState::Up,
+                        Status::Down => PeerState::Down,
+                        Status::Ejected => PeerState::Ejected,
+                        Status::Unknown => PeerState::Unknown,
+                    },
+                    ejections: h.ejections,
+                });
+            }
+        }
+        let reloads = self.reloads.borrow().clone();
+        let gauges = ControlGauges {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            peers,
+            reloads_ok: reloads.ok,
+            reloads_error: reloads.error,
+            last_reload_success_unix_seconds: reloads.last_success_unix,
+            observations_dropped: self
+                .stats
+                .iter()
+                .map(|s| s.dropped_observations.load(Ordering::Relaxed))
+                .sum(),
+        };
+        let mut out = String::with_capacity(16 * 1024);
+        render(&self.metrics.borrow(), &gauges, &mut out);
+        out
     }
 
     fn reload(&self) -> Result<Value, ApiError> {
@@ -224,6 +263,11 @@ fn status(ctl: &Ctl) -> Value {
                 .iter()
                 .zip(g.peers.iter())
                 .map(|(p, h)| {
+                    let totals = ctl
+                        .metrics
+                        .borrow()
+                        .peer_totals(&u.name, &p.address)
+                        .unwrap_or_default();
                     let last_check = h.last_check.as_ref().map(|c| {
                         json!({
                             "ok": c.ok,
@@ -252,6 +296,12 @@ fn status(ctl: &Ctl) -> Value {
                             .map_or(0, |t| t.saturating_duration_since(now).as_millis() as u64),
                         "ejections": h.ejections,
                         "changed_ago_ms": h.changed_at.map(ms_since),
+                        "requests_total": totals.requests,
+                        "failures_total": totals.failures,
+                        "active_requests": totals.active,
+                        "average_response_ms": totals
+                            .mean_response_seconds
+                            .map(|s| (s * 1e6).round() / 1e3),
                     })
                 })
                 .collect();
