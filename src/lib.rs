@@ -36,6 +36,7 @@ pub mod failover;
 pub mod health;
 pub mod http;
 pub(crate) mod io;
+pub(crate) mod listen;
 pub mod metrics;
 pub mod process;
 pub mod proxy;
@@ -56,7 +57,7 @@ mod layers {
     /// included) only modules on a lower floor. A module not listed is checked for cycles only.
     const FLOORS: &[&[&str]] = &[
         // Ground: no imports of the crate's own modules.
-        &["process", "balance", "io", "metrics"],
+        &["process", "balance", "io", "listen", "metrics"],
         // Pure retry/breaker logic over peer ids.
         &["failover"],
         // The file format and the runtime Config; it builds balance and failover types.

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::control::{ControlMsg, ShardReporter, ShardStats};
 use crate::health::control::{ControlSetup, ControlThread};
 pub use crate::health::control::{ReloadHandle, ReloadReport};
+use crate::listen::{bind_for_shards, probe_unshared};
 use crate::proxy::{Picker, ShardCtx};
 use crate::shard;
 
@@ -177,23 +177,18 @@ impl Server {
                 }
             }
         }
-        let mut listen = config.server.listen.clone();
-        let mut per_shard: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(cpus.len());
-        for _ in 0..cpus.len() {
-            let mut listeners = Vec::with_capacity(listen.len());
-            for (i, addr) in listen.iter_mut().enumerate() {
-                let l = bind_listener(*addr, config.server.backlog)
-                    .map_err(|e| bind_error(listen_key(i), *addr, e))?;
-                if addr.port() == 0 {
-                    // Every later shard binds the port the kernel picked for the first (an
-                    // unused one: port selection ignores SO_REUSEPORT, so no probe is needed).
-                    *addr = l
-                        .local_addr()
-                        .map_err(|e| bind_error(listen_key(i), *addr, e))?;
-                }
-                listeners.push(l);
+        let mut listen = Vec::with_capacity(config.server.listen.len());
+        let mut per_shard: Vec<Vec<std::net::TcpListener>> =
+            (0..cpus.len()).map(|_| Vec::new()).collect();
+        for (i, addr) in config.server.listen.iter().enumerate() {
+            // Every later shard binds the port the kernel picked for the first (an unused one:
+            // port selection ignores SO_REUSEPORT, so no probe is needed).
+            let (bound, sockets) = bind_for_shards(*addr, cpus.len(), config.server.backlog)
+                .map_err(|e| bind_error(listen_key(i), *addr, e))?;
+            listen.push(bound);
+            for (shard, l) in per_shard.iter_mut().zip(sockets) {
+                shard.push(l);
             }
-            per_shard.push(listeners);
         }
 
         // The admin listener: one socket (no SO_REUSEPORT: a second process must not share it).
@@ -398,33 +393,4 @@ impl Drop for Server {
             let _ = self.join();
         }
     }
-}
-
-/// Fails with `EADDRINUSE` when another socket listens on `addr` (or holds it without
-/// `SO_REUSEADDR`): a bind without `SO_REUSEPORT`, which sharing would need, dropped at once.
-/// `SO_REUSEADDR` is set so that connections of an earlier run still in TIME_WAIT do not
-/// count; an IPv6 address is probed dual-stack, as [`bind_listener`] binds it.
-fn probe_unshared(addr: SocketAddr) -> std::io::Result<()> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.bind(&addr.into())
-}
-
-/// Binds one shard's listener: SO_REUSEADDR + SO_REUSEPORT so every shard has its own socket on
-/// the same address and the kernel spreads connections across them.
-fn bind_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        // `[::]` serves IPv4 too unless the admin set net.ipv6.bindv6only; be explicit.
-        socket.set_only_v6(false)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
-    Ok(socket.into())
 }

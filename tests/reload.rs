@@ -397,3 +397,90 @@ fn admin_api_adds_drains_and_removes_peers() {
     );
     proxy.shutdown();
 }
+
+/// A loopback address nothing listens on right now.
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A one-shard config listening on `listen`, admin on `admin`, one upstream over `backend`.
+fn listen_config(
+    listen: &[SocketAddr],
+    admin: SocketAddr,
+    backend: &Backend,
+    extra: &str,
+) -> String {
+    let list: Vec<String> = listen.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[server]\nlisten = [{}]\nworkers = 1\nadmin = \"{admin}\"\n{extra}\n\n\
+         [[upstream]]\nname = \"app\"\npeers = [{{ address = \"{}\" }}]\n",
+        list.join(", "),
+        backend.addr()
+    )
+}
+
+/// Waits (10 s at most) until nothing accepts connections on `addr` any more. Connects with a
+/// short timeout: a listener that stopped accepting but is still open would hold a connect
+/// for minutes once its queue is full.
+fn wait_closed(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "{addr} still accepts");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn reload_opens_new_listen_addresses_and_closes_removed_ones_without_dropping_queued_connections() {
+    let a = Backend::start("a");
+    let (l1, l2, admin) = (free_addr(), free_addr(), free_addr());
+    // One connection at a time: a second one waits in the listen queue.
+    let limit = "max_connections = 1";
+    let path = write_config(&listen_config(&[l1], admin, &a, limit));
+    let proxy = Proxy::start_file(&path);
+    let mut first = Client::connect(l1);
+    assert_eq!(first.roundtrip(&get("/")).status, 200);
+    let mut queued = Client::connect(l1); // accepted by the kernel, not by ringlb yet
+    queued.send(&get("/queued"));
+
+    std::fs::write(&path, listen_config(&[l2], admin, &a, limit)).unwrap();
+    let report = proxy.server().reload().expect("reload applies");
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    // The queued connection is served, not reset.
+    let r = queued.response();
+    assert_eq!((r.status, r.body_str().as_str()), (200, "a"));
+    drop(queued);
+    drop(first);
+    // l1 is closed; l2 serves.
+    wait_closed(l1);
+    assert_eq!(Client::connect(l2).roundtrip(&get("/")).body_str(), "a");
+
+    // An address another process holds refuses the reload, naming the key.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = taken.local_addr().unwrap();
+    std::fs::write(&path, listen_config(&[l2, held], admin, &a, limit)).unwrap();
+    let err = proxy
+        .server()
+        .reload()
+        .expect_err("a taken address refuses the reload");
+    assert!(err.contains("server.listen[1]"), "{err}");
+    assert_eq!(Client::connect(l2).roundtrip(&get("/")).body_str(), "a");
+    proxy.shutdown();
+}
+
+#[test]
+fn reload_moves_the_admin_endpoint() {
+    let a = Backend::start("a");
+    let (listen, admin1, admin2) = (free_addr(), free_addr(), free_addr());
+    let path = write_config(&listen_config(&[listen], admin1, &a, ""));
+    let proxy = Proxy::start_file(&path);
+    assert_eq!(admin(admin1, "GET", "/health", None, "").0, 200);
+    std::fs::write(&path, listen_config(&[listen], admin2, &a, "")).unwrap();
+    proxy.server().reload().expect("reload applies");
+    assert_eq!(admin(admin2, "GET", "/health", None, "").0, 200);
+    wait_closed(admin1);
+    assert_eq!(Client::connect(listen).roundtrip(&get("/")).body_str(), "a");
+    proxy.shutdown();
+}

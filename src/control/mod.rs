@@ -20,6 +20,7 @@ mod report;
 pub use notify::Notify;
 pub use report::{ShardReporter, ShardStats};
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,7 +28,7 @@ use crate::config::{Config, PassiveHealth};
 use crate::metrics::ShardHandles;
 
 /// ControlMsg is what the control side tells a shard.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum ControlMsg {
     /// Stop accepting, close idle connections, let in-flight requests finish within the
     /// shutdown timeout, then stop the shard.
@@ -37,6 +38,18 @@ pub enum ControlMsg {
     /// A new configuration: the shard swaps it in before its next request; requests in flight
     /// finish on the one they started with.
     Reload(Arc<Snapshot>),
+    /// Listen sockets to open and configured addresses to stop listening on (a reload that
+    /// changed `server.listen`), for this shard.
+    Listen(ListenChange),
+}
+
+/// ListenChange is one shard's part of a `server.listen` change.
+#[derive(Debug, Default)]
+pub struct ListenChange {
+    /// New listeners, each with the address as configured (port 0 stays 0 here).
+    pub open: Vec<(SocketAddr, std::net::TcpListener)>,
+    /// Configured addresses no longer listened on: stop accepting, serve what is queued, close.
+    pub close: Vec<SocketAddr>,
 }
 
 /// Snapshot is one configuration generation as the control thread pushes it to every shard.

@@ -30,6 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 
 mod api;
@@ -38,7 +39,10 @@ use super::probe::Probe;
 use super::state::{Change, GroupHealth};
 use crate::admin;
 use crate::config::{Config, ConfigError, Driver};
-use crate::control::{ControlMsg, HealthChange, Notify, Observation, ShardStats, Snapshot};
+use crate::control::{
+    ControlMsg, HealthChange, ListenChange, Notify, Observation, ShardStats, Snapshot,
+};
+use crate::listen::{bind_for_shards, probe_unshared};
 use crate::metrics::Registry;
 use crate::process::{spawn_supervised, RateLimit};
 
@@ -290,6 +294,12 @@ struct Ctl {
     reloads: RefCell<ReloadStats>,
     /// Every shard's metrics (read at scrape time, re-laid out by each reload).
     metrics: RefCell<Registry>,
+    /// Which admin listener is current (a reload that moves `server.admin` bumps it).
+    admin_generation: Cell<u64>,
+    /// Wakes the admin accept loop when the endpoint moves.
+    admin_changed: Notify,
+    /// Cancels the admin listener's pending accept when the endpoint moves.
+    admin_canceller: RefCell<Canceller>,
     /// Health of every group, in config order.
     groups: RefCell<Vec<GroupHealth>>,
     /// Every shard's control sender.
@@ -484,7 +494,7 @@ async fn control_main(
     let config = setup.config;
     let ctl = Rc::new(Ctl {
         groups: RefCell::new(config.upstreams.iter().map(GroupHealth::new).collect()),
-        backlog: RefCell::new(vec![VecDeque::new(); setup.shards.len()]),
+        backlog: RefCell::new(setup.shards.iter().map(|_| VecDeque::new()).collect()),
         shards: setup.shards,
         stats: setup.stats,
         next_expiry: Cell::new(None),
@@ -498,12 +508,15 @@ async fn control_main(
         generation: Cell::new(0),
         reloads: RefCell::new(ReloadStats::default()),
         metrics: RefCell::new(setup.registry),
+        admin_generation: Cell::new(0),
+        admin_changed: Notify::default(),
+        admin_canceller: RefCell::new(Canceller::new()),
     });
     spawn_probes(&ctl);
     if let Some(l) = setup.admin {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(admin_loop(TaskGuard::new(&ctl), l));
+                monoio::spawn(admin_loop(TaskGuard::new(&ctl), l, 0));
             }
             Err(e) => tracing::error!("cannot register the admin listener: {e}"),
         }
@@ -576,6 +589,95 @@ fn spawn_probes(ctl: &Rc<Ctl>) {
     }
 }
 
+impl Ctl {
+    /// Binds, once per shard, every address of `new.server.listen` that `old` does not have.
+    /// Returns per shard the sockets to hand over (with the address as configured).
+    #[allow(clippy::type_complexity)]
+    fn bind_new_listeners(
+        &self,
+        old: &Config,
+        new: &Config,
+    ) -> Result<Vec<Vec<(SocketAddr, std::net::TcpListener)>>, String> {
+        let shards = self.shards.len();
+        let mut per_shard: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
+            (0..shards).map(|_| Vec::new()).collect();
+        for (i, addr) in new.server.listen.iter().enumerate() {
+            if old.server.listen.contains(addr) {
+                continue;
+            }
+            if addr.port() != 0 {
+                if let Err(e) = probe_unshared(*addr) {
+                    return Err(format!(
+                        "{}: key `server.listen[{i}]`: cannot listen on {addr}: {e}",
+                        new.source
+                    ));
+                }
+            }
+            let (_, sockets) = bind_for_shards(*addr, shards, new.server.backlog).map_err(|e| {
+                format!(
+                    "{}: key `server.listen[{i}]`: cannot listen on {addr}: {e}",
+                    new.source
+                )
+            })?;
+            for (shard, l) in per_shard.iter_mut().zip(sockets) {
+                shard.push((*addr, l));
+            }
+        }
+        Ok(per_shard)
+    }
+
+    /// Tells every shard which listeners to open and which addresses to close.
+    fn send_listen_changes(
+        &self,
+        opened: Vec<Vec<(SocketAddr, std::net::TcpListener)>>,
+        closed: &[SocketAddr],
+    ) {
+        if closed.is_empty() && opened.iter().all(Vec::is_empty) {
+            return;
+        }
+        let mut backlog = self.backlog.borrow_mut();
+        for ((tx, queue), open) in self.shards.iter().zip(backlog.iter_mut()).zip(opened) {
+            let msg = ControlMsg::Listen(ListenChange {
+                open,
+                close: closed.to_vec(),
+            });
+            if !queue.is_empty() {
+                queue.push_back(msg);
+                continue;
+            }
+            if let Err(TrySendError::Full(msg)) = tx.try_send(msg) {
+                queue.push_back(msg);
+            }
+        }
+    }
+
+    /// Moves the admin endpoint to `addr` (`None`: off): the old listener stops accepting.
+    fn move_admin(self: &Rc<Self>, addr: Option<SocketAddr>) {
+        self.admin_generation.set(self.admin_generation.get() + 1);
+        let old = std::mem::take(&mut *self.admin_canceller.borrow_mut());
+        *self.admin_canceller.borrow_mut() = old.cancel();
+        self.admin_changed.notify_all();
+        let Some(addr) = addr else {
+            tracing::info!("admin endpoint off (reload)");
+            return;
+        };
+        match std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(TcpListener::from_std)
+        {
+            Ok(l) => {
+                tracing::info!("admin endpoint on {addr} (reload)");
+                monoio::spawn(admin_loop(
+                    TaskGuard::new(self),
+                    l,
+                    self.admin_generation.get(),
+                ));
+            }
+            Err(e) => tracing::error!("reload: cannot bind the admin endpoint on {addr}: {e}"),
+        }
+    }
+}
+
 /// The settings a running process cannot change: (what, whether it differs). A reload keeps
 /// the running value of each and says so.
 fn restart_only(old: &Config, new: &Config) -> Vec<(&'static str, bool)> {
@@ -590,9 +692,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<(&'static str, bool)> {
             "server.observation_queue",
             o.observation_queue != n.observation_queue,
         ),
-        ("server.listen", o.listen != n.listen),
         ("server.backlog", o.backlog != n.backlog),
-        ("server.admin", o.admin != n.admin),
     ]
 }
 
@@ -635,9 +735,29 @@ impl Ctl {
         new.server.uring_entries = old.server.uring_entries;
         new.server.uring_taskrun = old.server.uring_taskrun;
         new.server.observation_queue = old.server.observation_queue;
-        new.server.listen = old.server.listen.clone();
         new.server.backlog = old.server.backlog;
-        new.server.admin = old.server.admin;
+        // New listen addresses are bound now (one socket per shard), before anything changes:
+        // an address that cannot be bound refuses the whole reload.
+        let opened = match self.bind_new_listeners(&old, &new) {
+            Ok(opened) => opened,
+            Err(reason) => {
+                let mut stats = self.reloads.borrow_mut();
+                stats.error += 1;
+                stats.last_error = Some(reason.clone());
+                tracing::error!(
+                    "reload refused, still running the previous configuration: {reason}"
+                );
+                return Err(reason);
+            }
+        };
+        let closed: Vec<SocketAddr> = old
+            .server
+            .listen
+            .iter()
+            .filter(|a| !new.server.listen.contains(a))
+            .copied()
+            .collect();
+        let admin_moved = old.server.admin != new.server.admin;
 
         let groups: Vec<GroupHealth> = {
             let old_groups = self.groups.borrow();
@@ -679,6 +799,10 @@ impl Ctl {
                     queue.push_back(msg);
                 }
             }
+        }
+        self.send_listen_changes(opened, &closed);
+        if admin_moved {
+            self.move_admin(snapshot.config.server.admin);
         }
         spawn_probes(self);
         {
@@ -745,10 +869,25 @@ async fn probe_loop(
 }
 
 /// Accepts admin connections until stopped.
-async fn admin_loop(guard: TaskGuard, listener: TcpListener) {
+async fn admin_loop(guard: TaskGuard, listener: TcpListener, generation: u64) {
     let ctl = guard.0.clone();
     let warnings = RateLimit::per_second();
-    while let Some(accepted) = ctl.until_stop(listener.accept()).await {
+    loop {
+        let moved = ctl.admin_changed.notified();
+        let handle = ctl.admin_canceller.borrow().handle();
+        let accepted = monoio::select! {
+            a = ctl.until_stop(listener.cancelable_accept(handle)) => Some(a),
+            _ = moved => None,
+        };
+        if ctl.admin_generation.get() != generation {
+            return; // a reload moved the endpoint
+        }
+        let Some(accepted) = accepted else {
+            continue;
+        };
+        let Some(accepted) = accepted else {
+            return; // the thread stops
+        };
         match accepted {
             Ok((stream, _)) => {
                 monoio::spawn(admin_conn(TaskGuard::new(&ctl), stream));

@@ -16,7 +16,7 @@ use monoio::io::Canceller;
 
 use super::{Picker, Router};
 use crate::config::Config;
-use crate::control::{ControlMsg, Notify, Outcome, ShardReporter, Snapshot};
+use crate::control::{ControlMsg, ListenChange, Notify, Outcome, ShardReporter, Snapshot};
 use crate::failover::Failure;
 use crate::metrics::{ShardHandles, ShardMetrics};
 use crate::upstream::UpstreamGroup;
@@ -123,6 +123,8 @@ pub struct ShardCtx {
     pub health: ShardReporter,
     /// This shard's own counters (connections, requests, responses by status).
     pub metrics: Arc<ShardMetrics>,
+    /// Listener changes received and not yet applied by the shard (it owns the listeners).
+    listen_changes: RefCell<Vec<ListenChange>>,
 }
 
 impl ShardCtx {
@@ -139,6 +141,7 @@ impl ShardCtx {
             id,
             live: RefCell::new(Rc::new(Live::new(config, &metrics))),
             metrics: metrics.shard,
+            listen_changes: RefCell::new(Vec::new()),
             picker,
             control,
             shutting_down: Cell::new(false),
@@ -171,6 +174,10 @@ impl ShardCtx {
                     self.health.applied(&change);
                 }
                 ControlMsg::Reload(snap) => self.reload(&snap),
+                ControlMsg::Listen(change) => {
+                    self.listen_changes.borrow_mut().push(change);
+                    self.changed.notify_all();
+                }
             }
         }
     }
@@ -198,6 +205,11 @@ impl ShardCtx {
         let old = std::mem::take(&mut *self.canceller.borrow_mut());
         *self.canceller.borrow_mut() = old.cancel();
         self.changed.notify_all();
+    }
+
+    /// The listener changes received since the last call (the shard applies them).
+    pub fn take_listen_changes(&self) -> Vec<ListenChange> {
+        std::mem::take(&mut *self.listen_changes.borrow_mut())
     }
 
     /// Whether shutdown began.

@@ -6,14 +6,18 @@
 //! shard; the shard learns about the world only by draining its control channel (`try_recv`)
 //! between requests and on a short tick.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::net::{TcpListener, TcpStream};
 
+use monoio::io::Canceller;
+
 use crate::config::{Driver, UringTaskrun};
+use crate::control::ListenChange;
 use crate::process::RateLimit;
 use crate::proxy::{self, ShardCtx};
 
@@ -42,6 +46,26 @@ struct Shard {
     connections: Cell<usize>,
     /// Accept loops still running (they end at shutdown, dropping their listeners).
     accept_loops: Cell<usize>,
+    /// What stops each accept loop, by the listen address as configured.
+    accepts: RefCell<Vec<(SocketAddr, Rc<AcceptStop>)>>,
+}
+
+/// AcceptStop ends one accept loop: at shutdown, or when a reload removed its address (then
+/// the connections already queued on the socket are served before it closes).
+#[derive(Default)]
+struct AcceptStop {
+    /// Its address was removed from `server.listen`.
+    closing: Cell<bool>,
+    /// Cancels the loop's pending accept.
+    canceller: RefCell<Canceller>,
+}
+
+impl AcceptStop {
+    fn stop(&self, closing: bool) {
+        self.closing.set(self.closing.get() || closing);
+        let old = std::mem::take(&mut *self.canceller.borrow_mut());
+        *self.canceller.borrow_mut() = old.cancel();
+    }
 }
 
 impl Shard {
@@ -50,6 +74,7 @@ impl Shard {
             ctx,
             connections: Cell::new(0),
             accept_loops: Cell::new(0),
+            accepts: RefCell::new(Vec::new()),
         }
     }
 }
@@ -171,21 +196,53 @@ fn uring_builder(mode: UringTaskrun) -> io_uring::Builder {
     b
 }
 
+/// Starts accepting on `listener` (configured as `addr`).
+fn start_accept(shard: &Rc<Shard>, addr: SocketAddr, listener: std::net::TcpListener) {
+    match TcpListener::from_std(listener) {
+        Ok(l) => {
+            let stop = Rc::new(AcceptStop::default());
+            shard.accepts.borrow_mut().push((addr, stop.clone()));
+            shard.accept_loops.set(shard.accept_loops.get() + 1);
+            monoio::spawn(accept_loop(AcceptLoopGuard(shard.clone()), l, stop));
+        }
+        Err(e) => tracing::error!(shard = shard.ctx.id, "cannot register listener {addr}: {e}"),
+    }
+}
+
+/// Applies a reload's listener change: new sockets start accepting, removed addresses stop.
+fn apply_listen(shard: &Rc<Shard>, change: ListenChange) {
+    for (addr, l) in change.open {
+        tracing::info!(shard = shard.ctx.id, "listening on {addr} (reload)");
+        start_accept(shard, addr, l);
+    }
+    for addr in change.close {
+        shard.accepts.borrow_mut().retain(|(a, stop)| {
+            if *a == addr {
+                stop.stop(true);
+            }
+            *a != addr
+        });
+    }
+    // An accept loop waiting for a free connection slot learns it is closing.
+    shard.ctx.changed().notify_all();
+}
+
 async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
     let ctx = &shard.ctx;
-    for l in listeners {
-        match TcpListener::from_std(l) {
-            Ok(l) => {
-                shard.accept_loops.set(shard.accept_loops.get() + 1);
-                monoio::spawn(accept_loop(AcceptLoopGuard(shard.clone()), l));
-            }
-            Err(e) => tracing::error!(shard = ctx.id, "cannot register listener: {e}"),
-        }
+    let configured = ctx.config().server.listen.clone();
+    for (addr, l) in configured.into_iter().zip(listeners) {
+        start_accept(&shard, addr, l);
     }
     let mut last_reap = Instant::now();
     loop {
         ctx.drain_control();
+        for change in ctx.take_listen_changes() {
+            apply_listen(&shard, change);
+        }
         if ctx.is_shutting_down() {
+            for (_, stop) in shard.accepts.borrow_mut().drain(..) {
+                stop.stop(false);
+            }
             break;
         }
         monoio::time::sleep(CONTROL_TICK).await;
@@ -231,7 +288,7 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
 
 /// Accepts connections on `listener` until shutdown. (Parameters drop in reverse order:
 /// `listener` closes before `guard` tells the shard this loop is done.)
-async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
+async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener, stop: Rc<AcceptStop>) {
     let shard = &guard.0;
     let ctx = &shard.ctx;
     let max = ctx.config().server.max_connections;
@@ -240,13 +297,18 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
     let warnings = RateLimit::per_second();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        while shard.connections.get() >= max && !ctx.is_shutting_down() {
+        while shard.connections.get() >= max && !ctx.is_shutting_down() && !stop.closing.get() {
             ctx.changed().notified().await;
+        }
+        if stop.closing.get() {
+            serve_queued(shard, &listener);
+            return;
         }
         if ctx.is_shutting_down() {
             return;
         }
-        match listener.cancelable_accept(ctx.cancel_handle()).await {
+        let handle = stop.canceller.borrow().handle();
+        match listener.cancelable_accept(handle).await {
             Ok((stream, addr)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 shard.connections.set(shard.connections.get() + 1);
@@ -256,6 +318,10 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
                 monoio::spawn(serve_conn(guard, stream, addr));
             }
             Err(e) => {
+                if stop.closing.get() {
+                    serve_queued(shard, &listener);
+                    return;
+                }
                 if ctx.is_shutting_down() {
                     return;
                 }
@@ -317,6 +383,54 @@ impl AcceptFailure {
             _ => AcceptFailure::Other,
         }
     }
+}
+
+/// Accepts and serves every connection already queued on a listener that is about to close
+/// (its address was removed by a reload), so that closing it resets none of them.
+fn serve_queued(shard: &Rc<Shard>, listener: &TcpListener) {
+    let fd = listener.as_raw_fd();
+    // SAFETY: `fd` is the open listening socket owned by `listener`; fcntl(2) and accept4(2)
+    // change no memory of ours (null address pointers), and each accepted descriptor is owned
+    // by exactly one `std::net::TcpStream` from here on.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return;
+        }
+    }
+    let mut served = 0usize;
+    loop {
+        // SAFETY: see above.
+        let conn = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            )
+        };
+        if conn < 0 {
+            break;
+        }
+        // SAFETY: `conn` is a new descriptor nothing else owns.
+        let std_stream = unsafe { std::net::TcpStream::from_raw_fd(conn) };
+        let Ok(addr) = std_stream.peer_addr() else {
+            continue;
+        };
+        let Ok(stream) = TcpStream::from_std(std_stream) else {
+            continue;
+        };
+        served += 1;
+        shard.connections.set(shard.connections.get() + 1);
+        shard.ctx.metrics.connections_accepted.inc();
+        shard.ctx.metrics.connections_active.inc();
+        monoio::spawn(serve_conn(ConnGuard(shard.clone()), stream, addr));
+    }
+    tracing::info!(
+        shard = shard.ctx.id,
+        served,
+        "stopped listening on a removed address; queued connections served"
+    );
 }
 
 async fn serve_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr) {
