@@ -21,6 +21,7 @@ use crate::control::{ControlMsg, ShardReporter, ShardStats};
 use crate::health::control::{ControlSetup, ControlThread};
 pub use crate::health::control::{ReloadHandle, ReloadReport};
 use crate::listen::{bind_for_shards, probe_unshared};
+use crate::health::{HealthCheck, HealthObserver, Hooks};
 use crate::proxy::{Picker, ShardCtx};
 use crate::shard;
 
@@ -65,6 +66,15 @@ pub enum StartError {
         /// What went wrong.
         reason: String,
     },
+    /// The health hooks do not fit the config: an upstream with `kind = "custom"` has no
+    /// check registered, or a check is registered for an upstream without it.
+    #[error("{file}: {reason}")]
+    HealthHooks {
+        /// The config file (or `<string>`).
+        file: String,
+        /// What does not fit (names the key or the upstream).
+        reason: String,
+    },
     /// The control thread could not start.
     #[error("control thread: {reason}")]
     Control {
@@ -84,6 +94,29 @@ pub struct StartOptions {
     /// to start. For a deliberate takeover, such as a binary upgrade while the old process
     /// still serves. Default `false`.
     pub reuse_listeners: bool,
+    /// Custom health checks and health observers (see [`StartOptions::health_check`] and
+    /// [`StartOptions::health_observer`]). Default: none.
+    pub hooks: Hooks,
+}
+
+impl StartOptions {
+    /// Registers `check` as the active check of the upstream named `upstream`, which must
+    /// have `health = { kind = "custom", … }` (start fails otherwise, and also when an
+    /// upstream with `kind = "custom"` has no check). It runs on that table's `interval_ms`
+    /// (±10%), `timeout_ms`, `rise`, `fall` and `start`, exactly as a built-in probe, and
+    /// again after every reload (see `examples/custom_health.rs`).
+    pub fn health_check(mut self, upstream: &str, check: Arc<dyn HealthCheck>) -> StartOptions {
+        self.hooks.add_check(upstream, check);
+        self
+    }
+
+    /// Registers `observer`, told every health event on the control thread: every status
+    /// change (the first `unknown → up` included) and every peer a reload or the admin API
+    /// adds or removes. It must be quick (see [`HealthObserver`]).
+    pub fn health_observer(mut self, observer: Arc<dyn HealthObserver>) -> StartOptions {
+        self.hooks.add_observer(observer);
+        self
+    }
 }
 
 /// Server is a running proxy: its shard threads and their control channels.
@@ -140,13 +173,23 @@ impl Server {
         )
     }
 
-    /// Starts the proxy with [`StartOptions`] (a custom picker, listener takeover). Each of
+    /// Starts the proxy with [`StartOptions`] (a custom picker, listener takeover, health
+    /// hooks). Each of
     /// [`Config::warnings`] is logged at warn first.
     pub fn start_with(config: Config, options: StartOptions) -> Result<Server, StartError> {
         let StartOptions {
             picker,
             reuse_listeners,
+            hooks,
         } = options;
+        let hooks_error = |reason: String| StartError::HealthHooks {
+            file: config.source.clone(),
+            reason,
+        };
+        hooks
+            .check_config(&config)
+            .map_err(|(key, reason)| hooks_error(format!("key `{key}`: {reason}")))?;
+        hooks.check_registrations(&config).map_err(hooks_error)?;
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
@@ -277,6 +320,7 @@ impl Server {
             stats,
             admin,
             registry,
+            hooks,
         })
         .map_err(|reason| StartError::Control { reason })?;
         server.control = Some(control);

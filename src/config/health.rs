@@ -46,7 +46,7 @@ const MAX_RISE_FALL: u64 = 1000;
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HealthFile {
-    /// `"tcp"` or `"http"`; required.
+    /// `"tcp"`, `"http"` or `"custom"`; required.
     pub kind: Option<String>,
     /// HTTP only: request path, default `/`.
     pub path: Option<String>,
@@ -117,6 +117,10 @@ pub enum CheckKind {
     Tcp,
     /// `kind = "http"`: an HTTP/1.1 request whose response matches.
     Http(HttpCheck),
+    /// `kind = "custom"`: a check the library user registers for this upstream by name
+    /// ([`StartOptions::health_check`](crate::server::StartOptions::health_check)); the
+    /// proxy does not start (and a reload is refused) when none is registered.
+    Custom,
 }
 
 /// HttpCheck is the request and the expectations of an `http` check.
@@ -389,19 +393,22 @@ pub(crate) fn upstream_health(
 /// Checks `health = { … }`; error keys are relative to `health`.
 fn health(f: &HealthFile) -> Result<HealthCheck, KeyError> {
     let err = |k: &str, reason: String| Err((k.to_string(), reason));
-    let is_http = match f.kind.as_deref() {
-        Some("http") => true,
-        Some("tcp") => false,
+    let (is_http, simple) = match f.kind.as_deref() {
+        Some("http") => (true, CheckKind::Tcp),
+        Some("tcp") => (false, CheckKind::Tcp),
+        Some("custom") => (false, CheckKind::Custom),
         Some(other) => {
             return err(
                 "kind",
-                format!("unknown check kind `{other}`, expected `tcp` or `http`"),
+                format!("unknown check kind `{other}`, expected `tcp`, `http` or `custom`"),
             )
         }
         None => {
             return err(
                 "kind",
-                "is required: `kind = \"tcp\"` (connect) or `kind = \"http\"`".to_string(),
+                "is required: `kind = \"tcp\"` (connect), `kind = \"http\"` or \
+                 `kind = \"custom\"` (a check the library user registers)"
+                    .to_string(),
             )
         }
     };
@@ -465,7 +472,7 @@ fn health(f: &HealthFile) -> Result<HealthCheck, KeyError> {
                 return err(name, "only applies to `kind = \"http\"`".to_string());
             }
         }
-        CheckKind::Tcp
+        simple
     };
     let port = match f.port {
         None => None,
@@ -595,6 +602,7 @@ pub(crate) fn describe(out: &mut String, u: &UpstreamConfig) -> fmt::Result {
             write!(out, "  health     ")?;
             match &h.kind {
                 CheckKind::Tcp => write!(out, "tcp connect")?,
+                CheckKind::Custom => write!(out, "custom (registered by the library user)")?,
                 CheckKind::Http(c) => {
                     write!(
                         out,
@@ -769,6 +777,26 @@ mod tests {
         );
         assert!(d.contains("  passive    off\n"), "{d}");
         assert!(d.contains("  all down   fail\n"), "{d}");
+    }
+
+    #[test]
+    fn custom_check_keeps_the_schedule_and_refuses_http_keys() {
+        let c =
+            load("health = { kind = \"custom\", interval_ms = 50, rise = 1, fall = 4 }\n").unwrap();
+        let h = c.upstreams[0].health.clone().unwrap();
+        assert_eq!(h.kind, CheckKind::Custom);
+        assert_eq!(h.interval, Duration::from_millis(50));
+        assert_eq!((h.rise, h.fall), (1, 4));
+        let d = c.describe();
+        assert!(
+            d.contains("  health     custom (registered by the library user), every 50 ms"),
+            "{d}"
+        );
+        expect_err(
+            "health = { kind = \"custom\", path = \"/hc\" }\n",
+            "upstream[0].health.path",
+            "only applies to `kind = \"http\"`",
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! rather than serving traffic with no health checks and a dead admin endpoint.
 //!
 //! Every status change is logged once at info (group, peer, old → new, why); every eligibility
-//! flip is pushed to every shard as `ControlMsg::Health`, in decision order per shard.
+//! flip is pushed to every shard as `ControlMsg::Health`, in decision order per shard; then the
+//! library user's observers are told (see [`super::observer`]).
 //! The state lives in `RefCell`s: one thread, and no borrow is held across an `.await`.
 
 use std::cell::{Cell, RefCell};
@@ -35,7 +36,9 @@ use monoio::net::{TcpListener, TcpStream};
 
 mod api;
 
-use super::probe::Probe;
+use super::custom::Checker;
+use super::hooks::Hooks;
+use super::observer::HealthEvent;
 use super::state::{Change, GroupHealth};
 use crate::admin;
 use crate::config::{Config, ConfigError, Driver};
@@ -70,6 +73,8 @@ pub struct ControlSetup {
     pub admin: Option<std::net::TcpListener>,
     /// Every shard's metrics, laid out for `config` (the shards hold their handles).
     pub registry: Registry,
+    /// The library user's custom checks and observers (kept across reloads).
+    pub hooks: Hooks,
 }
 
 /// ControlThread is the running `ringlb-ctl` thread; dropping it stops and joins it.
@@ -322,6 +327,8 @@ struct Ctl {
     tasks: Cell<usize>,
     /// When the control thread started, for `/status`.
     started: Instant,
+    /// Custom checks and health observers.
+    hooks: Hooks,
 }
 
 /// ReloadStats counts reload outcomes (for `/status` and the metrics).
@@ -389,6 +396,14 @@ impl Ctl {
                 decided_at,
             });
         }
+        // After the push: an observer learns of a change once the shards have been told.
+        let event = HealthEvent::Changed {
+            old: c.from,
+            new: c.to,
+        };
+        self.hooks
+            .observers
+            .notify(&g.name, &g.peers[peer].address, event, &c.why);
     }
 
     /// Sends `change` to every shard; a full channel keeps it (in order) for the next round.
@@ -511,6 +526,7 @@ async fn control_main(
         admin_generation: Cell::new(0),
         admin_changed: Notify::default(),
         admin_canceller: RefCell::new(Canceller::new()),
+        hooks: setup.hooks,
     });
     spawn_probes(&ctl);
     if let Some(l) = setup.admin {
@@ -576,7 +592,7 @@ fn spawn_probes(ctl: &Rc<Ctl>) {
             continue;
         };
         for (pi, p) in u.peers.iter().enumerate() {
-            let probe = Probe::new(check, p.addr, &p.address);
+            let probe = Checker::new(&ctl.hooks, &u.name, check, p);
             monoio::spawn(probe_loop(
                 TaskGuard::new(ctl),
                 generation,
@@ -707,7 +723,11 @@ impl Ctl {
             Some(c) => Ok(c),
             None => Config::from_file(std::path::Path::new(&old.source))
                 .map_err(|e: ConfigError| e.to_string()),
-        };
+        }
+        .and_then(|c| match self.hooks.check_config(&c) {
+            Ok(()) => Ok(c),
+            Err((key, reason)) => Err(format!("{}: key `{key}`: {reason}", c.source)),
+        });
         let mut new = match loaded {
             Ok(c) => c,
             Err(reason) => {
@@ -784,7 +804,7 @@ impl Ctl {
         let next_expiry = groups
             .iter()
             .fold(None, |acc, g| min_instant(acc, g.next_expiry()));
-        *self.groups.borrow_mut() = groups;
+        let old_groups = self.groups.replace(groups);
         *self.config.borrow_mut() = snapshot.config.clone();
         self.generation.set(generation);
         self.next_expiry.set(next_expiry);
@@ -804,6 +824,12 @@ impl Ctl {
         if admin_moved {
             self.move_admin(snapshot.config.server.admin);
         }
+        // After the push: observers learn of added and removed peers once the shards have.
+        self.hooks.observers.reloaded(
+            (&old, &old_groups),
+            (&snapshot.config, &self.groups.borrow()),
+            generation,
+        );
         spawn_probes(self);
         {
             let mut stats = self.reloads.borrow_mut();
@@ -836,7 +862,7 @@ async fn probe_loop(
     generation: u64,
     group: usize,
     peer: usize,
-    probe: Probe,
+    probe: Checker,
     interval: Duration,
 ) {
     let ctl = guard.0.clone();

@@ -3,6 +3,10 @@
 //!
 //! - [`state`]: the per-peer state machine (unknown/up/down + ejection) and its group.
 //! - [`probe`]: async `tcp` and `http` probes on monoio, each bounded by its timeout.
+//! - [`custom`]: the [`HealthCheck`] trait of a library user's own check (`kind = "custom"`).
+//! - [`observer`]: the [`HealthObserver`] told every [`HealthEvent`] (status changes, peers
+//!   added and removed by reloads).
+//! - [`hooks`]: [`Hooks`], the registered checks and observers the control thread runs.
 //! - [`control`]: the `ringlb-ctl` thread: its own monoio runtime running one probe task per
 //!   probed peer, the observation drain (with ejection expiry) and the admin endpoint.
 //!
@@ -13,7 +17,14 @@
 //! never probe and never block.
 
 pub mod control;
+pub mod custom;
+pub mod hooks;
+pub mod observer;
 pub mod probe;
 pub mod state;
 
 pub use control::ControlThread;
+pub use custom::{CheckFuture, CheckTarget, HealthCheck};
+pub use hooks::Hooks;
+pub use observer::{HealthEvent, HealthObserver};
+pub use state::Status;

@@ -38,7 +38,7 @@ impl Probe {
             addr.set_port(port);
         }
         let request = match &check.kind {
-            CheckKind::Tcp => None,
+            CheckKind::Tcp | CheckKind::Custom => None,
             CheckKind::Http(http) => {
                 Some(http_request(http, http.host.as_deref().unwrap_or(address)))
             }
@@ -60,6 +60,10 @@ impl Probe {
     }
 
     async fn run_unbounded(&self) -> Result<String, String> {
+        if self.check.kind == CheckKind::Custom {
+            // Start and reload refuse this (see `health::hooks::Hooks::check_config`).
+            return Err("no health check registered for `kind = \"custom\"`".to_string());
+        }
         let stream = TcpStream::connect_addr(self.addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;

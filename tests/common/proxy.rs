@@ -216,10 +216,21 @@ impl Proxy {
 
     /// Starts the proxy from a config file (so that a reload can read it again).
     pub fn start_file(path: &Path) -> Proxy {
+        Proxy::start_file_with(path, ringlb::server::StartOptions::default())
+    }
+
+    /// Starts the proxy from TOML text with `options` (health hooks, a picker).
+    pub fn start_with(toml: &str, options: ringlb::server::StartOptions) -> Proxy {
+        Proxy::from_server(ringlb::Server::start_with(config_from(toml), options), toml)
+    }
+
+    /// Starts the proxy from a config file (so that a reload can read it again) with
+    /// `options`.
+    pub fn start_file_with(path: &Path, options: ringlb::server::StartOptions) -> Proxy {
         let config =
             ringlb::Config::from_file(path).unwrap_or_else(|e| panic!("config rejected: {e}"));
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        Proxy::from_server(ringlb::Server::start(config), &text)
+        Proxy::from_server(ringlb::Server::start_with(config, options), &text)
     }
 
     /// Wraps a started server (panics with the error and the config text if it did not start).
