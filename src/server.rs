@@ -20,8 +20,8 @@ use crate::config::Config;
 use crate::control::{ControlMsg, ShardReporter, ShardStats};
 use crate::health::control::{ControlSetup, ControlThread};
 pub use crate::health::control::{ReloadHandle, ReloadReport};
-use crate::listen::{bind_for_shards, probe_unshared};
 use crate::health::{HealthCheck, HealthObserver, Hooks};
+use crate::listen::{bind_for_shards, probe_unshared};
 use crate::proxy::{Picker, ShardCtx};
 use crate::shard;
 

@@ -484,3 +484,182 @@ fn reload_moves_the_admin_endpoint() {
     assert_eq!(Client::connect(listen).roundtrip(&get("/")).body_str(), "a");
     proxy.shutdown();
 }
+
+/// A one-shard `smooth_weighted` config (no admin endpoint) over `set`: (index into
+/// `backends`, weight).
+fn weighted_config(backends: &[Backend], set: &[(usize, u32)]) -> String {
+    let list: Vec<String> = set
+        .iter()
+        .map(|&(i, w)| format!("{{ address = \"{}\", weight = {w} }}", backends[i].addr()))
+        .collect();
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"\"\n\n\
+         [[upstream]]\nname = \"app\"\nalgorithm = \"smooth_weighted\"\npeers = [{}]\n",
+        list.join(", ")
+    )
+}
+
+/// Sets the flag when dropped, so that client threads stop even if the main thread panics.
+struct SetOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn reload_under_load_loses_no_request_and_routes_only_to_running_peers() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    type Set = &'static [(usize, u32)];
+    const CLIENTS: usize = 4;
+    const RELOADS: usize = 30;
+    const INTERVAL: Duration = Duration::from_millis(100);
+    const INITIAL: Set = &[(0, 1), (1, 1)];
+    // Reload k writes CYCLE[k % 5]: add, remove + reweight, remove + add, replace all, and a
+    // broken file (`None`) every fifth time.
+    const CYCLE: [Option<Set>; 5] = [
+        Some(&[(0, 1), (1, 1), (2, 1)]),
+        Some(&[(1, 1), (2, 3)]),
+        Some(&[(2, 1), (3, 1)]),
+        Some(&[(0, 1), (1, 1)]),
+        None,
+    ];
+    const LAST: Set = &[(0, 1), (3, 1)];
+    let names = ["b0", "b1", "b2", "b3"];
+    let backends: Vec<Backend> = names.iter().map(|n| Backend::start(n)).collect();
+    // generations[g]: the peer set of configuration generation g (broken files make none).
+    let generations: Vec<Set> = std::iter::once(INITIAL)
+        .chain((0..RELOADS).filter_map(|k| CYCLE[k % CYCLE.len()]))
+        .collect();
+    let path = write_config(&weighted_config(&backends, INITIAL));
+    let proxy = Proxy::start_file(&path);
+    let addr = proxy.addr;
+
+    // `begun`: good reloads asked for; `applied`: good reloads that returned Ok. A request
+    // sent after reading `applied` = lo runs on generation >= lo (the shard takes pending
+    // reloads after reading a head); a response received before reading `begun` = hi came
+    // from generation <= hi. So its backend must be in one of generations[lo..=hi].
+    let (begun, applied, answered) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    let stop = AtomicBool::new(false);
+    let (outcomes, results) = thread::scope(|s| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut seen: Vec<(usize, usize, u16, String)> = Vec::new();
+                    let mut client = match Client::try_connect(addr) {
+                        Ok(c) => c,
+                        Err(e) => return (seen, Some(format!("connect: {e}"))),
+                    };
+                    while !stop.load(SeqCst) {
+                        let lo = applied.load(SeqCst);
+                        match client.try_roundtrip(&get("/")) {
+                            Ok(r) => {
+                                let hi = begun.load(SeqCst);
+                                seen.push((lo, hi, r.status, r.body_str()));
+                                answered.fetch_add(1, SeqCst);
+                            }
+                            Err(e) => {
+                                let why = format!("after {} responses: {e}", seen.len());
+                                return (seen, Some(why));
+                            }
+                        }
+                    }
+                    (seen, None)
+                })
+            })
+            .collect();
+        let _stop_clients = SetOnDrop(&stop);
+        let mut outcomes: Vec<(usize, bool, Result<u64, String>)> = Vec::new();
+        for k in 0..RELOADS {
+            // Every reload comes after at least one more response per client (on average),
+            // so reloads and requests interleave whatever the machine's speed.
+            let mark = answered.load(SeqCst) + CLIENTS;
+            thread::sleep(INTERVAL);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while answered.load(SeqCst) < mark && std::time::Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            let good = CYCLE[k % CYCLE.len()];
+            let text = match good {
+                Some(set) => weighted_config(&backends, set),
+                // A TOML syntax error and an out-of-range weight, in turn.
+                None if (k / CYCLE.len()).is_multiple_of(2) => "[server\nbroken".to_string(),
+                None => {
+                    weighted_config(&backends, INITIAL).replace("weight = 1 }", "weight = 70000 }")
+                }
+            };
+            write(&path, &text);
+            if good.is_some() {
+                begun.fetch_add(1, SeqCst);
+            }
+            let r = proxy.server().reload();
+            if good.is_some() && r.is_ok() {
+                applied.fetch_add(1, SeqCst);
+            }
+            outcomes.push((k, good.is_some(), r.map(|rep| rep.generation)));
+        }
+        stop.store(true, SeqCst);
+        let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        (outcomes, results)
+    });
+
+    // Every good file applied (as the next generation), every broken one refused.
+    let mut generation = 0;
+    for (k, good, r) in &outcomes {
+        match (good, r) {
+            (true, Ok(g)) => {
+                generation += 1;
+                assert_eq!(*g, generation, "reload {k}");
+            }
+            (false, Err(e)) => assert!(e.contains(&path.display().to_string()), "{e}"),
+            _ => panic!("reload {k} (good file: {good}) gave {r:?}"),
+        }
+    }
+    // No connection error, every answer 200 from a peer of a generation it could have run on.
+    let mut total = 0;
+    for (i, (seen, error)) in results.iter().enumerate() {
+        assert_eq!(error, &None, "client {i}");
+        for (lo, hi, status, body) in seen {
+            assert_eq!(*status, 200, "client {i}: {body}");
+            let allowed: Vec<&str> = generations[*lo..=*hi]
+                .iter()
+                .flat_map(|set| set.iter().map(|&(b, _)| names[b]))
+                .collect();
+            assert!(
+                allowed.contains(&body.as_str()),
+                "client {i}: {body:?} answered between generations {lo} and {hi} (peers {allowed:?})"
+            );
+        }
+        total += seen.len();
+    }
+    assert!(total >= RELOADS * CLIENTS, "{total} responses");
+
+    // A last good reload: only its peers answer, in turn.
+    write(&path, &weighted_config(&backends, LAST));
+    let report = proxy.server().reload().expect("the last reload applies");
+    assert_eq!(report.generation, generations.len() as u64);
+    let (b1, b2) = (backends[1].request_count(), backends[2].request_count());
+    let mut client = proxy.client();
+    let got: Vec<String> = (0..8)
+        .map(|_| {
+            let r = client.roundtrip(&get("/"));
+            assert_eq!(r.status, 200, "{}", show(&r.head));
+            r.body_str()
+        })
+        .collect();
+    assert_eq!(
+        counts(&got),
+        counts(&["b0", "b3", "b0", "b3", "b0", "b3", "b0", "b3"].map(String::from))
+    );
+    assert_eq!(
+        (backends[1].request_count(), backends[2].request_count()),
+        (b1, b2),
+        "peers of no running generation got requests"
+    );
+    proxy.shutdown();
+}

@@ -112,6 +112,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             dir: scratch.path().join(kind.name()),
             ringlb_extra: "",
             ringlb_log_level: "warn",
+            ringlb_admin: "",
         };
         let mut p = RunningProxy::start(&spec)?;
         p.wait_ready(Duration::from_secs(15))?;

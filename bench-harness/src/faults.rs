@@ -173,6 +173,7 @@ pub fn run(args: &FaultsArgs) -> Result<()> {
         dir: scratch.path().join("ringlb"),
         ringlb_extra: RINGLB_UPSTREAM,
         ringlb_log_level: "info",
+        ringlb_admin: "",
     };
     let mut proxy = RunningProxy::start(&spec)?;
     proxy.wait_ready(Duration::from_secs(15))?;

@@ -10,6 +10,8 @@
 //! - [`compare`]: the `compare` subcommand that ties them together.
 //! - [`faults`]: the `faults` subcommand: ringlb under load while backends are killed and
 //!   restarted (failover, retries, circuit breakers).
+//! - [`reload`]: the `reload` subcommand: ringlb under load while its config file is rewritten
+//!   and reloaded (SIGHUP and `POST /reload` in turn), broken files included.
 //!
 //! Subcommands share the setup ([`setup::SetupArgs`]: binary paths, CPUs), the backends, the
 //! proxy launcher and wrk.
@@ -19,6 +21,7 @@ mod compare;
 mod faults;
 mod procstat;
 mod proxy;
+mod reload;
 mod report;
 mod setup;
 mod wrk;
@@ -46,6 +49,10 @@ enum Command {
     /// ringlb under wrk load while one of three backends is killed and restarted every few
     /// seconds: failed requests (target: none), req/s, breaker transitions.
     Faults(faults::FaultsArgs),
+    /// ringlb under wrk load while its config is rewritten and reloaded every second
+    /// (peers added, removed, reweighted; a broken file every fifth time): failed requests
+    /// (target: none), reloads applied and refused.
+    Reload(reload::ReloadArgs),
 }
 
 fn main() {
@@ -53,6 +60,7 @@ fn main() {
     let result = match cli.command {
         Command::Compare(args) => compare::run(&args),
         Command::Faults(args) => faults::run(&args),
+        Command::Reload(args) => reload::run(&args),
     };
     if let Err(e) = result {
         eprintln!("bench-harness: error: {e:#}");

@@ -432,6 +432,23 @@ impl Client {
         Client { wire: Wire::new(s) }
     }
 
+    /// Like [`Client::connect`], but returns the error instead of panicking (for client
+    /// threads that count failures).
+    pub fn try_connect(addr: SocketAddr) -> io::Result<Client> {
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        s.set_nodelay(true)?;
+        Ok(Client { wire: Wire::new(s) })
+    }
+
+    /// Like [`Client::roundtrip`] for a non-HEAD request, but returns a failed write or read
+    /// instead of panicking.
+    pub fn try_roundtrip(&mut self, req: &[u8]) -> Result<Response, ReadErr> {
+        self.wire.stream().write_all(req).map_err(ReadErr::Io)?;
+        self.try_response(false)
+    }
+
     /// Wraps an already connected socket (timeouts are the caller's).
     pub fn from_stream(s: TcpStream) -> Client {
         Client { wire: Wire::new(s) }
