@@ -73,6 +73,7 @@ pub(crate) fn validate_on(
     let server = server(&cx, &file.server, host)?;
     let timeouts = timeouts(&cx, &file.timeouts, Timeouts::default(), "timeouts")?;
     let limits = limits(&cx, &file.limits)?;
+    let log = super::log::log(&file.log).map_err(|(k, r)| cx.err(k, r))?;
     let upstreams = upstreams(&cx, &file.upstream, timeouts)?;
     let routes = file
         .route
@@ -85,6 +86,7 @@ pub(crate) fn validate_on(
         server,
         timeouts,
         limits,
+        log,
         upstreams,
         routes,
     })
