@@ -16,6 +16,8 @@
 //!   task that serves the admin endpoint.
 //! - [`admin`]: the admin HTTP endpoint (`/status`, `/health`), served through the `http` parser.
 //! - [`demo`]: in-process demo backends for `ringlb demo`.
+//! - [`access_log`]: the access log: shard-local line buffers handed to a writer thread
+//!   (`[log] access`), reopened on SIGUSR1.
 //! - [`process`]: what keeps the process controllable: a log writer that never fails, a
 //!   rate limiter for repeated warnings, panic supervision of the control and signal threads.
 //!
@@ -25,6 +27,7 @@
 //! Invariants (see docs/architecture.md): the request path takes no locks and does no cross-shard
 //! communication; one shard = one core = one runtime; bad input gets a clear HTTP answer.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;
@@ -58,8 +61,8 @@ mod layers {
         &["failover"],
         // The file format and the runtime Config; it builds balance and failover types.
         &["config"],
-        // HTTP heads and codecs; the control-thread/shard protocol.
-        &["http", "control"],
+        // HTTP heads and codecs; the control-thread/shard protocol; the access log.
+        &["http", "control", "access_log"],
         // Upstream groups and pools; the admin endpoint; the demo backends.
         &["upstream", "admin", "demo"],
         // The request loop (shard side); the control thread (health, probes).
