@@ -4,7 +4,7 @@
 //! Everything appends to a caller's `Vec<u8>`: no allocation per line once the buffer has
 //! grown to its working size. Dates are computed here (days → civil date), no crate.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::AccessFormat;
@@ -153,18 +153,21 @@ fn json(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &[u8]) {
 
 /// Appends `v` nginx style: `"`, `\`, bytes below 0x20 and from 0x7f as `\xHH`, the rest as is.
 fn escape_combined(out: &mut Vec<u8>, v: &[u8]) {
-    for &b in v {
+    // Runs of bytes that need no escape are copied whole.
+    let mut run = 0;
+    for (i, &b) in v.iter().enumerate() {
         if !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\' {
+            out.extend_from_slice(&v[run..i]);
             out.extend_from_slice(&[
                 b'\\',
                 b'x',
                 HEX[usize::from(b >> 4)],
                 HEX[usize::from(b & 15)],
             ]);
-        } else {
-            out.push(b);
+            run = i + 1;
         }
     }
+    out.extend_from_slice(&v[run..]);
 }
 
 /// Appends `v` as a JSON string, `null` when absent.
@@ -182,17 +185,28 @@ fn json_opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
 fn json_string(out: &mut Vec<u8>, v: &[u8]) {
     out.push(b'"');
     for chunk in v.utf8_chunks() {
-        for &b in chunk.valid().as_bytes() {
-            match b {
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                0..0x20 | 0x7f => unicode_escape(out, b),
-                _ => out.push(b),
+        let valid = chunk.valid().as_bytes();
+        // Runs of bytes that need no escape are copied whole.
+        let mut run = 0;
+        for (i, &b) in valid.iter().enumerate() {
+            let escape: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..0x20 | 0x7f => b"",
+                _ => continue,
+            };
+            out.extend_from_slice(&valid[run..i]);
+            if escape.is_empty() {
+                unicode_escape(out, b);
+            } else {
+                out.extend_from_slice(escape);
             }
+            run = i + 1;
         }
+        out.extend_from_slice(&valid[run..]);
         for &b in chunk.invalid() {
             unicode_escape(out, b);
         }
@@ -251,16 +265,35 @@ fn seconds(out: &mut Vec<u8>, d: Duration) {
 /// Appends the IP of `a` (no port), as `$remote_addr` does; an IPv4-mapped IPv6 address (a
 /// client of a `[::]` listener) as the IPv4 address it is.
 fn ip(out: &mut Vec<u8>, a: SocketAddr) {
-    use std::io::Write as _;
-    // Writing to a Vec cannot fail; IpAddr's Display formats on the stack.
-    let _ = write!(out, "{}", a.ip().to_canonical());
+    match a.ip().to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            uint(out, u64::from(a));
+            for octet in [b, c, d] {
+                out.push(b'.');
+                uint(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            // Writing to a Vec cannot fail; Ipv6Addr's Display formats on the stack.
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Appends `a` as `ip:port` (`[v6]:port`), IPv4-mapped addresses as IPv4.
 fn addr(out: &mut Vec<u8>, a: SocketAddr) {
-    use std::io::Write as _;
-    // Writing to a Vec cannot fail; SocketAddr's Display formats on the stack.
-    let _ = write!(out, "{}", SocketAddr::new(a.ip().to_canonical(), a.port()));
+    let v6 = a.ip().to_canonical().is_ipv6();
+    if v6 {
+        out.push(b'[');
+    }
+    ip(out, a);
+    if v6 {
+        out.push(b']');
+    }
+    out.push(b':');
+    uint(out, u64::from(a.port()));
 }
 
 /// The civil date (year, month 1..=12, day 1..=31) of `days` since 1970-01-01 (H. Hinnant's
