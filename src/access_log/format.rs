@@ -4,10 +4,11 @@
 //! Everything appends to a caller's `Vec<u8>`: no allocation per line once the buffer has
 //! grown to its working size. Dates are computed here (days → civil date), no crate.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::AccessFormat;
+use crate::http::{push_ip, push_u64};
 
 use super::Entry;
 
@@ -70,7 +71,8 @@ impl LineFormat {
 /// `ADDR - - [TIME] "METHOD TARGET VERSION" STATUS BYTES "REFERER" "UA" "UPSTREAM" PEER TRIES
 /// UPSTREAM_TIME TOTAL_TIME`, `-` for what is missing, times in seconds with milliseconds.
 fn combined(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &[u8]) {
-    ip(out, e.client);
+    // The IP only, as `$remote_addr`; IPv4-mapped addresses (a `[::]` listener) as IPv4.
+    push_ip(out, e.client.ip());
     out.extend_from_slice(b" - - ");
     out.extend_from_slice(stamp);
     out.extend_from_slice(b" \"");
@@ -80,9 +82,9 @@ fn combined(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &[u8]) {
     out.push(b' ');
     escape_combined(out, e.version.as_bytes());
     out.extend_from_slice(b"\" ");
-    uint(out, u64::from(e.status));
+    push_u64(out, u64::from(e.status));
     out.push(b' ');
-    uint(out, e.body_bytes);
+    push_u64(out, e.body_bytes);
     for value in [e.referer, e.user_agent, e.upstream.map(str::as_bytes)] {
         out.extend_from_slice(b" \"");
         match value {
@@ -97,7 +99,7 @@ fn combined(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &[u8]) {
         None => out.push(b'-'),
     }
     out.push(b' ');
-    uint(out, u64::from(e.tries));
+    push_u64(out, u64::from(e.tries));
     out.push(b' ');
     match e.upstream_time {
         Some(t) => seconds(out, t),
@@ -121,9 +123,9 @@ fn json(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &[u8]) {
     out.extend_from_slice(b",\"version\":");
     json_string(out, e.version.as_bytes());
     out.extend_from_slice(b",\"status\":");
-    uint(out, u64::from(e.status));
+    push_u64(out, u64::from(e.status));
     out.extend_from_slice(b",\"bytes_sent\":");
-    uint(out, e.body_bytes);
+    push_u64(out, e.body_bytes);
     out.extend_from_slice(b",\"referer\":");
     json_opt(out, e.referer);
     out.extend_from_slice(b",\"user_agent\":");
@@ -140,7 +142,7 @@ fn json(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &[u8]) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"tries\":");
-    uint(out, u64::from(e.tries));
+    push_u64(out, u64::from(e.tries));
     out.extend_from_slice(b",\"upstream_time\":");
     match e.upstream_time {
         Some(t) => seconds(out, t),
@@ -226,21 +228,6 @@ fn unicode_escape(out: &mut Vec<u8>, b: u8) {
     ]);
 }
 
-/// Appends `n` in decimal.
-fn uint(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 /// Appends `n` in decimal, zero-padded to `width` digits.
 fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
     let mut digits = [0u8; 20];
@@ -257,29 +244,9 @@ fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
 /// Appends `d` as seconds with milliseconds (`0.002`, `12.345`), as nginx logs times.
 fn seconds(out: &mut Vec<u8>, d: Duration) {
     let ms = d.as_millis().min(u128::from(u64::MAX)) as u64;
-    uint(out, ms / 1000);
+    push_u64(out, ms / 1000);
     out.push(b'.');
     padded(out, ms % 1000, 3);
-}
-
-/// Appends the IP of `a` (no port), as `$remote_addr` does; an IPv4-mapped IPv6 address (a
-/// client of a `[::]` listener) as the IPv4 address it is.
-fn ip(out: &mut Vec<u8>, a: SocketAddr) {
-    match a.ip().to_canonical() {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            uint(out, u64::from(a));
-            for octet in [b, c, d] {
-                out.push(b'.');
-                uint(out, u64::from(octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::io::Write as _;
-            // Writing to a Vec cannot fail; Ipv6Addr's Display formats on the stack.
-            let _ = write!(out, "{v6}");
-        }
-    }
 }
 
 /// Appends `a` as `ip:port` (`[v6]:port`), IPv4-mapped addresses as IPv4.
@@ -288,12 +255,12 @@ fn addr(out: &mut Vec<u8>, a: SocketAddr) {
     if v6 {
         out.push(b'[');
     }
-    ip(out, a);
+    push_ip(out, a.ip());
     if v6 {
         out.push(b']');
     }
     out.push(b':');
-    uint(out, u64::from(a.port()));
+    push_u64(out, u64::from(a.port()));
 }
 
 /// The civil date (year, month 1..=12, day 1..=31) of `days` since 1970-01-01 (H. Hinnant's
@@ -311,11 +278,20 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// Appends the UTC time of day of `secs` since the epoch as `HH:MM:SS`.
+fn hms(out: &mut Vec<u8>, secs: u64) {
+    let t = secs % 86_400;
+    padded(out, t / 3600, 2);
+    out.push(b':');
+    padded(out, t / 60 % 60, 2);
+    out.push(b':');
+    padded(out, t % 60, 2);
+}
+
 /// Appends `secs` since the epoch as nginx's `$time_local` in UTC, bracketed:
 /// `[01/Dec/2026:10:00:00 +0000]`.
 fn time_local(out: &mut Vec<u8>, secs: u64) {
     let (y, m, d) = civil_from_days(secs / 86_400);
-    let t = secs % 86_400;
     out.push(b'[');
     padded(out, d, 2);
     out.push(b'/');
@@ -323,29 +299,20 @@ fn time_local(out: &mut Vec<u8>, secs: u64) {
     out.push(b'/');
     padded(out, y, 4);
     out.push(b':');
-    padded(out, t / 3600, 2);
-    out.push(b':');
-    padded(out, t / 60 % 60, 2);
-    out.push(b':');
-    padded(out, t % 60, 2);
+    hms(out, secs);
     out.extend_from_slice(b" +0000]");
 }
 
 /// Appends `secs` since the epoch as RFC 3339 in UTC: `2026-12-01T10:00:00Z`.
 fn rfc3339(out: &mut Vec<u8>, secs: u64) {
     let (y, m, d) = civil_from_days(secs / 86_400);
-    let t = secs % 86_400;
     padded(out, y, 4);
     out.push(b'-');
     padded(out, m, 2);
     out.push(b'-');
     padded(out, d, 2);
     out.push(b'T');
-    padded(out, t / 3600, 2);
-    out.push(b':');
-    padded(out, t / 60 % 60, 2);
-    out.push(b':');
-    padded(out, t % 60, 2);
+    hms(out, secs);
     out.push(b'Z');
 }
 
@@ -558,8 +525,6 @@ mod tests {
             f(&mut out);
             String::from_utf8(out).unwrap()
         };
-        assert_eq!(s(&|o| uint(o, 0)), "0");
-        assert_eq!(s(&|o| uint(o, u64::MAX)), "18446744073709551615");
         assert_eq!(s(&|o| padded(o, 7, 3)), "007");
         assert_eq!(s(&|o| padded(o, 12_345, 4)), "12345");
         assert_eq!(s(&|o| seconds(o, Duration::ZERO)), "0.000");
