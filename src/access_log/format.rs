@@ -29,10 +29,8 @@ pub(crate) struct LineFormat {
     /// The second `stamp` was formatted for; `u64::MAX` before the first line.
     stamp_secs: u64,
     /// `stamp_secs` formatted for `format` (`[01/Dec/2026:10:00:00 +0000]` or
-    /// `2026-12-01T10:00:00Z`).
-    stamp: [u8; 32],
-    /// The used length of `stamp`.
-    stamp_len: usize,
+    /// `2026-12-01T10:00:00Z`); rewritten in place once a second.
+    stamp: Vec<u8>,
 }
 
 impl LineFormat {
@@ -41,8 +39,7 @@ impl LineFormat {
         LineFormat {
             format,
             stamp_secs: u64::MAX,
-            stamp: [0; 32],
-            stamp_len: 0,
+            stamp: Vec::with_capacity(32),
         }
     }
 
@@ -51,18 +48,15 @@ impl LineFormat {
         let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if secs != self.stamp_secs {
             self.stamp_secs = secs;
-            let mut s = Vec::with_capacity(self.stamp.len());
+            self.stamp.clear();
             match self.format {
-                AccessFormat::Combined => time_local(&mut s, secs),
-                AccessFormat::Json => rfc3339(&mut s, secs),
+                AccessFormat::Combined => time_local(&mut self.stamp, secs),
+                AccessFormat::Json => rfc3339(&mut self.stamp, secs),
             }
-            self.stamp_len = s.len().min(self.stamp.len());
-            self.stamp[..self.stamp_len].copy_from_slice(&s[..self.stamp_len]);
         }
-        let stamp = &self.stamp[..self.stamp_len];
         match self.format {
-            AccessFormat::Combined => combined(out, e, stamp),
-            AccessFormat::Json => json(out, e, stamp),
+            AccessFormat::Combined => combined(out, e, &self.stamp),
+            AccessFormat::Json => json(out, e, &self.stamp),
         }
     }
 }

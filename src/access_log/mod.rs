@@ -205,20 +205,22 @@ impl AccessLog {
             return true;
         };
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        match self.queue.send_deadline(Msg::Stop, deadline) {
+        let finished = match self.queue.send_deadline(Msg::Stop, deadline) {
             // Disconnected: the writer is already gone (it panicked); join it.
-            Ok(()) | Err(SendTimeoutError::Disconnected(_)) => {}
-            Err(SendTimeoutError::Timeout(_)) => {
-                tracing::warn!("access log: the writer is stalled; leaving it behind");
-                return false;
-            }
-        }
-        while !writer.is_finished() {
-            if Instant::now() >= deadline {
-                tracing::warn!("access log: the writer is stalled; leaving it behind");
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+            Ok(()) | Err(SendTimeoutError::Disconnected(_)) => loop {
+                if writer.is_finished() {
+                    break true;
+                }
+                if Instant::now() >= deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            },
+            Err(SendTimeoutError::Timeout(_)) => false,
+        };
+        if !finished {
+            tracing::warn!("access log: the writer is stalled; leaving it behind");
+            return false;
         }
         // spawn_supervised's thread catches the body's panic, so joining cannot fail.
         let _ = writer.join();
@@ -342,6 +344,7 @@ mod tests {
     use std::io::Read as _;
     use std::os::unix::ffi::OsStrExt as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::io::AsRawFd as _;
     use std::path::{Path, PathBuf};
 
     /// A path under the temp dir no other test (or run) uses.
@@ -614,6 +617,38 @@ mod tests {
         assert!(log.shutdown());
         assert_eq!(handle.write_errors(), 4);
         assert_eq!(handle.dropped(), 0);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn shutdown_leaves_a_writer_stalled_for_good_behind() {
+        let path = temp_path("never-read.fifo");
+        let reader = fifo(&path);
+        // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity; `reader` is an open fd.
+        let capacity = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        let capacity = usize::try_from(capacity).expect("F_GETPIPE_SZ gives the capacity");
+        let config = LogConfig {
+            access_buffer_bytes: 4 * capacity,
+            ..file_config(&path, AccessFormat::Combined)
+        };
+        let log = AccessLog::start(&config).unwrap().expect("on");
+        let shard = log.shard_log();
+        // One batch larger than the pipe, which nobody reads: the writer can never finish it.
+        let mut lines = 0;
+        while lines * 100 <= 2 * capacity {
+            shard.record(&entry(b"/stalled"));
+            lines += 1;
+        }
+        drop(shard);
+        let start = Instant::now();
+        assert!(!log.shutdown(), "the writer cannot finish: nobody reads");
+        let waited = start.elapsed();
+        assert!(
+            waited >= SHUTDOWN_GRACE && waited < SHUTDOWN_GRACE + Duration::from_secs(2),
+            "{waited:?}"
+        );
+        // The writer left behind gets EPIPE and ends.
+        drop(reader);
         let _ = std::fs::remove_file(&path);
     }
 }
