@@ -180,34 +180,45 @@ fn json_opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
 /// whatever the client sent.
 fn json_string(out: &mut Vec<u8>, v: &[u8]) {
     out.push(b'"');
-    for chunk in v.utf8_chunks() {
-        let valid = chunk.valid().as_bytes();
-        // Runs of bytes that need no escape are copied whole.
-        let mut run = 0;
-        for (i, &b) in valid.iter().enumerate() {
-            let escape: &[u8] = match b {
-                b'"' => b"\\\"",
-                b'\\' => b"\\\\",
-                b'\n' => b"\\n",
-                b'\r' => b"\\r",
-                b'\t' => b"\\t",
-                0..0x20 | 0x7f => b"",
-                _ => continue,
-            };
-            out.extend_from_slice(&valid[run..i]);
-            if escape.is_empty() {
-                unicode_escape(out, b);
-            } else {
-                out.extend_from_slice(escape);
+    // The usual case, valid UTF-8, is checked by the fast whole-slice validation; only a value
+    // with invalid bytes goes through the chunk iterator, which validates byte by byte.
+    match std::str::from_utf8(v) {
+        Ok(valid) => json_escape_valid(out, valid.as_bytes()),
+        Err(_) => {
+            for chunk in v.utf8_chunks() {
+                json_escape_valid(out, chunk.valid().as_bytes());
+                for &b in chunk.invalid() {
+                    unicode_escape(out, b);
+                }
             }
-            run = i + 1;
-        }
-        out.extend_from_slice(&valid[run..]);
-        for &b in chunk.invalid() {
-            unicode_escape(out, b);
         }
     }
     out.push(b'"');
+}
+
+/// Appends valid UTF-8 `valid` with the escapes of [`json_string`].
+fn json_escape_valid(out: &mut Vec<u8>, valid: &[u8]) {
+    // Runs of bytes that need no escape are copied whole.
+    let mut run = 0;
+    for (i, &b) in valid.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..0x20 | 0x7f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&valid[run..i]);
+        if escape.is_empty() {
+            unicode_escape(out, b);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&valid[run..]);
 }
 
 /// Appends `\u00HH` for `b`.
