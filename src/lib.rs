@@ -16,6 +16,8 @@
 //!   task that serves the admin endpoint.
 //! - [`admin`]: the admin HTTP endpoint (`/status`, `/health`), served through the `http` parser.
 //! - [`demo`]: in-process demo backends for `ringlb demo`.
+//! - [`access_log`]: the access log: shard-local line buffers handed to a writer thread
+//!   (`[log] access`), reopened on SIGUSR1.
 //! - [`metrics`]: per-shard counters, gauges and histograms (single writer, no locks), the
 //!   control thread's `Registry` of them, and their Prometheus text rendering.
 //! - [`process`]: what keeps the process controllable: a log writer that never fails, a
@@ -27,6 +29,7 @@
 //! Invariants (see docs/architecture.md): the request path takes no locks and does no cross-shard
 //! communication; one shard = one core = one runtime; bad input gets a clear HTTP answer.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;
@@ -64,8 +67,9 @@ mod layers {
         &["config"],
         // HTTP heads and codecs; the control-thread/shard protocol.
         &["http", "control"],
-        // Upstream groups and pools; the admin endpoint; the demo backends.
-        &["upstream", "admin", "demo"],
+        // Upstream groups and pools; the admin endpoint; the demo backends; the access log
+        // (it writes numbers and addresses with http's helpers).
+        &["upstream", "admin", "demo", "access_log"],
         // The request loop (shard side); the control thread (health, probes).
         &["proxy", "health"],
         // One shard: runtime, listeners, accept loop.

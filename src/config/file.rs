@@ -16,8 +16,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::failover::{BreakerFile, RetryFile};
 
-/// ConfigFile is the whole file: `[server]`, `[timeouts]`, `[limits]`, `[[upstream]]`,
-/// `[[route]]`. Every table is optional; `[[upstream]]` is required by validation.
+/// ConfigFile is the whole file: `[server]`, `[timeouts]`, `[limits]`, `[log]`,
+/// `[[upstream]]`, `[[route]]`. Every table is optional; `[[upstream]]` is required by
+/// validation.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConfigFile {
@@ -30,6 +31,9 @@ pub(crate) struct ConfigFile {
     /// The `[limits]` table.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// The `[log]` table (the access log; its keys are in `log.rs`).
+    #[serde(default)]
+    pub log: super::log::LogFile,
     /// The `[[upstream]]` array of tables, in file order.
     #[serde(default)]
     pub upstream: Vec<UpstreamFile>,

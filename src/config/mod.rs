@@ -12,6 +12,7 @@ mod failover;
 pub(crate) mod file;
 mod health;
 mod locate;
+mod log;
 mod validate;
 mod warnings;
 pub(crate) use validate::MAX_WEIGHT;
@@ -31,6 +32,7 @@ pub use health::{
     WhenAllDown,
 };
 pub use warnings::ConfigWarning;
+pub use log::{AccessFormat, AccessTarget, LogConfig};
 
 /// Config is the validated, resolved runtime configuration of a whole ringlb process.
 #[derive(Debug, Clone)]
@@ -43,6 +45,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Request limits that apply to every downstream connection.
     pub limits: Limits,
+    /// The `[log]` table: the access log (off by default).
+    pub log: LogConfig,
     /// Upstream groups, in file order; routes refer to them by index.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes, in file order; the first match wins. Empty means "everything to upstream 0"
@@ -397,9 +401,9 @@ impl Config {
     }
 
     /// describe is the resolved setup as stable, human-readable text, for `ringlb check`:
-    /// listeners, shards and their CPUs, driver, admin, limits, timeouts, every upstream
-    /// (algorithm, peers as written and resolved, pool, timeouts, retry, circuit breaker) and
-    /// the routes.
+    /// listeners, shards and their CPUs, driver, admin, limits, timeouts, the access log, every
+    /// upstream (algorithm, peers as written and resolved, pool, timeouts, retry, circuit
+    /// breaker) and the routes.
     pub fn describe(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -471,6 +475,7 @@ impl Config {
         writeln!(out, "  lingering_max_bytes     {}", l.lingering_max_bytes)?;
         writeln!(out, "timeouts")?;
         write_timeouts(out, "  ", &self.timeouts)?;
+        log::describe(out, &self.log)?;
 
         for (i, u) in self.upstreams.iter().enumerate() {
             writeln!(out, "upstream[{i}] \"{}\"", u.name)?;

@@ -76,6 +76,7 @@ pub(crate) fn validate_on(
     let server = server(&cx, &file.server, host)?;
     let timeouts = timeouts(&cx, &file.timeouts, Timeouts::default(), "timeouts")?;
     let limits = limits(&cx, &file.limits)?;
+    let log = super::log::log(&file.log).map_err(|(k, r)| cx.err(k, r))?;
     let upstreams = upstreams(&cx, &file.upstream, timeouts)?;
     let routes = file
         .route
@@ -88,6 +89,7 @@ pub(crate) fn validate_on(
         server,
         timeouts,
         limits,
+        log,
         upstreams,
         routes,
         file: std::sync::Arc::new(file),

@@ -709,6 +709,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<(&'static str, bool)> {
             o.observation_queue != n.observation_queue,
         ),
         ("server.backlog", o.backlog != n.backlog),
+        ("[log]", old.log != new.log),
     ]
 }
 
@@ -756,6 +757,7 @@ impl Ctl {
         new.server.uring_taskrun = old.server.uring_taskrun;
         new.server.observation_queue = old.server.observation_queue;
         new.server.backlog = old.server.backlog;
+        new.log = old.log.clone();
         // New listen addresses are bound now (one socket per shard), before anything changes:
         // an address that cannot be bound refuses the whole reload.
         let opened = match self.bind_new_listeners(&old, &new) {

@@ -14,6 +14,8 @@ pub use chunked::{copy_without, ChunkedDecoder};
 pub use error::{status_reason, write_error_response, HttpError};
 pub use parse::{parse_request, parse_response, ParseStatus};
 pub use rewrite::{rewrite_request, rewrite_response, ForwardInfo};
+// The access log writes its numbers and addresses as the rewritten heads do.
+pub(crate) use rewrite::{push_ip, push_u64};
 
 use std::ops::Range;
 

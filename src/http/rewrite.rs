@@ -41,7 +41,7 @@ fn bytes(buf: &[u8], r: (u32, u32)) -> &[u8] {
 
 /// Appends the decimal digits of `n` (no allocation, no formatting machinery).
 #[inline]
-pub(super) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -69,7 +69,7 @@ fn push_status(out: &mut Vec<u8>, status: u16) {
 
 /// Appends an IP address as X-Forwarded-For carries it (IPv4-mapped IPv6 shown as IPv4).
 #[inline]
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
             // At most "255.255.255.255": format on the stack, copy once.
