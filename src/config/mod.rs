@@ -31,8 +31,8 @@ pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
 };
-pub use warnings::ConfigWarning;
 pub use log::{AccessFormat, AccessTarget, LogConfig};
+pub use warnings::ConfigWarning;
 
 /// Config is the validated, resolved runtime configuration of a whole ringlb process.
 #[derive(Debug, Clone)]
