@@ -13,16 +13,23 @@ use std::io;
 use std::ops::Range;
 use std::time::Duration;
 
-use monoio::buf::{IoBuf, IoBufMut};
+use std::future::Future;
+use std::marker::PhantomData;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, Split,
 };
 use monoio::net::TcpStream;
+use monoio::BufResult;
 
 /// Transport is a byte stream the request path speaks HTTP/1.1 over, on either side: owned-
 /// buffer reads (cancellable, so shutdown can end an idle keep-alive wait) and writes, and a
 /// half-close. [`TcpStream`] is the plain case; a TLS stream implements it too.
-pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent {
+///
+/// A transport is [`Split`] (monoio's contract): one read and one write may be in flight at
+/// once, which a tunnel (an upgraded connection) needs to copy both ways ([`split`]).
+pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split {
     /// Closes the write side only (the peer reads end of stream after what was written) while
     /// reads go on, for a lingering close. Returns false when the stream is already broken.
     fn shutdown_write(&mut self) -> bool;
@@ -33,6 +40,119 @@ impl Transport for TcpStream {
         use std::os::fd::AsRawFd;
         // SAFETY: the fd is the open socket owned by `self`; shutdown(2) changes no memory.
         unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_WR) == 0 }
+    }
+}
+
+/// ReadHalf is the read side of a transport borrowed by [`split`].
+pub struct ReadHalf<'a, T> {
+    /// The transport; the [`WriteHalf`] of the same split only writes through it.
+    io: *mut T,
+    /// Borrows the transport for `'a`.
+    _borrow: PhantomData<&'a mut T>,
+}
+
+/// WriteHalf is the write side of a transport borrowed by [`split`].
+pub struct WriteHalf<'a, T> {
+    /// The transport; the [`ReadHalf`] of the same split only reads through it.
+    io: *mut T,
+    /// Borrows the transport for `'a`.
+    _borrow: PhantomData<&'a mut T>,
+}
+
+/// Splits a borrowed transport into a read side and a write side that can be used at the
+/// same time (a tunnel reads from each side while it writes to it what the other sent). Like
+/// monoio's `into_split`, without moving the stream: the halves borrow it.
+pub fn split<T: Transport>(io: &mut T) -> (ReadHalf<'_, T>, WriteHalf<'_, T>) {
+    let io: *mut T = io;
+    (
+        ReadHalf {
+            io,
+            _borrow: PhantomData,
+        },
+        WriteHalf {
+            io,
+            _borrow: PhantomData,
+        },
+    )
+}
+
+impl<T: Transport> ReadHalf<'_, T> {
+    /// The transport, for a read.
+    #[inline]
+    fn io(&mut self) -> &mut T {
+        // SAFETY: `split` borrowed the transport mutably for the halves' lifetime, so nothing
+        // else touches it; of the two halves this one only reads and the other only writes,
+        // which `T: Split` promises may run concurrently (monoio's `OwnedReadHalf` does the
+        // same through its `UnsafeCell`).
+        unsafe { &mut *self.io }
+    }
+}
+
+impl<T: Transport> WriteHalf<'_, T> {
+    /// The transport, for a write.
+    #[inline]
+    fn io(&mut self) -> &mut T {
+        // SAFETY: as in `ReadHalf::io`: this half only writes (and shuts the write side).
+        unsafe { &mut *self.io }
+    }
+
+    /// Closes the write side of the transport (see [`Transport::shutdown_write`]).
+    pub fn shutdown_write(&mut self) -> bool {
+        self.io().shutdown_write()
+    }
+}
+
+impl<T: Transport> AsyncReadRent for ReadHalf<'_, T> {
+    #[inline]
+    fn read<B: IoBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
+        self.io().read(buf)
+    }
+
+    #[inline]
+    fn readv<B: IoVecBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
+        self.io().readv(buf)
+    }
+}
+
+impl<T: Transport> CancelableAsyncReadRent for ReadHalf<'_, T> {
+    #[inline]
+    fn cancelable_read<B: IoBufMut>(
+        &mut self,
+        buf: B,
+        c: CancelHandle,
+    ) -> impl Future<Output = BufResult<usize, B>> {
+        self.io().cancelable_read(buf, c)
+    }
+
+    #[inline]
+    fn cancelable_readv<B: IoVecBufMut>(
+        &mut self,
+        buf: B,
+        c: CancelHandle,
+    ) -> impl Future<Output = BufResult<usize, B>> {
+        self.io().cancelable_readv(buf, c)
+    }
+}
+
+impl<T: Transport> AsyncWriteRent for WriteHalf<'_, T> {
+    #[inline]
+    fn write<B: IoBuf>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
+        self.io().write(buf)
+    }
+
+    #[inline]
+    fn writev<B: IoVecBuf>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
+        self.io().writev(buf)
+    }
+
+    #[inline]
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> {
+        self.io().flush()
+    }
+
+    #[inline]
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> {
+        self.io().shutdown()
     }
 }
 

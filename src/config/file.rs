@@ -167,6 +167,8 @@ pub(crate) struct TimeoutsFile {
     pub client_idle_ms: Option<u64>,
     /// Wait for the upstream's `100 Continue` before sending one to the client.
     pub expect_continue_ms: Option<u64>,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_ms: Option<u64>,
 }
 
 /// LimitsFile is `[limits]`.
@@ -229,6 +231,16 @@ pub(crate) struct UpstreamFile {
     pub local_region: Option<String>,
     /// `"fail"` or `"try_all"`.
     pub when_all_down: Option<String>,
+    /// `upgrade = { allow = ["websocket"] }`: protocol upgrades tunnelled to this upstream.
+    pub upgrade: Option<UpgradeFile>,
+}
+
+/// UpgradeFile is an upstream's `upgrade = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpgradeFile {
+    /// Protocol tokens (`"websocket"`), or `["*"]` for any. Default `["websocket"]`.
+    pub allow: Option<Vec<String>>,
 }
 
 /// PeerFile is one inline table in an upstream's `peers`.

@@ -156,6 +156,9 @@ pub struct Timeouts {
     /// upstream's `100 Continue` before ringlb sends one to the client itself and streams the
     /// body anyway. Default 200 ms.
     pub expect_continue: Duration,
+    /// A tunnel (an upgraded connection, e.g. WebSocket) that carries no byte in either
+    /// direction for this long is closed. Default 1 h.
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -167,6 +170,7 @@ impl Default for Timeouts {
             upstream_write: Duration::from_millis(30_000),
             client_idle: Duration::from_millis(60_000),
             expect_continue: Duration::from_millis(200),
+            tunnel_idle: Duration::from_millis(3_600_000),
         }
     }
 }
@@ -242,6 +246,55 @@ pub struct UpstreamConfig {
     pub local_region: Option<String>,
     /// What to do when no peer is eligible. Default [`WhenAllDown::Fail`].
     pub when_all_down: WhenAllDown,
+    /// Which protocol upgrades (`Upgrade: websocket`, …) are tunnelled to this upstream
+    /// (`upgrade = { allow = [...] }`). Default: `websocket` only.
+    pub upgrade: UpgradeAllow,
+}
+
+/// UpgradeAllow is an upstream's `upgrade = { allow = [...] }`: the protocol tokens a client
+/// may upgrade to (compared case-insensitively); a request asking for another one is forwarded
+/// as a plain request without its upgrade headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpgradeAllow {
+    /// `allow = ["*"]`: any protocol.
+    Any,
+    /// These tokens (lowercase; empty: upgrades are never tunnelled).
+    Tokens(Vec<String>),
+}
+
+impl Default for UpgradeAllow {
+    fn default() -> Self {
+        UpgradeAllow::Tokens(vec!["websocket".to_string()])
+    }
+}
+
+impl UpgradeAllow {
+    /// Whether every protocol named in an `Upgrade` field value (a comma-separated list of
+    /// `protocol[/version]`) is allowed; false for an empty value.
+    pub fn allows(&self, value: &[u8]) -> bool {
+        let mut any = false;
+        for item in value.split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() {
+                continue;
+            }
+            any = true;
+            if let UpgradeAllow::Tokens(tokens) = self {
+                let name = item
+                    .split(|&b| b == b'/')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                if !tokens
+                    .iter()
+                    .any(|t| t.as_bytes().eq_ignore_ascii_case(name))
+                {
+                    return false;
+                }
+            }
+        }
+        any
+    }
 }
 
 /// PeerConfig is one peer of an upstream group.
@@ -330,7 +383,8 @@ fn write_timeouts(out: &mut String, indent: &str, t: &Timeouts) -> fmt::Result {
     writeln!(out, "{indent}upstream_read   {}", ms(t.upstream_read))?;
     writeln!(out, "{indent}upstream_write  {}", ms(t.upstream_write))?;
     writeln!(out, "{indent}client_idle     {}", ms(t.client_idle))?;
-    writeln!(out, "{indent}expect_continue {}", ms(t.expect_continue))
+    writeln!(out, "{indent}expect_continue {}", ms(t.expect_continue))?;
+    writeln!(out, "{indent}tunnel_idle     {}", ms(t.tunnel_idle))
 }
 
 impl Config {

@@ -17,7 +17,7 @@ use super::file::{
 };
 use super::{
     Config, ConfigError, Driver, Limits, PeerConfig, PoolConfig, RouteConfig, ServerConfig,
-    Timeouts, UpstreamConfig, UringTaskrun, Workers,
+    Timeouts, UpgradeAllow, UpstreamConfig, UringTaskrun, Workers,
 };
 
 /// Default `server.listen`.
@@ -375,6 +375,7 @@ fn timeouts(
             f.expect_continue_ms,
             base.expect_continue,
         )?,
+        tunnel_idle: pick("tunnel_idle_ms", f.tunnel_idle_ms, base.tunnel_idle)?,
     })
 }
 
@@ -564,7 +565,41 @@ fn upstream(
         passive: h.passive,
         local_region: h.local_region,
         when_all_down: h.when_all_down,
+        upgrade: upgrade(cx, i, f.upgrade.as_ref())?,
     })
+}
+
+/// Checks an upstream's `upgrade = { allow = [...] }`: each entry a protocol token (RFC 9110
+/// §5.6.2), or `"*"` alone for any.
+fn upgrade(
+    cx: &Cx<'_>,
+    i: usize,
+    f: Option<&super::file::UpgradeFile>,
+) -> Result<UpgradeAllow, ConfigError> {
+    let Some(list) = f.and_then(|f| f.allow.as_ref()) else {
+        return Ok(UpgradeAllow::default());
+    };
+    if list.iter().any(|t| t == "*") {
+        if list.len() > 1 {
+            return Err(cx.err(
+                format!("upstream[{i}].upgrade.allow"),
+                "`*` allows every protocol and cannot be combined with others",
+            ));
+        }
+        return Ok(UpgradeAllow::Any);
+    }
+    let mut tokens = Vec::with_capacity(list.len());
+    for (j, t) in list.iter().enumerate() {
+        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if t.is_empty() || !t.bytes().all(tchar) {
+            return Err(cx.err(
+                format!("upstream[{i}].upgrade.allow[{j}]"),
+                format!("`{t}` is not a protocol name (a token such as `websocket`)"),
+            ));
+        }
+        tokens.push(t.to_ascii_lowercase());
+    }
+    Ok(UpgradeAllow::Tokens(tokens))
 }
 
 /// Checks one peer table; `key` is its path (`upstream[0].peers[2]`).
@@ -827,6 +862,7 @@ upstream_read_ms = 31000
 upstream_write_ms = 32000
 client_idle_ms = 61000
 expect_continue_ms = 150
+tunnel_idle_ms = 120000
 
 [limits]
 max_header_bytes = 32768
@@ -893,6 +929,7 @@ upstream = "static"
             upstream_write: Duration::from_millis(32_000),
             client_idle: Duration::from_millis(61_000),
             expect_continue: Duration::from_millis(150),
+            tunnel_idle: Duration::from_millis(120_000),
         };
         assert_eq!(c.timeouts, global);
         assert_eq!(
@@ -1621,6 +1658,7 @@ upstream = "static"
             "upstream_write_ms",
             "client_idle_ms",
             "expect_continue_ms",
+            "tunnel_idle_ms",
         ] {
             let shown = expect_err(
                 &format!("[timeouts]\n{key} = 0\n{MIN}"),

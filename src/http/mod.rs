@@ -13,7 +13,7 @@ mod rewrite;
 pub use chunked::{copy_without, ChunkedDecoder};
 pub use error::{status_reason, write_error_response, HttpError};
 pub use parse::{parse_request, parse_response, ParseStatus};
-pub use rewrite::{rewrite_request, rewrite_response, ForwardInfo};
+pub use rewrite::{rewrite_request, rewrite_response, rewrite_switching, ForwardInfo};
 // The access log writes its numbers and addresses as the rewritten heads do.
 pub(crate) use rewrite::{push_ip, push_u64};
 
@@ -137,6 +137,11 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
+    /// The request asks to switch protocols (RFC 9110 §7.8): HTTP/1.1 with an `upgrade`
+    /// token among its `Connection` options and an `Upgrade` field. The rewriter then keeps
+    /// `Upgrade` and sends `Connection: upgrade`; the proxy clears it for a protocol the
+    /// upstream does not tunnel, so the request goes on as a plain one.
+    pub upgrade: bool,
     /// Length of the head including the final CRLFCRLF.
     pub head_len: usize,
 }
@@ -152,6 +157,22 @@ impl RequestHead {
             name.is_some_and(|n| n.eq_ignore_ascii_case(b"idempotency-key"))
                 && value.is_some_and(|v| !v.is_empty())
         })
+    }
+
+    /// The values of the request's `Upgrade` fields joined by `,` (empty when it has none),
+    /// for checking the protocols it asks for.
+    pub fn upgrade_protocols(&self, buf: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for h in &self.headers {
+            let name = buf.get(range(h.name)).unwrap_or_default();
+            if name.eq_ignore_ascii_case(b"upgrade") {
+                if !out.is_empty() {
+                    out.push(b',');
+                }
+                out.extend_from_slice(buf.get(range(h.value)).unwrap_or_default());
+            }
+        }
+        out
     }
 }
 
@@ -169,6 +190,7 @@ impl Default for RequestHead {
             body: BodyKind::None,
             keep_alive: true,
             expect_continue: false,
+            upgrade: false,
             head_len: 0,
         }
     }

@@ -196,6 +196,8 @@ struct ConnectionOptions {
     close: bool,
     /// A `keep-alive` token was present.
     keep_alive: bool,
+    /// An `upgrade` token was present.
+    upgrade: bool,
     /// Tokens seen in total (bounded by MAX_CONNECTION_OPTIONS).
     count: usize,
 }
@@ -228,6 +230,8 @@ impl ConnectionOptions {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
             }
         }
     }
@@ -461,6 +465,7 @@ pub fn parse_request(
     let mut codings = TransferCodings::default();
     let mut connection = ConnectionOptions::default();
     let mut expect_continue = false;
+    let mut upgrade_field = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = span(base, cap, h.value);
@@ -488,6 +493,7 @@ pub fn parse_request(
                 HttpError::BadRequest("too many Connection options"),
             )?,
             KnownHeader::Expect => expect_continue |= wants_continue(h.value),
+            KnownHeader::Upgrade => upgrade_field |= !trim_ows(h.value).is_empty(),
             _ => {}
         }
     }
@@ -555,6 +561,9 @@ pub fn parse_request(
     head.body = body;
     head.keep_alive = connection.persistent(version);
     head.expect_continue = expect_continue && has_content && version == Version::Http11;
+    // RFC 9110 §7.8: a server ignores an Upgrade received in HTTP/1.0, and Upgrade only
+    // means something when `Connection: upgrade` names it.
+    head.upgrade = connection.upgrade && upgrade_field && version == Version::Http11;
     head.head_len = head_len;
     Ok(ParseStatus::Complete)
 }

@@ -275,6 +275,9 @@ pub fn rewrite_request(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out: &
     for h in &head.headers {
         let name = bytes(buf, h.name);
         match classify(name) {
+            // An upgrade the upstream may tunnel keeps its `Upgrade` (though `Connection`
+            // names it): the upstream answers it with 101 or as a plain request.
+            KnownHeader::Upgrade if head.upgrade => {}
             k if k.is_hop_by_hop() => continue,
             KnownHeader::ContentLength | KnownHeader::XForwardedProto => continue,
             KnownHeader::XForwardedFor => {
@@ -331,7 +334,40 @@ pub fn rewrite_request(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out: &
         BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         BodyKind::None | BodyKind::UntilClose => {}
     }
-    out.extend_from_slice(b"Connection: keep-alive\r\n\r\n");
+    out.extend_from_slice(if head.upgrade {
+        b"Connection: upgrade\r\n\r\n".as_slice()
+    } else {
+        b"Connection: keep-alive\r\n\r\n".as_slice()
+    });
+}
+
+/// Writes the client's head for a `101 Switching Protocols` answering an upgrade request
+/// (appending to `out`): the status line, the received fields as they came (`Upgrade` and
+/// `Sec-WebSocket-*` byte-exact) except the other hop-by-hop ones and framing fields, then
+/// `Connection: upgrade`.
+pub fn rewrite_switching(buf: &[u8], head: &ResponseHead, out: &mut Vec<u8>) {
+    out.reserve(head.head_len + 32);
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(bytes(buf, head.reason));
+    out.extend_from_slice(b"\r\n");
+    let named = ConnectionNamed::collect(buf, &head.headers);
+    let mut copier = LineCopier::default();
+    for h in &head.headers {
+        let name = bytes(buf, h.name);
+        match classify(name) {
+            KnownHeader::Upgrade => {}
+            k if k.is_hop_by_hop() => continue,
+            KnownHeader::ContentLength => continue,
+            _ => {
+                if is_named(&named, name) {
+                    continue;
+                }
+            }
+        }
+        copier.push(out, buf, h);
+    }
+    copier.flush(out, buf);
+    out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
 }
 
 /// Writes the client response head for `head` (parsed from `buf`) to `out` (appending).

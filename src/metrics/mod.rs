@@ -129,6 +129,14 @@ pub struct UpstreamMetrics {
     pub no_peer: Counter,
     /// Retries not made because the retry budget was spent.
     pub retry_budget_exhausted: Counter,
+    /// Tunnels (upgraded connections) open now.
+    pub tunnels_active: Gauge,
+    /// Tunnels opened (a `101 Switching Protocols` relayed).
+    pub tunnels_total: Counter,
+    /// Tunnel bytes copied from clients to the upstream (`direction="upstream"`).
+    pub tunnel_bytes_upstream: Counter,
+    /// Tunnel bytes copied from the upstream to clients (`direction="downstream"`).
+    pub tunnel_bytes_downstream: Counter,
 }
 
 /// The lowest status code [`ShardMetrics::responses`] counts.

@@ -301,7 +301,7 @@ fn peer_labels<'a>(p: &PeerSum<'a>) -> [(&'static str, &'a str); 2] {
 
 fn render_upstreams(registry: &Registry, peers: &[PeerSum], out: &mut String) {
     type Field = fn(&super::UpstreamMetrics) -> u64;
-    let families: [(&str, &str, Field); 3] = [
+    let families: [(&str, &str, Field); 4] = [
         (
             "ringlb_upstream_requests_total",
             "Requests routed to the upstream.",
@@ -317,6 +317,11 @@ fn render_upstreams(registry: &Registry, peers: &[PeerSum], out: &mut String) {
             "Retries not made because the upstream's retry budget was spent.",
             |m| m.retry_budget_exhausted.get(),
         ),
+        (
+            "ringlb_tunnels_total",
+            "Tunnels (upgraded connections such as WebSocket) opened to the upstream.",
+            |m| m.tunnels_total.get(),
+        ),
     ];
     for (name, help, field) in families {
         header(out, name, help, "counter");
@@ -327,6 +332,32 @@ fn render_upstreams(registry: &Registry, peers: &[PeerSum], out: &mut String) {
                 .fold(0u64, |a, m| a.wrapping_add(field(m)));
             sample(out, name, &[("upstream", &u.name)], None, v);
         }
+    }
+    let sum = |u: &super::registry::UpstreamEntry, field: Field| {
+        u.per_shard
+            .iter()
+            .fold(0u64, |a, m| a.wrapping_add(field(m)))
+    };
+    let name = "ringlb_tunnels_active";
+    header(out, name, "Tunnels open to the upstream now.", "gauge");
+    for u in &registry.upstreams {
+        let v = sum(u, |m| m.tunnels_active.get());
+        sample(out, name, &[("upstream", &u.name)], None, v);
+    }
+    let name = "ringlb_tunnel_bytes_total";
+    header(
+        out,
+        name,
+        "Bytes copied through tunnels: direction=\"upstream\" from clients to the upstream, \
+         \"downstream\" from the upstream to clients.",
+        "counter",
+    );
+    for u in &registry.upstreams {
+        let labels = [("upstream", u.name.as_str())];
+        let up = sum(u, |m| m.tunnel_bytes_upstream.get());
+        sample(out, name, &labels, Some(("direction", "upstream")), up);
+        let down = sum(u, |m| m.tunnel_bytes_downstream.get());
+        sample(out, name, &labels, Some(("direction", "downstream")), down);
     }
 
     let name = "ringlb_upstream_peers";
@@ -731,7 +762,7 @@ mod tests {
                 assert_eq!(family, current, "sample outside its family: {line}");
             }
         }
-        assert_eq!(seen.len(), 29, "{seen:?}");
+        assert_eq!(seen.len(), 32, "{seen:?}");
     }
 
     /// Two shard threads write a known sequence; the scrape, read back by a real Prometheus
@@ -944,6 +975,6 @@ mod tests {
             Value::Counter(0.0)
         );
         // Every family has its HELP text.
-        assert_eq!(scrape.docs.len(), 29);
+        assert_eq!(scrape.docs.len(), 32);
     }
 }

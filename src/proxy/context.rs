@@ -128,6 +128,10 @@ pub struct ShardCtx {
     listen_changes: RefCell<Vec<ListenChange>>,
     /// This shard's access log buffer (`[log] access`), when on.
     pub access_log: Option<ShardLog>,
+    /// Set when shutdown's drain time (`shutdown_timeout_ms`) is over: open tunnels close.
+    tunnels_ending: Cell<bool>,
+    /// Notified when `tunnels_ending` is set (the tunnels wait on it).
+    tunnels_end: Notify,
 }
 
 impl ShardCtx {
@@ -153,6 +157,8 @@ impl ShardCtx {
             changed: Notify::default(),
             canceller: RefCell::new(Canceller::new()),
             health,
+            tunnels_ending: Cell::new(false),
+            tunnels_end: Notify::default(),
         }
     }
 
@@ -221,6 +227,18 @@ impl ShardCtx {
     #[inline]
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.get()
+    }
+
+    /// Closes every open tunnel (shutdown's drain time is over); later ones close at once.
+    pub fn end_tunnels(&self) {
+        self.tunnels_ending.set(true);
+        self.tunnels_end.notify_all();
+    }
+
+    /// Whether tunnels are to close (see [`ShardCtx::end_tunnels`]), and what to wait on for
+    /// it.
+    pub(super) fn tunnels_ending(&self) -> (bool, &Notify) {
+        (self.tunnels_ending.get(), &self.tunnels_end)
     }
 
     /// A handle that shutdown cancels: for accepts and idle keep-alive reads.

@@ -169,6 +169,16 @@ impl<C: Transport> Conn<'_, C> {
                     if self.logging() {
                         self.log.upstream_time = Some(sent_at.elapsed());
                     }
+                    if status == 101 {
+                        // Never retried once relayed; `_active` keeps the peer in flight
+                        // until the tunnel ends.
+                        let held = Held {
+                            up,
+                            body_unsent,
+                            body_done: body.done(),
+                        };
+                        return self.tunnel(group, peer_id, held).await;
+                    }
                     let retry_on = group.retrier.borrow().policy().on;
                     if retry_on.contains(Failure::Status(status)) {
                         return TryResult::Failed {
@@ -280,6 +290,11 @@ impl<C: Transport> Conn<'_, C> {
                 Ok(ParseStatus::Complete) => {
                     let status = self.resp.status;
                     if status == 101 {
+                        // Switching protocols answers only a request that asked to upgrade
+                        // (to a protocol this upstream tunnels); the caller tunnels then.
+                        if self.head.upgrade {
+                            return Ok(body_unsent);
+                        }
                         return Err(TryFail::Failure {
                             failure: Failure::InvalidResponse,
                             sent: true,

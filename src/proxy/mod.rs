@@ -31,6 +31,7 @@ mod picker;
 mod relay;
 mod route;
 mod tries;
+mod tunnel;
 
 pub use context::{Live, ShardCtx};
 pub use picker::{Pick, Picker, RequestInfo, Upstreams};
@@ -196,6 +197,15 @@ impl<C: Transport> Conn<'_, C> {
         group.metrics.requests.inc();
         if self.logging() {
             self.log.upstream = Some(group_idx);
+        }
+        if self.head.upgrade
+            && !group
+                .upgrade
+                .allows(&self.head.upgrade_protocols(&self.rbuf))
+        {
+            // A protocol this upstream does not tunnel: the request goes on as a plain one,
+            // without its upgrade headers (the upstream answers it as HTTP).
+            self.head.upgrade = false;
         }
         let head_len = self.head.head_len;
         let mut body = BodyProgress::new(self.head.body, live.config.limits.max_body_bytes);

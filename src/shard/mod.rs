@@ -274,6 +274,17 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
         }
         let _ = monoio::time::timeout(left, ctx.changed().notified()).await;
     }
+    // Tunnels (upgraded connections) have no request to finish: they ran for the whole drain
+    // time and close now; give their tasks a moment to drop their sockets.
+    ctx.end_tunnels();
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while shard.connections.get() > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = monoio::time::timeout(left, ctx.changed().notified()).await;
+    }
     // The listeners must close before the runtime goes away: the accept loops drop them once
     // their cancelled accept returns, and io_uring closes a dropped socket with a queued close
     // operation that only the next turn of the event loop submits. Without both, an embedding

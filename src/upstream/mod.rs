@@ -22,7 +22,7 @@ use crate::balance::{
     build_selector, observe_latency, select_eligible, BalanceParams, Candidate, HashKey, PeerId,
     PeerLoad, Selector,
 };
-use crate::config::{PoolConfig, StartState, Timeouts, UpstreamConfig, WhenAllDown};
+use crate::config::{PoolConfig, StartState, Timeouts, UpgradeAllow, UpstreamConfig, WhenAllDown};
 use crate::failover::{
     BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker, Retrier, Ticket,
 };
@@ -115,6 +115,8 @@ pub struct UpstreamGroup {
     pub hash_key: Option<HashKey>,
     /// Time constant of the peers' latency estimates (peak_ewma; default 10 s).
     pub ewma_decay: Duration,
+    /// The protocol upgrades tunnelled to this group (`upgrade = { allow = [...] }`).
+    pub upgrade: UpgradeAllow,
 }
 
 /// Admit is whether a peer's circuit breaker lets a request through.
@@ -222,6 +224,7 @@ impl UpstreamGroup {
             algorithm: cfg.algorithm,
             hash_key: cfg.hash_key.clone(),
             ewma_decay: cfg.balance.ewma_decay,
+            upgrade: cfg.upgrade.clone(),
         }
     }
 

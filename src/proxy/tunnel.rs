@@ -1,0 +1,280 @@
+//! Tunnels: after a `101 Switching Protocols` to an upgrade request (WebSocket and the like)
+//! the client connection stops being HTTP and carries the upgraded protocol's bytes both ways
+//! between the client and the peer, until either side is done.
+//!
+//! - Two bounded buffers of [`TUNNEL_BUF`] bytes, one per direction (the connection's two read
+//!   buffers, reused): a direction reads at most that much, writes it all, reads again, so a
+//!   slow reader on one side holds back only its own direction.
+//! - A FIN from one side is relayed as a half-close (`shutdown(SHUT_WR)`) toward the other;
+//!   the other direction keeps flowing until it ends too.
+//! - An error on either side (a reset, a failed write) ends both directions.
+//! - No byte either way for `timeouts.tunnel_idle_ms` closes both sides.
+//! - At shutdown a tunnel runs until the drain time (`shutdown_timeout_ms`) is over.
+//! - The peer counts as in flight for the whole tunnel (the try's `ActiveGuard` lives on);
+//!   the upstream connection is never pooled; a reload leaves the tunnel on its peer (it holds
+//!   the request's generation).
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent};
+
+use super::exchange::{Held, TryResult};
+use super::Conn;
+use crate::balance::PeerId;
+use crate::control::Outcome;
+use crate::failover::Failure;
+use crate::http::rewrite_switching;
+use crate::io::{read_append, split, write_all, Transport, WriteHalf};
+use crate::metrics::{Counter, UpstreamMetrics};
+use crate::upstream::UpstreamGroup;
+
+/// Size of each of a tunnel's two buffers (one per direction).
+pub(super) const TUNNEL_BUF: usize = 16 * 1024;
+
+/// How a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Both sides closed their write side (each FIN relayed).
+    Closed,
+    /// A read or write failed on one side.
+    Broken,
+    /// No byte either way for `tunnel_idle`.
+    Idle,
+    /// Shutdown's drain time is over.
+    Shutdown,
+}
+
+/// Counts a tunnel as open in its upstream's metrics while it lives.
+struct OpenTunnel<'a>(&'a UpstreamMetrics);
+
+impl<'a> OpenTunnel<'a> {
+    fn new(m: &'a UpstreamMetrics) -> Self {
+        m.tunnels_total.inc();
+        m.tunnels_active.inc();
+        OpenTunnel(m)
+    }
+}
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.tunnels_active.dec();
+    }
+}
+
+impl<C: Transport> Conn<'_, C> {
+    /// Relays the `101` whose head is in `self.resp` / `self.ubuf` and tunnels the connection
+    /// to the peer until it ends. Called within the try, so the peer stays in flight.
+    pub(super) async fn tunnel(
+        &mut self,
+        group: &UpstreamGroup,
+        peer_id: PeerId,
+        held: Held,
+    ) -> TryResult {
+        let Held {
+            mut up,
+            body_unsent,
+            body_done,
+        } = held;
+        if body_unsent || !body_done {
+            // A 101 before the request body went through: nothing sensible to switch to.
+            return TryResult::Failed {
+                failure: Failure::InvalidResponse,
+                sent: true,
+                held: None,
+            };
+        }
+        let t = group.timeouts;
+        let client_idle = self.live.config.timeouts.client_idle;
+        let pm = &*group.peers[peer_id].metrics;
+        let um = &*group.metrics;
+        self.ctx.metrics.count_response(101);
+        if self.logging() {
+            self.log.status = 101;
+            self.log.body_bytes = 0;
+        }
+        let _open = OpenTunnel::new(um);
+
+        // The 101 head, and whatever the peer sent after it, go to the client; what the client
+        // sent after its request head goes to the peer.
+        let head_len = self.resp.head_len;
+        self.out.clear();
+        rewrite_switching(&self.ubuf, &self.resp, &mut self.out);
+        let early_down = self.ubuf.len().saturating_sub(head_len);
+        self.out
+            .extend_from_slice(self.ubuf.get(head_len..).unwrap_or_default());
+        if write_all(&mut self.io, &mut self.out, client_idle)
+            .await
+            .is_err()
+        {
+            return TryResult::Broken { fault: None };
+        }
+        um.tunnel_bytes_downstream.add(early_down as u64);
+        let mut down_bytes = early_down as u64;
+        let early_up = self.rbuf.len().saturating_sub(self.rpos);
+        if early_up > 0 {
+            self.out.clear();
+            self.out.extend_from_slice(&self.rbuf[self.rpos..]);
+            if write_all(&mut up, &mut self.out, t.upstream_write)
+                .await
+                .is_err()
+            {
+                return TryResult::Broken {
+                    fault: Some(Outcome::Reset),
+                };
+            }
+            pm.bytes_sent.add(early_up as u64);
+            um.tunnel_bytes_upstream.add(early_up as u64);
+        }
+        // Nothing of the client's bytes is left for a next request (there is none).
+        self.rpos = 0;
+        let mut up_buf = std::mem::take(&mut self.rbuf);
+        let mut down_buf = std::mem::take(&mut self.ubuf);
+        for b in [&mut up_buf, &mut down_buf] {
+            b.clear();
+            b.shrink_to(TUNNEL_BUF);
+            b.reserve_exact(TUNNEL_BUF);
+        }
+        self.out = Vec::new();
+
+        let last = Cell::new(Instant::now());
+        let down_total = Cell::new(0u64);
+        let end = {
+            let (client_r, client_w) = split(&mut self.io);
+            let (up_r, up_w) = split(&mut up);
+            let to_up = pump(
+                client_r,
+                up_w,
+                &mut up_buf,
+                [&um.tunnel_bytes_upstream, &pm.bytes_sent],
+                &last,
+                None,
+            );
+            let to_down = pump(
+                up_r,
+                client_w,
+                &mut down_buf,
+                [&um.tunnel_bytes_downstream, &pm.bytes_received],
+                &last,
+                Some(&down_total),
+            );
+            let watch = watchdog(self.ctx, t.tunnel_idle, &last);
+            run(to_up, to_down, watch).await
+        };
+        down_bytes += down_total.get();
+        if self.logging() {
+            self.log.body_bytes = down_bytes;
+        }
+        tracing::debug!(
+            group = %group.name,
+            peer = %group.peers[peer_id].address,
+            ?end,
+            "tunnel ended"
+        );
+        // Give the connection small buffers back; it closes after this anyway.
+        self.rbuf = Vec::new();
+        self.ubuf = Vec::new();
+        TryResult::Relayed { keep_client: false }
+    }
+}
+
+/// Runs both directions and the watchdog until both directions ended, one of them broke, or
+/// the watchdog fired.
+async fn run(
+    to_up: impl Future<Output = bool>,
+    to_down: impl Future<Output = bool>,
+    watch: impl Future<Output = End>,
+) -> End {
+    let mut to_up = pin!(to_up);
+    let mut to_down = pin!(to_down);
+    let mut watch = pin!(watch);
+    let mut up_done: Option<bool> = None;
+    let mut down_done: Option<bool> = None;
+    poll_fn(|cx| {
+        if up_done.is_none() {
+            if let Poll::Ready(ok) = to_up.as_mut().poll(cx) {
+                up_done = Some(ok);
+            }
+        }
+        if down_done.is_none() {
+            if let Poll::Ready(ok) = to_down.as_mut().poll(cx) {
+                down_done = Some(ok);
+            }
+        }
+        match (up_done, down_done) {
+            (Some(false), _) | (_, Some(false)) => return Poll::Ready(End::Broken),
+            (Some(true), Some(true)) => return Poll::Ready(End::Closed),
+            _ => {}
+        }
+        watch.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Copies one direction until end of stream (relayed as a half-close: true) or an error
+/// (false). Each read takes at most [`TUNNEL_BUF`] bytes; `counters` count them, `last` is
+/// when a byte last moved either way, `total` (if given) sums what was written.
+async fn pump<R, W>(
+    mut from: R,
+    mut to: WriteHalf<'_, W>,
+    buf: &mut Vec<u8>,
+    counters: [&Counter; 2],
+    last: &Cell<Instant>,
+    total: Option<&Cell<u64>>,
+) -> bool
+where
+    R: AsyncReadRent + CancelableAsyncReadRent,
+    W: Transport,
+{
+    loop {
+        buf.clear();
+        match read_append(&mut from, buf, TUNNEL_BUF, TUNNEL_BUF, None).await {
+            Ok(0) => {
+                // End of stream: pass the half-close on; the other direction goes on.
+                return to.shutdown_write();
+            }
+            Ok(n) => {
+                last.set(Instant::now());
+                for c in counters {
+                    c.add(n as u64);
+                }
+            }
+            Err(_) => return false,
+        }
+        let n = buf.len();
+        let (res, owned) = AsyncWriteRentExt::write_all(&mut to, std::mem::take(buf)).await;
+        *buf = owned;
+        if res.is_err() {
+            return false;
+        }
+        last.set(Instant::now());
+        if let Some(t) = total {
+            t.set(t.get() + n as u64);
+        }
+    }
+}
+
+/// Completes when no byte moved either way for `idle` (since `last`), or when the shard ends
+/// its tunnels at the end of shutdown's drain time. Sleeps until the idle deadline, so an
+/// idle tunnel costs one timer.
+async fn watchdog(ctx: &super::ShardCtx, idle: Duration, last: &Cell<Instant>) -> End {
+    loop {
+        let (ending, notify) = ctx.tunnels_ending();
+        if ending {
+            return End::Shutdown;
+        }
+        let due = last.get() + idle;
+        let now = Instant::now();
+        if now >= due {
+            return End::Idle;
+        }
+        let notified = notify.notified();
+        monoio::select! {
+            _ = monoio::time::sleep(due - now) => {}
+            _ = notified => {}
+        }
+    }
+}
