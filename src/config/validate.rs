@@ -1650,6 +1650,34 @@ upstream = "static"
     }
 
     #[test]
+    fn upgrade_allow() {
+        let c = load(MIN).unwrap();
+        assert_eq!(c.upstreams[0].upgrade, UpgradeAllow::default());
+        assert!(c.upstreams[0].upgrade.allows(b"WebSocket"));
+        assert!(!c.upstreams[0].upgrade.allows(b"h2c"));
+        assert!(!c.upstreams[0].upgrade.allows(b"websocket, h2c"));
+        assert!(!c.upstreams[0].upgrade.allows(b" "));
+        let c = load(&format!("{MIN}upgrade = {{ allow = [\"*\"] }}\n")).unwrap();
+        assert_eq!(c.upstreams[0].upgrade, UpgradeAllow::Any);
+        assert!(c.upstreams[0].upgrade.allows(b"h2c, foo/2"));
+        let c = load(&format!("{MIN}upgrade = {{ allow = [\"H2C\", \"websocket\"] }}\n")).unwrap();
+        assert!(c.upstreams[0].upgrade.allows(b"h2c, websocket/13"));
+        let c = load(&format!("{MIN}upgrade = {{ allow = [] }}\n")).unwrap();
+        assert!(!c.upstreams[0].upgrade.allows(b"websocket"));
+        expect_err(
+            &format!("{MIN}upgrade = {{ allow = [\"web socket\"] }}\n"),
+            "upstream[0].upgrade.allow[0]",
+            "is not a protocol name",
+        );
+        expect_err(
+            &format!("{MIN}upgrade = {{ allow = [\"*\", \"websocket\"] }}\n"),
+            "upstream[0].upgrade.allow",
+            "cannot be combined",
+        );
+        assert!(load(&format!("{MIN}upgrade = {{ deny = [] }}\n")).is_err());
+    }
+
+    #[test]
     fn timeouts_of_zero() {
         for key in [
             "connect_ms",

@@ -1151,6 +1151,29 @@ mod tests {
     }
 
     #[test]
+    fn upgrade_rules() {
+        let up = |raw: &[u8]| req(raw).unwrap().upgrade;
+        assert!(up(
+            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        ));
+        assert!(up(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, UPGRADE\r\nUpgrade: x\r\n\r\n"
+        ));
+        // Both are needed, and HTTP/1.1.
+        assert!(!up(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n"));
+        assert!(!up(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n"));
+        assert!(!up(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: \r\n\r\n"
+        ));
+        assert!(!up(
+            b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        ));
+        assert!(!up(
+            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgraded\r\n\r\n"
+        ));
+    }
+
+    #[test]
     fn keep_alive_rules() {
         let ka = |raw: &[u8]| req(raw).unwrap().keep_alive;
         assert!(ka(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));

@@ -520,6 +520,53 @@ mod tests {
     }
 
     #[test]
+    fn upgrade_keeps_upgrade_and_sends_connection_upgrade() {
+        let out = rewrite_req(
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
+              Connection: keep-alive, Upgrade, x-hop\r\nx-hop: 1\r\nKeep-Alive: 5\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\nVia: 1.1 ringlb\r\n\
+             Connection: upgrade\r\n\r\n"
+        );
+        // Cleared by the proxy (a protocol it does not tunnel): a plain request.
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
+        let mut head = RequestHead::default();
+        parse_request(raw, &Limits::default(), &mut head).unwrap();
+        assert!(head.upgrade);
+        head.upgrade = false;
+        let mut out = Vec::new();
+        rewrite_request(raw, &head, &fwd(), &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("pgrade"), "{out}");
+        assert!(out.ends_with("Connection: keep-alive\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn switching_protocols_head_is_kept_byte_exact() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                    Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+                    Sec-WebSocket-Extensions: x;  a=1\r\nKeep-Alive: 1\r\nContent-Length: 0\r\n\r\n";
+        let mut head = ResponseHead::default();
+        assert_eq!(
+            parse_response(raw, Method::Get, &mut head),
+            Ok(ParseStatus::Complete)
+        );
+        let mut out = Vec::new();
+        rewrite_switching(raw, &head, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+             Sec-WebSocket-Extensions: x;  a=1\r\nConnection: upgrade\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn push_u64_digits() {
         for n in [0, 7, 10, 99, 100, 12345, u64::MAX] {
             let mut out = Vec::new();
