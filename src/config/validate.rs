@@ -1660,7 +1660,10 @@ upstream = "static"
         let c = load(&format!("{MIN}upgrade = {{ allow = [\"*\"] }}\n")).unwrap();
         assert_eq!(c.upstreams[0].upgrade, UpgradeAllow::Any);
         assert!(c.upstreams[0].upgrade.allows(b"h2c, foo/2"));
-        let c = load(&format!("{MIN}upgrade = {{ allow = [\"H2C\", \"websocket\"] }}\n")).unwrap();
+        let c = load(&format!(
+            "{MIN}upgrade = {{ allow = [\"H2C\", \"websocket\"] }}\n"
+        ))
+        .unwrap();
         assert!(c.upstreams[0].upgrade.allows(b"h2c, websocket/13"));
         let c = load(&format!("{MIN}upgrade = {{ allow = [] }}\n")).unwrap();
         assert!(!c.upstreams[0].upgrade.allows(b"websocket"));

@@ -52,7 +52,8 @@ pub(super) enum KnownHeader {
 impl KnownHeader {
     /// Whether the field is hop-by-hop: the one list both rewriters drop in both directions
     /// (RFC 9110 §7.6.1, RFC 9112 §9.6): `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`,
-    /// `Transfer-Encoding`, `Upgrade` (ringlb does not tunnel upgraded protocols), and, our
+    /// `Transfer-Encoding`, `Upgrade` (but see `RequestHead::upgrade`: an upgrade ringlb tunnels
+    /// keeps it, and a `101` keeps it), and, our
     /// call, `Proxy-Authorization` and `Proxy-Authenticate` (they address the proxy hop, RFC
     /// 9110 §11.7). Fields named by a `Connection` option are dropped too (per message).
     ///
@@ -1160,8 +1161,12 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, UPGRADE\r\nUpgrade: x\r\n\r\n"
         ));
         // Both are needed, and HTTP/1.1.
-        assert!(!up(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n"));
-        assert!(!up(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n"));
+        assert!(!up(
+            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(!up(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n"
+        ));
         assert!(!up(
             b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: \r\n\r\n"
         ));

@@ -8,8 +8,9 @@
 //! Removed in both directions: the hop-by-hop fields, one list in `KnownHeader::is_hop_by_hop`
 //! (parse.rs) with the differences between the directions stated there (RFC 9110 §7.6.1 and
 //! RFC 9112 §9.6): `Connection`, every field named by a `Connection` option, `Keep-Alive`,
-//! `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade` (ringlb does not tunnel upgraded
-//! protocols); and `Content-Length` — framing is re-emitted from the parser's decision, so what
+//! `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade` (kept, with `Connection: upgrade`, on a request
+//! asking for an upgrade the upstream tunnels: `RequestHead::upgrade`; a `101` is written by
+//! [`rewrite_switching`]); and `Content-Length` — framing is re-emitted from the parser's decision, so what
 //! reaches the other side always matches what the proxy will actually send. `Trailer` is kept
 //! (RFC 9110 no longer lists it as hop-by-hop).
 //!
