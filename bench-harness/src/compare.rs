@@ -113,6 +113,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             ringlb_extra: "",
             ringlb_log_level: "warn",
             ringlb_admin: "",
+            upgrade: false,
         };
         let mut p = RunningProxy::start(&spec)?;
         p.wait_ready(Duration::from_secs(15))?;

@@ -12,6 +12,7 @@
 //!   restarted (failover, retries, circuit breakers).
 //! - [`reload`]: the `reload` subcommand: ringlb under load while its config file is rewritten
 //!   and reloaded (SIGHUP and `POST /reload` in turn), broken files included.
+//! - [`ws`]: the `ws` subcommand: WebSocket echo round trips through each proxy.
 //!
 //! Subcommands share the setup ([`setup::SetupArgs`]: binary paths, CPUs), the backends, the
 //! proxy launcher and wrk.
@@ -25,6 +26,7 @@ mod reload;
 mod report;
 mod setup;
 mod wrk;
+mod ws;
 
 use clap::{Parser, Subcommand};
 
@@ -53,6 +55,9 @@ enum Command {
     /// (peers added, removed, reweighted; a broken file every fifth time): failed requests
     /// (target: none), reloads applied and refused.
     Reload(reload::ReloadArgs),
+    /// WebSocket echo round trips through ringlb, nginx and HAProxy (one tunnel per client
+    /// thread): round trips per second, CPU per round trip, RSS.
+    Ws(ws::WsArgs),
 }
 
 fn main() {
@@ -61,6 +66,7 @@ fn main() {
         Command::Compare(args) => compare::run(&args),
         Command::Faults(args) => faults::run(&args),
         Command::Reload(args) => reload::run(&args),
+        Command::Ws(args) => ws::run(&args),
     };
     if let Err(e) = result {
         eprintln!("bench-harness: error: {e:#}");

@@ -68,6 +68,10 @@ pub struct ProxySpec<'a> {
     pub ringlb_log_level: &'a str,
     /// ringlb's `[server] admin` address; `""` (no admin endpoint) for `compare` and `faults`.
     pub ringlb_admin: &'a str,
+    /// Pass WebSocket upgrades (`ws`): nginx gets `proxy_set_header Upgrade $http_upgrade;`
+    /// and `Connection "upgrade"`, HAProxy a `timeout tunnel`; ringlb tunnels websocket by
+    /// default.
+    pub upgrade: bool,
 }
 
 /// RunningProxy is a started proxy; dropping it stops its whole process group.
@@ -454,11 +458,18 @@ fn nginx_config(spec: &ProxySpec<'_>) -> Result<String> {
          \x20       location / {{\n\
          \x20           proxy_pass http://b;\n\
          \x20           proxy_http_version 1.1;\n\
-         \x20           proxy_set_header Connection \"\";\n\
+         {connection}\
          \x20       }}\n\
          \x20   }}\n\
          }}\n",
         port = spec.port,
+        connection = if spec.upgrade {
+            "            proxy_set_header Upgrade $http_upgrade;\n\
+             \x20           proxy_set_header Connection \"upgrade\";\n\
+             \x20           proxy_read_timeout 3600s;\n"
+        } else {
+            "            proxy_set_header Connection \"\";\n"
+        },
     ))
 }
 
@@ -480,6 +491,7 @@ fn haproxy_config(spec: &ProxySpec<'_>) -> String {
          \x20   timeout connect 5s\n\
          \x20   timeout client 30s\n\
          \x20   timeout server 30s\n\
+         {tunnel}\
          \x20   option http-keep-alive\n\
          \x20   http-reuse always\n\
          \n\
@@ -491,6 +503,11 @@ fn haproxy_config(spec: &ProxySpec<'_>) -> String {
          \x20   balance roundrobin\n\
          {servers}",
         port = spec.port,
+        tunnel = if spec.upgrade {
+            "    timeout tunnel 3600s\n"
+        } else {
+            ""
+        },
     )
 }
 
@@ -524,6 +541,7 @@ mod tests {
             ringlb_extra: "",
             ringlb_log_level: "warn",
             ringlb_admin: "",
+            upgrade: false,
         }
     }
 
