@@ -884,7 +884,8 @@ peers = [
   { address = "[2001:db8::1]:80", weight = 0 },
 ]
 pool = { max_idle_per_peer = 16, idle_timeout_ms = 15000 }
-timeouts = { connect_ms = 250, upstream_read_ms = 2000 }
+timeouts = { connect_ms = 250, upstream_read_ms = 2000, tunnel_idle_ms = 5000 }
+upgrade = { allow = ["websocket", "h2c"] }
 
 [[upstream]]
 name = "static"
@@ -981,8 +982,13 @@ upstream = "static"
             Timeouts {
                 connect: Duration::from_millis(250),
                 upstream_read: Duration::from_millis(2000),
+                tunnel_idle: Duration::from_millis(5000),
                 ..global
             }
+        );
+        assert_eq!(
+            api.upgrade,
+            UpgradeAllow::Tokens(vec!["websocket".into(), "h2c".into()])
         );
 
         let stat = &c.upstreams[1];
