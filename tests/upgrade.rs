@@ -729,3 +729,19 @@ fn rss_per_idle_tunnel() {
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+#[test]
+fn a_connect_failure_before_the_101_is_retried_on_the_next_peer() {
+    let b = WsBackend::start();
+    let dead = refusing_addr();
+    let proxy = ProxyConfig::new()
+        .upstream("app", "round_robin", &[peer(dead), peer(b.addr)])
+        .upstream_line("passive = { consecutive_failures = 0 }")
+        .start();
+    for i in 0..4 {
+        let mut c = WsClient::connect(proxy.addr, "/echo");
+        c.send(1, format!("m{i}").as_bytes());
+        assert_eq!(c.recv().unwrap().1, format!("m{i}").as_bytes());
+    }
+    assert_eq!(b.heads().len(), 4);
+}
