@@ -745,3 +745,19 @@ fn a_connect_failure_before_the_101_is_retried_on_the_next_peer() {
     }
     assert_eq!(b.heads().len(), 4);
 }
+
+#[test]
+fn bytes_sent_right_behind_the_handshake_reach_the_backend() {
+    let b = WsBackend::start();
+    let proxy = proxy_for(&b).start();
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // The handshake and a first frame in one write: the frame is already in ringlb's buffer
+    // when the 101 arrives.
+    let mut bytes = handshake_request("/echo", "dGhlIHNhbXBsZSBub25jZQ==").into_bytes();
+    bytes.extend_from_slice(&frame(1, b"early", Some([1, 2, 3, 4])));
+    s.write_all(&bytes).unwrap();
+    let head = read_http_head(&mut s).unwrap().unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 101 "), "{}", show(&head));
+    assert_eq!(read_frame(&mut s).unwrap().unwrap().1, b"early");
+}
