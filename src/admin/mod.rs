@@ -67,7 +67,7 @@ async fn serve_unbounded(host: &impl Host, mut stream: TcpStream) {
             }
         }
     }
-    let path = http::slice(&buf, head.path);
+    let path = head.path.get(&buf);
     let (status, kind, body) = match (head.method, path) {
         (Method::Get, b"/status") => (200, "application/json", format!("{:#}\n", host.status())),
         (Method::Get, b"/health") => (200, "text/plain", "ok\n".to_string()),

@@ -1,7 +1,7 @@
 //! Routing: the first `[[route]]` whose conditions all match picks the upstream group.
 
 use crate::config::Config;
-use crate::http::{slice, RequestHead};
+use crate::http::RequestHead;
 
 /// Router is the compiled route table of one shard.
 pub struct Router {
@@ -56,7 +56,7 @@ impl Router {
 impl Route {
     fn matches(&self, buf: &[u8], head: &RequestHead) -> bool {
         if let Some(want) = &self.host {
-            let Some(host) = head.host.map(|h| slice(buf, h)) else {
+            let Some(host) = head.host.map(|h| h.get(buf)) else {
                 return false;
             };
             if !host_without_port(host).eq_ignore_ascii_case(want) {
@@ -64,7 +64,7 @@ impl Route {
             }
         }
         if let Some(prefix) = &self.path_prefix {
-            if !slice(buf, head.path).starts_with(prefix) {
+            if !head.path.get(buf).starts_with(prefix) {
                 return false;
             }
         }
