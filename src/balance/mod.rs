@@ -110,8 +110,50 @@ impl Algorithm {
     }
 }
 
-/// PeerId is a peer's index within its upstream group (its position in the config's peer list).
-pub type PeerId = usize;
+/// Defines a newtype over a `usize` index: `new`, `index`, `From<usize>` and `Display` (the
+/// plain number, so logs and status output read as before). Ids of different things (a peer,
+/// a group, a shard, a selector candidate) then cannot be mixed up.
+macro_rules! index_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(usize);
+
+        impl $name {
+            #[doc = concat!("The ", stringify!($name), " of index `index`.")]
+            #[inline]
+            pub const fn new(index: usize) -> Self {
+                $name(index)
+            }
+
+            /// The index this id stands for.
+            #[inline]
+            pub const fn index(self) -> usize {
+                self.0
+            }
+        }
+
+        impl From<usize> for $name {
+            #[inline]
+            fn from(index: usize) -> Self {
+                $name(index)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(&self.0, f)
+            }
+        }
+    };
+}
+pub(crate) use index_newtype;
+
+index_newtype!(
+    /// PeerId is a peer's index within its upstream group: its position in the config's peer
+    /// list, and the index of the group's `peers` (and of its per-peer pool and breakers).
+    PeerId
+);
 
 /// PeerLoad is the shard-local live load of one candidate: kept by the upstream group (so it
 /// survives selector rebuilds), updated by the proxy around each request, read by load-aware

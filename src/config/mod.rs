@@ -28,6 +28,12 @@ pub use health::{
     WhenAllDown,
 };
 
+crate::balance::index_newtype!(
+    /// GroupId is an upstream group's index in config order: the index of
+    /// [`Config::upstreams`], of a shard's groups, and of the control thread's health state.
+    GroupId
+);
+
 /// Config is the validated, resolved runtime configuration of a whole ringlb process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -272,8 +278,8 @@ pub struct RouteConfig {
     pub path_prefix: Option<String>,
     /// Header name (case-insensitive; stored lowercase) and exact value (trimmed).
     pub header: Option<(String, String)>,
-    /// Index into `Config::upstreams`.
-    pub upstream: usize,
+    /// The upstream group the route sends to (an index into `Config::upstreams`).
+    pub upstream: GroupId,
 }
 
 /// ConfigError is a configuration problem: the file, the key and the reason.
@@ -484,7 +490,7 @@ impl Config {
             }
             let target = self
                 .upstreams
-                .get(r.upstream)
+                .get(r.upstream.index())
                 .map_or("?", |u| u.name.as_str());
             writeln!(
                 out,
@@ -496,8 +502,11 @@ impl Config {
     }
 
     /// The index of the upstream named `name`.
-    pub fn upstream_index(&self, name: &str) -> Option<usize> {
-        self.upstreams.iter().position(|u| u.name == name)
+    pub fn upstream_index(&self, name: &str) -> Option<GroupId> {
+        self.upstreams
+            .iter()
+            .position(|u| u.name == name)
+            .map(GroupId::new)
     }
 }
 

@@ -18,7 +18,8 @@ pub use report::{ShardReporter, ShardStats};
 
 use std::time::Instant;
 
-use crate::config::PassiveHealth;
+use crate::balance::PeerId;
+use crate::config::{GroupId, PassiveHealth};
 
 /// ControlMsg is what the control side tells a shard.
 #[derive(Debug, Clone)]
@@ -81,15 +82,21 @@ impl Outcome {
     }
 }
 
+crate::balance::index_newtype!(
+    /// ShardId is a shard's index: its position among the shards the server starts (thread
+    /// `ringlb-shard-N`), the index of the control thread's per-shard channels and counters.
+    ShardId
+);
+
 /// Observation is one request outcome a shard reports to the control thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observation {
-    /// Index of the upstream group in the config.
-    pub group: usize,
-    /// The peer within the group (its [`PeerId`](crate::balance::PeerId)).
-    pub peer: usize,
+    /// The upstream group.
+    pub group: GroupId,
+    /// The peer within the group.
+    pub peer: PeerId,
     /// The reporting shard.
-    pub shard: usize,
+    pub shard: ShardId,
     /// What happened.
     pub outcome: Outcome,
 }
@@ -98,10 +105,10 @@ pub struct Observation {
 /// shard as `ControlMsg::Health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthChange {
-    /// Index of the upstream group in the config.
-    pub group: usize,
-    /// The peer within the group (its [`PeerId`](crate::balance::PeerId)).
-    pub peer: usize,
+    /// The upstream group.
+    pub group: GroupId,
+    /// The peer within the group.
+    pub peer: PeerId,
     /// Whether shards may send it new requests from now on.
     pub eligible: bool,
     /// When the control thread decided (a probe verdict, an ejection, its expiry): shards

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use super::{HealthChange, Observation, Outcome};
-use crate::config::{Config, PassiveHealth};
+use super::{HealthChange, Observation, Outcome, ShardId};
+use crate::balance::PeerId;
+use crate::config::{Config, GroupId, PassiveHealth};
 
 /// ShardStats are the health counters of one shard, written only by that shard (relaxed
 /// atomics, invariant 1) and read by the control thread for `/status`.
@@ -29,8 +30,8 @@ pub struct ShardStats {
 /// ShardReporter is a shard's end of passive health: it sends outcomes that matter and
 /// records the health changes the shard applied. Shard-local (`Cell`s), never blocks.
 pub struct ShardReporter {
-    /// The shard's index.
-    shard: usize,
+    /// The reporting shard.
+    shard: ShardId,
     /// The bounded observation channel to the control thread (`try_send` only).
     tx: Sender<Observation>,
     /// Per group, per peer: whether this shard's last report on it was a failure. Successes
@@ -47,7 +48,7 @@ pub struct ShardReporter {
 impl ShardReporter {
     /// A reporter for shard `shard` of `config`.
     pub fn new(
-        shard: usize,
+        shard: ShardId,
         config: &Config,
         tx: Sender<Observation>,
         stats: Arc<ShardStats>,
@@ -73,11 +74,15 @@ impl ShardReporter {
     /// Reports the outcome of one try on `peer` of group `group`, if it matters: every
     /// failure, and a success right after this shard reported a failure. Never blocks: a full
     /// channel drops the report and counts it.
-    pub fn report(&self, group: usize, peer: usize, outcome: Outcome) {
-        let Some(Some(passive)) = self.passive.get(group) else {
+    pub fn report(&self, group: GroupId, peer: PeerId, outcome: Outcome) {
+        let Some(Some(passive)) = self.passive.get(group.index()) else {
             return;
         };
-        let Some(flag) = self.last_failed.get(group).and_then(|g| g.get(peer)) else {
+        let Some(flag) = self
+            .last_failed
+            .get(group.index())
+            .and_then(|g| g.get(peer.index()))
+        else {
             return;
         };
         let failed = outcome.is_failure(passive);
@@ -140,22 +145,22 @@ mod tests {
     fn reports_failures_and_only_the_first_success_after_one() {
         let cfg = config("");
         let (tx, rx) = crossbeam_channel::bounded(16);
-        let r = ShardReporter::new(3, &cfg, tx, Arc::default());
-        r.report(0, 1, Outcome::Success);
-        r.report(0, 1, Outcome::Status(503)); // on_5xx = false: a success
+        let r = ShardReporter::new(ShardId::new(3), &cfg, tx, Arc::default());
+        r.report(GroupId::new(0), PeerId::new(1), Outcome::Success);
+        r.report(GroupId::new(0), PeerId::new(1), Outcome::Status(503)); // on_5xx = false: a success
         assert!(rx.try_recv().is_err());
-        r.report(0, 1, Outcome::Reset);
-        r.report(0, 1, Outcome::Timeout);
-        r.report(0, 1, Outcome::Success);
-        r.report(0, 1, Outcome::Success);
+        r.report(GroupId::new(0), PeerId::new(1), Outcome::Reset);
+        r.report(GroupId::new(0), PeerId::new(1), Outcome::Timeout);
+        r.report(GroupId::new(0), PeerId::new(1), Outcome::Success);
+        r.report(GroupId::new(0), PeerId::new(1), Outcome::Success);
         let got: Vec<Outcome> = rx.try_iter().map(|o| o.outcome).collect();
         assert_eq!(
             got,
             vec![Outcome::Reset, Outcome::Timeout, Outcome::Success]
         );
         // Unknown groups and peers are ignored.
-        r.report(5, 0, Outcome::Reset);
-        r.report(0, 9, Outcome::Reset);
+        r.report(GroupId::new(5), PeerId::new(0), Outcome::Reset);
+        r.report(GroupId::new(0), PeerId::new(9), Outcome::Reset);
         assert!(rx.try_recv().is_err());
     }
 
@@ -164,9 +169,9 @@ mod tests {
         let cfg = config("");
         let (tx, rx) = crossbeam_channel::bounded(1);
         let stats = Arc::new(ShardStats::default());
-        let r = ShardReporter::new(0, &cfg, tx, stats.clone());
+        let r = ShardReporter::new(ShardId::new(0), &cfg, tx, stats.clone());
         for _ in 0..5 {
-            r.report(0, 0, Outcome::ConnectFailure);
+            r.report(GroupId::new(0), PeerId::new(0), Outcome::ConnectFailure);
         }
         assert_eq!(r.dropped(), 4);
         assert_eq!(stats.dropped_observations.load(Ordering::Relaxed), 4);
@@ -177,14 +182,14 @@ mod tests {
     fn on_5xx_and_passive_off() {
         let cfg = config("passive = { on_5xx = true }\n");
         let (tx, rx) = crossbeam_channel::bounded(4);
-        let r = ShardReporter::new(0, &cfg, tx, Arc::default());
-        r.report(0, 0, Outcome::Status(502));
+        let r = ShardReporter::new(ShardId::new(0), &cfg, tx, Arc::default());
+        r.report(GroupId::new(0), PeerId::new(0), Outcome::Status(502));
         assert_eq!(rx.try_recv().map(|o| o.outcome), Ok(Outcome::Status(502)));
 
         let cfg = config("passive = { consecutive_failures = 0 }\n");
         let (tx, rx) = crossbeam_channel::bounded(4);
-        let r = ShardReporter::new(0, &cfg, tx, Arc::default());
-        r.report(0, 0, Outcome::Reset);
+        let r = ShardReporter::new(ShardId::new(0), &cfg, tx, Arc::default());
+        r.report(GroupId::new(0), PeerId::new(0), Outcome::Reset);
         assert!(rx.try_recv().is_err());
     }
 }

@@ -254,7 +254,7 @@ mod tests {
 
     fn peer() -> PeerInfo<'static> {
         PeerInfo {
-            id: 1,
+            id: PeerId::new(1),
             address: "10.0.0.2:80",
             addr: "10.0.0.2:80".parse().unwrap(),
             backup: false,

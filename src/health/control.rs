@@ -36,7 +36,8 @@ use serde_json::{json, Value};
 use super::probe::Probe;
 use super::state::{Change, GroupHealth};
 use crate::admin;
-use crate::config::{Config, Driver};
+use crate::balance::PeerId;
+use crate::config::{Config, Driver, GroupId};
 use crate::control::{ControlMsg, HealthChange, Notify, Observation, ShardStats};
 use crate::process::{dropped_log_writes, spawn_supervised, RateLimit};
 
@@ -272,14 +273,14 @@ impl Ctl {
     }
 
     /// Logs `change` of `peer` in `group` and pushes it to every shard if eligibility flipped.
-    fn apply(&self, group: usize, peer: usize, change: Option<Change>, decided_at: Instant) {
+    fn apply(&self, group: GroupId, peer: PeerId, change: Option<Change>, decided_at: Instant) {
         let Some(c) = change else {
             return;
         };
-        let g = &self.config.upstreams[group];
+        let g = &self.config.upstreams[group.index()];
         tracing::info!(
             group = %g.name,
-            peer = %g.peers[peer].address,
+            peer = %g.peers[peer.index()].address,
             "health: {} -> {} ({})",
             c.from,
             c.to,
@@ -332,7 +333,7 @@ impl Ctl {
         let now = Instant::now();
         let change = {
             let mut groups = self.groups.borrow_mut();
-            let Some(g) = groups.get_mut(obs.group) else {
+            let Some(g) = groups.get_mut(obs.group.index()) else {
                 return;
             };
             let failure = obs.outcome.failure(&g.passive);
@@ -358,7 +359,7 @@ impl Ctl {
             let mut groups = self.groups.borrow_mut();
             for (gi, g) in groups.iter_mut().enumerate() {
                 for (peer, c) in g.expire(now) {
-                    changes.push((gi, peer, c));
+                    changes.push((GroupId::new(gi), peer, c));
                 }
                 next = min_instant(next, g.next_expiry());
             }
@@ -493,8 +494,8 @@ async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, knobs: Arc<Tes
             let probe = Probe::new(check, p.addr, &p.address);
             monoio::spawn(probe_loop(
                 TaskGuard::new(&ctl),
-                gi,
-                pi,
+                GroupId::new(gi),
+                PeerId::new(pi),
                 probe,
                 check.interval,
             ));
@@ -550,7 +551,13 @@ async fn control_main(setup: ControlSetup, stop: Arc<AtomicBool>, knobs: Arc<Tes
 }
 
 /// Probes one peer forever, on its own jittered schedule.
-async fn probe_loop(guard: TaskGuard, group: usize, peer: usize, probe: Probe, interval: Duration) {
+async fn probe_loop(
+    guard: TaskGuard,
+    group: GroupId,
+    peer: PeerId,
+    probe: Probe,
+    interval: Duration,
+) {
     let ctl = guard.0.clone();
     // The first probe comes within a tenth of an interval, spread so peers do not probe in
     // lockstep; later ones every interval ±10%, start to start.
@@ -568,7 +575,7 @@ async fn probe_loop(guard: TaskGuard, group: usize, peer: usize, probe: Probe, i
             Ok(d) => (true, d),
             Err(d) => (false, d),
         };
-        let change = ctl.groups.borrow_mut()[group].observe_probe(peer, ok, &detail, now);
+        let change = ctl.groups.borrow_mut()[group.index()].observe_probe(peer, ok, &detail, now);
         ctl.apply(group, peer, change, now);
         wait = jitter(interval).saturating_sub(started.elapsed());
     }

@@ -11,8 +11,8 @@ use crossbeam_channel::Receiver;
 use monoio::io::Canceller;
 
 use super::{Picker, Router};
-use crate::config::Config;
-use crate::control::{ControlMsg, Notify, Outcome, ShardReporter};
+use crate::config::{Config, GroupId};
+use crate::control::{ControlMsg, Notify, Outcome, ShardId, ShardReporter};
 use crate::failover::Failure;
 use crate::upstream::UpstreamGroup;
 
@@ -21,8 +21,8 @@ use crate::upstream::UpstreamGroup;
 /// the passive-health reporter, and the shard's control channel with the shutdown state it
 /// sets. The shard embeds it (`shard::Shard`) and adds what only its own loops count.
 pub struct ShardCtx {
-    /// The shard's index.
-    pub id: usize,
+    /// The shard.
+    pub id: ShardId,
     /// The configuration this shard runs (immutable snapshot).
     pub config: Arc<Config>,
     /// This shard's replica of every upstream group, in config order.
@@ -49,7 +49,7 @@ pub struct ShardCtx {
 impl ShardCtx {
     /// Builds a shard's context from the config.
     pub fn new(
-        id: usize,
+        id: ShardId,
         config: Arc<Config>,
         control: Receiver<ControlMsg>,
         picker: Option<Arc<dyn Picker>>,
@@ -73,13 +73,19 @@ impl ShardCtx {
         }
     }
 
+    /// This shard's replica of group `id`, if there is such a group.
+    #[inline]
+    pub fn group(&self, id: GroupId) -> Option<&UpstreamGroup> {
+        self.groups.get(id.index())
+    }
+
     /// Applies every pending control message, without blocking.
     pub fn drain_control(&self) {
         while let Ok(msg) = self.control.try_recv() {
             match msg {
                 ControlMsg::Shutdown => self.begin_shutdown(),
                 ControlMsg::Health(change) => {
-                    if let Some(g) = self.groups.get(change.group) {
+                    if let Some(g) = self.group(change.group) {
                         g.set_health(change.peer, change.eligible);
                     }
                     self.health.applied(&change);
@@ -93,7 +99,7 @@ impl ShardCtx {
             return;
         }
         tracing::debug!(
-            shard = self.id,
+            shard = %self.id,
             "shutdown: stop accepting, closing idle connections"
         );
         let old = std::mem::take(&mut *self.canceller.borrow_mut());

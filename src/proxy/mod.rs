@@ -161,10 +161,10 @@ impl<C: Transport> Conn<'_, C> {
                 hash: None,
             },
         };
-        let Some(group_idx) = pick.upstream else {
+        let Some(group_id) = pick.upstream else {
             return self.reply_not_found().await;
         };
-        let Some(group) = ctx.groups.get(group_idx) else {
+        let Some(group) = ctx.group(group_id) else {
             return self.reply_not_found().await;
         };
         let head_len = self.head.head_len;
@@ -263,7 +263,7 @@ impl<C: Transport> Conn<'_, C> {
             };
             let finished = tries.finish(group, hooks, end, Instant::now());
             if let Some((peer, outcome)) = finished.report {
-                ctx.health.report(group_idx, peer, outcome);
+                ctx.health.report(group_id, peer, outcome);
             }
             match finished.then {
                 Then::Done => return keep_client,

@@ -8,14 +8,15 @@
 
 use std::net::SocketAddr;
 
+use crate::config::GroupId;
 use crate::failover::FailureHooks;
 use crate::http::{Method, RequestHead};
 
 /// Pick is a picker's decision for one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pick {
-    /// Index of the upstream group (see [`Upstreams::index`]); `None` answers 404.
-    pub upstream: Option<usize>,
+    /// The upstream group (see [`Upstreams::index`]); `None` answers 404.
+    pub upstream: Option<GroupId>,
     /// Hash key for hashing algorithms (see [`crate::balance::stable_hash`]); `None` uses the
     /// group's configured `hash_key` (or round robin when the group does not hash).
     pub hash: Option<u64>,
@@ -33,9 +34,9 @@ impl<'a> Upstreams<'a> {
     pub fn new(names: &'a [String]) -> Self {
         Upstreams { names }
     }
-    /// The index of the group named `name`.
-    pub fn index(&self, name: &str) -> Option<usize> {
-        self.names.iter().position(|n| n == name)
+    /// The group named `name`.
+    pub fn index(&self, name: &str) -> Option<GroupId> {
+        self.names.iter().position(|n| n == name).map(GroupId::new)
     }
     /// How many groups there are.
     pub fn len(&self) -> usize {

@@ -134,7 +134,7 @@ pub fn run(
             Ok(mut rt) => {
                 if mode != wanted {
                     tracing::warn!(
-                        shard = ctx.id,
+                        shard = %ctx.id,
                         "uring_taskrun = \"{}\" rejected by the kernel ({last_err}); using \"{}\"",
                         wanted.name(),
                         mode.name()
@@ -178,7 +178,7 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
                 shard.accept_loops.set(shard.accept_loops.get() + 1);
                 monoio::spawn(accept_loop(AcceptLoopGuard(shard.clone()), l));
             }
-            Err(e) => tracing::error!(shard = ctx.id, "cannot register listener: {e}"),
+            Err(e) => tracing::error!(shard = %ctx.id, "cannot register listener: {e}"),
         }
     }
     let mut last_reap = Instant::now();
@@ -205,7 +205,7 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             tracing::warn!(
-                shard = ctx.id,
+                shard = %ctx.id,
                 open = shard.connections.get(),
                 "shutdown timeout: closing connections still open"
             );
@@ -258,12 +258,12 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
                 }
                 match AcceptFailure::of(&e) {
                     AcceptFailure::Gone => {
-                        tracing::debug!(shard = ctx.id, "accept: {e}");
+                        tracing::debug!(shard = %ctx.id, "accept: {e}");
                     }
                     AcceptFailure::Exhausted(what) => {
                         if let Some(suppressed) = warnings.check(Instant::now()) {
                             tracing::warn!(
-                                shard = ctx.id,
+                                shard = %ctx.id,
                                 "accept failed: {e}: {what}; pausing accepts until a \
                                  connection closes (at most {} ms){suppressed}",
                                 backoff.as_millis()
@@ -276,7 +276,7 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener) {
                     }
                     AcceptFailure::Other => {
                         if let Some(suppressed) = warnings.check(Instant::now()) {
-                            tracing::warn!(shard = ctx.id, "accept failed: {e}{suppressed}");
+                            tracing::warn!(shard = %ctx.id, "accept failed: {e}{suppressed}");
                         }
                         monoio::time::sleep(ACCEPT_RETRY).await;
                     }

@@ -34,9 +34,8 @@ pub struct Peer {
     pub weight: u32,
     /// Backup peers only get traffic when no primary is eligible.
     pub backup: bool,
-    /// This peer's index among the primaries (or among the backups, for a backup peer): its
-    /// candidate index in that tier's selector and load table.
-    pub slot: usize,
+    /// This peer's place in its tier (the primaries, or the backups for a backup peer).
+    pub slot: Slot,
     /// Optional region label (see `local_region`).
     pub region: Option<String>,
     /// Health as last pushed by the control thread (false = down or ejected). The shard never
@@ -52,24 +51,75 @@ impl Peer {
     }
 }
 
+crate::balance::index_newtype!(
+    /// Slot is a peer's index within its tier of a group (the primaries, or the backups): its
+    /// candidate index in that tier's selector, and the index of the tier's peer ids and load
+    /// table. It differs from the peer's [`PeerId`] whenever the group has backups.
+    Slot
+);
+
+/// Tier is the primaries or the backups of a group: one selector over them, and per slot the
+/// peer it is and its live load.
+struct Tier {
+    /// Selector over the tier's peers; its candidate `i` is `Slot::new(i)`.
+    selector: RefCell<Box<dyn Selector>>,
+    /// Which peer each slot is.
+    ids: Vec<PeerId>,
+    /// Live load of each slot.
+    loads: Vec<PeerLoad>,
+}
+
+impl Tier {
+    /// The tier of `peers` for which `in_tier` holds, in config order.
+    fn new(
+        peers: &[Peer],
+        in_tier: impl Fn(&Peer) -> bool,
+        build: impl Fn(&[Candidate<'_>]) -> Box<dyn Selector>,
+    ) -> Tier {
+        let ids: Vec<PeerId> = (0..peers.len())
+            .map(PeerId::new)
+            .filter(|&id| in_tier(&peers[id.index()]))
+            .collect();
+        let candidates: Vec<Candidate<'_>> = ids
+            .iter()
+            .map(|id| {
+                let p = &peers[id.index()];
+                Candidate {
+                    address: &p.address,
+                    weight: p.weight,
+                }
+            })
+            .collect();
+        Tier {
+            selector: RefCell::new(build(&candidates)),
+            loads: vec![PeerLoad::default(); ids.len()],
+            ids,
+        }
+    }
+
+    /// The peer in `slot`.
+    #[inline]
+    fn peer(&self, slot: Slot) -> PeerId {
+        self.ids[slot.index()]
+    }
+
+    /// The live load of the peer in `slot`.
+    #[inline]
+    fn load(&self, slot: Slot) -> &PeerLoad {
+        &self.loads[slot.index()]
+    }
+}
+
 /// UpstreamGroup is one `[[upstream]]` inside a shard: peers, selectors, pool, timeouts.
 pub struct UpstreamGroup {
     /// The group's name.
     pub name: String,
-    /// Peers in config order; a `PeerId` indexes this.
+    /// Peers in config order; a `PeerId` indexes this (see [`UpstreamGroup::peer`]).
     pub peers: Vec<Peer>,
-    /// Selector over `primary_ids`.
-    primary: RefCell<Box<dyn Selector>>,
-    /// Which peer each primary selector candidate is.
-    primary_ids: Vec<PeerId>,
-    /// Selector over `backup_ids`.
-    backup: RefCell<Box<dyn Selector>>,
-    /// Which peer each backup selector candidate is.
-    backup_ids: Vec<PeerId>,
-    /// Live load of each primary, indexed like `primary_ids`.
-    primary_loads: Vec<PeerLoad>,
-    /// Live load of each backup, indexed like `backup_ids`.
-    backup_loads: Vec<PeerLoad>,
+    /// The peers that are not backups.
+    primary: Tier,
+    /// The backup peers.
+    backup: Tier,
     /// Idle upstream connections of this shard, per peer.
     pub pool: Pool,
     /// Resolved timeouts of this group.
@@ -134,37 +184,24 @@ impl UpstreamGroup {
                     addr: p.addr,
                     weight: p.weight,
                     backup: p.backup,
-                    slot: *tier - 1,
+                    slot: Slot::new(*tier - 1),
                     region: p.region.clone(),
                     healthy: Cell::new(!start_down),
                 }
             })
             .collect();
-        let primary_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| !peers[i].backup).collect();
-        let backup_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| peers[i].backup).collect();
-        let selector = |ids: &[PeerId]| {
-            let candidates: Vec<Candidate<'_>> = ids
-                .iter()
-                .map(|&i| Candidate {
-                    address: &peers[i].address,
-                    weight: peers[i].weight,
-                })
-                .collect();
-            build_selector(cfg.algorithm, &cfg.balance, &candidates, fastrand::u64(..))
+        let build = |candidates: &[Candidate<'_>]| {
+            build_selector(cfg.algorithm, &cfg.balance, candidates, fastrand::u64(..))
         };
-        let primary = selector(&primary_ids);
-        let backup = selector(&backup_ids);
+        let primary = Tier::new(&peers, |p| !p.backup, build);
+        let backup = Tier::new(&peers, |p| p.backup, build);
         let pool_cfg: PoolConfig = cfg.pool;
         UpstreamGroup {
             name: cfg.name.clone(),
             pool: Pool::new(peers.len(), pool_cfg),
             peers,
-            primary: RefCell::new(primary),
-            primary_ids,
-            backup: RefCell::new(backup),
-            primary_loads: vec![PeerLoad::default(); primaries],
-            backup_loads: vec![PeerLoad::default(); backups],
-            backup_ids,
+            primary,
+            backup,
             timeouts: cfg.timeouts,
             retrier: RefCell::new(Retrier::new(cfg.retry, now, fastrand::Rng::with_seed(seed))),
             breakers: match cfg.circuit_breaker {
@@ -182,24 +219,44 @@ impl UpstreamGroup {
         }
     }
 
+    /// Peer `id` of this group.
+    ///
+    /// Panics if `id` is not a peer of this group: ids come from this group's own selectors
+    /// and from the config it was built from, so a foreign id is a bug.
+    #[inline]
+    pub fn peer(&self, id: PeerId) -> &Peer {
+        &self.peers[id.index()]
+    }
+
+    /// The ids of every peer, in config order.
+    pub fn peer_ids(&self) -> impl Iterator<Item = PeerId> {
+        (0..self.peers.len()).map(PeerId::new)
+    }
+
+    /// `peer`'s circuit breaker, if the group configures breakers.
+    #[inline]
+    fn breaker(&self, peer: PeerId) -> Option<&RefCell<CircuitBreaker>> {
+        self.breakers.get(peer.index())
+    }
+
     /// Whether a new request may go to `peer` now: not drained, breaker not open.
     #[inline]
     pub fn is_eligible(&self, peer: PeerId, now: Instant) -> bool {
-        self.peers[peer].is_eligible()
+        self.peer(peer).is_eligible()
             && self
-                .breakers
-                .get(peer)
+                .breaker(peer)
                 .is_none_or(|b| b.borrow().would_allow(now))
     }
 
     /// Whether some eligible peer is not in `tried`.
     pub fn any_untried_eligible(&self, tried: &TriedSet, now: Instant) -> bool {
-        (0..self.peers.len()).any(|id| !tried.contains(id) && self.is_eligible(id, now))
+        self.peer_ids()
+            .any(|id| !tried.contains(id) && self.is_eligible(id, now))
     }
 
     /// Asks `peer`'s circuit breaker to admit a request.
     pub fn admit(&self, peer: PeerId, now: Instant) -> Admit {
-        let Some(b) = self.breakers.get(peer) else {
+        let Some(b) = self.breaker(peer) else {
             return Admit::Unguarded;
         };
         let admission = b.borrow_mut().allow(now);
@@ -213,7 +270,7 @@ impl UpstreamGroup {
     /// Reports the outcome of an admitted request to `peer`'s breaker: `Some(true)` success,
     /// `Some(false)` a failure of the peer, `None` neither (the request ended for another reason).
     pub fn breaker_outcome(&self, peer: PeerId, admit: Admit, ok: Option<bool>, now: Instant) {
-        let (Some(b), Admit::Ticket(t)) = (self.breakers.get(peer), admit) else {
+        let (Some(b), Admit::Ticket(t)) = (self.breaker(peer), admit) else {
             return;
         };
         let mut b = b.borrow_mut();
@@ -233,7 +290,7 @@ impl UpstreamGroup {
         if let Some(t) = transition {
             tracing::info!(
                 group = %self.name,
-                peer = %self.peers[peer].address,
+                peer = %self.peer(peer).address,
                 "circuit breaker {} -> {}",
                 t.from.name(),
                 t.to.name()
@@ -243,7 +300,7 @@ impl UpstreamGroup {
 
     /// Applies a health change pushed by the control thread.
     pub fn set_health(&self, peer: PeerId, eligible: bool) {
-        if let Some(p) = self.peers.get(peer) {
+        if let Some(p) = self.peers.get(peer.index()) {
             p.healthy.set(eligible);
         }
     }
@@ -259,12 +316,11 @@ impl UpstreamGroup {
     pub fn rebuild(&mut self, cfg: &UpstreamConfig) {
         let next = UpstreamGroup::new(cfg);
         let old: HashMap<&str, PeerId> = self
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(id, p)| (p.address.as_str(), id))
+            .peer_ids()
+            .map(|id| (self.peer(id).address.as_str(), id))
             .collect();
-        for (id, peer) in next.peers.iter().enumerate() {
+        for id in next.peer_ids() {
+            let peer = next.peer(id);
             let Some(&old_id) = old.get(peer.address.as_str()) else {
                 continue;
             };
@@ -272,7 +328,7 @@ impl UpstreamGroup {
             to.active.set(from.active.get());
             to.ewma_ns.set(from.ewma_ns.get());
             to.ewma_at.set(from.ewma_at.get());
-            if self.peers[old_id].addr == peer.addr {
+            if self.peer(old_id).addr == peer.addr {
                 next.pool.adopt(id, &self.pool, old_id);
             }
         }
@@ -297,12 +353,8 @@ impl UpstreamGroup {
     /// The live load of a peer.
     #[inline]
     pub fn load(&self, peer: PeerId) -> &PeerLoad {
-        let p = &self.peers[peer];
-        if p.backup {
-            &self.backup_loads[p.slot]
-        } else {
-            &self.primary_loads[p.slot]
-        }
+        let p = self.peer(peer);
+        self.tier(p.backup).load(p.slot)
     }
 
     /// Selects a peer for a request. `tried` says which peers this request already tried
@@ -313,7 +365,6 @@ impl UpstreamGroup {
     /// eligible, `when_all_down = "try_all"` picks among the not-drained peers ignoring health;
     /// `"fail"` returns `None` (the proxy answers 503).
     pub fn select(&self, hash: Option<u64>, tried: &TriedSet, now: Instant) -> Option<PeerId> {
-        let peers = &self.peers;
         let ok = |id: PeerId| !tried.contains(id) && self.is_eligible(id, now);
         let local = |id: PeerId| ok(id) && self.is_local(id);
         let regional = self.local_region.is_some();
@@ -329,32 +380,42 @@ impl UpstreamGroup {
         if found.is_some() || self.when_all_down == WhenAllDown::Fail {
             return found;
         }
-        let last_resort = |id: PeerId| peers[id].weight > 0 && !tried.contains(id);
+        let last_resort = |id: PeerId| self.peer(id).weight > 0 && !tried.contains(id);
         self.pick(false, hash, last_resort)
             .or_else(|| self.pick(true, hash, last_resort))
     }
 
+    /// The backup tier if `backup`, else the primary one.
+    #[inline]
+    fn tier(&self, backup: bool) -> &Tier {
+        if backup {
+            &self.backup
+        } else {
+            &self.primary
+        }
+    }
+
     /// Picks from the primary (or backup) tier the first candidate `ok` accepts.
     fn pick(&self, backup: bool, hash: Option<u64>, ok: impl Fn(PeerId) -> bool) -> Option<PeerId> {
-        let (selector, ids, loads) = if backup {
-            (&self.backup, &self.backup_ids, &self.backup_loads)
-        } else {
-            (&self.primary, &self.primary_ids, &self.primary_loads)
-        };
-        let mut selector = selector.borrow_mut();
-        select_eligible(selector.as_mut(), hash, loads, |c| ok(ids[c])).map(|c| ids[c])
+        let tier = self.tier(backup);
+        let mut selector = tier.selector.borrow_mut();
+        select_eligible(selector.as_mut(), hash, &tier.loads, |c| {
+            ok(tier.peer(Slot::new(c)))
+        })
+        .map(|c| tier.peer(Slot::new(c)))
     }
 
     /// Whether `peer` is in `local_region`.
     fn is_local(&self, peer: PeerId) -> bool {
-        self.peers[peer].region.is_some() && self.peers[peer].region == self.local_region
+        let region = &self.peer(peer).region;
+        region.is_some() && *region == self.local_region
     }
 
     /// Logs a regional failover (no local peer eligible, `peer` is elsewhere) or fail-back, once
     /// per transition. The log is shard-local: each shard logs its own transitions.
     fn note_region(&self, peer: PeerId) {
         let local = self.local_region.as_deref().unwrap_or_default();
-        let region = |id: PeerId| self.peers[id].region.as_deref().unwrap_or("(none)");
+        let region = |id: PeerId| self.peer(id).region.as_deref().unwrap_or("(none)");
         if self.is_local(peer) {
             if let Some(away) = self.failed_over_to.take() {
                 tracing::info!(group = %self.name, "regional fail-back from {} to {local}", region(away));
@@ -362,10 +423,8 @@ impl UpstreamGroup {
             return;
         }
         let local_eligible = self
-            .peers
-            .iter()
-            .enumerate()
-            .any(|(id, p)| self.is_local(id) && p.is_eligible());
+            .peer_ids()
+            .any(|id| self.is_local(id) && self.peer(id).is_eligible());
         if local_eligible {
             return; // a retry of one request, not a failover
         }
@@ -392,8 +451,8 @@ pub struct TriedSet {
 impl TriedSet {
     /// Marks `id` as tried.
     pub fn insert(&mut self, id: PeerId) {
-        if id < 128 {
-            self.low |= 1 << id;
+        if id.index() < 128 {
+            self.low |= 1 << id.index();
         } else if !self.high.contains(&id) {
             self.high.push(id);
         }
@@ -401,8 +460,8 @@ impl TriedSet {
     /// Whether `id` was tried.
     #[inline]
     pub fn contains(&self, id: PeerId) -> bool {
-        if id < 128 {
-            self.low & (1 << id) != 0
+        if id.index() < 128 {
+            self.low & (1 << id.index()) != 0
         } else {
             self.high.contains(&id)
         }
@@ -440,8 +499,8 @@ mod tests {
         ));
         let t0 = Instant::now();
         for (id, active) in [(0, 4), (1, 7), (2, 1)] {
-            g.load(id).active.set(active);
-            g.observe_latency(id, Duration::from_millis(id as u64 + 1), t0);
+            g.load(PeerId::new(id)).active.set(active);
+            g.observe_latency(PeerId::new(id), Duration::from_millis(id as u64 + 1), t0);
         }
         // :1 goes, :3 stops being a backup and moves to the front, :4 is new.
         g.rebuild(&config(
@@ -451,24 +510,26 @@ mod tests {
         ));
         let addresses: Vec<&str> = g.peers.iter().map(|p| p.address.as_str()).collect();
         assert_eq!(addresses, ["127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:2"]);
-        let active: Vec<u32> = (0..3).map(|id| g.load(id).active.get()).collect();
+        let active: Vec<u32> = (0..3)
+            .map(|id| g.load(PeerId::new(id)).active.get())
+            .collect();
         assert_eq!(active, [1, 0, 7]);
-        assert_eq!(g.load(0).ewma_ns.get(), 3e6);
-        assert_eq!(g.load(1).ewma_ns.get(), 0.0);
-        assert_eq!(g.load(1).ewma_at.get(), None);
-        assert_eq!(g.load(2).ewma_ns.get(), 2e6);
-        assert_eq!(g.load(2).ewma_at.get(), Some(t0));
+        assert_eq!(g.load(PeerId::new(0)).ewma_ns.get(), 3e6);
+        assert_eq!(g.load(PeerId::new(1)).ewma_ns.get(), 0.0);
+        assert_eq!(g.load(PeerId::new(1)).ewma_at.get(), None);
+        assert_eq!(g.load(PeerId::new(2)).ewma_ns.get(), 2e6);
+        assert_eq!(g.load(PeerId::new(2)).ewma_at.get(), Some(t0));
         assert!(!g.peers[0].backup);
         // The new selector reads the carried loads: :4 is idle, so it goes first.
         assert_eq!(
             g.select(None, &TriedSet::default(), Instant::now()),
-            Some(1)
+            Some(PeerId::new(1))
         );
-        g.load(1).active.set(10);
+        g.load(PeerId::new(1)).active.set(10);
         // :3 has 1 active at weight 2, :2 has 7.
         assert_eq!(
             g.select(None, &TriedSet::default(), Instant::now()),
-            Some(0)
+            Some(PeerId::new(0))
         );
     }
 
@@ -489,15 +550,15 @@ mod tests {
             let now = Instant::now();
             for _ in 0..2 {
                 let stream = monoio::net::TcpStream::connect(addr).await.unwrap();
-                g.pool.put(1, stream, now);
+                g.pool.put(PeerId::new(1), stream, now);
             }
             g.rebuild(&config(
                 &format!("{kept}, {{ address = \"127.0.0.1:10\" }}"),
                 "round_robin",
             ));
-            assert_eq!(g.pool.idle_count(0), 2);
-            assert_eq!(g.pool.idle_count(1), 0);
-            assert!(g.pool.take(0, now).is_some());
+            assert_eq!(g.pool.idle_count(PeerId::new(0)), 2);
+            assert_eq!(g.pool.idle_count(PeerId::new(1)), 0);
+            assert!(g.pool.take(PeerId::new(0), now).is_some());
         });
     }
 
