@@ -17,8 +17,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Config;
-use crate::control::{ControlMsg, ShardId, ShardReporter, ShardStats};
+use crate::config::{Config, ShardId};
+use crate::control::{ControlMsg, ShardReporter, ShardStats};
 use crate::health::control::{ControlSetup, ControlThread};
 use crate::proxy::{Picker, ShardCtx};
 use crate::shard;

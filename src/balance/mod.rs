@@ -29,13 +29,13 @@
 //! hash here is [`stable_hash`] (XXH3-64), so the same key maps to the same peer in every
 //! shard, process, build and machine.
 
-pub mod hash_key;
+mod hash_key;
 mod keyed;
 
 mod consistent_hash;
 mod least_connections;
 mod maglev;
-pub mod peak_ewma;
+mod peak_ewma;
 mod power_of_two;
 mod random;
 mod round_robin;
@@ -45,7 +45,8 @@ mod weighted_random;
 pub use consistent_hash::ConsistentHash;
 pub use hash_key::HashKey;
 pub use least_connections::LeastConnections;
-pub use maglev::{is_prime, next_prime, Maglev};
+pub use maglev::Maglev;
+pub(crate) use maglev::{is_prime, next_prime};
 pub use peak_ewma::{observe_latency, PeakEwma};
 pub use power_of_two::PowerOfTwo;
 pub use random::Random;
@@ -57,8 +58,8 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// Algorithm is the load-balancing algorithm of an upstream group (`algorithm = …`, default
-/// `round_robin`); each has its file here ([`build_selector`] builds it). The config
-/// names it and re-exports it as `config::Algorithm`.
+/// `round_robin`); each has its file here ([`build_selector`] builds it). Its one public path
+/// is `balance::Algorithm` (`UpstreamConfig::algorithm` names it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     /// Plain rotation over peers, ignoring weights.
@@ -196,11 +197,11 @@ pub struct Candidate<'a> {
 }
 
 /// DEFAULT_POINTS is the default `points`: ring points per unit of weight (consistent_hash).
-pub const DEFAULT_POINTS: u32 = 160;
+pub(crate) const DEFAULT_POINTS: u32 = 160;
 /// DEFAULT_TABLE_SIZE is the default Maglev `table_size` (a prime, as the paper's).
-pub const DEFAULT_TABLE_SIZE: u64 = 65_537;
+pub(crate) const DEFAULT_TABLE_SIZE: u64 = 65_537;
 /// DEFAULT_EWMA_DECAY is the default peak-EWMA time constant (`ewma_decay_ms = 10000`).
-pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 
 /// BalanceParams is an upstream's tuning of its algorithm (validated in `config/balance.rs`).
 ///
@@ -246,7 +247,7 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 /// stable_hash_seeded is [`stable_hash`] with a seed, for independent hashes of one input
 /// (Maglev's offset and skip).
 #[inline]
-pub fn stable_hash_seeded(bytes: &[u8], seed: u64) -> u64 {
+pub(crate) fn stable_hash_seeded(bytes: &[u8], seed: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(bytes, seed)
 }
 

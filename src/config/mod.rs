@@ -18,11 +18,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub use crate::balance::{Algorithm, BalanceParams, HashKey};
-pub use crate::failover::{BreakerConfig, RetryPolicy};
-pub use cpus::{
-    allowed_cpus, format_cpu_list, numa_node_cpus, parse_cpu_list, CpuSetError, MAX_CPUS,
-};
+pub(crate) use crate::balance::{Algorithm, BalanceParams, HashKey};
+pub(crate) use crate::failover::{BreakerConfig, RetryPolicy};
+pub use cpus::allowed_cpus;
+pub(crate) use cpus::format_cpu_list;
 pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
@@ -32,6 +31,12 @@ crate::balance::index_newtype!(
     /// GroupId is an upstream group's index in config order: the index of
     /// [`Config::upstreams`], of a shard's groups, and of the control thread's health state.
     GroupId
+);
+
+crate::balance::index_newtype!(
+    /// ShardId is a shard's index: its position among the shards the server starts (thread
+    /// `ringlb-shard-N`), the index of the control thread's per-shard channels and counters.
+    ShardId
 );
 
 /// Config is the validated, resolved runtime configuration of a whole ringlb process.

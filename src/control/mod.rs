@@ -19,7 +19,7 @@ pub use report::{ShardReporter, ShardStats};
 use std::time::Instant;
 
 use crate::balance::PeerId;
-use crate::config::{GroupId, PassiveHealth};
+use crate::config::{GroupId, PassiveHealth, ShardId};
 
 /// ControlMsg is what the control side tells a shard.
 #[derive(Debug, Clone)]
@@ -81,12 +81,6 @@ impl Outcome {
         })
     }
 }
-
-crate::balance::index_newtype!(
-    /// ShardId is a shard's index: its position among the shards the server starts (thread
-    /// `ringlb-shard-N`), the index of the control thread's per-shard channels and counters.
-    ShardId
-);
 
 /// Observation is one request outcome a shard reports to the control thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use super::{HealthChange, Observation, Outcome, ShardId};
+use super::{HealthChange, Observation, Outcome};
 use crate::balance::PeerId;
-use crate::config::{Config, GroupId, PassiveHealth};
+use crate::config::{Config, GroupId, PassiveHealth, ShardId};
 
 /// ShardStats are the health counters of one shard, written only by that shard (relaxed
 /// atomics, invariant 1) and read by the control thread for `/status`.
@@ -110,6 +110,7 @@ impl ShardReporter {
     }
 
     /// Reports dropped by this shard because the channel was full.
+    #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.dropped.get()
     }

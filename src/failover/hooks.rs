@@ -166,7 +166,8 @@ impl Retrier {
         &self.policy
     }
 
-    /// budget is this shard's retry budget for the group (for metrics).
+    /// budget is this shard's retry budget for the group (for tests).
+    #[cfg(test)]
     pub fn budget(&self) -> &RetryBudget {
         &self.budget
     }

@@ -15,5 +15,3 @@
 pub mod control;
 pub mod probe;
 pub mod state;
-
-pub use control::ControlThread;

@@ -11,7 +11,8 @@ mod parse;
 mod rewrite;
 
 pub use chunked::{copy_without, ChunkedDecoder};
-pub use error::{status_reason, write_error_response, HttpError};
+pub use error::HttpError;
+pub(crate) use error::{status_reason, write_error_response};
 pub use parse::{parse_request, parse_response, ParseStatus};
 pub use rewrite::{rewrite_request, rewrite_response, ForwardInfo};
 

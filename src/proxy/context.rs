@@ -11,8 +11,8 @@ use crossbeam_channel::Receiver;
 use monoio::io::Canceller;
 
 use super::{Picker, Router};
-use crate::config::{Config, GroupId};
-use crate::control::{ControlMsg, Notify, Outcome, ShardId, ShardReporter};
+use crate::config::{Config, GroupId, ShardId};
+use crate::control::{ControlMsg, Notify, Outcome, ShardReporter};
 use crate::failover::Failure;
 use crate::upstream::UpstreamGroup;
 
@@ -20,7 +20,7 @@ use crate::upstream::UpstreamGroup;
 /// configuration snapshot, the shard's replica of every upstream group, the router or picker,
 /// the passive-health reporter, and the shard's control channel with the shutdown state it
 /// sets. The shard embeds it (`shard::Shard`) and adds what only its own loops count.
-pub struct ShardCtx {
+pub(crate) struct ShardCtx {
     /// The shard.
     pub id: ShardId,
     /// The configuration this shard runs (immutable snapshot).

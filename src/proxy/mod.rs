@@ -31,9 +31,9 @@ mod relay;
 mod route;
 mod tries;
 
-pub use context::ShardCtx;
+pub(crate) use context::ShardCtx;
 pub use picker::{Pick, Picker, RequestInfo, Upstreams};
-pub use route::Router;
+pub(crate) use route::Router;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -57,7 +57,7 @@ const UPSTREAM_BUF: usize = 16 * 1024;
 const STREAM_BUF: usize = 64 * 1024;
 
 /// Serves one downstream connection until it closes.
-pub async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
+pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
     let mut conn = Conn {
         ctx,
         io,

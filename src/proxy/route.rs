@@ -4,7 +4,7 @@ use crate::config::{Config, GroupId};
 use crate::http::RequestHead;
 
 /// Router is the compiled route table of one shard.
-pub struct Router {
+pub(crate) struct Router {
     /// Routes in config order.
     routes: Vec<Route>,
 }
