@@ -166,7 +166,8 @@ impl Retrier {
         &self.policy
     }
 
-    /// budget is this shard's retry budget for the group (for metrics).
+    /// budget is this shard's retry budget for the group (for tests).
+    #[cfg(test)]
     pub fn budget(&self) -> &RetryBudget {
         &self.budget
     }
@@ -254,7 +255,7 @@ mod tests {
 
     fn peer() -> PeerInfo<'static> {
         PeerInfo {
-            id: 1,
+            id: PeerId::new(1),
             address: "10.0.0.2:80",
             addr: "10.0.0.2:80".parse().unwrap(),
             backup: false,

@@ -11,10 +11,11 @@
 //!   injectable action (for the control thread: stop every shard, so the process exits
 //!   non-zero instead of running half alive).
 
-pub mod log_writer;
-pub mod rate_limit;
-pub mod supervise;
+mod log_writer;
+mod rate_limit;
+mod supervise;
 
-pub use log_writer::{dropped_log_writes, StderrLog};
-pub use rate_limit::{RateLimit, Suppressed};
-pub use supervise::{run_supervised, spawn_supervised, PanicReport};
+pub(crate) use log_writer::dropped_log_writes;
+pub use log_writer::StderrLog;
+pub(crate) use rate_limit::RateLimit;
+pub use supervise::{spawn_supervised, PanicReport};

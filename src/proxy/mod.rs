@@ -31,9 +31,9 @@ mod relay;
 mod route;
 mod tries;
 
-pub use context::{Live, ShardCtx};
+pub(crate) use context::{Live, ShardCtx};
 pub use picker::{Pick, Picker, RequestInfo, Upstreams};
-pub use route::Router;
+pub(crate) use route::Router;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -59,7 +59,7 @@ const UPSTREAM_BUF: usize = 16 * 1024;
 const STREAM_BUF: usize = 64 * 1024;
 
 /// Serves one downstream connection until it closes.
-pub async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
+pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
     let mut conn = Conn {
         ctx,
         live: ctx.live(),
@@ -178,10 +178,10 @@ impl<C: Transport> Conn<'_, C> {
                 hash: None,
             },
         };
-        let Some(group_idx) = pick.upstream else {
+        let Some(group_id) = pick.upstream else {
             return self.reply_not_found().await;
         };
-        let Some(group) = live.groups.get(group_idx) else {
+        let Some(group) = live.group(group_id) else {
             return self.reply_not_found().await;
         };
         group.metrics.requests.inc();
@@ -254,7 +254,7 @@ impl<C: Transport> Conn<'_, C> {
                     return self.reply_error(&err, keep).await;
                 }
             };
-            let pm = &*group.peers[peer].metrics;
+            let pm = &*group.peer(peer).metrics;
             pm.requests.inc();
             if tries.count() > 1 {
                 pm.retries.inc();
@@ -305,7 +305,7 @@ impl<C: Transport> Conn<'_, C> {
                 group.metrics.retry_budget_exhausted.inc();
             }
             if let Some((peer, outcome)) = finished.report {
-                ctx.health.report(live.generation, group_idx, peer, outcome);
+                ctx.health.report(live.generation, group_id, peer, outcome);
             }
             match finished.then {
                 Then::Done => return keep_client,
