@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use ringlb::access_log::AccessLogHandle;
 use ringlb::config::Config;
 use ringlb::demo::DemoBackends;
 use ringlb::process::{spawn_supervised, StderrLog};
 use ringlb::server::{ReloadHandle, Server, ShutdownHandle, StartOptions};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 #[global_allocator]
@@ -199,7 +200,7 @@ fn print_stdout(text: &str) {
 /// The signals the binary handles, registered before the proxy starts so that none of them
 /// kills the process with its default action once startup began.
 fn handled_signals() -> anyhow::Result<Signals> {
-    Ok(Signals::new([SIGTERM, SIGINT, SIGHUP])?)
+    Ok(Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?)
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -280,7 +281,7 @@ fn run(path: Option<PathBuf>, options: StartOptions) -> anyhow::Result<()> {
 
 /// Serves until SIGTERM/SIGINT: the first one starts a graceful shutdown, a second one exits
 /// at once (status 1). SIGHUP reloads the configuration file (a broken one is refused and
-/// logged; the running configuration stays).
+/// logged; the running configuration stays); SIGUSR1 reopens the access log (logrotate).
 ///
 /// The signal thread runs supervised: if it panics, the panic is logged and a graceful
 /// shutdown starts, and the process then exits non-zero, instead of serving on with signals
@@ -288,11 +289,12 @@ fn run(path: Option<PathBuf>, options: StartOptions) -> anyhow::Result<()> {
 fn serve_until_signal(server: Server, signals: Signals) -> anyhow::Result<()> {
     let handle = server.shutdown_handle();
     let reload = server.reload_handle();
+    let access_log = server.access_log();
     let signal_thread_died = Arc::new(AtomicBool::new(false));
     let (died, stop) = (signal_thread_died.clone(), handle.clone());
     spawn_supervised(
         "ringlb-signals",
-        move || signal_loop(signals, &handle, &reload),
+        move || signal_loop(signals, &handle, &reload, access_log.as_ref()),
         move |_| {
             died.store(true, Ordering::SeqCst);
             tracing::error!("signals are no longer handled: stopping ringlb");
@@ -311,11 +313,24 @@ fn serve_until_signal(server: Server, signals: Signals) -> anyhow::Result<()> {
 }
 
 /// The signal thread's body: acts on each signal as [`serve_until_signal`] describes.
-fn signal_loop(mut signals: Signals, handle: &ShutdownHandle, reload: &ReloadHandle) {
+fn signal_loop(
+    mut signals: Signals,
+    handle: &ShutdownHandle,
+    reload: &ReloadHandle,
+    access_log: Option<&AccessLogHandle>,
+) {
     let mut stopping = false;
     for sig in signals.forever() {
         let name = signal_name(sig);
-        if sig == SIGHUP {
+        if sig == SIGUSR1 {
+            match access_log {
+                Some(log) => {
+                    log.reopen();
+                    tracing::info!("{name}: reopening the access log");
+                }
+                None => tracing::info!("{name}: no access log to reopen"),
+            }
+        } else if sig == SIGHUP {
             if stopping {
                 continue;
             }
@@ -345,6 +360,7 @@ fn signal_name(sig: i32) -> &'static str {
         SIGTERM => "SIGTERM",
         SIGINT => "SIGINT",
         SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
         _ => "signal",
     }
 }

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
+use crate::access_log::{AccessLog, AccessLogHandle};
 use crate::config::{Config, ShardId};
 use crate::control::{ControlMsg, ShardReporter, ShardStats};
 use crate::health::control::{ControlSetup, ControlThread};
@@ -75,6 +76,14 @@ pub enum StartError {
         /// What does not fit (names the key or the upstream).
         reason: String,
     },
+    /// The access log file could not be opened.
+    #[error("{file}: key `log.access`: {error}")]
+    AccessLog {
+        /// The config file (or `<string>`).
+        file: String,
+        /// The OS error (it names the path).
+        error: std::io::Error,
+    },
     /// The control thread could not start.
     #[error("control thread: {reason}")]
     Control {
@@ -133,6 +142,8 @@ pub struct Server {
     driver: &'static str,
     /// The control thread (health checks, admin); stopped after the shards.
     control: Option<ControlThread>,
+    /// The access log's writer (`[log] access`); flushed and stopped after the shards.
+    access_log: Option<AccessLog>,
 }
 
 /// ShutdownHandle starts a graceful shutdown from anywhere (a signal thread, a test).
@@ -243,6 +254,10 @@ impl Server {
             ),
             None => None,
         };
+        let access_log = AccessLog::start(&config.log).map_err(|error| StartError::AccessLog {
+            file: config.source.clone(),
+            error,
+        })?;
         let (obs_tx, obs_rx) = crossbeam_channel::bounded(config.server.observation_queue);
         let mut registry = crate::metrics::Registry::new(cpus.len());
         let mut handles = registry.reconcile(&config.peer_layout()).into_iter();
@@ -259,6 +274,7 @@ impl Server {
             let picker = picker.clone();
             let reporter = ShardReporter::new(id, &config, obs_tx.clone(), stats[i].clone());
             let metrics = handles.next().expect("one set of metrics per shard");
+            let shard_log = access_log.as_ref().map(AccessLog::shard_log);
             let spawned = std::thread::Builder::new()
                 .name(format!("ringlb-shard-{id}"))
                 .spawn(move || {
@@ -267,7 +283,7 @@ impl Server {
                             tracing::warn!(shard = %id, cpu, "could not pin shard to its cpu");
                         }
                     }
-                    let ctx = ShardCtx::new(id, cfg, rx, picker, reporter, metrics);
+                    let ctx = ShardCtx::new(id, cfg, rx, picker, reporter, metrics, shard_log);
                     shard::run(ctx, listeners, |r| {
                         let _ = ready_tx.send(r);
                     });
@@ -281,6 +297,7 @@ impl Server {
                         threads,
                         driver: "",
                         control: None,
+                        access_log: None,
                     };
                     drop(server);
                     return Err(StartError::Shard {
@@ -300,6 +317,7 @@ impl Server {
             threads,
             driver: "",
             control: None,
+            access_log,
         };
         for (i, rx) in waits.into_iter().enumerate() {
             let id = ShardId::new(i);
@@ -362,6 +380,11 @@ impl Server {
     /// Applies `config` as the running configuration (a library user's reload).
     pub fn apply(&self, config: Config) -> Result<ReloadReport, String> {
         self.reload_handle().apply(config)
+    }
+
+    /// The access log's handle (reopen, drop counts), when `[log] access` is on.
+    pub fn access_log(&self) -> Option<AccessLogHandle> {
+        self.access_log.as_ref().map(AccessLog::handle)
     }
 
     /// The bound admin address (port 0 resolved), or `None` when `server.admin = ""`.
@@ -428,13 +451,19 @@ impl Server {
                 clean = false;
             }
         }
+        // The shards' buffers were handed over when they stopped: write out what is queued.
+        if let Some(log) = self.access_log.take() {
+            if !log.shutdown() {
+                tracing::warn!("the access log writer did not finish in time; lines were lost");
+            }
+        }
         clean
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if !self.threads.is_empty() || self.control.is_some() {
+        if !self.threads.is_empty() || self.control.is_some() || self.access_log.is_some() {
             self.handle.shutdown();
             let _ = self.join();
         }

@@ -57,6 +57,11 @@ impl<C: Transport> Conn<'_, C> {
         self.out.clear();
         write_error_response(err, keep_alive, self.head_request, &mut self.out);
         self.ctx.metrics.count_response(err.status());
+        if self.logging() {
+            self.log.status = err.status();
+            let head = self.out.windows(4).position(|w| w == b"\r\n\r\n");
+            self.log.body_bytes = head.map_or(0, |h| (self.out.len() - h - 4) as u64);
+        }
         let wait = self.live.config.timeouts.client_idle;
         let written = write_all(&mut self.io, &mut self.out, wait).await.is_ok();
         self.linger = written && !keep_alive;

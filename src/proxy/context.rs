@@ -15,6 +15,7 @@ use crossbeam_channel::Receiver;
 use monoio::io::Canceller;
 
 use super::{Picker, Router};
+use crate::access_log::ShardLog;
 use crate::config::{Config, GroupId, ShardId};
 use crate::control::{ControlMsg, ListenChange, Notify, Outcome, ShardReporter, Snapshot};
 use crate::failover::Failure;
@@ -133,6 +134,8 @@ pub(crate) struct ShardCtx {
     pub metrics: Arc<ShardMetrics>,
     /// Listener changes received and not yet applied by the shard (it owns the listeners).
     listen_changes: RefCell<Vec<ListenChange>>,
+    /// This shard's access log buffer (`[log] access`), when on.
+    pub access_log: Option<ShardLog>,
 }
 
 impl ShardCtx {
@@ -144,12 +147,14 @@ impl ShardCtx {
         picker: Option<Arc<dyn Picker>>,
         health: ShardReporter,
         metrics: ShardHandles,
+        access_log: Option<ShardLog>,
     ) -> Self {
         ShardCtx {
             id,
             live: RefCell::new(Rc::new(Live::new(config, &metrics))),
             metrics: metrics.shard,
             listen_changes: RefCell::new(Vec::new()),
+            access_log,
             picker,
             control,
             shutting_down: Cell::new(false),

@@ -164,6 +164,9 @@ impl<C: Transport> Conn<'_, C> {
                     let status = self.resp.status;
                     pm.response_seconds.observe(sent_at.elapsed());
                     pm.count_response(status);
+                    if self.logging() {
+                        self.log.upstream_time = Some(sent_at.elapsed());
+                    }
                     let retry_on = group.retrier.borrow().policy().on;
                     if retry_on.contains(Failure::Status(status)) {
                         return TryResult::Failed {

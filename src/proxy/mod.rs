@@ -26,6 +26,7 @@ mod body;
 mod client;
 mod context;
 mod exchange;
+mod log;
 mod picker;
 mod relay;
 mod route;
@@ -81,6 +82,7 @@ pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr)
         continue_sent: false,
         interim_count: 0,
         interim_bytes: 0,
+        log: log::RequestLog::default(),
     };
     let mut first = true;
     loop {
@@ -90,7 +92,10 @@ pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr)
             Ok(true) => {}
             Ok(false) => break,
             Err(err) => {
+                let started = Instant::now();
+                conn.begin_log(false);
                 conn.reply_error(&err, false).await;
+                conn.finish_log(started);
                 break;
             }
         }
@@ -99,10 +104,12 @@ pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr)
         ctx.drain_control();
         conn.live = ctx.live();
         let started = Instant::now();
+        conn.begin_log(true);
         let keep = conn.handle_request().await;
         ctx.metrics
             .request_duration_seconds
             .observe(started.elapsed());
+        conn.finish_log(started);
         if !keep {
             break;
         }
@@ -155,6 +162,8 @@ struct Conn<'a, C> {
     /// Bytes of the current try's interim response heads (bounded by
     /// `limits.max_interim_bytes`).
     interim_bytes: usize,
+    /// The current request's access-log facts (gathered only when the access log is on).
+    log: log::RequestLog,
 }
 
 impl<C: Transport> Conn<'_, C> {
@@ -185,6 +194,9 @@ impl<C: Transport> Conn<'_, C> {
             return self.reply_not_found().await;
         };
         group.metrics.requests.inc();
+        if self.logging() {
+            self.log.upstream = Some(group_id);
+        }
         let head_len = self.head.head_len;
         let mut body = BodyProgress::new(self.head.body, live.config.limits.max_body_bytes);
         let buffered = match body.advance(&self.rbuf[head_len..], None) {
@@ -256,6 +268,10 @@ impl<C: Transport> Conn<'_, C> {
             };
             let pm = &*group.peer(peer).metrics;
             pm.requests.inc();
+            if self.logging() {
+                self.log.peer = Some(group.peer(peer).addr);
+                self.log.tries = tries.count();
+            }
             if tries.count() > 1 {
                 pm.retries.inc();
             }

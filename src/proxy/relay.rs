@@ -63,6 +63,7 @@ impl<C: Transport> Conn<'_, C> {
             &mut self.out,
         );
         let rhead_len = self.resp.head_len;
+        let head_out = self.out.len();
         let mut rbody = BodyProgress::new(resp_body, None);
         let mut ranges = Vec::new();
         let taken = match rbody.advance(&self.ubuf[rhead_len..], dechunk.then_some(&mut ranges)) {
@@ -87,6 +88,11 @@ impl<C: Transport> Conn<'_, C> {
             rbody.copy_taken(&self.ubuf[rhead_len..], taken, &mut self.out);
         }
         self.ctx.metrics.count_response(self.resp.status);
+        let logging = self.logging();
+        if logging {
+            self.log.status = self.resp.status;
+            self.log.body_bytes = (self.out.len() - head_out) as u64;
+        }
         if write_all(&mut self.io, &mut self.out, client_idle)
             .await
             .is_err()
@@ -127,19 +133,26 @@ impl<C: Transport> Conn<'_, C> {
                 if taken < self.ubuf.len() {
                     reuse_upstream = false;
                 }
-                let res = if dechunk {
+                let (res, sent) = if dechunk {
                     self.out.clear();
                     for r in &ranges {
                         self.out.extend_from_slice(&self.ubuf[r.clone()]);
                     }
-                    write_all(&mut self.io, &mut self.out, client_idle).await
+                    let n = self.out.len();
+                    (write_all(&mut self.io, &mut self.out, client_idle).await, n)
                 } else if !rbody.strip().is_empty() {
                     self.out.clear();
                     rbody.copy_taken(&self.ubuf, taken, &mut self.out);
-                    write_all(&mut self.io, &mut self.out, client_idle).await
+                    let n = self.out.len();
+                    (write_all(&mut self.io, &mut self.out, client_idle).await, n)
                 } else {
-                    write_range(&mut self.io, &mut self.ubuf, 0..taken, client_idle).await
+                    let res =
+                        write_range(&mut self.io, &mut self.ubuf, 0..taken, client_idle).await;
+                    (res, taken)
                 };
+                if logging {
+                    self.log.body_bytes += sent as u64;
+                }
                 if res.is_err() {
                     return TryResult::Broken { fault: None };
                 }

@@ -246,6 +246,9 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
             break;
         }
         monoio::time::sleep(CONTROL_TICK).await;
+        if let Some(log) = &ctx.access_log {
+            log.flush();
+        }
         let now = Instant::now();
         if now.duration_since(last_reap) >= REAP_EVERY {
             last_reap = now;
