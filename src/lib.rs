@@ -8,6 +8,7 @@
 //! - `shard`: one pinned thread with its own monoio runtime, listeners, pool and selectors.
 //! - [`http`]: head parsing, framing, chunked codec, head rewriting, error responses.
 //! - `io`: the owned-buffer read and write helpers (one read helper for every reader).
+//! - `listen`: binding listen sockets, one `SO_REUSEPORT` socket per shard (start and reload).
 //! - [`proxy`]: the per-connection request loop: route → select → forward → failover.
 //! - [`upstream`]: peers, upstream groups, the per-shard connection pool.
 //! - [`balance`]: the `Selector` trait, one file per algorithm, the eligibility wrapper.

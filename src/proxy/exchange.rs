@@ -16,7 +16,9 @@ use crate::balance::PeerId;
 use crate::control::Outcome;
 use crate::failover::Failure;
 use crate::http::{parse_response, rewrite_response, ParseStatus, Version};
-use crate::io::{read_more, write_all, write_all_counted, write_range, IoFail, Transport};
+use crate::io::{
+    read_append, read_more, write_all, write_all_counted, write_range, IoFail, Transport,
+};
 use crate::metrics::{FailureKind, PeerMetrics};
 use crate::upstream::{Connection, UpstreamGroup};
 
@@ -338,15 +340,14 @@ impl<C: Transport> Conn<'_, C> {
         wait: Duration,
     ) -> Result<bool, TryFail> {
         let canceller = Canceller::new();
-        let buf = std::mem::take(&mut self.ubuf);
-        let len = buf.len();
-        let cap = buf.capacity().max(UPSTREAM_BUF);
-        let mut buf = buf;
-        buf.reserve(cap - len);
-        let cap = buf.capacity();
-        let (res, slice) = {
-            let slice = monoio::buf::IoBufMut::slice_mut(buf, len..cap);
-            let read = up.cancelable_read(slice, canceller.handle());
+        let res = {
+            let read = read_append(
+                up,
+                &mut self.ubuf,
+                UPSTREAM_BUF,
+                usize::MAX,
+                Some(canceller.handle()),
+            );
             let mut read = std::pin::pin!(read);
             monoio::select! {
                 r = &mut read => r,
@@ -356,7 +357,6 @@ impl<C: Transport> Conn<'_, C> {
                 }
             }
         };
-        self.ubuf = slice.into_inner();
         match res {
             Ok(0) => return Err(TryFail::Stale),
             Ok(n) => pm.bytes_received.add(n as u64),
