@@ -663,3 +663,13 @@ fn reload_under_load_loses_no_request_and_routes_only_to_running_peers() {
     );
     proxy.shutdown();
 }
+
+#[test]
+fn a_configuration_that_came_from_no_file_refuses_a_reload_from_file() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&config(&[&a], None, ""));
+    let err = proxy.server().reload().expect_err("nothing to re-read");
+    assert!(err.contains("did not come from a file"), "{err}");
+    assert_eq!(answers(&proxy, 1), ["a"]);
+    proxy.shutdown();
+}

@@ -38,7 +38,7 @@ pub(crate) struct ConfigFile {
     #[serde(default)]
     pub upstream: Vec<UpstreamFile>,
     /// The `[[route]]` array of tables, in file order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<RouteFile>,
 }
 

@@ -970,6 +970,15 @@ upstream = "static"
     }
 
     #[test]
+    fn the_running_config_as_toml_validates_to_the_same_config() {
+        let c = load(FULL).unwrap();
+        let text = c.to_toml();
+        let again = load(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(again.describe(), c.describe(), "{text}");
+        assert_eq!(again.to_toml(), text);
+    }
+
+    #[test]
     fn defaults() {
         let c = load(MIN).unwrap();
         let s = &c.server;

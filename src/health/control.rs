@@ -723,6 +723,10 @@ impl Ctl {
         let old = self.config.borrow().clone();
         let loaded = match new {
             Some(c) => Ok(c),
+            None if old.source.starts_with('<') => Err(format!(
+                "{}: this configuration did not come from a file: there is nothing to re-read",
+                old.source
+            )),
             None => Config::from_file(std::path::Path::new(&old.source))
                 .map_err(|e: ConfigError| e.to_string()),
         }

@@ -18,7 +18,7 @@
 //! - `body`, `context`, `picker`, `route`: body framing progress, the shard's shared
 //!   context, the programmable picker, the config-driven router.
 //!
-//! Both sides are generic over [`Transport`]: the client connection is any transport the
+//! Both sides are generic over `io::Transport`: the client connection is any transport the
 //! shard accepted (plain TCP today, monomorphised), the upstream side any transport the pool
 //! keeps.
 

@@ -20,7 +20,7 @@ use crate::balance::PeerId;
 use crate::config::PoolConfig;
 
 /// Connection is an upstream connection as the pool keeps it and the request path uses it
-/// (through [`crate::io::Transport`]): plain TCP today. Upstream TLS turns it into an enum
+/// (through `io::Transport`): plain TCP today. Upstream TLS turns it into an enum
 /// over the transports, with no change to the request path.
 pub type Connection = TcpStream;
 
