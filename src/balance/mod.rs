@@ -25,7 +25,7 @@
 //!
 //! Every algorithm treats weight 0 as drained: it never picks such a candidate (round_robin,
 //! which ignores weights, leaves that to the eligibility check of the caller), and the hashing
-//! ones leave it off their ring/table. Hash keys (`hash_key = …`) live in [`hash_key`]; every
+//! ones leave it off their ring/table. Hash keys (`hash_key = …`) live in `hash_key`; every
 //! hash here is [`stable_hash`] (XXH3-64), so the same key maps to the same peer in every
 //! shard, process, build and machine.
 
@@ -173,7 +173,7 @@ pub struct PeerLoad {
 /// PickRequest is what a selector is told about the request it picks for.
 #[derive(Debug, Clone, Copy)]
 pub struct PickRequest<'a> {
-    /// The request's hash key ([`crate::upstream::hash_request`]), for hashing algorithms (`None` when the
+    /// The request's hash key (`upstream::hash_request`), for hashing algorithms (`None` when the
     /// group does not hash or the key is absent from the request: hashing selectors then
     /// rotate over their candidates).
     pub hash: Option<u64>,

@@ -7,8 +7,8 @@
 //!
 //! # How the request loop uses it
 //!
-//! Per upstream group per shard: one [`Retrier`] (policy + [`RetryBudget`] + jitter) and, when
-//! the upstream has `circuit_breaker = { … }`, one [`CircuitBreaker`] per peer. Per request:
+//! Per upstream group per shard: one `Retrier` (policy + `RetryBudget` + jitter) and, when
+//! the upstream has `circuit_breaker = { … }`, one `CircuitBreaker` per peer. Per request:
 //!
 //! ```text
 //! retrier.record_request(now);

@@ -396,7 +396,7 @@ pub(super) fn wants_continue(value: &[u8]) -> bool {
 ///
 /// Returns `Partial` when more bytes are needed, `Complete` when `head` is filled in (the head
 /// is `buf[..head.head_len]`; what follows is body or the next request). On `Err` the contents
-/// of `head` are unspecified. Errors, each answered by [`super::write_error_response`]:
+/// of `head` are unspecified. Errors, each answered by `http::write_error_response`:
 /// - 414 when the request line exceeds `limits.max_request_line_bytes` (checked while partial too);
 /// - 431 when the head reaches `limits.max_header_bytes` or has more than [`MAX_HEADERS`] fields;
 /// - 400 for syntax errors (including obs-fold and whitespace before a colon), a bad target,

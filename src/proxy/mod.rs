@@ -8,7 +8,7 @@
 //! client never sees mixed or truncated-but-complete-looking bytes.
 //!
 //! The pieces, each in its own file:
-//! - this file: the connection ([`serve`], `Conn`) and one request's driver
+//! - this file: the connection (`serve`, `Conn`) and one request's driver
 //!   (`handle_request`): route, keep or stream the body, then run the try loop;
 //! - `tries`: the try loop's decisions as a synchronous state machine (tried set, held
 //!   response, backoff, stale-replay rule, breaker and health outcomes), unit-tested;
