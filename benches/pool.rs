@@ -9,6 +9,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use ringlb::balance::PeerId;
 use ringlb::config::PoolConfig;
 use ringlb::upstream::{is_quiet, Pool};
 
@@ -37,12 +38,14 @@ fn bench_pool(c: &mut Criterion) {
             idle_timeout: Duration::from_secs(3600),
         },
     );
-    pool.put(0, stream, Instant::now());
+    pool.put(PeerId::new(0), stream, Instant::now());
     g.bench_function("take + put (checked)", |b| {
         b.iter(|| {
             let now = Instant::now();
-            let s = pool.take(0, now).expect("the idle connection is quiet");
-            pool.put(0, s, now);
+            let s = pool
+                .take(PeerId::new(0), now)
+                .expect("the idle connection is quiet");
+            pool.put(PeerId::new(0), s, now);
         })
     });
     g.finish();

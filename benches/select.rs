@@ -12,11 +12,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use ringlb::balance::Algorithm;
 use ringlb::balance::{
     build_selector, observe_latency, select_eligible, stable_hash, BalanceParams, Candidate,
     PeerLoad,
 };
-use ringlb::config::Algorithm;
 
 /// Group sizes to measure.
 const SIZES: [usize; 3] = [3, 100, 1000];

@@ -11,7 +11,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::Limits;
-use crate::http::{parse_request, slice, BodyKind, ChunkedDecoder, ParseStatus, RequestHead};
+use crate::http::{parse_request, BodyKind, ChunkedDecoder, ParseStatus, RequestHead};
 use crate::io::read_append;
 
 /// DemoBackends is a set of running demo backends.
@@ -102,8 +102,8 @@ async fn serve(mut stream: TcpStream, n: usize) {
         };
         let text = format!(
             "hello from demo backend {n}: {} {}\n",
-            String::from_utf8_lossy(slice(&buf, head.method_range)),
-            String::from_utf8_lossy(slice(&buf, head.target)),
+            String::from_utf8_lossy(head.method_range.get(&buf)),
+            String::from_utf8_lossy(head.target.get(&buf)),
         );
         let keep_alive = head.keep_alive;
         let body = head.body;

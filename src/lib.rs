@@ -2,10 +2,10 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML file format and the validated runtime `Config`.
-//! - [`control`]: the protocol between the control thread and the shards (`ControlMsg`,
+//! - `control`: the protocol between the control thread and the shards (`ControlMsg`,
 //!   `HealthChange`, `Observation`, the shard's outcome reporter, the wake-up primitive).
 //! - [`server`]: starts and stops the whole proxy ([`Server`]): control thread + shards.
-//! - [`shard`]: one pinned thread with its own monoio runtime, listeners, pool and selectors.
+//! - `shard`: one pinned thread with its own monoio runtime, listeners, pool and selectors.
 //! - [`http`]: head parsing, framing, chunked codec, head rewriting, error responses.
 //! - `io`: the owned-buffer read and write helpers (one read helper for every reader).
 //! - `listen`: binding listen sockets, one `SO_REUSEPORT` socket per shard (start and reload).
@@ -14,8 +14,8 @@
 //! - [`balance`]: the `Selector` trait, one file per algorithm, the eligibility wrapper.
 //! - [`failover`]: retry policy, backoff, retry budget, circuit breaker, failure hooks.
 //! - [`health`]: the control thread: health state machines, probes, passive ejection, and the
-//!   task that serves the admin endpoint.
-//! - [`admin`]: the admin HTTP endpoint (`/status`, `/health`), served through the `http` parser.
+//!   task that serves the admin endpoint; public: the health-check and observer hooks.
+//! - `admin`: the admin HTTP endpoint (`/status`, `/health`), served through the `http` parser.
 //! - [`demo`]: in-process demo backends for `ringlb demo`.
 //! - [`access_log`]: the access log: shard-local line buffers handed to a writer thread
 //!   (`[log] access`), reopened on SIGUSR1.
@@ -30,11 +30,13 @@
 //! Invariants (see docs/architecture.md): the request path takes no locks and does no cross-shard
 //! communication; one shard = one core = one runtime; bad input gets a clear HTTP answer.
 
+#![warn(missing_docs)]
+
 pub mod access_log;
-pub mod admin;
+pub(crate) mod admin;
 pub mod balance;
 pub mod config;
-pub mod control;
+pub(crate) mod control;
 pub mod demo;
 pub mod failover;
 pub mod health;
@@ -45,7 +47,7 @@ pub mod metrics;
 pub mod process;
 pub mod proxy;
 pub mod server;
-pub mod shard;
+pub(crate) mod shard;
 pub mod upstream;
 
 pub use config::Config;

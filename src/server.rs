@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 
 use crate::access_log::{AccessLog, AccessLogHandle};
-use crate::config::Config;
+use crate::config::{Config, ShardId};
 use crate::control::{ControlMsg, ShardReporter, ShardStats};
 use crate::health::control::{ControlSetup, ControlThread};
 pub use crate::health::control::{ReloadHandle, ReloadReport};
@@ -62,8 +62,8 @@ pub enum StartError {
     /// A shard could not start (thread spawn, runtime build, driver unavailable).
     #[error("shard {shard}: {reason}")]
     Shard {
-        /// The shard's index.
-        shard: usize,
+        /// The shard.
+        shard: ShardId,
         /// What went wrong.
         reason: String,
     },
@@ -266,12 +266,13 @@ impl Server {
         let mut senders = Vec::with_capacity(cpus.len());
         let mut threads = Vec::with_capacity(cpus.len());
         let mut waits = Vec::with_capacity(cpus.len());
-        for (id, (cpu, listeners)) in cpus.iter().copied().zip(per_shard).enumerate() {
+        for (i, (cpu, listeners)) in cpus.iter().copied().zip(per_shard).enumerate() {
+            let id = ShardId::new(i);
             let (tx, rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
             let (ready_tx, ready_rx) = mpsc::channel();
             let cfg = config.clone();
             let picker = picker.clone();
-            let reporter = ShardReporter::new(id, &config, obs_tx.clone(), stats[id].clone());
+            let reporter = ShardReporter::new(id, &config, obs_tx.clone(), stats[i].clone());
             let metrics = handles.next().expect("one set of metrics per shard");
             let shard_log = access_log.as_ref().map(AccessLog::shard_log);
             let spawned = std::thread::Builder::new()
@@ -279,7 +280,7 @@ impl Server {
                 .spawn(move || {
                     if let Some(cpu) = cpu {
                         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-                            tracing::warn!(shard = id, cpu, "could not pin shard to its cpu");
+                            tracing::warn!(shard = %id, cpu, "could not pin shard to its cpu");
                         }
                     }
                     let ctx = ShardCtx::new(id, cfg, rx, picker, reporter, metrics, shard_log);
@@ -318,7 +319,8 @@ impl Server {
             control: None,
             access_log,
         };
-        for (id, rx) in waits.into_iter().enumerate() {
+        for (i, rx) in waits.into_iter().enumerate() {
+            let id = ShardId::new(i);
             match rx.recv() {
                 Ok(Ok(driver)) => server.driver = driver,
                 Ok(Err(reason)) => return Err(StartError::Shard { shard: id, reason }),

@@ -16,6 +16,7 @@ use ringlb::balance::{
     select_eligible, stable_hash, Candidate, ConsistentHash, Maglev, PeerLoad, PickRequest,
     Selector,
 };
+use ringlb::config::GroupId;
 use ringlb::failover::FailureHooks;
 use ringlb::proxy::{Pick, Picker, RequestInfo, Upstreams};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -168,7 +169,7 @@ impl Picker for ShardSpy {
             .insert(req.client().port(), shard);
         *self.picks.lock().unwrap().entry(shard).or_default() += 1;
         Pick {
-            upstream: Some(0),
+            upstream: Some(GroupId::new(0)),
             hash: None,
         }
     }

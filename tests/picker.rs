@@ -11,6 +11,7 @@ mod custom_router;
 
 use common::*;
 use ringlb::balance::{stable_hash, Candidate, ConsistentHash, PickRequest, Selector};
+use ringlb::config::GroupId;
 use ringlb::failover::{Failure, FailureAction, FailureHooks, PeerInfo, TryContext};
 use ringlb::proxy::{Pick, Picker, RequestInfo, Upstreams};
 use std::collections::{BTreeMap, BTreeSet};
@@ -166,7 +167,7 @@ fn custom_router_example_routes_canary_api_affinity_and_web_rotation() {
 /// `index`.
 struct Fixed {
     target: Option<&'static str>,
-    index: Option<usize>,
+    index: Option<GroupId>,
 }
 
 impl FailureHooks for Fixed {}
@@ -203,7 +204,7 @@ fn picker_choosing_no_upstream_gets_404_and_the_connection_stays() {
             "an index beyond the groups",
             Fixed {
                 target: None,
-                index: Some(7),
+                index: Some(GroupId::new(7)),
             },
         ),
     ] {
@@ -251,7 +252,7 @@ impl Hooks {
 impl Picker for Hooks {
     fn pick(&self, _: &RequestInfo<'_>, _: &Upstreams<'_>) -> Pick {
         Pick {
-            upstream: Some(0),
+            upstream: Some(GroupId::new(0)),
             hash: None,
         }
     }

@@ -12,12 +12,12 @@
 use libfuzzer_sys::fuzz_target;
 use ringlb::config::Limits;
 use ringlb::http::{
-    parse_request, range, BodyKind, ChunkedDecoder, Method, ParseStatus, RequestHead, MAX_HEADERS,
+    parse_request, BodyKind, ChunkedDecoder, Method, ParseStatus, RequestHead, Span, MAX_HEADERS,
 };
 
 /// Whether `r` is a well-formed range ending at or before `end`.
-fn within(r: (u32, u32), end: usize) -> bool {
-    r.0 <= r.1 && r.1 as usize <= end
+fn within(r: Span, end: usize) -> bool {
+    r.start() <= r.end() && r.end() as usize <= end
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -38,18 +38,22 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.head_len, n);
             assert_eq!(again.headers, head.headers);
             assert!(head.headers.len() <= MAX_HEADERS);
-            assert!(within(head.method_range, n) && head.method_range.0 < head.method_range.1);
-            assert!(within(head.target, n) && head.target.0 < head.target.1);
-            assert!(head.method_range.1 < head.target.0);
+            assert!(
+                within(head.method_range, n) && head.method_range.start() < head.method_range.end()
+            );
+            assert!(within(head.target, n) && head.target.start() < head.target.end());
+            assert!(head.method_range.end() < head.target.start());
             assert!(within(head.path, n));
-            assert!(head.path.0 >= head.target.0 && head.path.1 <= head.target.1);
+            assert!(
+                head.path.start() >= head.target.start() && head.path.end() <= head.target.end()
+            );
             if let Some(q) = head.query {
                 assert!(within(q, n));
-                assert!(q.0 > head.path.1 && q.1 == head.target.1);
-                assert_eq!(data[q.0 as usize - 1], b'?');
+                assert!(q.start() > head.path.end() && q.end() == head.target.end());
+                assert_eq!(data[q.start() as usize - 1], b'?');
             }
             for h in &head.headers {
-                assert!(within(h.name, n) && h.name.0 < h.name.1);
+                assert!(within(h.name, n) && h.name.start() < h.name.end());
                 // An empty value may be (0, 0).
                 assert!(within(h.value, n));
             }
@@ -59,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
                     .iter()
                     .any(|h| h.value == host && h.name(data).eq_ignore_ascii_case(b"host")));
             }
-            let token = &data[range(head.method_range)];
+            let token = head.method_range.get(data);
             let named = match token {
                 b"GET" => Method::Get,
                 b"HEAD" => Method::Head,

@@ -9,13 +9,13 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringlb::http::{
-    parse_response, rewrite_response, BodyKind, Method, ParseStatus, ResponseHead, Version,
+    parse_response, rewrite_response, BodyKind, Method, ParseStatus, ResponseHead, Span, Version,
     MAX_HEADERS,
 };
 
 /// Whether `r` is a well-formed range ending at or before `end`.
-fn within(r: (u32, u32), end: usize) -> bool {
-    r.0 <= r.1 && r.1 as usize <= end
+fn within(r: Span, end: usize) -> bool {
+    r.start() <= r.end() && r.end() as usize <= end
 }
 
 /// Parses `data` as the response to `method`, checks the invariants, returns the head if complete.
@@ -38,7 +38,7 @@ fn check(data: &[u8], method: Method) -> Option<ResponseHead> {
     assert!(within(head.reason, n));
     assert!(head.headers.len() <= MAX_HEADERS);
     for h in &head.headers {
-        assert!(within(h.name, n) && h.name.0 < h.name.1);
+        assert!(within(h.name, n) && h.name.start() < h.name.end());
         assert!(within(h.value, n));
     }
     let bodiless =

@@ -243,7 +243,7 @@ async fn serve_unbounded(host: &impl Host, mut stream: TcpStream) {
     }
     let request = Request {
         method: head.method,
-        path: http::slice(&buf, head.path),
+        path: head.path.get(&buf),
         authorization: head
             .headers
             .iter()

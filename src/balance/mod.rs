@@ -25,17 +25,17 @@
 //!
 //! Every algorithm treats weight 0 as drained: it never picks such a candidate (round_robin,
 //! which ignores weights, leaves that to the eligibility check of the caller), and the hashing
-//! ones leave it off their ring/table. Hash keys (`hash_key = …`) live in [`hash_key`]; every
+//! ones leave it off their ring/table. Hash keys (`hash_key = …`) live in `hash_key`; every
 //! hash here is [`stable_hash`] (XXH3-64), so the same key maps to the same peer in every
 //! shard, process, build and machine.
 
-pub mod hash_key;
+mod hash_key;
 mod keyed;
 
 mod consistent_hash;
 mod least_connections;
 mod maglev;
-pub mod peak_ewma;
+mod peak_ewma;
 mod power_of_two;
 mod random;
 mod round_robin;
@@ -45,7 +45,8 @@ mod weighted_random;
 pub use consistent_hash::ConsistentHash;
 pub use hash_key::HashKey;
 pub use least_connections::LeastConnections;
-pub use maglev::{is_prime, next_prime, Maglev};
+pub use maglev::Maglev;
+pub(crate) use maglev::{is_prime, next_prime};
 pub use peak_ewma::{observe_latency, PeakEwma};
 pub use power_of_two::PowerOfTwo;
 pub use random::Random;
@@ -57,8 +58,8 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// Algorithm is the load-balancing algorithm of an upstream group (`algorithm = …`, default
-/// `round_robin`); each has its file here ([`build_selector`] builds it). The config
-/// names it and re-exports it as `config::Algorithm`.
+/// `round_robin`); each has its file here ([`build_selector`] builds it). Its one public path
+/// is `balance::Algorithm` (`UpstreamConfig::algorithm` names it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     /// Plain rotation over peers, ignoring weights.
@@ -110,8 +111,50 @@ impl Algorithm {
     }
 }
 
-/// PeerId is a peer's index within its upstream group (its position in the config's peer list).
-pub type PeerId = usize;
+/// Defines a newtype over a `usize` index: `new`, `index`, `From<usize>` and `Display` (the
+/// plain number, so logs and status output read as before). Ids of different things (a peer,
+/// a group, a shard, a selector candidate) then cannot be mixed up.
+macro_rules! index_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(usize);
+
+        impl $name {
+            #[doc = concat!("The ", stringify!($name), " of index `index`.")]
+            #[inline]
+            pub const fn new(index: usize) -> Self {
+                $name(index)
+            }
+
+            /// The index this id stands for.
+            #[inline]
+            pub const fn index(self) -> usize {
+                self.0
+            }
+        }
+
+        impl From<usize> for $name {
+            #[inline]
+            fn from(index: usize) -> Self {
+                $name(index)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(&self.0, f)
+            }
+        }
+    };
+}
+pub(crate) use index_newtype;
+
+index_newtype!(
+    /// PeerId is a peer's index within its upstream group: its position in the config's peer
+    /// list, and the index of the group's `peers` (and of its per-peer pool and breakers).
+    PeerId
+);
 
 /// PeerLoad is the shard-local live load of one candidate: kept by the upstream group (so it
 /// survives selector rebuilds), updated by the proxy around each request, read by load-aware
@@ -130,7 +173,7 @@ pub struct PeerLoad {
 /// PickRequest is what a selector is told about the request it picks for.
 #[derive(Debug, Clone, Copy)]
 pub struct PickRequest<'a> {
-    /// The request's hash key ([`crate::upstream::hash_request`]), for hashing algorithms (`None` when the
+    /// The request's hash key (`upstream::hash_request`), for hashing algorithms (`None` when the
     /// group does not hash or the key is absent from the request: hashing selectors then
     /// rotate over their candidates).
     pub hash: Option<u64>,
@@ -154,11 +197,11 @@ pub struct Candidate<'a> {
 }
 
 /// DEFAULT_POINTS is the default `points`: ring points per unit of weight (consistent_hash).
-pub const DEFAULT_POINTS: u32 = 160;
+pub(crate) const DEFAULT_POINTS: u32 = 160;
 /// DEFAULT_TABLE_SIZE is the default Maglev `table_size` (a prime, as the paper's).
-pub const DEFAULT_TABLE_SIZE: u64 = 65_537;
+pub(crate) const DEFAULT_TABLE_SIZE: u64 = 65_537;
 /// DEFAULT_EWMA_DECAY is the default peak-EWMA time constant (`ewma_decay_ms = 10000`).
-pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 
 /// BalanceParams is an upstream's tuning of its algorithm (validated in `config/balance.rs`).
 ///
@@ -204,7 +247,7 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 /// stable_hash_seeded is [`stable_hash`] with a seed, for independent hashes of one input
 /// (Maglev's offset and skip).
 #[inline]
-pub fn stable_hash_seeded(bytes: &[u8], seed: u64) -> u64 {
+pub(crate) fn stable_hash_seeded(bytes: &[u8], seed: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(bytes, seed)
 }
 

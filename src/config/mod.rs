@@ -22,17 +22,28 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub use crate::balance::{Algorithm, BalanceParams, HashKey};
-pub use crate::failover::{BreakerConfig, RetryPolicy};
-pub use cpus::{
-    allowed_cpus, format_cpu_list, numa_node_cpus, parse_cpu_list, CpuSetError, MAX_CPUS,
-};
+pub(crate) use crate::balance::{Algorithm, BalanceParams, HashKey};
+pub(crate) use crate::failover::{BreakerConfig, RetryPolicy};
+pub use cpus::allowed_cpus;
+pub(crate) use cpus::format_cpu_list;
 pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
 };
 pub use log::{AccessFormat, AccessTarget, LogConfig};
 pub use warnings::ConfigWarning;
+
+crate::balance::index_newtype!(
+    /// GroupId is an upstream group's index in config order: the index of
+    /// [`Config::upstreams`], of a shard's groups, and of the control thread's health state.
+    GroupId
+);
+
+crate::balance::index_newtype!(
+    /// ShardId is a shard's index: its position among the shards the server starts (thread
+    /// `ringlb-shard-N`), the index of the control thread's per-shard channels and counters.
+    ShardId
+);
 
 /// Config is the validated, resolved runtime configuration of a whole ringlb process.
 #[derive(Debug, Clone)]
@@ -342,8 +353,8 @@ pub struct RouteConfig {
     pub path_prefix: Option<String>,
     /// Header name (case-insensitive; stored lowercase) and exact value (trimmed).
     pub header: Option<(String, String)>,
-    /// Index into `Config::upstreams`.
-    pub upstream: usize,
+    /// The upstream group the route sends to (an index into `Config::upstreams`).
+    pub upstream: GroupId,
 }
 
 /// ConfigError is a configuration problem: the file, the key and the reason.
@@ -586,7 +597,7 @@ impl Config {
             }
             let target = self
                 .upstreams
-                .get(r.upstream)
+                .get(r.upstream.index())
                 .map_or("?", |u| u.name.as_str());
             writeln!(
                 out,
@@ -598,8 +609,11 @@ impl Config {
     }
 
     /// The index of the upstream named `name`.
-    pub fn upstream_index(&self, name: &str) -> Option<usize> {
-        self.upstreams.iter().position(|u| u.name == name)
+    pub fn upstream_index(&self, name: &str) -> Option<GroupId> {
+        self.upstreams
+            .iter()
+            .position(|u| u.name == name)
+            .map(GroupId::new)
     }
 }
 

@@ -16,8 +16,8 @@ use super::file::{
     UpstreamFile, UringTaskrunFile, WorkersFile,
 };
 use super::{
-    Config, ConfigError, Driver, Limits, PeerConfig, PoolConfig, RouteConfig, ServerConfig,
-    Timeouts, UpgradeAllow, UpstreamConfig, UringTaskrun, Workers,
+    Config, ConfigError, Driver, GroupId, Limits, PeerConfig, PoolConfig, RouteConfig,
+    ServerConfig, Timeouts, UpgradeAllow, UpstreamConfig, UringTaskrun, Workers,
 };
 
 /// Default `server.listen`.
@@ -715,6 +715,7 @@ fn route(
     let upstream = upstreams
         .iter()
         .position(|u| u.name == f.upstream)
+        .map(GroupId::new)
         .ok_or_else(|| {
             let known: Vec<String> = upstreams.iter().map(|u| format!("`{}`", u.name)).collect();
             cx.err(
@@ -1001,14 +1002,14 @@ upstream = "static"
         assert_eq!(r.host.as_deref(), Some("api.example.com"));
         assert_eq!(r.path_prefix.as_deref(), Some("/v1"));
         assert_eq!(r.header, Some(("x-canary".to_string(), "true".to_string())));
-        assert_eq!(r.upstream, 0);
+        assert_eq!(r.upstream, GroupId::new(0));
         let r = &c.routes[1];
         assert_eq!(
             (r.host.as_ref(), r.path_prefix.as_ref(), r.header.as_ref()),
             (None, None, None)
         );
-        assert_eq!(r.upstream, 1);
-        assert_eq!(c.upstream_index("static"), Some(1));
+        assert_eq!(r.upstream, GroupId::new(1));
+        assert_eq!(c.upstream_index("static"), Some(GroupId::new(1)));
     }
 
     #[test]

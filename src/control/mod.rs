@@ -24,7 +24,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, PassiveHealth};
+use crate::balance::PeerId;
+use crate::config::{Config, GroupId, PassiveHealth, ShardId};
 use crate::metrics::ShardHandles;
 
 /// ControlMsg is what the control side tells a shard.
@@ -59,13 +60,29 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// The generation: 0 at start, one more per applied reload or admin change.
     pub generation: u64,
-    /// Per upstream group (config order), per peer: whether health lets it take requests now
-    /// (the control thread's decision carried over from the previous generation; the shard
-    /// must not decide it itself, invariant 3).
+    /// Per upstream group (index = [`GroupId`]), per peer (index = [`PeerId`]): whether health
+    /// lets it take requests now (the control thread's decision carried over from the previous
+    /// generation; the shard must not decide it itself, invariant 3). Read with
+    /// [`Snapshot::eligible`].
     pub eligible: Vec<Vec<bool>>,
-    /// Per shard (index = shard id): its metrics for this generation's upstreams and peers
-    /// (surviving peers keep their counters).
+    /// Per shard (index = [`ShardId`]): its metrics for this generation's upstreams and peers
+    /// (surviving peers keep their counters). Read with [`Snapshot::metrics`].
     pub metrics: Vec<ShardHandles>,
+}
+
+impl Snapshot {
+    /// The eligibility of every peer of `group` (index = [`PeerId`]); empty for an unknown
+    /// group.
+    pub fn eligible(&self, group: GroupId) -> &[bool] {
+        self.eligible
+            .get(group.index())
+            .map_or(&[][..], Vec::as_slice)
+    }
+
+    /// The metrics handles of `shard`, if the snapshot has them.
+    pub fn metrics(&self, shard: ShardId) -> Option<&ShardHandles> {
+        self.metrics.get(shard.index())
+    }
 }
 
 /// Outcome is how one try of a request on one peer ended, as far as passive health cares.
@@ -122,12 +139,12 @@ impl Outcome {
 /// Observation is one request outcome a shard reports to the control thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observation {
-    /// Index of the upstream group in the config.
-    pub group: usize,
-    /// The peer within the group (its [`PeerId`](crate::balance::PeerId)).
-    pub peer: usize,
+    /// The upstream group.
+    pub group: GroupId,
+    /// The peer within the group.
+    pub peer: PeerId,
     /// The reporting shard.
-    pub shard: usize,
+    pub shard: ShardId,
     /// The configuration generation `group` and `peer` belong to.
     pub generation: u64,
     /// What happened.
@@ -138,10 +155,10 @@ pub struct Observation {
 /// shard as `ControlMsg::Health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthChange {
-    /// Index of the upstream group in the config.
-    pub group: usize,
-    /// The peer within the group (its [`PeerId`](crate::balance::PeerId)).
-    pub peer: usize,
+    /// The upstream group.
+    pub group: GroupId,
+    /// The peer within the group.
+    pub peer: PeerId,
     /// Whether shards may send it new requests from now on.
     pub eligible: bool,
     /// When the control thread decided (a probe verdict, an ejection, its expiry): shards

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crossbeam_channel::{Sender, TrySendError};
 
 use super::{HealthChange, Observation, Outcome};
-use crate::config::{Config, PassiveHealth};
+use crate::balance::PeerId;
+use crate::config::{Config, GroupId, PassiveHealth, ShardId};
 
 /// ShardStats are the health counters of one shard, written only by that shard (relaxed
 /// atomics, invariant 1) and read by the control thread for `/status`.
@@ -29,8 +30,8 @@ pub struct ShardStats {
 /// ShardReporter is a shard's end of passive health: it sends outcomes that matter and
 /// records the health changes the shard applied. Shard-local (`Cell`s), never blocks.
 pub struct ShardReporter {
-    /// The shard's index.
-    shard: usize,
+    /// The reporting shard.
+    shard: ShardId,
     /// The bounded observation channel to the control thread (`try_send` only).
     tx: Sender<Observation>,
     /// What depends on the configuration generation (replaced on reload).
@@ -73,7 +74,7 @@ impl PerConfig {
 impl ShardReporter {
     /// A reporter for shard `shard` of `config`.
     pub fn new(
-        shard: usize,
+        shard: ShardId,
         config: &Config,
         tx: Sender<Observation>,
         stats: Arc<ShardStats>,
@@ -90,17 +91,21 @@ impl ShardReporter {
     /// Reports the outcome of one try on `peer` of group `group`, if it matters: every
     /// failure, and a success right after this shard reported a failure. Never blocks: a full
     /// channel drops the report and counts it.
-    pub fn report(&self, generation: u64, group: usize, peer: usize, outcome: Outcome) {
+    pub fn report(&self, generation: u64, group: GroupId, peer: PeerId, outcome: Outcome) {
         let current = self.current.borrow();
         if current.generation != generation {
             // The request started on an older configuration: its indices may name other
             // peers now.
             return;
         }
-        let Some(Some(passive)) = current.passive.get(group) else {
+        let Some(Some(passive)) = current.passive.get(group.index()) else {
             return;
         };
-        let Some(flag) = current.last_failed.get(group).and_then(|g| g.get(peer)) else {
+        let Some(flag) = current
+            .last_failed
+            .get(group.index())
+            .and_then(|g| g.get(peer.index()))
+        else {
             return;
         };
         let failed = outcome.is_failure(passive);
@@ -135,6 +140,7 @@ impl ShardReporter {
     }
 
     /// Reports dropped by this shard because the channel was full.
+    #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.dropped.get()
     }
@@ -170,22 +176,22 @@ mod tests {
     fn reports_failures_and_only_the_first_success_after_one() {
         let cfg = config("");
         let (tx, rx) = crossbeam_channel::bounded(16);
-        let r = ShardReporter::new(3, &cfg, tx, Arc::default());
-        r.report(0, 0, 1, Outcome::Success);
-        r.report(0, 0, 1, Outcome::Status(503)); // on_5xx = false: a success
+        let r = ShardReporter::new(ShardId::new(3), &cfg, tx, Arc::default());
+        r.report(0, GroupId::new(0), PeerId::new(1), Outcome::Success);
+        r.report(0, GroupId::new(0), PeerId::new(1), Outcome::Status(503)); // on_5xx = false: a success
         assert!(rx.try_recv().is_err());
-        r.report(0, 0, 1, Outcome::Reset);
-        r.report(0, 0, 1, Outcome::Timeout);
-        r.report(0, 0, 1, Outcome::Success);
-        r.report(0, 0, 1, Outcome::Success);
+        r.report(0, GroupId::new(0), PeerId::new(1), Outcome::Reset);
+        r.report(0, GroupId::new(0), PeerId::new(1), Outcome::Timeout);
+        r.report(0, GroupId::new(0), PeerId::new(1), Outcome::Success);
+        r.report(0, GroupId::new(0), PeerId::new(1), Outcome::Success);
         let got: Vec<Outcome> = rx.try_iter().map(|o| o.outcome).collect();
         assert_eq!(
             got,
             vec![Outcome::Reset, Outcome::Timeout, Outcome::Success]
         );
         // Unknown groups and peers are ignored.
-        r.report(0, 5, 0, Outcome::Reset);
-        r.report(0, 0, 9, Outcome::Reset);
+        r.report(0, GroupId::new(5), PeerId::new(0), Outcome::Reset);
+        r.report(0, GroupId::new(0), PeerId::new(9), Outcome::Reset);
         assert!(rx.try_recv().is_err());
     }
 
@@ -194,9 +200,9 @@ mod tests {
         let cfg = config("");
         let (tx, rx) = crossbeam_channel::bounded(1);
         let stats = Arc::new(ShardStats::default());
-        let r = ShardReporter::new(0, &cfg, tx, stats.clone());
+        let r = ShardReporter::new(ShardId::new(0), &cfg, tx, stats.clone());
         for _ in 0..5 {
-            r.report(0, 0, 0, Outcome::ConnectFailure);
+            r.report(0, GroupId::new(0), PeerId::new(0), Outcome::ConnectFailure);
         }
         assert_eq!(r.dropped(), 4);
         assert_eq!(stats.dropped_observations.load(Ordering::Relaxed), 4);
@@ -207,14 +213,14 @@ mod tests {
     fn on_5xx_and_passive_off() {
         let cfg = config("passive = { on_5xx = true }\n");
         let (tx, rx) = crossbeam_channel::bounded(4);
-        let r = ShardReporter::new(0, &cfg, tx, Arc::default());
-        r.report(0, 0, 0, Outcome::Status(502));
+        let r = ShardReporter::new(ShardId::new(0), &cfg, tx, Arc::default());
+        r.report(0, GroupId::new(0), PeerId::new(0), Outcome::Status(502));
         assert_eq!(rx.try_recv().map(|o| o.outcome), Ok(Outcome::Status(502)));
 
         let cfg = config("passive = { consecutive_failures = 0 }\n");
         let (tx, rx) = crossbeam_channel::bounded(4);
-        let r = ShardReporter::new(0, &cfg, tx, Arc::default());
-        r.report(0, 0, 0, Outcome::Reset);
+        let r = ShardReporter::new(ShardId::new(0), &cfg, tx, Arc::default());
+        r.report(0, GroupId::new(0), PeerId::new(0), Outcome::Reset);
         assert!(rx.try_recv().is_err());
     }
 }

@@ -135,6 +135,7 @@ pub struct Ticket {
 
 impl Ticket {
     /// is_trial is whether the request is a half-open trial.
+    #[cfg(test)]
     pub fn is_trial(&self) -> bool {
         self.trial
     }
@@ -211,6 +212,7 @@ impl CircuitBreaker {
     }
 
     /// open_until is when an open breaker turns half-open.
+    #[cfg(test)]
     pub fn open_until(&self) -> Option<Instant> {
         match self.state {
             State::Open { until } => Some(until),
@@ -219,6 +221,7 @@ impl CircuitBreaker {
     }
 
     /// opens is how many times the breaker opened since it was last closed.
+    #[cfg(test)]
     pub fn opens(&self) -> u32 {
         self.opens
     }

@@ -85,7 +85,8 @@ impl RetryBudget {
         share.saturating_add(u64::from(self.min_per_sec) * WINDOW.as_secs())
     }
 
-    /// counts is `(requests, retries)` in the window ending at `now` (for metrics and tests).
+    /// counts is `(requests, retries)` in the window ending at `now` (for tests).
+    #[cfg(test)]
     pub fn counts(&self, now: Instant) -> (u64, u64) {
         self.window.sums(now)
     }

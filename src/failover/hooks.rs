@@ -39,7 +39,7 @@ pub enum FailureAction {
     /// Try again (still subject to what no hook overrides, `max_retries` and the budget).
     Retry,
     /// Stop; answer as ringlb does for this failure (502/504, or relay the upstream's
-    /// response for a status failure). The reason is reported in [`Next`].
+    /// response for a status failure). The reason is reported in `Next`.
     GiveUp(GiveUpReason),
     /// Stop and answer with ringlb's own error response with this status (should be 4xx or
     /// 5xx); a status failure's upstream response is discarded.
@@ -166,7 +166,8 @@ impl Retrier {
         &self.policy
     }
 
-    /// budget is this shard's retry budget for the group (for metrics).
+    /// budget is this shard's retry budget for the group (for tests).
+    #[cfg(test)]
     pub fn budget(&self) -> &RetryBudget {
         &self.budget
     }
@@ -254,7 +255,7 @@ mod tests {
 
     fn peer() -> PeerInfo<'static> {
         PeerInfo {
-            id: 1,
+            id: PeerId::new(1),
             address: "10.0.0.2:80",
             addr: "10.0.0.2:80".parse().unwrap(),
             backup: false,

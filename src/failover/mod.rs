@@ -7,8 +7,8 @@
 //!
 //! # How the request loop uses it
 //!
-//! Per upstream group per shard: one [`Retrier`] (policy + [`RetryBudget`] + jitter) and, when
-//! the upstream has `circuit_breaker = { … }`, one [`CircuitBreaker`] per peer. Per request:
+//! Per upstream group per shard: one `Retrier` (policy + `RetryBudget` + jitter) and, when
+//! the upstream has `circuit_breaker = { … }`, one `CircuitBreaker` per peer. Per request:
 //!
 //! ```text
 //! retrier.record_request(now);
@@ -48,10 +48,10 @@ mod hooks;
 mod policy;
 mod window;
 
-pub use backoff::Backoff;
-pub use breaker::{
-    Admission, BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker, Ticket,
-};
-pub use budget::{RetryBudget, WINDOW as BUDGET_WINDOW};
-pub use hooks::{DefaultHooks, FailureAction, FailureHooks, Next, PeerInfo, PolicyHooks, Retrier};
-pub use policy::{Failure, GiveUpReason, RetryDecision, RetryOn, RetryPolicy, TryContext};
+pub(crate) use backoff::Backoff;
+pub use breaker::BreakerConfig;
+pub(crate) use breaker::{BreakerState, BreakerTransition, CircuitBreaker, Ticket};
+pub(crate) use budget::RetryBudget;
+pub(crate) use hooks::{DefaultHooks, Next, Retrier};
+pub use hooks::{FailureAction, FailureHooks, PeerInfo, PolicyHooks};
+pub use policy::{Failure, GiveUpReason, RetryOn, RetryPolicy, TryContext};

@@ -41,7 +41,8 @@ use super::hooks::Hooks;
 use super::observer::HealthEvent;
 use super::state::{Change, GroupHealth};
 use crate::admin;
-use crate::config::{Config, ConfigError, Driver};
+use crate::balance::PeerId;
+use crate::config::{Config, ConfigError, Driver, GroupId};
 use crate::control::{
     ControlMsg, HealthChange, ListenChange, Notify, Observation, ShardStats, Snapshot,
 };
@@ -374,15 +375,15 @@ impl Ctl {
     }
 
     /// Logs `change` of `peer` in `group` and pushes it to every shard if eligibility flipped.
-    fn apply(&self, group: usize, peer: usize, change: Option<Change>, decided_at: Instant) {
+    fn apply(&self, group: GroupId, peer: PeerId, change: Option<Change>, decided_at: Instant) {
         let Some(c) = change else {
             return;
         };
         let config = self.config.borrow().clone();
-        let g = &config.upstreams[group];
+        let g = &config.upstreams[group.index()];
         tracing::info!(
             group = %g.name,
-            peer = %g.peers[peer].address,
+            peer = %g.peers[peer.index()].address,
             "health: {} -> {} ({})",
             c.from,
             c.to,
@@ -403,7 +404,7 @@ impl Ctl {
         };
         self.hooks
             .observers
-            .notify(&g.name, &g.peers[peer].address, event, &c.why);
+            .notify(&g.name, &g.peers[peer.index()].address, event, &c.why);
     }
 
     /// Sends `change` to every shard; a full channel keeps it (in order) for the next round.
@@ -447,7 +448,7 @@ impl Ctl {
         let now = Instant::now();
         let change = {
             let mut groups = self.groups.borrow_mut();
-            let Some(g) = groups.get_mut(obs.group) else {
+            let Some(g) = groups.get_mut(obs.group.index()) else {
                 return;
             };
             let failure = obs.outcome.failure(&g.passive);
@@ -473,7 +474,7 @@ impl Ctl {
             let mut groups = self.groups.borrow_mut();
             for (gi, g) in groups.iter_mut().enumerate() {
                 for (peer, c) in g.expire(now) {
-                    changes.push((gi, peer, c));
+                    changes.push((GroupId::new(gi), peer, c));
                 }
                 next = min_instant(next, g.next_expiry());
             }
@@ -596,8 +597,8 @@ fn spawn_probes(ctl: &Rc<Ctl>) {
             monoio::spawn(probe_loop(
                 TaskGuard::new(ctl),
                 generation,
-                gi,
-                pi,
+                GroupId::new(gi),
+                PeerId::new(pi),
                 probe,
                 check.interval,
             ));
@@ -789,12 +790,12 @@ impl Ctl {
             let old_groups = self.groups.borrow();
             new.upstreams
                 .iter()
-                .map(
-                    |u| match old.upstreams.iter().position(|o| o.name == u.name) {
-                        Some(oi) => GroupHealth::succeed(&old_groups[oi], &old.upstreams[oi], u),
-                        None => GroupHealth::new(u),
-                    },
-                )
+                .map(|u| match old.upstream_index(&u.name) {
+                    Some(oi) => {
+                        GroupHealth::succeed(&old_groups[oi.index()], &old.upstreams[oi.index()], u)
+                    }
+                    None => GroupHealth::new(u),
+                })
                 .collect()
         };
         let generation = self.generation.get() + 1;
@@ -866,8 +867,8 @@ impl Ctl {
 async fn probe_loop(
     guard: TaskGuard,
     generation: u64,
-    group: usize,
-    peer: usize,
+    group: GroupId,
+    peer: PeerId,
     probe: Checker,
     interval: Duration,
 ) {
@@ -894,7 +895,7 @@ async fn probe_loop(
             Ok(d) => (true, d),
             Err(d) => (false, d),
         };
-        let change = ctl.groups.borrow_mut()[group].observe_probe(peer, ok, &detail, now);
+        let change = ctl.groups.borrow_mut()[group.index()].observe_probe(peer, ok, &detail, now);
         ctl.apply(group, peer, change, now);
         wait = jitter(interval).saturating_sub(started.elapsed());
     }

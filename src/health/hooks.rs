@@ -37,7 +37,7 @@ impl Hooks {
 
     /// Whether `config` can run with these hooks: every upstream with
     /// `health = { kind = "custom" }` has a check registered. `Err((key, reason))`.
-    pub fn check_config(&self, config: &Config) -> Result<(), (String, String)> {
+    pub(crate) fn check_config(&self, config: &Config) -> Result<(), (String, String)> {
         for (i, u) in config.upstreams.iter().enumerate() {
             let custom = u
                 .health
@@ -59,7 +59,7 @@ impl Hooks {
 
     /// What start also requires: every registered check names an upstream with
     /// `kind = "custom"` (a typo in the name would otherwise go unnoticed). `Err(reason)`.
-    pub fn check_registrations(&self, config: &Config) -> Result<(), String> {
+    pub(crate) fn check_registrations(&self, config: &Config) -> Result<(), String> {
         for name in self.checks.keys() {
             let custom = config.upstreams.iter().any(|u| {
                 u.name == *name

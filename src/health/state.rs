@@ -11,6 +11,7 @@
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::balance::PeerId;
 use crate::config::{PassiveHealth, StartState, UpstreamConfig};
 
 /// Largest doubling exponent of an ejection (the cap, `max_eject`, usually binds long before).
@@ -357,37 +358,37 @@ impl GroupHealth {
     /// Records a probe result of `peer`.
     pub fn observe_probe(
         &mut self,
-        peer: usize,
+        peer: PeerId,
         ok: bool,
         detail: &str,
         now: Instant,
     ) -> Option<Change> {
         let (rise, fall) = self.rise_fall;
         self.peers
-            .get_mut(peer)?
+            .get_mut(peer.index())?
             .observe_probe(ok, detail, rise, fall, now)
     }
 
     /// Records a request outcome of `peer` (`failure` = its description, `None` = success).
     pub fn observe_outcome(
         &mut self,
-        peer: usize,
+        peer: PeerId,
         failure: Option<&str>,
         now: Instant,
     ) -> Option<Change> {
         let may_eject = self.ejected() < self.max_ejected();
         let passive = self.passive;
         self.peers
-            .get_mut(peer)?
+            .get_mut(peer.index())?
             .observe_outcome(failure, &passive, may_eject, now)
     }
 
     /// Ends every ejection whose time has come; returns the changes.
-    pub fn expire(&mut self, now: Instant) -> Vec<(usize, Change)> {
+    pub fn expire(&mut self, now: Instant) -> Vec<(PeerId, Change)> {
         self.peers
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, p)| p.expire(now).map(|c| (i, c)))
+            .filter_map(|(i, p)| p.expire(now).map(|c| (PeerId::new(i), c)))
             .collect()
     }
 
@@ -617,23 +618,31 @@ mod tests {
         // 50% of 4 = 2.
         let mut g = group(4, 50);
         assert_eq!(g.max_ejected(), 2);
-        assert!(g.observe_outcome(0, Some("reset"), t0).is_some());
-        assert!(g.observe_outcome(1, Some("reset"), t0).is_some());
-        assert_eq!(g.observe_outcome(2, Some("reset"), t0), None);
+        assert!(g
+            .observe_outcome(PeerId::new(0), Some("reset"), t0)
+            .is_some());
+        assert!(g
+            .observe_outcome(PeerId::new(1), Some("reset"), t0)
+            .is_some());
+        assert_eq!(g.observe_outcome(PeerId::new(2), Some("reset"), t0), None);
         assert_eq!(g.ejected(), 2);
         assert_eq!(g.next_expiry(), Some(t0 + ms(100)));
         // Peer 2 stays at its threshold: once room frees up, its next failure ejects it.
         assert_eq!(g.expire(t0 + ms(100)).len(), 2);
         assert_eq!(g.next_expiry(), None);
-        assert!(g.observe_outcome(2, Some("reset"), t0 + ms(100)).is_some());
+        assert!(g
+            .observe_outcome(PeerId::new(2), Some("reset"), t0 + ms(100))
+            .is_some());
         // One peer of one (50% rounds down to 0): never ejected; 100% allows it.
         let mut g = group(1, 50);
         assert_eq!(g.max_ejected(), 0);
-        assert_eq!(g.observe_outcome(0, Some("reset"), t0), None);
+        assert_eq!(g.observe_outcome(PeerId::new(0), Some("reset"), t0), None);
         let mut g = group(1, 100);
-        assert!(g.observe_outcome(0, Some("reset"), t0).is_some());
+        assert!(g
+            .observe_outcome(PeerId::new(0), Some("reset"), t0)
+            .is_some());
         // 0% never ejects.
         let mut g = group(10, 0);
-        assert_eq!(g.observe_outcome(0, Some("reset"), t0), None);
+        assert_eq!(g.observe_outcome(PeerId::new(0), Some("reset"), t0), None);
     }
 }

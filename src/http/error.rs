@@ -61,7 +61,7 @@ impl HttpError {
         }
     }
 
-    /// The reason phrase sent with [`HttpError::status`]: [`status_reason`] of it.
+    /// The reason phrase sent with [`HttpError::status`]: `status_reason` of it.
     pub fn reason(&self) -> &'static str {
         status_reason(self.status())
     }

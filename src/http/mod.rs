@@ -11,7 +11,8 @@ mod parse;
 mod rewrite;
 
 pub use chunked::{copy_without, ChunkedDecoder};
-pub use error::{status_reason, write_error_response, HttpError};
+pub use error::HttpError;
+pub(crate) use error::{status_reason, write_error_response};
 pub use parse::{parse_request, parse_response, ParseStatus};
 pub use rewrite::{rewrite_request, rewrite_response, rewrite_switching, ForwardInfo};
 // The access log writes its numbers and addresses as the rewritten heads do.
@@ -31,25 +32,79 @@ pub enum Version {
     Http11,
 }
 
+/// Span is a run of bytes in the buffer a head was parsed from: the offsets `start..end`.
+///
+/// Its one accessor, [`Span::get`], never panics: a span that does not fit the buffer it is
+/// applied to (or that ends before it starts) reads as no bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// The span `start..end`.
+    #[inline]
+    pub const fn new(start: u32, end: u32) -> Span {
+        Span { start, end }
+    }
+
+    /// The offset of the first byte.
+    #[inline]
+    pub const fn start(self) -> u32 {
+        self.start
+    }
+
+    /// The offset one past the last byte.
+    #[inline]
+    pub const fn end(self) -> u32 {
+        self.end
+    }
+
+    /// The bytes of the span in `buf`; empty when the span does not fit `buf` (never panics).
+    #[inline]
+    pub fn get(self, buf: &[u8]) -> &[u8] {
+        buf.get(self.range()).unwrap_or_default()
+    }
+
+    /// The offsets as a `Range<usize>`.
+    #[inline]
+    pub fn range(self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    /// The number of bytes the span covers (0 if it ends before it starts).
+    #[inline]
+    pub const fn len(self) -> usize {
+        self.end.saturating_sub(self.start) as usize
+    }
+
+    /// Whether the span covers no bytes.
+    #[inline]
+    pub const fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// HeaderRange is one header field as byte offsets into the buffer the head was parsed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HeaderRange {
     /// Offsets of the field name.
-    pub name: (u32, u32),
+    pub name: Span,
     /// Offsets of the field value (surrounding whitespace already trimmed by httparse).
-    pub value: (u32, u32),
+    pub value: Span,
 }
 
 impl HeaderRange {
-    /// The field name bytes in `buf`.
+    /// The field name bytes in `buf` (empty if the offsets do not fit `buf`).
     #[inline]
-    pub fn name<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.name.0 as usize..self.name.1 as usize]
+    pub fn name(self, buf: &[u8]) -> &[u8] {
+        self.name.get(buf)
     }
-    /// The field value bytes in `buf`.
+    /// The field value bytes in `buf` (empty if the offsets do not fit `buf`).
     #[inline]
-    pub fn value<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.value.0 as usize..self.value.1 as usize]
+    pub fn value(self, buf: &[u8]) -> &[u8] {
+        self.value.get(buf)
     }
 }
 
@@ -115,21 +170,21 @@ pub struct RequestHead {
     /// The method.
     pub method: Method,
     /// Offsets of the method token (for forwarding `Other` methods verbatim).
-    pub method_range: (u32, u32),
+    pub method_range: Span,
     /// Offsets of the request target (origin-form `/path?query`, or absolute-form).
-    pub target: (u32, u32),
+    pub target: Span,
     /// Offsets of the path part of the target (no query); for absolute-form, the path after the authority.
     /// An absolute-form target without a path (`http://host?q`) gives an empty range here; the
     /// rewriter then sends `/`. For asterisk-form (`OPTIONS *`) it is the `*`.
-    pub path: (u32, u32),
+    pub path: Span,
     /// Offsets of the query (after `?`, without it), if any.
-    pub query: Option<(u32, u32)>,
+    pub query: Option<Span>,
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
     /// All header fields in order.
     pub headers: Vec<HeaderRange>,
     /// The Host header value, if present (exactly one allowed; two → 400).
-    pub host: Option<(u32, u32)>,
+    pub host: Option<Span>,
     /// Request body framing after the smuggling checks.
     pub body: BodyKind,
     /// Whether the client wants the connection kept after this exchange (version default +
@@ -152,10 +207,7 @@ impl RequestHead {
     /// from; offsets outside it read as absent.
     pub fn has_idempotency_key(&self, buf: &[u8]) -> bool {
         self.headers.iter().any(|h| {
-            let name = buf.get(range(h.name));
-            let value = buf.get(range(h.value));
-            name.is_some_and(|n| n.eq_ignore_ascii_case(b"idempotency-key"))
-                && value.is_some_and(|v| !v.is_empty())
+            h.name(buf).eq_ignore_ascii_case(b"idempotency-key") && !h.value(buf).is_empty()
         })
     }
 
@@ -164,12 +216,11 @@ impl RequestHead {
     pub fn upgrade_protocols(&self, buf: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         for h in &self.headers {
-            let name = buf.get(range(h.name)).unwrap_or_default();
-            if name.eq_ignore_ascii_case(b"upgrade") {
+            if h.name(buf).eq_ignore_ascii_case(b"upgrade") {
                 if !out.is_empty() {
                     out.push(b',');
                 }
-                out.extend_from_slice(buf.get(range(h.value)).unwrap_or_default());
+                out.extend_from_slice(h.value(buf));
             }
         }
         out
@@ -180,9 +231,9 @@ impl Default for RequestHead {
     fn default() -> Self {
         RequestHead {
             method: Method::Get,
-            method_range: (0, 0),
-            target: (0, 0),
-            path: (0, 0),
+            method_range: Span::default(),
+            target: Span::default(),
+            path: Span::default(),
             query: None,
             version: Version::Http11,
             headers: Vec::with_capacity(32),
@@ -202,7 +253,7 @@ pub struct ResponseHead {
     /// Status code.
     pub status: u16,
     /// Offsets of the reason phrase.
-    pub reason: (u32, u32),
+    pub reason: Span,
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
     /// All header fields in order.
@@ -224,7 +275,7 @@ impl Default for ResponseHead {
     fn default() -> Self {
         ResponseHead {
             status: 0,
-            reason: (0, 0),
+            reason: Span::default(),
             version: Version::Http11,
             headers: Vec::with_capacity(32),
             body: BodyKind::None,
@@ -233,18 +284,6 @@ impl Default for ResponseHead {
             head_len: 0,
         }
     }
-}
-
-/// Returns the bytes of an offset pair.
-#[inline]
-pub fn slice(buf: &[u8], r: (u32, u32)) -> &[u8] {
-    &buf[r.0 as usize..r.1 as usize]
-}
-
-/// Converts an offset pair into a `Range<usize>`.
-#[inline]
-pub fn range(r: (u32, u32)) -> Range<usize> {
-    r.0 as usize..r.1 as usize
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! byte goes upstream.
 
 use super::{
-    BodyKind, HeaderRange, HttpError, Method, RequestHead, ResponseHead, Version, MAX_HEADERS,
+    BodyKind, HeaderRange, HttpError, Method, RequestHead, ResponseHead, Span, Version, MAX_HEADERS,
 };
 use crate::config::Limits;
 use std::mem::MaybeUninit;
@@ -250,14 +250,14 @@ impl ConnectionOptions {
 /// The offsets of `s` inside the buffer starting at `base` of length `len`.
 ///
 /// Every non-empty slice httparse returns lies inside the buffer. An empty slice may be a
-/// static `""`; it maps to `(0, 0)`, which denotes the same (empty) bytes.
+/// static `""`; it maps to `0..0`, which denotes the same (empty) bytes.
 #[inline]
-fn span(base: usize, len: usize, s: &[u8]) -> (u32, u32) {
+fn span(base: usize, len: usize, s: &[u8]) -> Span {
     let start = (s.as_ptr() as usize).wrapping_sub(base);
     match start.checked_add(s.len()) {
         // len <= u32::MAX is guaranteed by the callers, so the casts are lossless.
-        Some(end) if end <= len => (start as u32, end as u32),
-        _ => (0, 0),
+        Some(end) if end <= len => Span::new(start as u32, end as u32),
+        _ => Span::default(),
     }
 }
 
@@ -330,15 +330,18 @@ fn method_of(token: &[u8]) -> Method {
 }
 
 /// TargetParts is the path and query of a request target, as offsets.
-type TargetParts = ((u32, u32), Option<(u32, u32)>);
+type TargetParts = (Span, Option<Span>);
 
 /// Splits a path-and-query starting at offset `at` into path and query offsets.
 #[inline]
 fn split_query(tail: &[u8], at: u32) -> TargetParts {
     let end = at + tail.len() as u32;
     match tail.iter().position(|&b| b == b'?') {
-        Some(q) => ((at, at + q as u32), Some((at + q as u32 + 1, end))),
-        None => ((at, end), None),
+        Some(q) => (
+            Span::new(at, at + q as u32),
+            Some(Span::new(at + q as u32 + 1, end)),
+        ),
+        None => (Span::new(at, end), None),
     }
 }
 
@@ -359,7 +362,7 @@ fn parse_target(target: &[u8], at: u32, method: Method) -> Result<TargetParts, H
     }
     match target {
         [b'/', ..] => Ok(split_query(target, at)),
-        b"*" if method == Method::Options => Ok(((at, at + 1), None)),
+        b"*" if method == Method::Options => Ok((Span::new(at, at + 1), None)),
         b"*" => Err(HttpError::BadRequest("asterisk-form is only for OPTIONS")),
         _ => {
             let has_prefix = |p: &[u8]| {
@@ -398,7 +401,7 @@ pub(super) fn wants_continue(value: &[u8]) -> bool {
 ///
 /// Returns `Partial` when more bytes are needed, `Complete` when `head` is filled in (the head
 /// is `buf[..head.head_len]`; what follows is body or the next request). On `Err` the contents
-/// of `head` are unspecified. Errors, each answered by [`super::write_error_response`]:
+/// of `head` are unspecified. Errors, each answered by `http::write_error_response`:
 /// - 414 when the request line exceeds `limits.max_request_line_bytes` (checked while partial too);
 /// - 431 when the head reaches `limits.max_header_bytes` or has more than [`MAX_HEADERS`] fields;
 /// - 400 for syntax errors (including obs-fold and whitespace before a colon), a bad target,
@@ -447,7 +450,8 @@ pub fn parse_request(
     }
     let target_bytes = req.path.unwrap_or_default().as_bytes();
     let target = span(base, cap, target_bytes);
-    let line_len = (target.1 as usize + " HTTP/1.1".len()).saturating_sub(method_range.0 as usize);
+    let line_len =
+        (target.end() as usize + " HTTP/1.1".len()).saturating_sub(method_range.start() as usize);
     if line_len > limits.max_request_line_bytes {
         return Err(HttpError::UriTooLong);
     }
@@ -456,7 +460,7 @@ pub fn parse_request(
         // httparse only accepts HTTP/1.0 and HTTP/1.1.
         _ => Version::Http11,
     };
-    let (path, query) = parse_target(target_bytes, target.0, method)?;
+    let (path, query) = parse_target(target_bytes, target.start(), method)?;
 
     // Header fields: record offsets and collect what framing and routing need, in one pass.
     head.headers.clear();
@@ -573,7 +577,7 @@ pub fn parse_request(
 ///
 /// Used when httparse reports an empty reason: it substitutes a static `""` for reasons
 /// containing obs-text, which we forward verbatim instead.
-fn reason_span(head: &[u8]) -> (u32, u32) {
+fn reason_span(head: &[u8]) -> Span {
     let start = leading_empty_lines(head);
     let line = head.get(start..).unwrap_or_default();
     let nl = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
@@ -583,7 +587,7 @@ fn reason_span(head: &[u8]) -> (u32, u32) {
     }
     // "HTTP/1.1 200 " is 13 bytes; httparse validated the version and code.
     let reason_start = end.min(13);
-    ((start + reason_start) as u32, (start + end) as u32)
+    Span::new((start + reason_start) as u32, (start + end) as u32)
 }
 
 /// Parses a response head from the start of `buf` into `head`.
@@ -712,7 +716,6 @@ pub fn parse_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::slice;
 
     fn limits() -> Limits {
         Limits::default()
@@ -755,12 +758,12 @@ mod tests {
         let raw = b"GET /a/b?x=1&y=2 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\nBODY";
         let h = req(raw).unwrap();
         assert_eq!(h.method, Method::Get);
-        assert_eq!(slice(raw, h.method_range), b"GET");
-        assert_eq!(slice(raw, h.target), b"/a/b?x=1&y=2");
-        assert_eq!(slice(raw, h.path), b"/a/b");
-        assert_eq!(slice(raw, h.query.unwrap()), b"x=1&y=2");
+        assert_eq!(h.method_range.get(raw), b"GET");
+        assert_eq!(h.target.get(raw), b"/a/b?x=1&y=2");
+        assert_eq!(h.path.get(raw), b"/a/b");
+        assert_eq!(h.query.unwrap().get(raw), b"x=1&y=2");
         assert_eq!(h.version, Version::Http11);
-        assert_eq!(slice(raw, h.host.unwrap()), b"example.com");
+        assert_eq!(h.host.unwrap().get(raw), b"example.com");
         assert_eq!(h.headers.len(), 2);
         assert_eq!(h.headers[1].name(raw), b"Accept");
         assert_eq!(h.headers[1].value(raw), b"*/*");
@@ -787,7 +790,7 @@ mod tests {
             let raw = format!("{m} / HTTP/1.1\r\nHost: h\r\n\r\n");
             let h = req(raw.as_bytes()).unwrap();
             assert_eq!(h.method, want, "{m}");
-            assert_eq!(slice(raw.as_bytes(), h.method_range), m.as_bytes());
+            assert_eq!(h.method_range.get(raw.as_bytes()), m.as_bytes());
         }
         assert_eq!(
             req(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").unwrap_err(),
@@ -820,19 +823,23 @@ mod tests {
     fn absolute_form_targets() {
         let raw = b"GET http://example.com:8080/p/q?x=1 HTTP/1.1\r\nHost: example.com:8080\r\n\r\n";
         let h = req(raw).unwrap();
-        assert_eq!(slice(raw, h.target), b"http://example.com:8080/p/q?x=1");
-        assert_eq!(slice(raw, h.path), b"/p/q");
-        assert_eq!(slice(raw, h.query.unwrap()), b"x=1");
+        assert_eq!(h.target.get(raw), b"http://example.com:8080/p/q?x=1");
+        assert_eq!(h.path.get(raw), b"/p/q");
+        assert_eq!(h.query.unwrap().get(raw), b"x=1");
 
         let raw = b"GET HTTPS://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n";
         let h = req(raw).unwrap();
-        assert_eq!(h.path, (23, 23), "empty path at the end of the authority");
+        assert_eq!(
+            h.path,
+            Span::new(23, 23),
+            "empty path at the end of the authority"
+        );
         assert_eq!(h.query, None);
 
         let raw = b"GET http://example.com?a=b HTTP/1.1\r\nHost: example.com\r\n\r\n";
         let h = req(raw).unwrap();
-        assert_eq!(slice(raw, h.path), b"");
-        assert_eq!(slice(raw, h.query.unwrap()), b"a=b");
+        assert_eq!(h.path.get(raw), b"");
+        assert_eq!(h.query.unwrap().get(raw), b"a=b");
 
         for bad in [
             &b"GET http:///p HTTP/1.1\r\nHost: h\r\n\r\n"[..],
@@ -853,7 +860,7 @@ mod tests {
     fn asterisk_form_only_for_options() {
         let raw = b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n";
         let h = req(raw).unwrap();
-        assert_eq!(slice(raw, h.path), b"*");
+        assert_eq!(h.path.get(raw), b"*");
         assert_eq!(h.query, None);
         assert_eq!(
             req(b"GET * HTTP/1.1\r\nHost: h\r\n\r\n").unwrap_err(),
@@ -865,13 +872,13 @@ mod tests {
     fn empty_query_and_leading_empty_lines() {
         let raw = b"GET /p? HTTP/1.1\r\nHost: h\r\n\r\n";
         let h = req(raw).unwrap();
-        assert_eq!(slice(raw, h.path), b"/p");
-        assert_eq!(slice(raw, h.query.unwrap()), b"");
+        assert_eq!(h.path.get(raw), b"/p");
+        assert_eq!(h.query.unwrap().get(raw), b"");
 
         let raw = b"\r\n\r\nGET /x HTTP/1.1\r\nHost: h\r\n\r\n";
         let h = req(raw).unwrap();
-        assert_eq!(slice(raw, h.path), b"/x");
-        assert_eq!(slice(raw, h.method_range), b"GET");
+        assert_eq!(h.path.get(raw), b"/x");
+        assert_eq!(h.method_range.get(raw), b"GET");
         assert_eq!(h.head_len, raw.len());
     }
 
@@ -1003,10 +1010,7 @@ mod tests {
         let h = req(b"GET / HTTP/1.0\r\n\r\n").unwrap();
         assert_eq!(h.host, None);
         let raw = b"GET / HTTP/1.1\r\nHOST:   example.com:80  \r\n\r\n";
-        assert_eq!(
-            slice(raw, req(raw).unwrap().host.unwrap()),
-            b"example.com:80"
-        );
+        assert_eq!(req(raw).unwrap().host.unwrap().get(raw), b"example.com:80");
     }
 
     // ---- framing / smuggling ----
@@ -1259,7 +1263,7 @@ mod tests {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: x\r\n\r\nhello";
         let h = resp(raw, Method::Get).unwrap();
         assert_eq!(h.status, 200);
-        assert_eq!(slice(raw, h.reason), b"OK");
+        assert_eq!(h.reason.get(raw), b"OK");
         assert_eq!(h.version, Version::Http11);
         assert_eq!(h.body, BodyKind::Length(5));
         assert!(h.keep_alive);
@@ -1272,20 +1276,20 @@ mod tests {
     fn response_reason_forms() {
         let raw = b"HTTP/1.1 404 Not Found Here\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
-            slice(raw, resp(raw, Method::Get).unwrap().reason),
+            resp(raw, Method::Get).unwrap().reason.get(raw),
             b"Not Found Here"
         );
         let raw = b"HTTP/1.1 204 \r\n\r\n";
-        assert_eq!(slice(raw, resp(raw, Method::Get).unwrap().reason), b"");
+        assert_eq!(resp(raw, Method::Get).unwrap().reason.get(raw), b"");
         let raw = b"HTTP/1.1 204\r\n\r\n";
-        assert_eq!(slice(raw, resp(raw, Method::Get).unwrap().reason), b"");
+        assert_eq!(resp(raw, Method::Get).unwrap().reason.get(raw), b"");
         let raw = b"HTTP/1.1 200 D\xe9j\xe0 vu\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
-            slice(raw, resp(raw, Method::Get).unwrap().reason),
+            resp(raw, Method::Get).unwrap().reason.get(raw),
             b"D\xe9j\xe0 vu"
         );
         let raw = b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(slice(raw, resp(raw, Method::Get).unwrap().reason), b"OK");
+        assert_eq!(resp(raw, Method::Get).unwrap().reason.get(raw), b"OK");
     }
 
     #[test]

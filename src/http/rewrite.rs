@@ -21,7 +21,7 @@
 use super::parse::{
     classify, fold_content_length, list_items, wants_continue, KnownHeader, MAX_CONNECTION_OPTIONS,
 };
-use super::{BodyKind, HeaderRange, RequestHead, ResponseHead, Version};
+use super::{BodyKind, HeaderRange, RequestHead, ResponseHead, Span, Version};
 use std::io::Write as _;
 use std::net::IpAddr;
 
@@ -32,12 +32,6 @@ pub struct ForwardInfo {
     pub client_ip: IpAddr,
     /// `http` or `https` (X-Forwarded-Proto).
     pub proto: &'static str,
-}
-
-/// The bytes of an offset pair, or nothing if it does not fit `buf` (never panics).
-#[inline]
-fn bytes(buf: &[u8], r: (u32, u32)) -> &[u8] {
-    buf.get(r.0 as usize..r.1 as usize).unwrap_or_default()
 }
 
 /// Appends the decimal digits of `n` (no allocation, no formatting machinery).
@@ -115,8 +109,8 @@ impl LineCopier {
     /// Queues the header line `h` (`name: value\r\n`) for copying.
     #[inline]
     fn push(&mut self, out: &mut Vec<u8>, buf: &[u8], h: &HeaderRange) {
-        let (name_start, name_end) = (h.name.0 as usize, h.name.1 as usize);
-        let value_end = h.value.1 as usize;
+        let (name_start, name_end) = (h.name.start() as usize, h.name.end() as usize);
+        let value_end = h.value.end() as usize;
         // The line can be copied as is when the value ends right before its CRLF (no trailing
         // whitespace, no bare LF) and lies after the name.
         if value_end >= name_end && buf.get(value_end..value_end + 2) == Some(b"\r\n") {
@@ -133,9 +127,9 @@ impl LineCopier {
         match buf.get(name_start..value_end) {
             Some(line) if value_end >= name_end => out.extend_from_slice(line),
             _ => {
-                out.extend_from_slice(bytes(buf, h.name));
+                out.extend_from_slice(h.name.get(buf));
                 out.extend_from_slice(b": ");
-                out.extend_from_slice(bytes(buf, h.value));
+                out.extend_from_slice(h.value.get(buf));
             }
         }
         out.extend_from_slice(b"\r\n");
@@ -169,11 +163,11 @@ impl<'a> ConnectionNamed<'a> {
     fn collect(buf: &'a [u8], headers: &[HeaderRange]) -> Option<Self> {
         let mut named: Option<Self> = None;
         for h in headers {
-            let name = bytes(buf, h.name);
+            let name = h.name.get(buf);
             if name.len() != 10 || !name.eq_ignore_ascii_case(b"connection") {
                 continue;
             }
-            let value = bytes(buf, h.value);
+            let value = h.value.get(buf);
             if value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close") {
                 continue;
             }
@@ -221,10 +215,10 @@ fn is_named(named: &Option<ConnectionNamed<'_>>, name: &[u8]) -> bool {
 fn push_joined(out: &mut Vec<u8>, buf: &[u8], headers: &[HeaderRange], kind: KnownHeader) -> bool {
     let mut any = false;
     for h in headers {
-        if classify(bytes(buf, h.name)) != kind {
+        if classify(h.name.get(buf)) != kind {
             continue;
         }
-        let value = bytes(buf, h.value);
+        let value = h.value.get(buf);
         if value.is_empty() {
             continue;
         }
@@ -253,19 +247,19 @@ fn push_joined(out: &mut Vec<u8>, buf: &[u8], headers: &[HeaderRange], kind: Kno
 pub fn rewrite_request(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out: &mut Vec<u8>) {
     out.reserve(head.head_len + 160);
 
-    if head.path.0 != head.target.0 {
+    if head.path.start() != head.target.start() {
         // Absolute-form: the path starts after the authority.
-        out.extend_from_slice(bytes(buf, head.method_range));
+        out.extend_from_slice(head.method_range.get(buf));
         out.push(b' ');
-        let path = bytes(buf, head.path);
+        let path = head.path.get(buf);
         out.extend_from_slice(if path.is_empty() { b"/" } else { path });
         if let Some(q) = head.query {
             out.push(b'?');
-            out.extend_from_slice(bytes(buf, q));
+            out.extend_from_slice(q.get(buf));
         }
     } else {
         // "<method> <target>" is contiguous in the buffer (httparse allows one SP only).
-        out.extend_from_slice(bytes(buf, (head.method_range.0, head.target.1)));
+        out.extend_from_slice(Span::new(head.method_range.start(), head.target.end()).get(buf));
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
@@ -274,7 +268,7 @@ pub fn rewrite_request(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out: &
     let mut forwarded_for = false;
     let mut via = false;
     for h in &head.headers {
-        let name = bytes(buf, h.name);
+        let name = h.name.get(buf);
         match classify(name) {
             // An upgrade the upstream may tunnel keeps its `Upgrade` (though `Connection`
             // names it): the upstream answers it with 101 or as a plain request.
@@ -294,7 +288,7 @@ pub fn rewrite_request(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out: &
             // `100-continue` goes on only while ringlb waits for the upstream's 100; when it
             // answers 100 itself (or the expectation does not apply) the upstream gets the
             // whole request without it.
-            KnownHeader::Expect if !head.expect_continue && wants_continue(bytes(buf, h.value)) => {
+            KnownHeader::Expect if !head.expect_continue && wants_continue(h.value.get(buf)) => {
                 continue
             }
             _ => {
@@ -349,12 +343,12 @@ pub fn rewrite_request(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out: &
 pub fn rewrite_switching(buf: &[u8], head: &ResponseHead, out: &mut Vec<u8>) {
     out.reserve(head.head_len + 32);
     out.extend_from_slice(b"HTTP/1.1 101 ");
-    out.extend_from_slice(bytes(buf, head.reason));
+    out.extend_from_slice(head.reason.get(buf));
     out.extend_from_slice(b"\r\n");
     let named = ConnectionNamed::collect(buf, &head.headers);
     let mut copier = LineCopier::default();
     for h in &head.headers {
-        let name = bytes(buf, h.name);
+        let name = h.name.get(buf);
         match classify(name) {
             KnownHeader::Upgrade => {}
             k if k.is_hop_by_hop() => continue,
@@ -397,14 +391,14 @@ pub fn rewrite_response(
 
     out.extend_from_slice(b"HTTP/1.1 ");
     push_status(out, head.status);
-    out.extend_from_slice(bytes(buf, head.reason));
+    out.extend_from_slice(head.reason.get(buf));
     out.extend_from_slice(b"\r\n");
 
     let named = ConnectionNamed::collect(buf, &head.headers);
     let mut copier = LineCopier::default();
     let mut content_length = false;
     for h in &head.headers {
-        let name = bytes(buf, h.name);
+        let name = h.name.get(buf);
         match classify(name) {
             k if k.is_hop_by_hop() => continue,
             KnownHeader::ContentLength => {
@@ -445,8 +439,8 @@ pub fn rewrite_response(
                 let valid = head
                     .headers
                     .iter()
-                    .filter(|h| classify(bytes(buf, h.name)) == KnownHeader::ContentLength)
-                    .all(|h| fold_content_length(bytes(buf, h.value), &mut n));
+                    .filter(|h| classify(h.name.get(buf)) == KnownHeader::ContentLength)
+                    .all(|h| fold_content_length(h.value.get(buf), &mut n));
                 if let (true, Some(n)) = (valid, n) {
                     out.extend_from_slice(b"Content-Length: ");
                     push_u64(out, n);

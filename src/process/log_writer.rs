@@ -39,7 +39,7 @@ impl<W: Write> Write for DropOnError<W> {
 }
 
 /// StderrLog is the `MakeWriter` the binary logs through: unbuffered stderr wrapped in
-/// [`DropOnError`], so logging never fails and never panics.
+/// `DropOnError`, so logging never fails and never panics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StderrLog;
 

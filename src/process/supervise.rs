@@ -46,7 +46,7 @@ pub fn run_supervised<R>(
     }
 }
 
-/// spawn_supervised spawns a thread named `name` running `body` under [`run_supervised`]
+/// spawn_supervised spawns a thread named `name` running `body` under `run_supervised`
 /// with `on_panic` as the panic action. Joining it succeeds even when `body` panicked.
 pub fn spawn_supervised<F, P>(name: &str, body: F, on_panic: P) -> io::Result<JoinHandle<()>>
 where

@@ -16,7 +16,7 @@ use monoio::io::Canceller;
 
 use super::{Picker, Router};
 use crate::access_log::ShardLog;
-use crate::config::Config;
+use crate::config::{Config, GroupId, ShardId};
 use crate::control::{ControlMsg, ListenChange, Notify, Outcome, ShardReporter, Snapshot};
 use crate::failover::Failure;
 use crate::metrics::{ShardHandles, ShardMetrics};
@@ -25,12 +25,13 @@ use crate::upstream::UpstreamGroup;
 /// Live is what a shard serves requests with under one configuration generation: the config
 /// snapshot, the shard's replica of every upstream group, the router. Immutable once built; a
 /// reload builds the next one.
-pub struct Live {
+pub(crate) struct Live {
     /// The configuration (immutable snapshot).
     pub config: Arc<Config>,
     /// The generation (see [`Snapshot::generation`]); reports carry it.
     pub generation: u64,
-    /// This shard's replica of every upstream group, in config order.
+    /// This shard's replica of every upstream group, in config order (index = [`GroupId`];
+    /// read with [`Live::group`]).
     pub groups: Vec<Rc<UpstreamGroup>>,
     /// Route table: request → group index (the default picker).
     pub router: Router,
@@ -68,8 +69,8 @@ impl Live {
     /// The next generation: groups that stay (by name) succeed their old replica (state
     /// carried over, see `UpstreamGroup::succeed`), new ones start fresh, removed ones close
     /// their idle connections (their in-flight requests finish on the old `Live`).
-    fn succeed(&self, snap: &Snapshot, shard: usize) -> Live {
-        let metrics = snap.metrics.get(shard);
+    fn succeed(&self, snap: &Snapshot, shard: ShardId) -> Live {
+        let metrics = snap.metrics(shard);
         let mut old: HashMap<&str, &Rc<UpstreamGroup>> =
             self.groups.iter().map(|g| (g.name.as_str(), g)).collect();
         let groups = snap
@@ -78,8 +79,9 @@ impl Live {
             .iter()
             .enumerate()
             .map(|(gi, u)| {
-                let eligible = snap.eligible.get(gi).map_or(&[][..], Vec::as_slice);
-                let handles = metrics.and_then(|m| m.upstreams.get(gi));
+                let gi = GroupId::new(gi);
+                let eligible = snap.eligible(gi);
+                let handles = metrics.and_then(|m| m.upstreams.get(gi.index()));
                 match old.remove(u.name.as_str()) {
                     Some(prev) => UpstreamGroup::succeed(prev, u, eligible, handles),
                     None => {
@@ -98,15 +100,21 @@ impl Live {
         }
         Live::with_groups(snap.config.clone(), snap.generation, groups)
     }
+
+    /// This shard's replica of group `id`, if this generation has such a group.
+    #[inline]
+    pub fn group(&self, id: GroupId) -> Option<&Rc<UpstreamGroup>> {
+        self.groups.get(id.index())
+    }
 }
 
 /// ShardCtx is everything the connections of one shard share (behind an `Rc`): the current
 /// [`Live`] state, the router or picker, the passive-health reporter, and the shard's control
 /// channel with the shutdown state it sets. The shard embeds it (`shard::Shard`) and adds what
 /// only its own loops count.
-pub struct ShardCtx {
-    /// The shard's index.
-    pub id: usize,
+pub(crate) struct ShardCtx {
+    /// The shard.
+    pub id: ShardId,
     /// The current generation's state; swapped by a reload.
     live: RefCell<Rc<Live>>,
     /// A library user's picker, replacing the router when set.
@@ -137,7 +145,7 @@ pub struct ShardCtx {
 impl ShardCtx {
     /// Builds a shard's context from the config.
     pub fn new(
-        id: usize,
+        id: ShardId,
         config: Arc<Config>,
         control: Receiver<ControlMsg>,
         picker: Option<Arc<dyn Picker>>,
@@ -179,7 +187,7 @@ impl ShardCtx {
             match msg {
                 ControlMsg::Shutdown => self.begin_shutdown(),
                 ControlMsg::Health(change) => {
-                    if let Some(g) = self.live.borrow().groups.get(change.group) {
+                    if let Some(g) = self.live.borrow().group(change.group) {
                         g.set_health(change.peer, change.eligible);
                     }
                     self.health.applied(&change);
@@ -198,7 +206,7 @@ impl ShardCtx {
         let next = self.live.borrow().succeed(snap, self.id);
         self.health.reconfigure(&snap.config, snap.generation);
         tracing::debug!(
-            shard = self.id,
+            shard = %self.id,
             generation = snap.generation,
             "configuration applied"
         );
@@ -210,7 +218,7 @@ impl ShardCtx {
             return;
         }
         tracing::debug!(
-            shard = self.id,
+            shard = %self.id,
             "shutdown: stop accepting, closing idle connections"
         );
         let old = std::mem::take(&mut *self.canceller.borrow_mut());

@@ -116,7 +116,7 @@ impl<C: Transport> Conn<'_, C> {
         // connect counts too, or a peer that is slow to accept looks idle to the load-aware
         // selectors and attracts every request meanwhile.
         let _active = ActiveGuard::new(group, peer_id);
-        let pm = &*group.peers[peer_id].metrics;
+        let pm = &*group.peer(peer_id).metrics;
         let mut fresh_only = false;
         let mut stale_replayed = false;
         loop {
@@ -217,7 +217,7 @@ impl<C: Transport> Conn<'_, C> {
                     }
                     tracing::debug!(
                         group = %group.name,
-                        peer = %group.peers[peer_id].address,
+                        peer = %group.peer(peer_id).address,
                         "pooled connection failed before the peer answered ({}); sending the \
                          request on a fresh one",
                         if unsent { "nothing sent" } else { "closed by the peer" }
@@ -537,7 +537,7 @@ async fn connect(
     peer: PeerId,
     try_deadline: Option<Instant>,
 ) -> Result<Connection, Failure> {
-    let p = &group.peers[peer];
+    let p = group.peer(peer);
     let limit = within(group.timeouts.connect, try_deadline);
     match monoio::time::timeout(limit, TcpStream::connect_addr(p.addr)).await {
         Ok(Ok(stream)) => {

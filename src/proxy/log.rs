@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::Conn;
 use crate::access_log::Entry;
-use crate::http::{slice, Version};
+use crate::config::GroupId;
+use crate::http::Version;
 use crate::io::Transport;
 
 /// RequestLog is the current request's access-log facts.
@@ -30,8 +31,8 @@ pub(super) struct RequestLog {
     pub status: u16,
     /// Body bytes sent to the client.
     pub body_bytes: u64,
-    /// The upstream group's index, once routed.
-    pub upstream: Option<usize>,
+    /// The upstream group, once routed.
+    pub upstream: Option<GroupId>,
     /// The peer of the last try.
     pub peer: Option<SocketAddr>,
     /// Tries made.
@@ -70,8 +71,8 @@ impl<C: Transport> Conn<'_, C> {
                     .map(|x| x.value(buf))
             };
             (
-                copy(slice(buf, h.method_range)),
-                copy(slice(buf, h.target)),
+                copy(h.method_range.get(buf)),
+                copy(h.target.get(buf)),
                 header(b"referer").map(&mut copy),
                 header(b"user-agent").map(&mut copy),
             )
@@ -97,7 +98,7 @@ impl<C: Transport> Conn<'_, C> {
         let log = &self.log;
         let upstream = log
             .upstream
-            .and_then(|gi| self.live.groups.get(gi))
+            .and_then(|id| self.live.group(id))
             .map(|g| g.name.as_str());
         shard_log.record(&Entry {
             client: self.client,

@@ -8,7 +8,7 @@
 //! client never sees mixed or truncated-but-complete-looking bytes.
 //!
 //! The pieces, each in its own file:
-//! - this file: the connection ([`serve`], `Conn`) and one request's driver
+//! - this file: the connection (`serve`, `Conn`) and one request's driver
 //!   (`handle_request`): route, keep or stream the body, then run the try loop;
 //! - `tries`: the try loop's decisions as a synchronous state machine (tried set, held
 //!   response, backoff, stale-replay rule, breaker and health outcomes), unit-tested;
@@ -33,9 +33,9 @@ mod route;
 mod tries;
 mod tunnel;
 
-pub use context::{Live, ShardCtx};
+pub(crate) use context::{Live, ShardCtx};
 pub use picker::{Pick, Picker, RequestInfo, Upstreams};
-pub use route::Router;
+pub(crate) use route::Router;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -61,7 +61,7 @@ const UPSTREAM_BUF: usize = 16 * 1024;
 const STREAM_BUF: usize = 64 * 1024;
 
 /// Serves one downstream connection until it closes.
-pub async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
+pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
     let mut conn = Conn {
         ctx,
         live: ctx.live(),
@@ -188,15 +188,15 @@ impl<C: Transport> Conn<'_, C> {
                 hash: None,
             },
         };
-        let Some(group_idx) = pick.upstream else {
+        let Some(group_id) = pick.upstream else {
             return self.reply_not_found().await;
         };
-        let Some(group) = live.groups.get(group_idx) else {
+        let Some(group) = live.group(group_id) else {
             return self.reply_not_found().await;
         };
         group.metrics.requests.inc();
         if self.logging() {
-            self.log.upstream = Some(group_idx);
+            self.log.upstream = Some(group_id);
         }
         if self.head.upgrade
             && !group
@@ -276,10 +276,10 @@ impl<C: Transport> Conn<'_, C> {
                     return self.reply_error(&err, keep).await;
                 }
             };
-            let pm = &*group.peers[peer].metrics;
+            let pm = &*group.peer(peer).metrics;
             pm.requests.inc();
             if self.logging() {
-                self.log.peer = Some(group.peers[peer].addr);
+                self.log.peer = Some(group.peer(peer).addr);
                 self.log.tries = tries.count();
             }
             if tries.count() > 1 {
@@ -331,7 +331,7 @@ impl<C: Transport> Conn<'_, C> {
                 group.metrics.retry_budget_exhausted.inc();
             }
             if let Some((peer, outcome)) = finished.report {
-                ctx.health.report(live.generation, group_idx, peer, outcome);
+                ctx.health.report(live.generation, group_id, peer, outcome);
             }
             match finished.then {
                 Then::Done => return keep_client,

@@ -8,14 +8,15 @@
 
 use std::net::SocketAddr;
 
+use crate::config::GroupId;
 use crate::failover::FailureHooks;
-use crate::http::{slice, Method, RequestHead};
+use crate::http::{Method, RequestHead};
 
 /// Pick is a picker's decision for one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pick {
-    /// Index of the upstream group (see [`Upstreams::index`]); `None` answers 404.
-    pub upstream: Option<usize>,
+    /// The upstream group (see [`Upstreams::index`]); `None` answers 404.
+    pub upstream: Option<GroupId>,
     /// Hash key for hashing algorithms (see [`crate::balance::stable_hash`]); `None` uses the
     /// group's configured `hash_key` (or round robin when the group does not hash).
     pub hash: Option<u64>,
@@ -33,9 +34,9 @@ impl<'a> Upstreams<'a> {
     pub fn new(names: &'a [String]) -> Self {
         Upstreams { names }
     }
-    /// The index of the group named `name`.
-    pub fn index(&self, name: &str) -> Option<usize> {
-        self.names.iter().position(|n| n == name)
+    /// The group named `name`.
+    pub fn index(&self, name: &str) -> Option<GroupId> {
+        self.names.iter().position(|n| n == name).map(GroupId::new)
     }
     /// How many groups there are.
     pub fn len(&self) -> usize {
@@ -69,23 +70,23 @@ impl<'a> RequestInfo<'a> {
     }
     /// The method token as sent.
     pub fn method_str(&self) -> &'a [u8] {
-        slice(self.buf, self.head.method_range)
+        self.head.method_range.get(self.buf)
     }
     /// The request target as sent (`/path?query`).
     pub fn target(&self) -> &'a [u8] {
-        slice(self.buf, self.head.target)
+        self.head.target.get(self.buf)
     }
     /// The path, without the query.
     pub fn path(&self) -> &'a [u8] {
-        slice(self.buf, self.head.path)
+        self.head.path.get(self.buf)
     }
     /// The query (after `?`), if any.
     pub fn query(&self) -> Option<&'a [u8]> {
-        self.head.query.map(|q| slice(self.buf, q))
+        self.head.query.map(|q| q.get(self.buf))
     }
     /// The Host header, if any.
     pub fn host(&self) -> Option<&'a [u8]> {
-        self.head.host.map(|h| slice(self.buf, h))
+        self.head.host.map(|h| h.get(self.buf))
     }
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {

@@ -28,7 +28,7 @@ impl<C: Transport> Conn<'_, C> {
             body_done,
         } = held;
         let t = group.timeouts;
-        let pm = &*group.peers[peer_id].metrics;
+        let pm = &*group.peer(peer_id).metrics;
         let client_idle = self.live.config.timeouts.client_idle;
         let client_version = self.head.version;
         let resp_body = self.resp.body;

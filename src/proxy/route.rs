@@ -1,10 +1,10 @@
 //! Routing: the first `[[route]]` whose conditions all match picks the upstream group.
 
-use crate::config::Config;
-use crate::http::{slice, RequestHead};
+use crate::config::{Config, GroupId};
+use crate::http::RequestHead;
 
 /// Router is the compiled route table of one shard.
-pub struct Router {
+pub(crate) struct Router {
     /// Routes in config order.
     routes: Vec<Route>,
 }
@@ -17,8 +17,8 @@ struct Route {
     path_prefix: Option<Vec<u8>>,
     /// Header name (matched case-insensitively) and exact value.
     header: Option<(Vec<u8>, Vec<u8>)>,
-    /// Index of the upstream group.
-    upstream: usize,
+    /// The upstream group.
+    upstream: GroupId,
 }
 
 impl Router {
@@ -40,11 +40,11 @@ impl Router {
         Router { routes }
     }
 
-    /// The group index for a request, or `None` when routes exist and none matches.
+    /// The group for a request, or `None` when routes exist and none matches.
     /// With no routes at all, everything goes to the first upstream.
-    pub fn route(&self, buf: &[u8], head: &RequestHead) -> Option<usize> {
+    pub fn route(&self, buf: &[u8], head: &RequestHead) -> Option<GroupId> {
         if self.routes.is_empty() {
-            return Some(0);
+            return Some(GroupId::new(0));
         }
         self.routes
             .iter()
@@ -56,7 +56,7 @@ impl Router {
 impl Route {
     fn matches(&self, buf: &[u8], head: &RequestHead) -> bool {
         if let Some(want) = &self.host {
-            let Some(host) = head.host.map(|h| slice(buf, h)) else {
+            let Some(host) = head.host.map(|h| h.get(buf)) else {
                 return false;
             };
             if !host_without_port(host).eq_ignore_ascii_case(want) {
@@ -64,7 +64,7 @@ impl Route {
             }
         }
         if let Some(prefix) = &self.path_prefix {
-            if !slice(buf, head.path).starts_with(prefix) {
+            if !head.path.get(buf).starts_with(prefix) {
                 return false;
             }
         }

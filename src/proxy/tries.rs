@@ -248,7 +248,7 @@ impl<H> Tries<H> {
         let report = Some((peer, Outcome::from(failure)));
         self.ctx.untried_peer = group.any_untried_eligible(&self.tried, now);
         self.ctx.set_deadline(self.deadline, now);
-        let p = &group.peers[peer];
+        let p = group.peer(peer);
         let info = PeerInfo {
             id: peer,
             address: &p.address,
@@ -451,7 +451,7 @@ mod tests {
         let now = Instant::now();
         let mut t = get(&g, now);
         for (i, name) in ["first", "second"].into_iter().enumerate() {
-            assert_eq!(try_peer(t.next(&g, None, now)), 0, "try {i}");
+            assert_eq!(try_peer(t.next(&g, None, now)), PeerId::new(0), "try {i}");
             let fin = t.finish(
                 &g,
                 &Policy,
@@ -465,7 +465,7 @@ mod tests {
                 other => panic!("try {i}: expected a retry after a backoff, got {other:?}"),
             }
         }
-        assert_eq!(try_peer(t.next(&g, None, now)), 0);
+        assert_eq!(try_peer(t.next(&g, None, now)), PeerId::new(0));
         assert_eq!(t.count(), 3);
         let fin = t.finish(
             &g,
@@ -474,7 +474,7 @@ mod tests {
             now,
         );
         match fin.then {
-            Then::Relay { peer, held } => assert_eq!((peer, held), (0, "third")),
+            Then::Relay { peer, held } => assert_eq!((peer, held), (PeerId::new(0), "third")),
             other => panic!("expected the last response relayed, got {other:?}"),
         }
     }
@@ -495,7 +495,7 @@ mod tests {
         );
         assert!(matches!(fin.then, Then::Retry { backoff: None }));
         // The other peer goes down before the retry is selected.
-        let other = if a == 0 { 1 } else { 0 };
+        let other = PeerId::new(if a == PeerId::new(0) { 1 } else { 0 });
         g.set_health(other, false);
         match t.next(&g, None, now) {
             Step::Relay { peer, held } => assert_eq!((peer, held), (a, "a")),

@@ -89,7 +89,7 @@ impl<C: Transport> Conn<'_, C> {
         }
         let t = group.timeouts;
         let client_idle = self.live.config.timeouts.client_idle;
-        let pm = &*group.peers[peer_id].metrics;
+        let pm = &*group.peer(peer_id).metrics;
         let um = &*group.metrics;
         self.ctx.metrics.count_response(101);
         if self.logging() {
@@ -170,7 +170,7 @@ impl<C: Transport> Conn<'_, C> {
         }
         tracing::debug!(
             group = %group.name,
-            peer = %group.peers[peer_id].address,
+            peer = %group.peer(peer_id).address,
             ?end,
             "tunnel ended"
         );

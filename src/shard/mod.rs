@@ -160,7 +160,7 @@ pub fn run(
             Ok(mut rt) => {
                 if mode != wanted {
                     tracing::warn!(
-                        shard = ctx.id,
+                        shard = %ctx.id,
                         "uring_taskrun = \"{}\" rejected by the kernel ({last_err}); using \"{}\"",
                         wanted.name(),
                         mode.name()
@@ -205,14 +205,14 @@ fn start_accept(shard: &Rc<Shard>, addr: SocketAddr, listener: std::net::TcpList
             shard.accept_loops.set(shard.accept_loops.get() + 1);
             monoio::spawn(accept_loop(AcceptLoopGuard(shard.clone()), l, stop));
         }
-        Err(e) => tracing::error!(shard = shard.ctx.id, "cannot register listener {addr}: {e}"),
+        Err(e) => tracing::error!(shard = %shard.ctx.id, "cannot register listener {addr}: {e}"),
     }
 }
 
 /// Applies a reload's listener change: new sockets start accepting, removed addresses stop.
 fn apply_listen(shard: &Rc<Shard>, change: ListenChange) {
     for (addr, l) in change.open {
-        tracing::info!(shard = shard.ctx.id, "listening on {addr} (reload)");
+        tracing::info!(shard = %shard.ctx.id, "listening on {addr} (reload)");
         start_accept(shard, addr, l);
     }
     for addr in change.close {
@@ -266,7 +266,7 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             tracing::warn!(
-                shard = ctx.id,
+                shard = %ctx.id,
                 open = shard.connections.get(),
                 "shutdown timeout: closing connections still open"
             );
@@ -341,12 +341,12 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener, stop: Rc<Acc
                 }
                 match AcceptFailure::of(&e) {
                     AcceptFailure::Gone => {
-                        tracing::debug!(shard = ctx.id, "accept: {e}");
+                        tracing::debug!(shard = %ctx.id, "accept: {e}");
                     }
                     AcceptFailure::Exhausted(what) => {
                         if let Some(suppressed) = warnings.check(Instant::now()) {
                             tracing::warn!(
-                                shard = ctx.id,
+                                shard = %ctx.id,
                                 "accept failed: {e}: {what}; pausing accepts until a \
                                  connection closes (at most {} ms){suppressed}",
                                 backoff.as_millis()
@@ -359,7 +359,7 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener, stop: Rc<Acc
                     }
                     AcceptFailure::Other => {
                         if let Some(suppressed) = warnings.check(Instant::now()) {
-                            tracing::warn!(shard = ctx.id, "accept failed: {e}{suppressed}");
+                            tracing::warn!(shard = %ctx.id, "accept failed: {e}{suppressed}");
                         }
                         monoio::time::sleep(ACCEPT_RETRY).await;
                     }
@@ -441,7 +441,7 @@ fn serve_queued(shard: &Rc<Shard>, listener: &TcpListener) {
         monoio::spawn(serve_conn(ConnGuard(shard.clone()), stream, addr));
     }
     tracing::info!(
-        shard = shard.ctx.id,
+        shard = %shard.ctx.id,
         served,
         "stopped listening on a removed address; queued connections served"
     );

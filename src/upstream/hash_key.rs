@@ -27,32 +27,23 @@ pub fn hash_request(
                 },
             })
         }
-        HashKey::Path => {
-            let path = get(buf, head.path)?;
-            if path.is_empty() {
-                b"/"
-            } else {
-                path
-            }
-        }
-        HashKey::Query => get(buf, head.query?)?,
-        HashKey::Uri => get(buf, head.target)?,
-        HashKey::Header(name) => head.headers.iter().find_map(|h| {
-            let n = get(buf, h.name)?;
-            n.eq_ignore_ascii_case(name.as_bytes())
-                .then(|| get(buf, h.value))
-                .flatten()
-        })?,
+        HashKey::Path => match head.path.get(buf) {
+            // A non-empty path that reads as nothing lies outside `buf`: absent.
+            [] if !head.path.is_empty() => return None,
+            [] => b"/",
+            path => path,
+        },
+        HashKey::Query => head.query?.get(buf),
+        HashKey::Uri => head.target.get(buf),
+        HashKey::Header(name) => head
+            .headers
+            .iter()
+            .find(|h| h.name(buf).eq_ignore_ascii_case(name.as_bytes()))?
+            .value(buf),
         HashKey::Cookie(name) => cookie(buf, head, name.as_bytes())?,
-        HashKey::QueryParam(name) => query_param(get(buf, head.query?)?, name.as_bytes())?,
+        HashKey::QueryParam(name) => query_param(head.query?.get(buf), name.as_bytes())?,
     };
     (!value.is_empty()).then(|| stable_hash(value))
-}
-
-/// The bytes of an offset pair, `None` if it is outside `buf`.
-#[inline]
-fn get(buf: &[u8], r: (u32, u32)) -> Option<&[u8]> {
-    buf.get(r.0 as usize..r.1 as usize)
 }
 
 /// The value of cookie `name` from the request's `Cookie` header(s) (`a=1; b=2`, RFC 6265
@@ -60,8 +51,8 @@ fn get(buf: &[u8], r: (u32, u32)) -> Option<&[u8]> {
 fn cookie<'a>(buf: &'a [u8], head: &RequestHead, name: &[u8]) -> Option<&'a [u8]> {
     head.headers
         .iter()
-        .filter(|h| get(buf, h.name).is_some_and(|n| n.eq_ignore_ascii_case(b"cookie")))
-        .filter_map(|h| get(buf, h.value))
+        .filter(|h| h.name(buf).eq_ignore_ascii_case(b"cookie"))
+        .map(|h| h.value(buf))
         .flat_map(|v| v.split(|&b| b == b';'))
         .find_map(|pair| {
             let pair = trim(pair);
@@ -101,7 +92,7 @@ fn trim(mut s: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
     use crate::config::Limits;
-    use crate::http::{parse_request, ParseStatus};
+    use crate::http::{parse_request, ParseStatus, Span};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
@@ -207,8 +198,8 @@ mod tests {
     #[test]
     fn offsets_outside_the_buffer_read_as_absent() {
         let head = RequestHead {
-            path: (5, 50),
-            query: Some((0, 99)),
+            path: Span::new(5, 50),
+            query: Some(Span::new(0, 99)),
             ..RequestHead::default()
         };
         assert_eq!(hash_request(&HashKey::Path, b"GET /", &head, IP), None);

@@ -8,8 +8,8 @@ mod hash_key;
 mod pool;
 mod reload;
 
-pub use hash_key::hash_request;
-pub use pool::{is_quiet, Connection, Pool, PooledConn};
+pub(crate) use hash_key::hash_request;
+pub use pool::{is_quiet, Connection, Pool};
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
@@ -17,10 +17,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::balance::Algorithm;
 use crate::balance::{
-    build_selector, observe_latency, select_eligible, BalanceParams, Candidate, HashKey, PeerId,
-    PeerLoad, Selector,
+    build_selector, observe_latency, select_eligible, Algorithm, BalanceParams, Candidate, HashKey,
+    PeerId, PeerLoad, Selector,
 };
 use crate::config::{PoolConfig, StartState, Timeouts, UpgradeAllow, UpstreamConfig, WhenAllDown};
 use crate::failover::{
@@ -30,7 +29,7 @@ use crate::http::RequestHead;
 use crate::metrics::{PeerMetrics, UpstreamHandles, UpstreamMetrics};
 
 /// Peer is one peer of a group with its shard-local state.
-pub struct Peer {
+pub(crate) struct Peer {
     /// The address as written in the config, for logs.
     pub address: String,
     /// Where to connect.
@@ -41,9 +40,8 @@ pub struct Peer {
     pub drain: bool,
     /// Backup peers only get traffic when no primary is eligible.
     pub backup: bool,
-    /// This peer's index among the primaries (or among the backups, for a backup peer): its
-    /// candidate index in that tier's selector and load table.
-    pub slot: usize,
+    /// This peer's place in its tier (the primaries, or the backups for a backup peer).
+    pub slot: Slot,
     /// Optional region label (see `local_region`).
     pub region: Option<String>,
     /// Health as last pushed by the control thread (false = down or ejected). The shard never
@@ -67,24 +65,75 @@ impl Peer {
     }
 }
 
+crate::balance::index_newtype!(
+    /// Slot is a peer's index within its tier of a group (the primaries, or the backups): its
+    /// candidate index in that tier's selector, and the index of the tier's peer ids and load
+    /// table. It differs from the peer's [`PeerId`] whenever the group has backups.
+    Slot
+);
+
+/// Tier is the primaries or the backups of a group: one selector over them, and per slot the
+/// peer it is and its live load.
+struct Tier {
+    /// Selector over the tier's peers; its candidate `i` is `Slot::new(i)`.
+    selector: RefCell<Box<dyn Selector>>,
+    /// Which peer each slot is.
+    ids: Vec<PeerId>,
+    /// Live load of each slot.
+    loads: Vec<PeerLoad>,
+}
+
+impl Tier {
+    /// The tier of `peers` for which `in_tier` holds, in config order.
+    fn new(
+        peers: &[Peer],
+        in_tier: impl Fn(&Peer) -> bool,
+        build: impl Fn(&[Candidate<'_>]) -> Box<dyn Selector>,
+    ) -> Tier {
+        let ids: Vec<PeerId> = (0..peers.len())
+            .map(PeerId::new)
+            .filter(|&id| in_tier(&peers[id.index()]))
+            .collect();
+        let candidates: Vec<Candidate<'_>> = ids
+            .iter()
+            .map(|id| {
+                let p = &peers[id.index()];
+                Candidate {
+                    address: &p.address,
+                    weight: p.weight,
+                }
+            })
+            .collect();
+        Tier {
+            selector: RefCell::new(build(&candidates)),
+            loads: vec![PeerLoad::default(); ids.len()],
+            ids,
+        }
+    }
+
+    /// The peer in `slot`.
+    #[inline]
+    fn peer(&self, slot: Slot) -> PeerId {
+        self.ids[slot.index()]
+    }
+
+    /// The live load of the peer in `slot`.
+    #[inline]
+    fn load(&self, slot: Slot) -> &PeerLoad {
+        &self.loads[slot.index()]
+    }
+}
+
 /// UpstreamGroup is one `[[upstream]]` inside a shard: peers, selectors, pool, timeouts.
-pub struct UpstreamGroup {
+pub(crate) struct UpstreamGroup {
     /// The group's name.
     pub name: String,
-    /// Peers in config order; a `PeerId` indexes this.
+    /// Peers in config order; a `PeerId` indexes this (see [`UpstreamGroup::peer`]).
     pub peers: Vec<Peer>,
-    /// Selector over `primary_ids`.
-    primary: RefCell<Box<dyn Selector>>,
-    /// Which peer each primary selector candidate is.
-    primary_ids: Vec<PeerId>,
-    /// Selector over `backup_ids`.
-    backup: RefCell<Box<dyn Selector>>,
-    /// Which peer each backup selector candidate is.
-    backup_ids: Vec<PeerId>,
-    /// Live load of each primary, indexed like `primary_ids`.
-    primary_loads: Vec<PeerLoad>,
-    /// Live load of each backup, indexed like `backup_ids`.
-    backup_loads: Vec<PeerLoad>,
+    /// The peers that are not backups.
+    primary: Tier,
+    /// The backup peers.
+    backup: Tier,
     /// Idle upstream connections of this shard, per peer.
     pub pool: Pool,
     /// Resolved timeouts of this group.
@@ -109,8 +158,8 @@ pub struct UpstreamGroup {
     /// The peer this shard last failed over to outside `local_region` (`None` = serving the
     /// local region), so each regional failover and fail-back is logged once per shard.
     failed_over_to: Cell<Option<PeerId>>,
-    /// The group's balancing algorithm.
-    pub algorithm: Algorithm,
+    /// The group's balancing algorithm (a reload keeps the selectors only when it stays).
+    algorithm: Algorithm,
     /// What requests are hashed by: `Some` exactly when the algorithm hashes.
     pub hash_key: Option<HashKey>,
     /// Time constant of the peers' latency estimates (peak_ewma; default 10 s).
@@ -120,7 +169,7 @@ pub struct UpstreamGroup {
 }
 
 /// Admit is whether a peer's circuit breaker lets a request through.
-pub enum Admit {
+pub(crate) enum Admit {
     /// No breaker configured.
     Unguarded,
     /// Admitted; report the outcome with this ticket.
@@ -143,6 +192,7 @@ impl UpstreamGroup {
     }
 
     /// Builds a shard's replica of a configured group with a fixed seed for its randomness.
+    #[cfg(test)]
     pub fn new_seeded(cfg: &UpstreamConfig, seed: u64) -> Self {
         UpstreamGroup::build(cfg, seed, None)
     }
@@ -172,7 +222,7 @@ impl UpstreamGroup {
                     weight: p.weight,
                     drain: p.drain,
                     backup: p.backup,
-                    slot: *tier - 1,
+                    slot: Slot::new(*tier - 1),
                     region: p.region.clone(),
                     healthy: Cell::new(!start_down),
                     metrics: metrics
@@ -181,31 +231,18 @@ impl UpstreamGroup {
                 }
             })
             .collect();
-        let primary_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| !peers[i].backup).collect();
-        let backup_ids: Vec<PeerId> = (0..peers.len()).filter(|&i| peers[i].backup).collect();
-        let selector = |ids: &[PeerId]| {
-            let candidates: Vec<Candidate<'_>> = ids
-                .iter()
-                .map(|&i| Candidate {
-                    address: &peers[i].address,
-                    weight: peers[i].weight,
-                })
-                .collect();
-            build_selector(cfg.algorithm, &cfg.balance, &candidates, fastrand::u64(..))
+        let build = |candidates: &[Candidate<'_>]| {
+            build_selector(cfg.algorithm, &cfg.balance, candidates, fastrand::u64(..))
         };
-        let primary = selector(&primary_ids);
-        let backup = selector(&backup_ids);
+        let primary = Tier::new(&peers, |p| !p.backup, build);
+        let backup = Tier::new(&peers, |p| p.backup, build);
         let pool_cfg: PoolConfig = cfg.pool;
         UpstreamGroup {
             name: cfg.name.clone(),
             pool: Pool::new(peers.len(), pool_cfg),
             peers,
-            primary: RefCell::new(primary),
-            primary_ids,
-            backup: RefCell::new(backup),
-            primary_loads: vec![PeerLoad::default(); primaries],
-            backup_loads: vec![PeerLoad::default(); backups],
-            backup_ids,
+            primary,
+            backup,
             timeouts: cfg.timeouts,
             retrier: RefCell::new(Retrier::new(cfg.retry, now, fastrand::Rng::with_seed(seed))),
             breakers: match cfg.circuit_breaker {
@@ -228,24 +265,44 @@ impl UpstreamGroup {
         }
     }
 
+    /// Peer `id` of this group.
+    ///
+    /// Panics if `id` is not a peer of this group: ids come from this group's own selectors
+    /// and from the config it was built from, so a foreign id is a bug.
+    #[inline]
+    pub fn peer(&self, id: PeerId) -> &Peer {
+        &self.peers[id.index()]
+    }
+
+    /// The ids of every peer, in config order.
+    pub fn peer_ids(&self) -> impl Iterator<Item = PeerId> {
+        (0..self.peers.len()).map(PeerId::new)
+    }
+
+    /// `peer`'s circuit breaker, if the group configures breakers.
+    #[inline]
+    fn breaker(&self, peer: PeerId) -> Option<&RefCell<CircuitBreaker>> {
+        self.breakers.get(peer.index()).map(|b| &**b)
+    }
+
     /// Whether a new request may go to `peer` now: not drained, breaker not open.
     #[inline]
     pub fn is_eligible(&self, peer: PeerId, now: Instant) -> bool {
-        self.peers[peer].is_eligible()
+        self.peer(peer).is_eligible()
             && self
-                .breakers
-                .get(peer)
+                .breaker(peer)
                 .is_none_or(|b| b.borrow().would_allow(now))
     }
 
     /// Whether some eligible peer is not in `tried`.
     pub fn any_untried_eligible(&self, tried: &TriedSet, now: Instant) -> bool {
-        (0..self.peers.len()).any(|id| !tried.contains(id) && self.is_eligible(id, now))
+        self.peer_ids()
+            .any(|id| !tried.contains(id) && self.is_eligible(id, now))
     }
 
     /// Asks `peer`'s circuit breaker to admit a request.
     pub fn admit(&self, peer: PeerId, now: Instant) -> Admit {
-        let Some(b) = self.breakers.get(peer) else {
+        let Some(b) = self.breaker(peer) else {
             return Admit::Unguarded;
         };
         let admission = b.borrow_mut().allow(now);
@@ -259,7 +316,7 @@ impl UpstreamGroup {
     /// Reports the outcome of an admitted request to `peer`'s breaker: `Some(true)` success,
     /// `Some(false)` a failure of the peer, `None` neither (the request ended for another reason).
     pub fn breaker_outcome(&self, peer: PeerId, admit: Admit, ok: Option<bool>, now: Instant) {
-        let (Some(b), Admit::Ticket(t)) = (self.breakers.get(peer), admit) else {
+        let (Some(b), Admit::Ticket(t)) = (self.breaker(peer), admit) else {
             return;
         };
         let mut b = b.borrow_mut();
@@ -278,10 +335,10 @@ impl UpstreamGroup {
     fn log_transition(&self, peer: PeerId, transition: Option<BreakerTransition>) {
         if let Some(t) = transition {
             let open = t.to == BreakerState::Open;
-            self.peers[peer].metrics.breaker_open.set(u64::from(open));
+            self.peer(peer).metrics.breaker_open.set(u64::from(open));
             tracing::info!(
                 group = %self.name,
-                peer = %self.peers[peer].address,
+                peer = %self.peer(peer).address,
                 "circuit breaker {} -> {}",
                 t.from.name(),
                 t.to.name()
@@ -291,7 +348,7 @@ impl UpstreamGroup {
 
     /// Applies a health change pushed by the control thread.
     pub fn set_health(&self, peer: PeerId, eligible: bool) {
-        if let Some(p) = self.peers.get(peer) {
+        if let Some(p) = self.peers.get(peer.index()) {
             p.healthy.set(eligible);
         }
     }
@@ -310,7 +367,7 @@ impl UpstreamGroup {
     pub fn observe_latency(&self, peer: PeerId, rtt: Duration, now: Instant) {
         let load = self.load(peer);
         observe_latency(load, rtt, now, self.ewma_decay);
-        self.peers[peer]
+        self.peer(peer)
             .metrics
             .ewma_seconds
             .set(load.ewma_ns.get() / 1e9);
@@ -319,12 +376,8 @@ impl UpstreamGroup {
     /// The live load of a peer.
     #[inline]
     pub fn load(&self, peer: PeerId) -> &PeerLoad {
-        let p = &self.peers[peer];
-        if p.backup {
-            &self.backup_loads[p.slot]
-        } else {
-            &self.primary_loads[p.slot]
-        }
+        let p = self.peer(peer);
+        self.tier(p.backup).load(p.slot)
     }
 
     /// Selects a peer for a request. `tried` says which peers this request already tried
@@ -335,7 +388,6 @@ impl UpstreamGroup {
     /// eligible, `when_all_down = "try_all"` picks among the not-drained peers ignoring health;
     /// `"fail"` returns `None` (the proxy answers 503).
     pub fn select(&self, hash: Option<u64>, tried: &TriedSet, now: Instant) -> Option<PeerId> {
-        let peers = &self.peers;
         let ok = |id: PeerId| !tried.contains(id) && self.is_eligible(id, now);
         let local = |id: PeerId| ok(id) && self.is_local(id);
         let regional = self.local_region.is_some();
@@ -351,32 +403,42 @@ impl UpstreamGroup {
         if found.is_some() || self.when_all_down == WhenAllDown::Fail {
             return found;
         }
-        let last_resort = |id: PeerId| peers[id].takes_requests() && !tried.contains(id);
+        let last_resort = |id: PeerId| self.peer(id).takes_requests() && !tried.contains(id);
         self.pick(false, hash, last_resort)
             .or_else(|| self.pick(true, hash, last_resort))
     }
 
+    /// The backup tier if `backup`, else the primary one.
+    #[inline]
+    fn tier(&self, backup: bool) -> &Tier {
+        if backup {
+            &self.backup
+        } else {
+            &self.primary
+        }
+    }
+
     /// Picks from the primary (or backup) tier the first candidate `ok` accepts.
     fn pick(&self, backup: bool, hash: Option<u64>, ok: impl Fn(PeerId) -> bool) -> Option<PeerId> {
-        let (selector, ids, loads) = if backup {
-            (&self.backup, &self.backup_ids, &self.backup_loads)
-        } else {
-            (&self.primary, &self.primary_ids, &self.primary_loads)
-        };
-        let mut selector = selector.borrow_mut();
-        select_eligible(selector.as_mut(), hash, loads, |c| ok(ids[c])).map(|c| ids[c])
+        let tier = self.tier(backup);
+        let mut selector = tier.selector.borrow_mut();
+        select_eligible(selector.as_mut(), hash, &tier.loads, |c| {
+            ok(tier.peer(Slot::new(c)))
+        })
+        .map(|c| tier.peer(Slot::new(c)))
     }
 
     /// Whether `peer` is in `local_region`.
     fn is_local(&self, peer: PeerId) -> bool {
-        self.peers[peer].region.is_some() && self.peers[peer].region == self.local_region
+        let region = &self.peer(peer).region;
+        region.is_some() && *region == self.local_region
     }
 
     /// Logs a regional failover (no local peer eligible, `peer` is elsewhere) or fail-back, once
     /// per transition. The log is shard-local: each shard logs its own transitions.
     fn note_region(&self, peer: PeerId) {
         let local = self.local_region.as_deref().unwrap_or_default();
-        let region = |id: PeerId| self.peers[id].region.as_deref().unwrap_or("(none)");
+        let region = |id: PeerId| self.peer(id).region.as_deref().unwrap_or("(none)");
         if self.is_local(peer) {
             if let Some(away) = self.failed_over_to.take() {
                 tracing::info!(group = %self.name, "regional fail-back from {} to {local}", region(away));
@@ -384,10 +446,8 @@ impl UpstreamGroup {
             return;
         }
         let local_eligible = self
-            .peers
-            .iter()
-            .enumerate()
-            .any(|(id, p)| self.is_local(id) && p.is_eligible());
+            .peer_ids()
+            .any(|id| self.is_local(id) && self.peer(id).is_eligible());
         if local_eligible {
             return; // a retry of one request, not a failover
         }
@@ -404,7 +464,7 @@ impl UpstreamGroup {
 /// TriedSet is the set of peers one request has already tried (a bitset, no allocation for
 /// groups of up to 128 peers).
 #[derive(Debug, Default, Clone)]
-pub struct TriedSet {
+pub(crate) struct TriedSet {
     /// Bits for peers 0..128.
     low: u128,
     /// Peers beyond 128, rarely used.
@@ -414,8 +474,8 @@ pub struct TriedSet {
 impl TriedSet {
     /// Marks `id` as tried.
     pub fn insert(&mut self, id: PeerId) {
-        if id < 128 {
-            self.low |= 1 << id;
+        if id.index() < 128 {
+            self.low |= 1 << id.index();
         } else if !self.high.contains(&id) {
             self.high.push(id);
         }
@@ -423,20 +483,11 @@ impl TriedSet {
     /// Whether `id` was tried.
     #[inline]
     pub fn contains(&self, id: PeerId) -> bool {
-        if id < 128 {
-            self.low & (1 << id) != 0
+        if id.index() < 128 {
+            self.low & (1 << id.index()) != 0
         } else {
             self.high.contains(&id)
         }
-    }
-    /// Whether no peer was tried yet.
-    pub fn is_empty(&self) -> bool {
-        self.low == 0 && self.high.is_empty()
-    }
-    /// Forgets every peer.
-    pub fn clear(&mut self) {
-        self.low = 0;
-        self.high.clear();
     }
 }
 
@@ -462,8 +513,8 @@ mod tests {
         ));
         let t0 = Instant::now();
         for (id, active) in [(0, 4), (1, 7), (2, 1)] {
-            old.load(id).active.set(active);
-            old.observe_latency(id, Duration::from_millis(id as u64 + 1), t0);
+            old.load(PeerId::new(id)).active.set(active);
+            old.observe_latency(PeerId::new(id), Duration::from_millis(id as u64 + 1), t0);
         }
         // :1 goes, :3 stops being a backup and moves to the front, :4 is new.
         let cfg = config(
@@ -474,24 +525,26 @@ mod tests {
         let g = UpstreamGroup::succeed(&old, &cfg, &[true; 3], None);
         let addresses: Vec<&str> = g.peers.iter().map(|p| p.address.as_str()).collect();
         assert_eq!(addresses, ["127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:2"]);
-        let active: Vec<u32> = (0..3).map(|id| g.load(id).active.get()).collect();
+        let active: Vec<u32> = (0..3)
+            .map(|id| g.load(PeerId::new(id)).active.get())
+            .collect();
         assert_eq!(active, [1, 0, 7]);
-        assert_eq!(g.load(0).ewma_ns.get(), 3e6);
-        assert_eq!(g.load(1).ewma_ns.get(), 0.0);
-        assert_eq!(g.load(1).ewma_at.get(), None);
-        assert_eq!(g.load(2).ewma_ns.get(), 2e6);
-        assert_eq!(g.load(2).ewma_at.get(), Some(t0));
+        assert_eq!(g.load(PeerId::new(0)).ewma_ns.get(), 3e6);
+        assert_eq!(g.load(PeerId::new(1)).ewma_ns.get(), 0.0);
+        assert_eq!(g.load(PeerId::new(1)).ewma_at.get(), None);
+        assert_eq!(g.load(PeerId::new(2)).ewma_ns.get(), 2e6);
+        assert_eq!(g.load(PeerId::new(2)).ewma_at.get(), Some(t0));
         assert!(!g.peers[0].backup);
         // The new selector reads the carried loads: :4 is idle, so it goes first.
         assert_eq!(
             g.select(None, &TriedSet::default(), Instant::now()),
-            Some(1)
+            Some(PeerId::new(1))
         );
-        g.load(1).active.set(10);
+        g.load(PeerId::new(1)).active.set(10);
         // :3 has 1 active at weight 2, :2 has 7.
         assert_eq!(
             g.select(None, &TriedSet::default(), Instant::now()),
-            Some(0)
+            Some(PeerId::new(0))
         );
     }
 
@@ -512,16 +565,16 @@ mod tests {
             let now = Instant::now();
             for _ in 0..2 {
                 let stream = monoio::net::TcpStream::connect(addr).await.unwrap();
-                old.pool.put(1, stream, now);
+                old.pool.put(PeerId::new(1), stream, now);
             }
             let cfg = config(
                 &format!("{kept}, {{ address = \"127.0.0.1:10\" }}"),
                 "round_robin",
             );
             let g = UpstreamGroup::succeed(&old, &cfg, &[true, true], None);
-            assert_eq!(g.pool.idle_count(0), 2);
-            assert_eq!(g.pool.idle_count(1), 0);
-            assert!(g.pool.take(0, now).is_some());
+            assert_eq!(g.pool.idle_count(PeerId::new(0)), 2);
+            assert_eq!(g.pool.idle_count(PeerId::new(1)), 0);
+            assert!(g.pool.take(PeerId::new(0), now).is_some());
         });
     }
 

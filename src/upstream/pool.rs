@@ -56,7 +56,7 @@ impl Pool {
     /// quiet ([`is_quiet`]); the expired and dead ones met on the way are closed.
     pub fn take(&self, peer: PeerId, now: Instant) -> Option<Connection> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(peer)?;
+        let list = idle.get_mut(peer.index())?;
         while let Some(conn) = list.pop() {
             if now.saturating_duration_since(conn.idle_since) < self.idle_timeout
                 && is_quiet(&conn.stream)
@@ -70,7 +70,7 @@ impl Pool {
     /// Returns a reusable connection to the pool (dropped when the peer's list is full).
     pub fn put(&self, peer: PeerId, stream: Connection, now: Instant) {
         let mut idle = self.idle.borrow_mut();
-        if let Some(list) = idle.get_mut(peer) {
+        if let Some(list) = idle.get_mut(peer.index()) {
             if list.len() < self.max_idle_per_peer {
                 list.push(PooledConn {
                     stream,
@@ -104,12 +104,12 @@ impl Pool {
     /// (up to `max_idle_per_peer`; the rest close): how a rebuilt group keeps the warm
     /// connections of the peers that stayed.
     pub fn adopt(&self, peer: PeerId, from: &Pool, from_peer: PeerId) {
-        let moved = match from.idle.borrow_mut().get_mut(from_peer) {
+        let moved = match from.idle.borrow_mut().get_mut(from_peer.index()) {
             Some(list) => std::mem::take(list),
             None => return,
         };
         let mut idle = self.idle.borrow_mut();
-        if let Some(list) = idle.get_mut(peer) {
+        if let Some(list) = idle.get_mut(peer.index()) {
             list.extend(moved);
             let excess = list.len().saturating_sub(self.max_idle_per_peer);
             // Keep the most recent ones (the end of the list).
@@ -119,7 +119,7 @@ impl Pool {
 
     /// Idle connections to `peer` right now (dead ones not yet reaped included).
     pub fn idle_count(&self, peer: PeerId) -> usize {
-        self.idle.borrow().get(peer).map_or(0, Vec::len)
+        self.idle.borrow().get(peer.index()).map_or(0, Vec::len)
     }
 }
 
@@ -213,15 +213,15 @@ mod tests {
                 }
                 settle(&c);
                 assert!(!is_quiet(&c), "connection {i} must not look idle");
-                p.put(0, c, now);
+                p.put(PeerId::new(0), c, now);
             }
-            p.put(0, quiet, now);
+            p.put(PeerId::new(0), quiet, now);
             // LIFO: the quiet one was put last and comes first; then the three dead ones are
             // skipped and closed.
-            assert!(p.take(0, now).is_some());
-            assert_eq!(p.idle_count(0), 3);
-            assert!(p.take(0, now).is_none());
-            assert_eq!(p.idle_count(0), 0);
+            assert!(p.take(PeerId::new(0), now).is_some());
+            assert_eq!(p.idle_count(PeerId::new(0)), 3);
+            assert!(p.take(PeerId::new(0), now).is_none());
+            assert_eq!(p.idle_count(PeerId::new(0)), 0);
         });
     }
 
@@ -237,10 +237,10 @@ mod tests {
             let dead = TcpStream::connect(addr).await.unwrap();
             drop(listener.accept().unwrap());
             settle(&dead);
-            p.put(0, alive, now);
-            p.put(0, dead, now);
+            p.put(PeerId::new(0), alive, now);
+            p.put(PeerId::new(0), dead, now);
             assert_eq!(p.reap(now), 1);
-            assert_eq!(p.idle_count(0), 1);
+            assert_eq!(p.idle_count(PeerId::new(0)), 1);
         });
     }
 }

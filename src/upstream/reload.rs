@@ -31,7 +31,7 @@ use crate::metrics::UpstreamHandles;
 pub(super) struct Successor {
     /// The new replica.
     group: Rc<UpstreamGroup>,
-    /// Indexed by the old `PeerId`: the same peer (same address) in the new replica.
+    /// Indexed by the old [`PeerId`]: the same peer (same address) in the new replica.
     peers: Vec<Option<PeerId>>,
 }
 
@@ -52,43 +52,43 @@ impl UpstreamGroup {
         };
         next.set_all_health(eligible);
         let old_ids: HashMap<&str, PeerId> = old
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(id, p)| (p.address.as_str(), id))
+            .peer_ids()
+            .map(|id| (old.peer(id).address.as_str(), id))
             .collect();
-        let mut map = vec![None; old.peers.len()];
+        let mut map: Vec<Option<PeerId>> = vec![None; old.peers.len()];
         let mut next = next;
         let same_breaker = old.breaker_config == next.breaker_config;
-        for (id, peer) in next.peers.iter().enumerate() {
+        for id in next.peer_ids() {
+            let peer = next.peer(id);
             let Some(&old_id) = old_ids.get(peer.address.as_str()) else {
                 continue;
             };
-            map[old_id] = Some(id);
+            map[old_id.index()] = Some(id);
             let (from, to) = (old.load(old_id), next.load(id));
             to.active.set(from.active.get());
             to.ewma_ns.set(from.ewma_ns.get());
             to.ewma_at.set(from.ewma_at.get());
             if same_breaker {
-                if let (Some(from), Some(to)) =
-                    (old.breakers.get(old_id), next.breakers.get_mut(id))
-                {
+                if let (Some(from), Some(to)) = (
+                    old.breakers.get(old_id.index()),
+                    next.breakers.get_mut(id.index()),
+                ) {
                     *to = from.clone();
                 }
             }
-            if old.peers[old_id].addr == peer.addr {
+            if old.peer(old_id).addr == next.peer(id).addr {
                 next.pool.adopt(id, &old.pool, old_id);
             }
         }
         if old.same_selection(&next) {
             // Same candidates in the same order: keep the selectors' position and credit.
             std::mem::swap(
-                &mut *old.primary.borrow_mut(),
-                &mut *next.primary.borrow_mut(),
+                &mut *old.primary.selector.borrow_mut(),
+                &mut *next.primary.selector.borrow_mut(),
             );
             std::mem::swap(
-                &mut *old.backup.borrow_mut(),
-                &mut *next.backup.borrow_mut(),
+                &mut *old.backup.selector.borrow_mut(),
+                &mut *next.backup.selector.borrow_mut(),
             );
         }
         if old.retrier.borrow().policy() == next.retrier.borrow().policy() {
@@ -96,7 +96,7 @@ impl UpstreamGroup {
         }
         // What was not adopted belongs to removed peers (or moved addresses): close it.
         old.pool.clear();
-        for id in 0..next.peers.len() {
+        for id in next.peer_ids() {
             next.note_idle(id);
             next.note_active(id);
         }
@@ -108,10 +108,12 @@ impl UpstreamGroup {
         next
     }
 
-    /// Sets every peer's health from a snapshot (`eligible[id]`; a missing entry is healthy).
+    /// Sets every peer's health from a snapshot (`eligible[id.index()]` for peer `id`; a
+    /// missing entry is healthy).
     pub fn set_all_health(&self, eligible: &[bool]) {
-        for (id, p) in self.peers.iter().enumerate() {
-            p.healthy.set(eligible.get(id).copied().unwrap_or(true));
+        for id in self.peer_ids() {
+            let healthy = eligible.get(id.index()).copied().unwrap_or(true);
+            self.peer(id).healthy.set(healthy);
         }
     }
 
@@ -138,13 +140,13 @@ impl UpstreamGroup {
     #[inline]
     fn note_active(&self, peer: PeerId) {
         let n = self.load(peer).active.get();
-        self.peers[peer].metrics.active_requests.set(u64::from(n));
+        self.peer(peer).metrics.active_requests.set(u64::from(n));
     }
 
     /// Sets the idle-connections gauge of `peer` from the pool.
     #[inline]
     pub(super) fn note_idle(&self, peer: PeerId) {
-        self.peers[peer]
+        self.peer(peer)
             .metrics
             .pool_idle
             .set(self.pool.idle_count(peer) as u64);
@@ -164,7 +166,7 @@ impl UpstreamGroup {
         let active = &self.load(peer).active;
         active.set(active.get().saturating_sub(1));
         if let Some(s) = &*self.successor.borrow() {
-            if let Some(&Some(id)) = s.peers.get(peer) {
+            if let Some(&Some(id)) = s.peers.get(peer.index()) {
                 s.group.end_active(id);
                 return;
             }
@@ -182,8 +184,8 @@ impl UpstreamGroup {
                 self.note_idle(peer);
             }
             Some(s) => {
-                if let Some(&Some(id)) = s.peers.get(peer) {
-                    if s.group.peers[id].addr == self.peers[peer].addr {
+                if let Some(&Some(id)) = s.peers.get(peer.index()) {
+                    if s.group.peer(id).addr == self.peer(peer).addr {
                         s.group.put_idle(id, conn, now);
                     }
                 }
@@ -195,13 +197,14 @@ impl UpstreamGroup {
     /// idle gauges.
     pub fn reap_idle(&self, now: Instant) {
         if self.pool.reap(now) > 0 {
-            for id in 0..self.peers.len() {
+            for id in self.peer_ids() {
                 self.note_idle(id);
             }
         }
     }
 
     /// Whether a reload replaced this replica.
+    #[cfg(test)]
     pub fn is_succeeded(&self) -> bool {
         self.successor.borrow().is_some()
     }
@@ -227,21 +230,29 @@ mod tests {
     #[test]
     fn survivors_keep_their_in_flight_count_and_old_requests_end_in_the_successor() {
         let old = UpstreamGroup::new(&upstream(AB));
-        old.begin_active(1); // 127.0.0.1:2, in flight across the reload
-        old.begin_active(0); // 127.0.0.1:1, removed by the reload
+        old.begin_active(PeerId::new(1)); // 127.0.0.1:2, in flight across the reload
+        old.begin_active(PeerId::new(0)); // 127.0.0.1:1, removed by the reload
         let next = UpstreamGroup::succeed(&old, &upstream(BC), &[true, true], None);
         assert_eq!(next.peers[0].address, "127.0.0.1:2");
-        assert_eq!(next.load(0).active.get(), 1, "the count is carried over");
-        assert_eq!(next.load(1).active.get(), 0, "a new peer starts idle");
-        next.begin_active(0);
-        assert_eq!(next.load(0).active.get(), 2);
+        assert_eq!(
+            next.load(PeerId::new(0)).active.get(),
+            1,
+            "the count is carried over"
+        );
+        assert_eq!(
+            next.load(PeerId::new(1)).active.get(),
+            0,
+            "a new peer starts idle"
+        );
+        next.begin_active(PeerId::new(0));
+        assert_eq!(next.load(PeerId::new(0)).active.get(), 2);
         // The old request ends: both replicas count it down.
-        old.end_active(1);
-        old.end_active(0);
-        assert_eq!(old.load(1).active.get(), 0);
-        assert_eq!(next.load(0).active.get(), 1);
-        next.end_active(0);
-        assert_eq!(next.load(0).active.get(), 0);
+        old.end_active(PeerId::new(1));
+        old.end_active(PeerId::new(0));
+        assert_eq!(old.load(PeerId::new(1)).active.get(), 0);
+        assert_eq!(next.load(PeerId::new(0)).active.get(), 1);
+        next.end_active(PeerId::new(0));
+        assert_eq!(next.load(PeerId::new(0)).active.get(), 0);
         assert!(old.is_succeeded() && !next.is_succeeded());
     }
 
@@ -252,7 +263,10 @@ mod tests {
         assert!(!next.peers[0].healthy.get());
         assert!(next.peers[1].healthy.get());
         let now = Instant::now();
-        assert_eq!(next.select(None, &TriedSet::default(), now), Some(1));
+        assert_eq!(
+            next.select(None, &TriedSet::default(), now),
+            Some(PeerId::new(1))
+        );
     }
 
     #[test]
@@ -267,7 +281,11 @@ mod tests {
         let first = old.select(None, &none, now).unwrap();
         let next = UpstreamGroup::succeed(&old, &cfg, &[true; 3], None);
         let second = next.select(None, &none, now).unwrap();
-        assert_eq!(second, (first + 1) % 3, "round robin goes on where it was");
+        assert_eq!(
+            second.index(),
+            (first.index() + 1) % 3,
+            "round robin goes on where it was"
+        );
         // A weight change rebuilds the selector.
         let reweighted = upstream(
             "peers = [{ address = \"127.0.0.1:1\", weight = 2 }, { address = \"127.0.0.1:2\" }, \
@@ -281,11 +299,14 @@ mod tests {
         let body = format!("{AB}\ncircuit_breaker = {{ failures = 1, open_ms = 60000 }}");
         let old = UpstreamGroup::new(&upstream(&body));
         let now = Instant::now();
-        let admit = old.admit(1, now);
-        old.breaker_outcome(1, admit, Some(false), now);
-        assert!(!old.is_eligible(1, now), "the breaker opened");
+        let admit = old.admit(PeerId::new(1), now);
+        old.breaker_outcome(PeerId::new(1), admit, Some(false), now);
+        assert!(!old.is_eligible(PeerId::new(1), now), "the breaker opened");
         let next = UpstreamGroup::succeed(&old, &upstream(&body), &[true, true], None);
-        assert!(!next.is_eligible(1, now), "still open after the reload");
-        assert!(next.is_eligible(0, now));
+        assert!(
+            !next.is_eligible(PeerId::new(1), now),
+            "still open after the reload"
+        );
+        assert!(next.is_eligible(PeerId::new(0), now));
     }
 }

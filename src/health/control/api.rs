@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 
 use super::Ctl;
 use crate::admin::{self, ApiError, PeerChange, PeerPatch};
+use crate::balance::PeerId;
 use crate::config::file::PeerFile;
-use crate::config::{Config, UpstreamConfig, MAX_WEIGHT};
+use crate::config::{Config, GroupId, UpstreamConfig, MAX_WEIGHT};
 use crate::health::state::Status;
 use crate::metrics::{render, ControlGauges, PeerControl, PeerState};
 use crate::process::dropped_log_writes;
@@ -30,7 +31,7 @@ impl admin::Host for Rc<Ctl> {
     fn upstreams(&self) -> Value {
         let config = self.config.borrow().clone();
         let groups: Vec<Value> = (0..config.upstreams.len())
-            .map(|gi| upstream_json(self, &config, gi))
+            .map(|gi| upstream_json(self, &config, GroupId::new(gi)))
             .collect();
         json!({
             "generation": self.generation.get(),
@@ -97,19 +98,20 @@ impl admin::Host for Rc<Ctl> {
             | PeerChange::Update { upstream, .. }
             | PeerChange::Remove { upstream, .. } => upstream.clone(),
         };
-        let Some(gi) = config.upstreams.iter().position(|u| u.name == name) else {
+        let Some(gi) = config.upstream_index(&name) else {
             return Err(ApiError::new(
                 404,
                 Some("upstream"),
                 format!("no upstream named `{name}`"),
             ));
         };
-        let group = &config.upstreams[gi];
-        let find = |address: &str| -> Result<usize, ApiError> {
+        let group = &config.upstreams[gi.index()];
+        let find = |address: &str| -> Result<PeerId, ApiError> {
             group
                 .peers
                 .iter()
                 .position(|p| p.address == address)
+                .map(PeerId::new)
                 .ok_or_else(|| {
                     ApiError::new(
                         404,
@@ -164,7 +166,7 @@ impl admin::Host for Rc<Ctl> {
             .edited(|file| {
                 // The file model lists the upstreams and peers in the same order as the
                 // validated config.
-                if let Some(u) = file.upstream.get_mut(gi) {
+                if let Some(u) = file.upstream.get_mut(gi.index()) {
                     edit.apply(&mut u.peers);
                 }
                 Ok(())
@@ -184,18 +186,18 @@ impl admin::Host for Rc<Ctl> {
 enum Edit {
     /// Append a peer.
     Push(PeerFile),
-    /// Change peer `i`.
-    Patch(usize, PeerPatch),
-    /// Remove peer `i`.
-    Remove(usize),
+    /// Change a peer.
+    Patch(PeerId, PeerPatch),
+    /// Remove a peer.
+    Remove(PeerId),
 }
 
 impl Edit {
     fn apply(self, peers: &mut Vec<PeerFile>) {
         match self {
             Edit::Push(p) => peers.push(p),
-            Edit::Patch(i, patch) => {
-                let Some(p) = peers.get_mut(i) else {
+            Edit::Patch(id, patch) => {
+                let Some(p) = peers.get_mut(id.index()) else {
                     return;
                 };
                 if let Some(w) = patch.weight {
@@ -208,9 +210,9 @@ impl Edit {
                     p.drain = d.then_some(true);
                 }
             }
-            Edit::Remove(i) => {
-                if i < peers.len() {
-                    peers.remove(i);
+            Edit::Remove(id) => {
+                if id.index() < peers.len() {
+                    peers.remove(id.index());
                 }
             }
         }
@@ -218,10 +220,10 @@ impl Edit {
 }
 
 /// One group and its peers as `/upstreams` shows them.
-fn upstream_json(ctl: &Ctl, config: &Config, gi: usize) -> Value {
-    let u: &UpstreamConfig = &config.upstreams[gi];
+fn upstream_json(ctl: &Ctl, config: &Config, gi: GroupId) -> Value {
+    let u: &UpstreamConfig = &config.upstreams[gi.index()];
     let groups = ctl.groups.borrow();
-    let health = groups.get(gi);
+    let health = groups.get(gi.index());
     let peers: Vec<Value> = u
         .peers
         .iter()
