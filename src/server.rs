@@ -14,11 +14,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
-
 use crate::access_log::{AccessLog, AccessLogHandle};
 use crate::config::{Config, ShardId};
-use crate::control::{ControlMsg, ShardReporter, ShardStats};
+use crate::control::{doorbell, shard_channel, ControlMsg, ShardReporter, ShardSender, ShardStats};
 use crate::health::control::{ControlSetup, ControlThread};
 pub use crate::health::control::{ReloadHandle, ReloadReport};
 use crate::health::{HealthCheck, HealthObserver, Hooks};
@@ -150,7 +148,7 @@ pub struct Server {
 #[derive(Clone)]
 pub struct ShutdownHandle {
     /// One control sender per shard.
-    shards: Vec<Sender<ControlMsg>>,
+    shards: Vec<ShardSender>,
 }
 
 impl ShutdownHandle {
@@ -259,20 +257,34 @@ impl Server {
             error,
         })?;
         let (obs_tx, obs_rx) = crossbeam_channel::bounded(config.server.observation_queue);
+        let (control_waker, control_bell) = doorbell().map_err(|e| StartError::Control {
+            reason: format!("cannot create its doorbell: {e}"),
+        })?;
         let mut registry = crate::metrics::Registry::new(cpus.len());
         let mut handles = registry.reconcile(&config.peer_layout()).into_iter();
         let stats: Vec<Arc<ShardStats>> = cpus.iter().map(|_| Arc::default()).collect();
 
+        let mut channels = Vec::with_capacity(cpus.len());
+        for i in 0..cpus.len() {
+            channels.push(
+                shard_channel(CONTROL_CAPACITY).map_err(|e| StartError::Shard {
+                    shard: ShardId::new(i),
+                    reason: format!("cannot create its control channel: {e}"),
+                })?,
+            );
+        }
+        let mut channels = channels.into_iter();
         let mut senders = Vec::with_capacity(cpus.len());
         let mut threads = Vec::with_capacity(cpus.len());
         let mut waits = Vec::with_capacity(cpus.len());
         for (i, (cpu, listeners)) in cpus.iter().copied().zip(per_shard).enumerate() {
             let id = ShardId::new(i);
-            let (tx, rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
+            let (tx, rx, bell) = channels.next().expect("one control channel per shard");
             let (ready_tx, ready_rx) = mpsc::channel();
             let cfg = config.clone();
             let picker = picker.clone();
-            let reporter = ShardReporter::new(id, &config, obs_tx.clone(), stats[i].clone());
+            let reporter = ShardReporter::new(id, &config, obs_tx.clone(), stats[i].clone())
+                .with_waker(control_waker.clone());
             let metrics = handles.next().expect("one set of metrics per shard");
             let shard_log = access_log.as_ref().map(AccessLog::shard_log);
             let spawned = std::thread::Builder::new()
@@ -284,7 +296,7 @@ impl Server {
                         }
                     }
                     let ctx = ShardCtx::new(id, cfg, rx, picker, reporter, metrics, shard_log);
-                    shard::run(ctx, listeners, |r| {
+                    shard::run(ctx, listeners, bell, |r| {
                         let _ = ready_tx.send(r);
                     });
                 });
@@ -337,6 +349,8 @@ impl Server {
             config: config.clone(),
             shards: senders,
             observations: obs_rx,
+            bell: control_bell,
+            waker: control_waker,
             stats,
             admin,
             registry,

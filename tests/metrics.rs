@@ -106,8 +106,23 @@ fn metrics_count_exactly_what_was_sent() {
             .assert_proxy_error(503);
     }
 
-    let s = scrape(admin);
+    // A shard finishes its bookkeeping of a request (duration, in-flight count, the pooled
+    // connection) just after the client has the last byte: scrape until it has.
     let a_peer = a.addr().to_string();
+    let settled = |s: &Scrape| {
+        let pa = [("upstream", "app"), ("peer", a_peer.as_str())];
+        histogram_count(s, "ringlb_request_duration_seconds", &[]) == 15.0
+            && gauge(s, "ringlb_peer_active_requests", &pa) == 0.0
+            && gauge(s, "ringlb_peer_pool_idle", &pa) == 1.0
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let s = loop {
+        let s = scrape(admin);
+        if settled(&s) || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     let dead_peer = dead.to_string();
     let e_peer = e.addr().to_string();
     let pa = vec![("upstream", "app"), ("peer", a_peer.as_str())];
@@ -284,8 +299,18 @@ fn metrics_follow_a_reload_and_status_shows_per_peer_stats() {
     );
 
     // /status: per peer total, failed, active, average response time.
-    let r = Client::connect(admin).roundtrip(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n");
-    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    // (the in-flight count drops just after the client has its last byte: poll for it)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let v: serde_json::Value = loop {
+        let r = Client::connect(admin).roundtrip(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        if v["groups"][0]["peers"][0]["active_requests"] == 0
+            || std::time::Instant::now() > deadline
+        {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     let peer = &v["groups"][0]["peers"][0];
     assert_eq!(peer["address"], a_peer.as_str());
     assert_eq!(peer["requests_total"], 5);

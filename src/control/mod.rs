@@ -16,9 +16,13 @@
 
 mod notify;
 mod report;
+mod wake;
 
 pub use notify::Notify;
 pub use report::{ShardReporter, ShardStats};
+pub use wake::{doorbell, Doorbell, Waker};
+
+use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +31,42 @@ use std::time::Instant;
 use crate::balance::PeerId;
 use crate::config::{Config, GroupId, PassiveHealth, ShardId};
 use crate::metrics::ShardHandles;
+
+/// ShardSender is the control side's end of one shard's control channel: it queues a message,
+/// then rings the shard's doorbell, so an idle shard learns of it at once (no polling tick).
+#[derive(Debug, Clone)]
+pub struct ShardSender {
+    /// The bounded channel the shard drains with `try_recv`.
+    tx: Sender<ControlMsg>,
+    /// The shard's doorbell.
+    waker: Waker,
+}
+
+impl ShardSender {
+    /// Queues `msg` without waiting (a full channel hands it back).
+    pub fn try_send(&self, msg: ControlMsg) -> Result<(), TrySendError<ControlMsg>> {
+        self.tx.try_send(msg)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Queues `msg`, waiting for room (only for shutdown, from outside the control thread).
+    pub fn send(&self, msg: ControlMsg) -> Result<(), SendError<ControlMsg>> {
+        self.tx.send(msg)?;
+        self.waker.wake();
+        Ok(())
+    }
+}
+
+/// A shard's control channel of `capacity` messages: the sender, the shard's receiver, and
+/// the doorbell the shard waits on.
+pub fn shard_channel(
+    capacity: usize,
+) -> std::io::Result<(ShardSender, Receiver<ControlMsg>, Doorbell)> {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let (waker, bell) = doorbell()?;
+    Ok((ShardSender { tx, waker }, rx, bell))
+}
 
 /// ControlMsg is what the control side tells a shard.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use super::{HealthChange, Observation, Outcome};
+use super::{HealthChange, Observation, Outcome, Waker};
 use crate::balance::PeerId;
 use crate::config::{Config, GroupId, PassiveHealth, ShardId};
 
@@ -40,6 +40,8 @@ pub struct ShardReporter {
     dropped: Cell<u64>,
     /// Counters the control thread shows in `/status`.
     stats: Arc<ShardStats>,
+    /// The control thread's doorbell.
+    waker: Option<Waker>,
 }
 
 /// PerConfig is the part of a reporter that follows the configuration.
@@ -85,7 +87,15 @@ impl ShardReporter {
             current: RefCell::new(PerConfig::new(config, 0)),
             dropped: Cell::new(0),
             stats,
+            waker: None,
         }
+    }
+
+    /// Rings `waker` (the control thread's doorbell) after every report sent, so the control
+    /// thread sleeps while nothing is reported.
+    pub fn with_waker(mut self, waker: Waker) -> ShardReporter {
+        self.waker = Some(waker);
+        self
     }
 
     /// Reports the outcome of one try on `peer` of group `group`, if it matters: every
@@ -121,6 +131,9 @@ impl ShardReporter {
         };
         match self.tx.try_send(obs) {
             Ok(()) => {
+                if let Some(w) = &self.waker {
+                    w.wake();
+                }
                 flag.set(failed);
                 self.stats.sent_observations.fetch_add(1, Ordering::Relaxed);
             }

@@ -4,7 +4,8 @@
 //! - one task per probed peer, each on its own schedule (`interval` ±10% jitter, start to
 //!   start), feeding probe results to the peer's state machine;
 //! - the observation drain: crossbeam cannot be awaited, so it `try_recv`s everything pending,
-//!   then sleeps 1 ms (doubling up to 16 ms while nothing arrives); the same loop ends
+//!   then sleeps until its doorbell rings (a shard's report, a reload, stop) or 1 ms, doubling
+//!   up to 60 s while nothing arrives; the same loop ends
 //!   ejections whose time has come and retries pushes that found a shard's control channel
 //!   full;
 //! - the admin endpoint: its accept loop and one task per connection, each served by
@@ -44,7 +45,8 @@ use crate::admin;
 use crate::balance::PeerId;
 use crate::config::{Config, ConfigError, Driver, GroupId};
 use crate::control::{
-    ControlMsg, HealthChange, ListenChange, Notify, Observation, ShardStats, Snapshot,
+    ControlMsg, Doorbell, HealthChange, ListenChange, Notify, Observation, ShardSender, ShardStats,
+    Snapshot, Waker,
 };
 use crate::listen::{bind_for_shards, probe_unshared};
 use crate::metrics::Registry;
@@ -52,9 +54,10 @@ use crate::process::{spawn_supervised, RateLimit};
 
 /// How long the observation drain sleeps after a round that found observations.
 const DRAIN_TICK: Duration = Duration::from_millis(1);
-/// The longest sleep of an idle drain: each empty round doubles the sleep up to this, so an
-/// idle control thread wakes ~60 times a second instead of 1000 (it shares the shards' CPUs).
-const DRAIN_IDLE_MAX: Duration = Duration::from_millis(16);
+/// The longest sleep of an idle drain: each empty round doubles the sleep up to this. A report,
+/// a reload or stop rings the thread's doorbell and ends the sleep at once, and the next
+/// ejection's end bounds it, so an idle control thread sleeps (it shares the shards' CPUs).
+const DRAIN_IDLE_MAX: Duration = Duration::from_secs(60);
 /// Observations handled per drain round before other tasks get a turn.
 const DRAIN_BATCH: usize = 4096;
 /// How long the control thread waits for its tasks to end when it stops.
@@ -65,9 +68,13 @@ pub struct ControlSetup {
     /// The configuration (the same snapshot the shards run).
     pub config: Arc<Config>,
     /// Every shard's control sender, in shard order.
-    pub shards: Vec<Sender<ControlMsg>>,
+    pub shards: Vec<ShardSender>,
     /// The receiving end of the shards' observation channel.
     pub observations: Receiver<Observation>,
+    /// The control thread's doorbell: rung by the shards' reporters, reloads and stop.
+    pub bell: Doorbell,
+    /// Rings `bell`.
+    pub waker: Waker,
     /// Every shard's health counters, in shard order.
     pub stats: Vec<Arc<ShardStats>>,
     /// The bound admin listener (`None` when `server.admin = ""`).
@@ -92,6 +99,8 @@ pub struct ControlThread {
     admin: Option<SocketAddr>,
     /// Reload requests to the thread.
     reloads: Sender<ReloadRequest>,
+    /// Rings the thread's doorbell (stop, knobs, reloads).
+    waker: Waker,
 }
 
 /// ReloadRequest asks the control thread to apply a configuration: the file again (`None`,
@@ -118,6 +127,8 @@ pub struct ReloadReport {
 pub struct ReloadHandle {
     /// Reload requests to the control thread.
     tx: Sender<ReloadRequest>,
+    /// Rings the control thread's doorbell.
+    waker: Waker,
 }
 
 impl ReloadHandle {
@@ -138,6 +149,7 @@ impl ReloadHandle {
         self.tx
             .send(ReloadRequest { config, reply })
             .map_err(|_| "the control thread is not running".to_string())?;
+        self.waker.wake();
         answer
             .recv()
             .map_err(|_| "the control thread stopped before answering".to_string())?
@@ -167,6 +179,7 @@ impl ControlThread {
         let (stop2, knobs2) = (stop.clone(), knobs.clone());
         let (shards, panicked2) = (setup.shards.clone(), panicked.clone());
         let (reloads, reload_rx) = crossbeam_channel::unbounded();
+        let waker = setup.waker.clone();
         // A second handle on the admin socket: a panic unwinds the runtime without closing the
         // sockets it owned, so the panic action shuts this one down (no more accepts).
         let admin_socket = match &setup.admin {
@@ -195,6 +208,7 @@ impl ControlThread {
             panicked,
             admin,
             reloads,
+            waker,
         };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(ctl),
@@ -218,6 +232,7 @@ impl ControlThread {
     pub fn reload_handle(&self) -> ReloadHandle {
         ReloadHandle {
             tx: self.reloads.clone(),
+            waker: self.waker.clone(),
         }
     }
 
@@ -228,18 +243,21 @@ impl ControlThread {
         self.knobs
             .pause_ms
             .store(d.as_millis().max(1) as u64, Ordering::Relaxed);
+        self.waker.wake();
     }
 
     /// Test knob: make the thread panic (within a few ms), to exercise its supervision.
     #[doc(hidden)]
     pub fn inject_panic(&self) {
         self.knobs.panic.store(true, Ordering::Relaxed);
+        self.waker.wake();
     }
 
     /// Stops the thread and joins it. Returns false if it panicked (then it has already told
     /// every shard to shut down).
     pub fn stop(&mut self) -> bool {
         self.stop.store(true, Ordering::Relaxed);
+        self.waker.wake();
         let joined = match self.thread.take() {
             Some(t) => t.join().is_ok(),
             None => true,
@@ -309,7 +327,7 @@ struct Ctl {
     /// Health of every group, in config order.
     groups: RefCell<Vec<GroupHealth>>,
     /// Every shard's control sender.
-    shards: Vec<Sender<ControlMsg>>,
+    shards: Vec<ShardSender>,
     /// Per shard: pushes that found its channel full, sent before anything newer.
     backlog: RefCell<Vec<VecDeque<ControlMsg>>>,
     /// Every shard's health counters.
@@ -540,6 +558,13 @@ async fn control_main(
     }
 
     let rx = setup.observations;
+    let mut bell = match setup.bell.register() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!("control thread: cannot register its doorbell ({e}): polling");
+            None
+        }
+    };
     let mut paused_until: Option<Instant> = None;
     let mut idle_sleep = DRAIN_TICK;
     while !stop.load(Ordering::Relaxed) {
@@ -572,7 +597,21 @@ async fn control_main(
         } else {
             (idle_sleep * 2).min(DRAIN_IDLE_MAX)
         };
-        monoio::time::sleep(idle_sleep).await;
+        // Sleep until woken (a report, a reload, stop), the next ejection ends, or the idle
+        // backoff passes; pushes waiting for a full shard channel retry every tick.
+        let mut wait = idle_sleep;
+        if let Some(t) = ctl.next_expiry.get() {
+            wait = wait.min(t.saturating_duration_since(Instant::now()));
+        }
+        if ctl.backlog.borrow().iter().any(|q| !q.is_empty()) || paused_until.is_some() {
+            wait = wait.min(DRAIN_TICK);
+        }
+        match bell.as_mut() {
+            Some(b) => {
+                b.wait(wait).await;
+            }
+            None => monoio::time::sleep(wait.min(DRAIN_TICK * 16)).await,
+        }
     }
 
     ctl.stopping.set(true);

@@ -17,12 +17,16 @@ use monoio::net::{TcpListener, TcpStream};
 use monoio::io::Canceller;
 
 use crate::config::{Driver, UringTaskrun};
-use crate::control::ListenChange;
+use crate::control::{Doorbell, ListenChange};
 use crate::process::RateLimit;
 use crate::proxy::{self, ShardCtx};
 
 /// How often a shard drains its control channel when no request does it first.
 pub const CONTROL_TICK: Duration = Duration::from_millis(5);
+
+/// The longest an idle shard sleeps when nothing (pooled connections, an access log) needs a
+/// periodic look; control messages wake it at once.
+const IDLE_WAIT: Duration = Duration::from_secs(60);
 
 /// How often a shard closes expired idle upstream connections.
 const REAP_EVERY: Duration = Duration::from_secs(1);
@@ -110,6 +114,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub fn run(
     ctx: ShardCtx,
     listeners: Vec<std::net::TcpListener>,
+    bell: Doorbell,
     ready: impl FnOnce(Result<&'static str, String>),
 ) {
     let entries = ctx.config().server.uring_entries;
@@ -135,7 +140,7 @@ pub fn run(
         {
             Ok(mut rt) => {
                 ready(Ok("epoll"));
-                rt.block_on(shard_main(Rc::new(Shard::new(ctx)), listeners));
+                rt.block_on(shard_main(Rc::new(Shard::new(ctx)), listeners, bell));
             }
             Err(e) => ready(Err(format!("cannot build the epoll runtime: {e}"))),
         }
@@ -167,7 +172,7 @@ pub fn run(
                     );
                 }
                 ready(Ok("io_uring"));
-                rt.block_on(shard_main(Rc::new(Shard::new(ctx)), listeners));
+                rt.block_on(shard_main(Rc::new(Shard::new(ctx)), listeners, bell));
                 return;
             }
             Err(e) => last_err = e.to_string(),
@@ -227,8 +232,15 @@ fn apply_listen(shard: &Rc<Shard>, change: ListenChange) {
     shard.ctx.changed().notify_all();
 }
 
-async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
+async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>, bell: Doorbell) {
     let ctx = &shard.ctx;
+    let mut bell = match bell.register() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(shard = %ctx.id, "cannot register the control doorbell ({e}): polling");
+            None
+        }
+    };
     let configured = ctx.config().server.listen.clone();
     for (addr, l) in configured.into_iter().zip(listeners) {
         start_accept(&shard, addr, l);
@@ -245,7 +257,22 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>) {
             }
             break;
         }
-        monoio::time::sleep(CONTROL_TICK).await;
+        // Woken by a control message; else a tick: every 5 ms while an access log has lines to
+        // hand over, once a second while idle pooled connections need the sweep, and otherwise
+        // only rarely (an idle shard sleeps).
+        let wait = if ctx.access_log.is_some() {
+            CONTROL_TICK
+        } else if ctx.live().groups.iter().any(|g| !g.pool.is_empty()) {
+            REAP_EVERY
+        } else {
+            IDLE_WAIT
+        };
+        match bell.as_mut() {
+            Some(b) => {
+                b.wait(wait).await;
+            }
+            None => monoio::time::sleep(CONTROL_TICK).await,
+        }
         if let Some(log) = &ctx.access_log {
             log.flush();
         }

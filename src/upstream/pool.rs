@@ -121,6 +121,11 @@ impl Pool {
     pub fn idle_count(&self, peer: PeerId) -> usize {
         self.idle.borrow().get(peer.index()).map_or(0, Vec::len)
     }
+
+    /// Whether any peer has an idle connection (something for [`Pool::reap`] to check).
+    pub fn is_empty(&self) -> bool {
+        self.idle.borrow().iter().all(Vec::is_empty)
+    }
 }
 
 /// Whether an idle connection is still open and has nothing to read: one non-blocking
