@@ -51,6 +51,8 @@ struct RawBackend {
     /// Every request as "METHOD TARGET BODY", in arrival order.
     seen: Arc<Mutex<Vec<String>>>,
     accepts: Arc<AtomicUsize>,
+    /// Unsolicited responses written so far.
+    strays: Arc<AtomicUsize>,
 }
 
 impl RawBackend {
@@ -59,19 +61,21 @@ impl RawBackend {
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let accepts = Arc::new(AtomicUsize::new(0));
-        let (s, a) = (seen.clone(), accepts.clone());
+        let strays = Arc::new(AtomicUsize::new(0));
+        let (s, a, st) = (seen.clone(), accepts.clone(), strays.clone());
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 a.fetch_add(1, Ordering::SeqCst);
-                let s = s.clone();
-                thread::spawn(move || raw_serve(stream, idle, idle_end, after, s));
+                let (s, st) = (s.clone(), st.clone());
+                thread::spawn(move || raw_serve(stream, idle, idle_end, after, s, st));
             }
         });
         RawBackend {
             addr,
             seen,
             accepts,
+            strays,
         }
     }
 
@@ -86,6 +90,7 @@ fn raw_serve(
     idle_end: IdleEnd,
     after: Option<(&'static [u8], Duration)>,
     seen: Arc<Mutex<Vec<String>>>,
+    strays: Arc<AtomicUsize>,
 ) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(idle));
@@ -134,6 +139,7 @@ fn raw_serve(
             if wire.stream().write_all(bytes).is_err() {
                 return;
             }
+            strays.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -191,8 +197,15 @@ fn unsolicited_response_on_idle_pooled_connection_is_never_delivered() {
         let r = c.roundtrip(&get(&format!("/u{i}")));
         assert_eq!(r.status, 200);
         assert_eq!(r.body_str(), format!("GET /u{i} "), "request {i}");
-        // Let the stray response land on the idle pooled connection.
-        thread::sleep(Duration::from_millis(150));
+        // Let the stray response land on the idle pooled connection before the next request.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while b.strays.load(Ordering::SeqCst) < i + 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stray {i} never written"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
     }
     assert_eq!(b.seen().len(), 40);
     // Every poisoned connection was closed: one connection per request.
