@@ -174,6 +174,7 @@ pub fn run(args: &FaultsArgs) -> Result<()> {
         ringlb_extra: RINGLB_UPSTREAM,
         ringlb_log_level: "info",
         ringlb_admin: "",
+        max_conns: 0,
     };
     let mut proxy = RunningProxy::start(&spec)?;
     proxy.wait_ready(Duration::from_secs(15))?;

@@ -7,7 +7,12 @@
 //! - [`procstat`]: CPU time and RSS of a process tree from `/proc`.
 //! - [`wrk`]: running wrk and parsing its `--latency` report.
 //! - [`report`]: per-run rows, medians, ratios; text, Markdown and JSON output.
-//! - [`compare`]: the `compare` subcommand that ties them together.
+//! - [`lab`]: what the side-by-side subcommands share: one proxy up at a time, rotated order,
+//!   the open-files limit, per-proxy tables with ratios.
+//! - [`compare`]: the `compare` subcommand that ties them together (and its rounds, shared
+//!   with `conns` and `body`).
+//! - [`conns`]: `conns N`: many wrk connections (default 10000).
+//! - [`body`]: `body BYTES…`: large bodies, MB/s and CPU s/GB.
 //! - [`faults`]: the `faults` subcommand: ringlb under load while backends are killed and
 //!   restarted (failover, retries, circuit breakers).
 //! - [`reload`]: the `reload` subcommand: ringlb under load while its config file is rewritten
@@ -17,8 +22,11 @@
 //! proxy launcher and wrk.
 
 mod backend;
+mod body;
 mod compare;
+mod conns;
 mod faults;
+mod lab;
 mod procstat;
 mod proxy;
 mod reload;
@@ -53,6 +61,12 @@ enum Command {
     /// (peers added, removed, reweighted; a broken file every fifth time): failed requests
     /// (target: none), reloads applied and refused.
     Reload(reload::ReloadArgs),
+    /// wrk with many connections (default 10000, capped by the open-files limit) against
+    /// ringlb, nginx and HAProxy in turn: req/s, p50, p99, errors, CPU µs/request.
+    Conns(conns::ConnsArgs),
+    /// Backends answer BYTES-byte bodies (default 16384 and 1048576): throughput (MB/s) and
+    /// proxy CPU seconds per GB, ringlb vs nginx vs HAProxy.
+    Body(body::BodyArgs),
 }
 
 fn main() {
@@ -61,6 +75,8 @@ fn main() {
         Command::Compare(args) => compare::run(&args),
         Command::Faults(args) => faults::run(&args),
         Command::Reload(args) => reload::run(&args),
+        Command::Conns(args) => conns::run(&args),
+        Command::Body(args) => body::run(&args),
     };
     if let Err(e) = result {
         eprintln!("bench-harness: error: {e:#}");

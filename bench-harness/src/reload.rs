@@ -238,6 +238,7 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
         ringlb_extra: "",
         ringlb_log_level: "info",
         ringlb_admin: &admin,
+        max_conns: 0,
     };
     let config_path = spec.dir.join(RINGLB_CONFIG_FILE);
     let mut proxy = RunningProxy::start(&spec)?;
@@ -771,6 +772,7 @@ mod tests {
             ringlb_extra: "",
             ringlb_log_level: "info",
             ringlb_admin: "127.0.0.1:9900",
+            max_conns: 0,
         }
     }
 
