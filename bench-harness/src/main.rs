@@ -13,6 +13,7 @@
 //!   with `conns` and `body`).
 //! - [`conns`]: `conns N`: many wrk connections (default 10000).
 //! - [`body`]: `body BYTES…`: large bodies, MB/s and CPU s/GB.
+//! - [`idle`]: `idle N`: RSS and CPU cost of N idle keep-alive clients.
 //! - [`faults`]: the `faults` subcommand: ringlb under load while backends are killed and
 //!   restarted (failover, retries, circuit breakers).
 //! - [`reload`]: the `reload` subcommand: ringlb under load while its config file is rewritten
@@ -26,6 +27,7 @@ mod body;
 mod compare;
 mod conns;
 mod faults;
+mod idle;
 mod lab;
 mod procstat;
 mod proxy;
@@ -67,6 +69,9 @@ enum Command {
     /// Backends answer BYTES-byte bodies (default 16384 and 1048576): throughput (MB/s) and
     /// proxy CPU seconds per GB, ringlb vs nginx vs HAProxy.
     Body(body::BodyArgs),
+    /// N idle keep-alive clients (one request each) against ringlb, nginx and HAProxy in
+    /// turn: RSS growth per client, idle CPU per 10 s alone and with the clients.
+    Idle(idle::IdleArgs),
 }
 
 fn main() {
@@ -77,6 +82,7 @@ fn main() {
         Command::Reload(args) => reload::run(&args),
         Command::Conns(args) => conns::run(&args),
         Command::Body(args) => body::run(&args),
+        Command::Idle(args) => idle::run(&args),
     };
     if let Err(e) = result {
         eprintln!("bench-harness: error: {e:#}");
