@@ -14,6 +14,7 @@
 //! - [`conns`]: `conns N`: many wrk connections (default 10000).
 //! - [`body`]: `body BYTES…`: large bodies, MB/s and CPU s/GB.
 //! - [`idle`]: `idle N`: RSS and CPU cost of N idle keep-alive clients.
+//! - [`latency`]: `latency RATE`: fixed-rate, coordinated-omission-corrected latency (oha).
 //! - [`faults`]: the `faults` subcommand: ringlb under load while backends are killed and
 //!   restarted (failover, retries, circuit breakers).
 //! - [`reload`]: the `reload` subcommand: ringlb under load while its config file is rewritten
@@ -29,6 +30,7 @@ mod conns;
 mod faults;
 mod idle;
 mod lab;
+mod latency;
 mod procstat;
 mod proxy;
 mod reload;
@@ -72,6 +74,9 @@ enum Command {
     /// N idle keep-alive clients (one request each) against ringlb, nginx and HAProxy in
     /// turn: RSS growth per client, idle CPU per 10 s alone and with the clients.
     Idle(idle::IdleArgs),
+    /// Fixed-rate latency with oha (`-q RATE --latency-correction`) against ringlb, nginx and
+    /// HAProxy in turn: p50/p90/p99/p99.9/max.
+    Latency(latency::LatencyArgs),
 }
 
 fn main() {
@@ -83,6 +88,7 @@ fn main() {
         Command::Conns(args) => conns::run(&args),
         Command::Body(args) => body::run(&args),
         Command::Idle(args) => idle::run(&args),
+        Command::Latency(args) => latency::run(&args),
     };
     if let Err(e) = result {
         eprintln!("bench-harness: error: {e:#}");
