@@ -1,9 +1,10 @@
 //! The `conns` subcommand: wrk with many connections (default 10000) against each proxy,
 //! one at a time, in rotated rounds: req/s, p50, p99, errors and CPU µs/request.
 //!
-//! N is capped by the open-files limit (raised from soft to hard first): the proxy holds two
-//! descriptors per proxied connection (client and upstream side), which is the tightest
-//! budget, since wrk and the backends each hold one.
+//! N is capped by the open-files limit (raised from soft to hard first) at (limit − 256) / 2:
+//! the proxy holds two descriptors per proxied connection (client and upstream side), which is
+//! the tightest budget, since wrk and the backends each hold one (and HAProxy refuses to start
+//! when its `maxconn` would not get two each).
 
 use anyhow::{bail, Result};
 use clap::Args;
