@@ -1,11 +1,13 @@
 //! The `compare` subcommand: the same load against ringlb, nginx and HAProxy, in interleaved
 //! rounds, with CPU time per request taken from `/proc`.
 //!
-//! Order of a run: resolve tools → start three backends (pinned to the load CPU) → start every
-//! proxy (pinned to the proxy CPU) and wait until each answers → wrk directly against one
-//! backend (the baseline: what the load side can do without a proxy) → warm each proxy up →
-//! rounds; in each round every proxy once, in the same order → print the tables. Every process
-//! started is stopped by its guard's Drop, on success, error, or Ctrl-C.
+//! Order of a run: resolve tools → start three backends (pinned to the load CPU) → wrk directly
+//! against one backend (the baseline: what the load side can do without a proxy) → rounds; in
+//! each round every proxy once, in an order rotated from round to round, and each run starts
+//! its proxy (pinned to the proxy CPU), waits until it answers, warms it up, measures, and
+//! stops it, so that only the proxy under test is up → print the tables. Every process started
+//! is stopped by its guard's Drop, on success, error, or Ctrl-C. [`run_rounds`] is shared with
+//! `conns` and `body`.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -15,16 +17,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::backend::Backend;
+use crate::lab::{rotation, Lab, BACKENDS};
 use crate::procstat::{tree_cpu_seconds, tree_rss_kib, CoreTicks};
-use crate::proxy::{ProxyKind, ProxySpec, RunningProxy};
+use crate::proxy::ProxyKind;
 use crate::report::{Report, RunRow};
-use crate::setup::{
-    check_interrupted, free_port, install_signal_handlers, ScratchDir, SetupArgs, Tools,
-};
+use crate::setup::{check_interrupted, ScratchDir, SetupArgs, Tools};
 use crate::wrk::Load;
-
-/// BACKENDS is how many backends every proxy balances over.
-const BACKENDS: usize = 3;
 
 /// CompareArgs are the options of `compare`.
 #[derive(Debug, Args)]
@@ -37,7 +35,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     duration: u64,
 
-    /// Rounds; each round runs every proxy once, in the same order.
+    /// Rounds; each round runs every proxy once, the order rotated by one from round to round.
     #[arg(long, default_value_t = 3, value_name = "N")]
     rounds: u32,
 
@@ -49,7 +47,8 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     threads: u32,
 
-    /// Seconds of unmeasured load against each proxy before the first round (0 = none).
+    /// Seconds of unmeasured load against each proxy after it starts, before its measured run
+    /// (0 = none).
     #[arg(long, default_value_t = 2, value_name = "SECS")]
     warmup: u64,
 
@@ -70,112 +69,28 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     if args.connections < args.threads {
         bail!("wrk needs --connections >= --threads");
     }
-    install_signal_handlers();
-    let setup = &args.setup;
-    let tools = setup.resolve_tools()?;
-    setup.check_cpus()?;
-    let scratch = ScratchDir::create(setup.keep_tmp)?;
-    let load = Load {
-        wrk: tools.wrk.clone(),
-        taskset: tools.taskset.clone(),
-        cpu: setup.load_cpu,
-        threads: args.threads,
-        connections: args.connections,
-    };
-
-    let backends = (0..BACKENDS)
-        .map(|i| Backend::start(&format!("backend-{i}"), setup.load_cpu, setup.body_bytes))
-        .collect::<Result<Vec<_>>>()?;
-    let addrs: Vec<_> = backends.iter().map(Backend::addr).collect();
-    eprintln!(
-        "backends: {} (pinned to CPU {}, {}-byte bodies)",
-        addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-        setup.load_cpu,
-        setup.body_bytes
-    );
-
-    // Start every proxy before measuring anything: a proxy that fails to start fails the run
-    // early, and all of them see the same conditions.
-    let mut proxies = Vec::new();
-    for (kind, program) in &tools.proxies {
-        let spec = ProxySpec {
-            kind: *kind,
-            program,
-            taskset: &tools.taskset,
-            cpu: setup.proxy_cpu,
-            port: free_port()?,
-            backends: &addrs,
-            dir: scratch.path().join(kind.name()),
-            ringlb_extra: "",
-            ringlb_log_level: "warn",
-            ringlb_admin: "",
-            upgrade: false,
-        };
-        let mut p = RunningProxy::start(&spec)?;
-        p.wait_ready(Duration::from_secs(15))?;
-        eprintln!(
-            "{}: ready at {} (pid {}): {}",
-            kind.name(),
-            p.url(),
-            p.pid(),
-            p.command_line()
-        );
-        proxies.push(p);
-    }
-
-    // Baseline: the load side alone, straight at one backend.
-    let url = format!("http://{}/", addrs[0]);
-    eprintln!("baseline: {}", load.command_line(args.duration, &url));
-    let bench = Bench {
-        load: &load,
-        seconds: args.duration,
-        backends: &backends,
-        scratch: &scratch,
-        proxy_cpu: setup.proxy_cpu,
-    };
-    let baseline = bench.measure(&url, None, "backend", 0)?;
-    eprintln!("  {}", one_line(&baseline));
-
-    if args.warmup > 0 {
-        for p in &proxies {
-            eprintln!("warm-up: {} for {} s", p.kind().name(), args.warmup);
-            let out = scratch
-                .path()
-                .join(format!("wrk-warmup-{}.txt", p.kind().name()));
-            load.run(&p.url(), args.warmup, &out)?;
-        }
-    }
-
-    let mut runs = Vec::new();
-    for round in 1..=args.rounds {
-        for p in &mut proxies {
-            check_interrupted()?;
-            let label = p.kind().name();
-            eprintln!(
-                "round {round}/{}: {}: {}",
-                args.rounds,
-                label,
-                load.command_line(args.duration, &p.url())
-            );
-            let row = bench.measure(&p.url(), Some(p.pid()), label, round)?;
-            eprintln!("  {}", one_line(&row));
-            p.check_alive()?;
-            runs.push(row);
-        }
-    }
-
+    let lab = Lab::new(&args.setup)?;
+    let backends = lab.backends(args.setup.body_bytes)?;
+    let (baseline, runs) = run_rounds(
+        &lab,
+        &backends,
+        &Rounds {
+            duration: args.duration,
+            rounds: args.rounds,
+            connections: args.connections,
+            threads: args.threads,
+            warmup: args.warmup,
+            max_conns: 0,
+            baseline: true,
+            tag: "compare",
+        },
+    )?;
     let report = Report {
-        settings: settings(args, &tools),
-        versions: versions(&tools),
-        baseline: Some(baseline),
+        settings: settings(args, &lab.tools),
+        versions: versions(&lab.tools),
+        baseline,
         runs,
     };
-    // Proxies and backends stop (guards) before the output, so nothing runs while we print.
-    drop(proxies);
     drop(backends);
     println!();
     print!("{}", report.render(args.markdown));
@@ -185,6 +100,88 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Rounds is the shape of a series of wrk runs against every proxy (`compare`, `conns`,
+/// `body`).
+pub struct Rounds {
+    /// Seconds per measured run.
+    pub duration: u64,
+    /// Rounds; each runs every proxy once, in rotated order.
+    pub rounds: u32,
+    /// wrk `-c`.
+    pub connections: u32,
+    /// wrk `-t`.
+    pub threads: u32,
+    /// Seconds of unmeasured load after each start, before the measured run (0 = none).
+    pub warmup: u64,
+    /// Client connections the proxies must be configured for (0 = the default 4096).
+    pub max_conns: u32,
+    /// Also run wrk straight at one backend first.
+    pub baseline: bool,
+    /// Names the wrk report files.
+    pub tag: &'static str,
+}
+
+/// Runs `shape.rounds` rounds; in round r the proxies go in [`rotation`] order, and each run
+/// starts its proxy, warms it up, measures one wrk run and stops it, so that only the proxy
+/// under test is up while it is measured. Returns the baseline (if asked) and every run.
+pub fn run_rounds(
+    lab: &Lab<'_>,
+    backends: &[Backend],
+    shape: &Rounds,
+) -> Result<(Option<RunRow>, Vec<RunRow>)> {
+    let setup = lab.setup;
+    let load = Load {
+        wrk: lab.tools.wrk.clone(),
+        taskset: lab.tools.taskset.clone(),
+        cpu: setup.load_cpu,
+        threads: shape.threads,
+        connections: shape.connections,
+    };
+    let addrs: Vec<_> = backends.iter().map(Backend::addr).collect();
+    let bench = Bench {
+        load: &load,
+        seconds: shape.duration,
+        backends,
+        scratch: &lab.scratch,
+        proxy_cpu: setup.proxy_cpu,
+    };
+    let baseline = if shape.baseline {
+        // The load side alone, straight at one backend.
+        let url = format!("http://{}/", addrs[0]);
+        eprintln!("baseline: {}", load.command_line(shape.duration, &url));
+        let row = bench.measure(&url, None, "backend", 0, shape.tag)?;
+        eprintln!("  {}", one_line(&row));
+        Some(row)
+    } else {
+        None
+    };
+    let mut runs = Vec::new();
+    let n = lab.tools.proxies.len();
+    for round in 1..=shape.rounds {
+        for i in rotation(n, round) {
+            check_interrupted()?;
+            let mut p = lab.start(i, &addrs, shape.max_conns)?;
+            let label = p.kind().name();
+            if shape.warmup > 0 {
+                eprintln!("warm-up: {label} for {} s", shape.warmup);
+                let out = lab.file(&format!("wrk-{}-warmup-{label}-{round}.txt", shape.tag));
+                load.run(&p.url(), shape.warmup, &out)?;
+            }
+            eprintln!(
+                "round {round}/{}: {label}: {}",
+                shape.rounds,
+                load.command_line(shape.duration, &p.url())
+            );
+            let row = bench.measure(&p.url(), Some(p.pid()), label, round, shape.tag)?;
+            eprintln!("  {}", one_line(&row));
+            p.check_alive()?;
+            runs.push(row);
+            // `p` drops here: the proxy stops before the next one starts.
+        }
+    }
+    Ok((baseline, runs))
 }
 
 /// Bench is what every measured run shares.
@@ -204,14 +201,24 @@ struct Bench<'a> {
 impl Bench<'_> {
     /// One wrk run against `url`, with the CPU time of the proxy's process tree (rooted at
     /// `pid`) sampled around it.
-    fn measure(&self, url: &str, pid: Option<u32>, label: &str, round: u32) -> Result<RunRow> {
+    fn measure(
+        &self,
+        url: &str,
+        pid: Option<u32>,
+        label: &str,
+        round: u32,
+        tag: &str,
+    ) -> Result<RunRow> {
         let load = self.load;
         let served_before: Vec<u64> = self.backends.iter().map(Backend::served).collect();
         let cores_before = (CoreTicks::read(self.proxy_cpu), CoreTicks::read(load.cpu));
         let backends_cpu = || self.backends.iter().map(Backend::cpu_seconds).sum::<f64>();
         let backends_cpu_before = backends_cpu();
         let cpu_before = pid.map(tree_cpu_seconds);
-        let out = self.scratch.path().join(format!("wrk-{label}-{round}.txt"));
+        let out = self
+            .scratch
+            .path()
+            .join(format!("wrk-{tag}-{label}-{round}.txt"));
         let (wrk, wrk_cpu) = load.run(url, self.seconds, &out)?;
         let cpu_after = pid.map(tree_cpu_seconds);
         let backends_cpu_after = backends_cpu();

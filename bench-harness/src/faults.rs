@@ -173,8 +173,9 @@ pub fn run(args: &FaultsArgs) -> Result<()> {
         dir: scratch.path().join("ringlb"),
         ringlb_extra: RINGLB_UPSTREAM,
         ringlb_log_level: "info",
-        ringlb_admin: "",
         upgrade: false,
+        ringlb_admin: "",
+        max_conns: 0,
     };
     let mut proxy = RunningProxy::start(&spec)?;
     proxy.wait_ready(Duration::from_secs(15))?;

@@ -7,7 +7,14 @@
 //! - [`procstat`]: CPU time and RSS of a process tree from `/proc`.
 //! - [`wrk`]: running wrk and parsing its `--latency` report.
 //! - [`report`]: per-run rows, medians, ratios; text, Markdown and JSON output.
-//! - [`compare`]: the `compare` subcommand that ties them together.
+//! - [`lab`]: what the side-by-side subcommands share: one proxy up at a time, rotated order,
+//!   the open-files limit, per-proxy tables with ratios.
+//! - [`compare`]: the `compare` subcommand that ties them together (and its rounds, shared
+//!   with `conns` and `body`).
+//! - [`conns`]: `conns N`: many wrk connections (default 10000).
+//! - [`body`]: `body BYTES…`: large bodies, MB/s and CPU s/GB.
+//! - [`idle`]: `idle N`: RSS and CPU cost of N idle keep-alive clients.
+//! - [`latency`]: `latency RATE`: fixed-rate, coordinated-omission-corrected latency (oha).
 //! - [`faults`]: the `faults` subcommand: ringlb under load while backends are killed and
 //!   restarted (failover, retries, circuit breakers).
 //! - [`reload`]: the `reload` subcommand: ringlb under load while its config file is rewritten
@@ -18,8 +25,13 @@
 //! proxy launcher and wrk.
 
 mod backend;
+mod body;
 mod compare;
+mod conns;
 mod faults;
+mod idle;
+mod lab;
+mod latency;
 mod procstat;
 mod proxy;
 mod reload;
@@ -58,6 +70,18 @@ enum Command {
     /// WebSocket echo round trips through ringlb, nginx and HAProxy (one tunnel per client
     /// thread): round trips per second, CPU per round trip, RSS.
     Ws(ws::WsArgs),
+    /// wrk with many connections (default 10000, capped by the open-files limit) against
+    /// ringlb, nginx and HAProxy in turn: req/s, p50, p99, errors, CPU µs/request.
+    Conns(conns::ConnsArgs),
+    /// Backends answer BYTES-byte bodies (default 16384 and 1048576): throughput (MB/s) and
+    /// proxy CPU seconds per GB, ringlb vs nginx vs HAProxy.
+    Body(body::BodyArgs),
+    /// N idle keep-alive clients (one request each) against ringlb, nginx and HAProxy in
+    /// turn: RSS growth per client, idle CPU per 10 s alone and with the clients.
+    Idle(idle::IdleArgs),
+    /// Fixed-rate latency with oha (`-q RATE --latency-correction`) against ringlb, nginx and
+    /// HAProxy in turn: p50/p90/p99/p99.9/max.
+    Latency(latency::LatencyArgs),
 }
 
 fn main() {
@@ -67,6 +91,10 @@ fn main() {
         Command::Faults(args) => faults::run(&args),
         Command::Reload(args) => reload::run(&args),
         Command::Ws(args) => ws::run(&args),
+        Command::Conns(args) => conns::run(&args),
+        Command::Body(args) => body::run(&args),
+        Command::Idle(args) => idle::run(&args),
+        Command::Latency(args) => latency::run(&args),
     };
     if let Err(e) = result {
         eprintln!("bench-harness: error: {e:#}");

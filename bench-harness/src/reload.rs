@@ -237,8 +237,9 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
         dir: scratch.path().join("ringlb"),
         ringlb_extra: "",
         ringlb_log_level: "info",
-        ringlb_admin: &admin,
         upgrade: false,
+        ringlb_admin: &admin,
+        max_conns: 0,
     };
     let config_path = spec.dir.join(RINGLB_CONFIG_FILE);
     let mut proxy = RunningProxy::start(&spec)?;
@@ -771,8 +772,9 @@ mod tests {
             dir: PathBuf::from("/tmp/x"),
             ringlb_extra: "",
             ringlb_log_level: "info",
-            ringlb_admin: "127.0.0.1:9900",
             upgrade: false,
+            ringlb_admin: "127.0.0.1:9900",
+            max_conns: 0,
         }
     }
 

@@ -445,7 +445,7 @@ fn json_str(s: &str) -> String {
 }
 
 /// The median (mean of the middle two for an even count); `None` when empty.
-fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return None;
@@ -459,7 +459,7 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     })
 }
 
-fn fmt_us(us: f64) -> String {
+pub(crate) fn fmt_us(us: f64) -> String {
     if us >= 100.0 {
         format!("{us:.0}")
     } else {
@@ -467,13 +467,13 @@ fn fmt_us(us: f64) -> String {
     }
 }
 
-fn opt(v: Option<f64>, decimals: usize) -> String {
+pub(crate) fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.decimals$}"))
 }
 
 /// Table is a small column-aligned table: the first `left` columns left-aligned (labels), the
 /// rest right-aligned (numbers).
-struct Table {
+pub(crate) struct Table {
     /// How many leading columns are labels.
     left: usize,
     /// Column titles.
@@ -483,7 +483,7 @@ struct Table {
 }
 
 impl Table {
-    fn new(left: usize, headers: &[&str]) -> Table {
+    pub(crate) fn new(left: usize, headers: &[&str]) -> Table {
         Table {
             left,
             headers: headers.iter().map(|h| h.to_string()).collect(),
@@ -491,12 +491,12 @@ impl Table {
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         assert_eq!(cells.len(), self.headers.len(), "one cell per column");
         self.rows.push(cells);
     }
 
-    fn render(&self, markdown: bool) -> String {
+    pub(crate) fn render(&self, markdown: bool) -> String {
         let cols = self.headers.len();
         let width = |c: usize| {
             self.rows

@@ -76,6 +76,7 @@ pub fn run(args: &WsArgs) -> Result<()> {
             dir: scratch.path().join(kind.name()),
             ringlb_extra: "",
             ringlb_log_level: "warn",
+            max_conns: 0,
             ringlb_admin: "",
             upgrade: true,
         };
