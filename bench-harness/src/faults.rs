@@ -22,7 +22,7 @@ use clap::Args;
 
 use crate::backend::Backend;
 use crate::proxy::{ProxyKind, ProxySpec, RunningProxy};
-use crate::setup::{check_interrupted, free_port, install_signal_handlers, ScratchDir, SetupArgs};
+use crate::setup::{check_interrupted, free_port, ringlb_only, RinglbOnly};
 use crate::wrk::{Load, WrkResult};
 
 /// BACKENDS is how many backends ringlb balances over.
@@ -140,21 +140,18 @@ pub fn run(args: &FaultsArgs) -> Result<()> {
         );
     }
 
-    install_signal_handlers();
-    let setup = SetupArgs {
-        ringlb: args.ringlb.clone(),
-        only: vec![ProxyKind::Ringlb],
-        proxy_cpu: args.proxy_cpu,
-        load_cpu: args.load_cpu,
-        body_bytes: args.body_bytes,
-        keep_tmp: args.keep_tmp,
-    };
-    let tools = setup.resolve_tools()?;
-    setup.check_cpus()?;
-    let Some((_, ringlb)) = tools.proxies.first() else {
-        bail!("ringlb binary not found");
-    };
-    let scratch = ScratchDir::create(args.keep_tmp)?;
+    let RinglbOnly {
+        tools,
+        ringlb,
+        scratch,
+    } = ringlb_only(
+        args.ringlb.clone(),
+        args.proxy_cpu,
+        args.load_cpu,
+        args.body_bytes,
+        args.keep_tmp,
+    )?;
+    let ringlb = &ringlb;
 
     let mut backends = (0..BACKENDS)
         .map(|i| Backend::start(&format!("backend-{i}"), args.load_cpu, args.body_bytes))

@@ -198,6 +198,47 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// RinglbOnly is what a subcommand that runs ringlb alone (`faults`, `reload`) starts from.
+pub struct RinglbOnly {
+    /// The load generator and taskset (and ringlb, as the only proxy).
+    pub tools: Tools,
+    /// The ringlb binary.
+    pub ringlb: PathBuf,
+    /// The run's scratch directory.
+    pub scratch: ScratchDir,
+}
+
+/// The common start of a ringlb-only subcommand: signal handlers, the tools and the ringlb
+/// binary found, the CPUs checked, a scratch directory.
+pub fn ringlb_only(
+    ringlb: Option<PathBuf>,
+    proxy_cpu: usize,
+    load_cpu: usize,
+    body_bytes: usize,
+    keep_tmp: bool,
+) -> Result<RinglbOnly> {
+    install_signal_handlers();
+    let setup = SetupArgs {
+        ringlb,
+        only: vec![ProxyKind::Ringlb],
+        proxy_cpu,
+        load_cpu,
+        body_bytes,
+        keep_tmp,
+    };
+    let tools = setup.resolve_tools()?;
+    setup.check_cpus()?;
+    let Some((_, ringlb)) = tools.proxies.first() else {
+        bail!("ringlb binary not found");
+    };
+    let ringlb = ringlb.clone();
+    Ok(RinglbOnly {
+        tools,
+        ringlb,
+        scratch: ScratchDir::create(keep_tmp)?,
+    })
+}
+
 /// ScratchDir is a fresh directory under the system temp dir, removed on drop unless kept.
 pub struct ScratchDir {
     /// The directory.
