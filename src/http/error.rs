@@ -149,12 +149,14 @@ pub fn status_reason(code: u16) -> &'static str {
 /// The answer to a HEAD request (`head_request`) is the same head without the body (RFC 9110
 /// §9.3.2): its `Content-Length` says what a GET would have received, and a client keeping the
 /// connection reads no body bytes it does not expect.
+///
+/// Returns the body bytes written (0 for a HEAD request).
 pub fn write_error_response(
     err: &HttpError,
     keep_alive: bool,
     head_request: bool,
     out: &mut Vec<u8>,
-) {
+) -> u64 {
     let status = err.status();
     let reason = err.reason().as_bytes();
     let detail = err.detail();
@@ -182,7 +184,7 @@ pub fn write_error_response(
     }
     out.extend_from_slice(b"\r\n");
     if head_request {
-        return;
+        return 0;
     }
 
     push_u64(out, u64::from(status));
@@ -193,6 +195,7 @@ pub fn write_error_response(
         out.extend_from_slice(d.as_bytes());
     }
     out.push(b'\n');
+    body_len as u64
 }
 
 #[cfg(test)]
@@ -300,11 +303,13 @@ mod tests {
     #[test]
     fn head_request_gets_the_head_only() {
         let mut get = Vec::new();
-        write_error_response(&HttpError::BadGateway("x"), true, false, &mut get);
+        let get_body = write_error_response(&HttpError::BadGateway("x"), true, false, &mut get);
         let mut head = Vec::new();
-        write_error_response(&HttpError::BadGateway("x"), true, true, &mut head);
+        let head_body = write_error_response(&HttpError::BadGateway("x"), true, true, &mut head);
         let end = get.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert_eq!(head, &get[..end]);
         assert!(get.len() > end);
+        assert_eq!(get_body, (get.len() - end) as u64, "the body bytes written");
+        assert_eq!(head_body, 0);
     }
 }

@@ -55,12 +55,11 @@ impl<C: Transport> Conn<'_, C> {
     pub(super) async fn reply_error(&mut self, err: &HttpError, keep_alive: bool) -> bool {
         let keep_alive = keep_alive && !self.ctx.is_shutting_down();
         self.out.clear();
-        write_error_response(err, keep_alive, self.head_request, &mut self.out);
+        let body_bytes = write_error_response(err, keep_alive, self.head_request, &mut self.out);
         self.ctx.metrics.count_response(err.status());
         if self.logging() {
             self.log.status = err.status();
-            let head = self.out.windows(4).position(|w| w == b"\r\n\r\n");
-            self.log.body_bytes = head.map_or(0, |h| (self.out.len() - h - 4) as u64);
+            self.log.body_bytes = body_bytes;
         }
         let wait = self.live.config.timeouts.client_idle;
         let written = write_all(&mut self.io, &mut self.out, wait).await.is_ok();
