@@ -1,7 +1,7 @@
 //! The client side of a connection: reading request heads (the keep-alive wait, the header
 //! deadline), ringlb's own answers (errors, `100 Continue`) and the lingering close.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Conn, Head, CLIENT_BUF};
 use crate::http::{parse_request, write_error_response, BodyKind, HttpError, ParseStatus};
@@ -56,9 +56,13 @@ impl<C: Transport> Conn<'_, C> {
                     Ok(_) => continue,
                 }
             }
-            let warm = timeouts
-                .client_park
-                .min(until.saturating_duration_since(Instant::now()));
+            let warm = if ctx.may_wait_warm() {
+                timeouts
+                    .client_park
+                    .min(until.saturating_duration_since(Instant::now()))
+            } else {
+                Duration::ZERO
+            };
             if warm.is_zero() {
                 return Ok(Head::Park(until));
             }

@@ -147,14 +147,21 @@ pub(crate) struct ShardCtx {
     shutdown: Signal,
     /// Parked connections' deadlines (closed at shutdown, which ends their waits).
     pub parking: Parking,
-    /// Awake connections' buffers, given back by connections that parked or closed
-    /// (at most [`SPARES_KEPT`]).
+    /// Awake connections' buffers, given back by connections that parked or closed: at most
+    /// [`SPARES_SLACK`] more than there are awake connections, and never more than
+    /// [`WARM_MAX`], so that once traffic stops the pool shrinks back to a few.
     spares: RefCell<Vec<Spare>>,
+    /// Connections awake now (holding a spare).
+    awake: Cell<usize>,
 }
 
-/// Spares a shard keeps for connections that wake; more are freed. Enough for every
-/// connection that is awake at once under a normal load to find one.
-const SPARES_KEPT: usize = 256;
+/// Connections that may wait warm (with a read and its buffer in flight) at once per shard;
+/// beyond that a waiting connection parks at once. This bounds the buffers an idle flood of
+/// connections can pin to about `WARM_MAX` × 25 KiB, whatever the park time.
+pub(crate) const WARM_MAX: usize = 256;
+
+/// Spares the pool keeps beyond the awake connections' count.
+const SPARES_SLACK: usize = 8;
 
 impl ShardCtx {
     /// Builds a shard's context from the config.
@@ -184,6 +191,7 @@ impl ShardCtx {
             shutdown: Signal::default(),
             parking: Parking::default(),
             spares: RefCell::new(Vec::new()),
+            awake: Cell::new(0),
         }
     }
 
@@ -253,15 +261,29 @@ impl ShardCtx {
     /// A connection's buffers and request state for an awake stretch: a pooled one, or new.
     #[inline]
     pub(super) fn take_spare(&self) -> Spare {
+        self.awake.set(self.awake.get() + 1);
         self.spares.borrow_mut().pop().unwrap_or_else(Spare::new)
+    }
+
+    /// Whether a waiting connection may wait warm (see [`WARM_MAX`]).
+    #[inline]
+    pub(super) fn may_wait_warm(&self) -> bool {
+        self.awake.get() <= WARM_MAX
     }
 
     /// Takes back the buffers of a connection that parked or closed.
     #[inline]
     pub(super) fn put_spare(&self, spare: Spare) {
+        let awake = self.awake.get().saturating_sub(1);
+        self.awake.set(awake);
+        let keep = (awake + SPARES_SLACK).min(WARM_MAX);
         let mut spares = self.spares.borrow_mut();
-        if spares.len() < SPARES_KEPT {
+        if spares.len() < keep {
             spares.push(spare);
+        } else {
+            spares.truncate(keep);
+            drop(spare);
+            self.parking.release_soon();
         }
     }
 

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::control::Notify;
 
@@ -30,7 +30,13 @@ pub(crate) struct Parking {
     reaper: Notify,
     /// Set by [`Parking::close`]: every wait ends, now and from now on.
     closed: Cell<bool>,
+    /// When the reaper next hands freed memory back to the OS ([`Parking::release_soon`]).
+    release_at: Cell<Option<Instant>>,
 }
+
+/// How long after connections gave buffers up the reaper returns freed memory to the OS:
+/// long enough that a burst of traffic is over (and reuses what it freed meanwhile).
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 impl Parking {
     /// A future that completes at `until`, or when the shard closes parking (shutdown).
@@ -39,6 +45,23 @@ impl Parking {
             parking: self,
             until,
             key: None,
+        }
+    }
+
+    /// Asks the reaper to return the memory this thread freed to the OS in a moment
+    /// (connections gave up buffers the pool does not keep). The allocator (mimalloc) keeps
+    /// freed pages for reuse and purges them only on later allocator activity, which an
+    /// idle shard has none of; without this, a burst of connections that then all park
+    /// would leave their buffers' pages resident.
+    pub fn release_soon(&self) {
+        if self.release_at.get().is_some() {
+            return;
+        }
+        let at = Instant::now() + RELEASE_AFTER;
+        self.release_at.set(Some(at));
+        if self.armed.get().is_none_or(|armed| at < armed) {
+            self.armed.set(Some(at));
+            self.reaper.notify_all();
         }
     }
 
@@ -59,6 +82,10 @@ impl Parking {
     pub async fn run(&self) {
         while !self.closed.get() {
             let first = self.waiting.borrow().keys().next().map(|k| k.0);
+            let first = match (first, self.release_at.get()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             self.armed.set(first);
             let filed = self.reaper.notified();
             match first {
@@ -72,6 +99,10 @@ impl Parking {
                 }
             }
             let now = Instant::now();
+            if self.release_at.get().is_some_and(|at| at <= now) {
+                self.release_at.set(None);
+                release_freed_memory();
+            }
             let mut waiting = self.waiting.borrow_mut();
             while let Some(entry) = waiting.first_entry() {
                 if entry.key().0 > now {
@@ -87,6 +118,15 @@ impl Parking {
     fn filed(&self) -> usize {
         self.waiting.borrow().len()
     }
+}
+
+/// Returns the pages this thread freed to mimalloc back to the OS (`mi_collect(true)`: every
+/// free page, not only those whose purge delay passed; it runs at most once a second, after a
+/// burst). When the process's allocator is another one this collects mimalloc's own, empty,
+/// heap: a no-op.
+fn release_freed_memory() {
+    // SAFETY: mi_collect takes no pointers; it only walks this thread's mimalloc heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 /// ParkWait is the future returned by [`Parking::wait`].
@@ -150,7 +190,6 @@ impl Drop for ParkWait<'_> {
 mod tests {
     use super::*;
     use std::rc::Rc;
-    use std::time::Duration;
 
     fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
         monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()

@@ -7,6 +7,7 @@
 //! between requests and on a short tick.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
@@ -477,9 +478,19 @@ fn serve_queued(shard: &Rc<Shard>, listener: &TcpListener) {
     );
 }
 
-async fn serve_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr) {
+/// The task serving one accepted connection. (No async wrapper around `proxy::serve`: its
+/// arguments would be kept twice in every connection's task, once as the wrapper's.)
+fn serve_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr) -> impl Future<Output = ()> {
     let _ = stream.set_nodelay(true);
-    proxy::serve(&guard.0.ctx, stream, addr).await;
+    proxy::serve(guard, stream, addr)
+}
+
+impl std::ops::Deref for ConnGuard {
+    type Target = ShardCtx;
+
+    fn deref(&self) -> &ShardCtx {
+        &self.0.ctx
+    }
 }
 
 #[cfg(test)]
