@@ -233,6 +233,8 @@ pub(crate) struct UpstreamFile {
     pub when_all_down: Option<String>,
     /// `upgrade = { allow = ["websocket"] }`: protocol upgrades tunnelled to this upstream.
     pub upgrade: Option<UpgradeFile>,
+    /// `discovery = { kind = "dns", … }`: peers from DNS or Docker (see `discovery.rs`).
+    pub discovery: Option<super::discovery::DiscoveryFile>,
 }
 
 /// UpgradeFile is an upstream's `upgrade = { … }`.

@@ -8,6 +8,7 @@
 
 mod balance;
 mod cpus;
+mod discovery;
 mod failover;
 pub(crate) mod file;
 mod health;
@@ -26,6 +27,7 @@ pub(crate) use crate::balance::{Algorithm, BalanceParams, HashKey};
 pub(crate) use crate::failover::{BreakerConfig, RetryPolicy};
 pub use cpus::allowed_cpus;
 pub(crate) use cpus::format_cpu_list;
+pub use discovery::{Discovery, DnsDiscovery, DnsType, DockerDiscovery};
 pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
@@ -260,6 +262,9 @@ pub struct UpstreamConfig {
     /// Which protocol upgrades (`Upgrade: websocket`, …) are tunnelled to this upstream
     /// (`upgrade = { allow = [...] }`). Default: `websocket` only.
     pub upgrade: UpgradeAllow,
+    /// Where further peers come from (`discovery = { … }`): DNS or Docker. `peers` then holds
+    /// the listed peers followed by the ones found so far (the control thread fills them in).
+    pub discovery: Option<Discovery>,
 }
 
 /// UpgradeAllow is an upstream's `upgrade = { allow = [...] }`: the protocol tokens a client
@@ -574,6 +579,7 @@ impl Config {
             write_timeouts(out, "    ", &u.timeouts)?;
             failover::write_upstream(out, u)?;
             health::describe(out, u)?;
+            discovery::describe(out, u)?;
         }
 
         writeln!(out, "routes")?;

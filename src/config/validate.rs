@@ -506,8 +506,13 @@ fn upstream(
 
     let balance = super::balance::check(i, f).map_err(|(key, reason)| cx.err(key, reason))?;
 
-    if f.peers.is_empty() {
-        return Err(cx.err(key("peers"), "must list at least one peer"));
+    let discovery = super::discovery::check(i, f.discovery.as_ref())
+        .map_err(|(key, reason)| cx.err(key, reason))?;
+    if f.peers.is_empty() && discovery.is_none() {
+        return Err(cx.err(
+            key("peers"),
+            "must list at least one peer (or find them with `discovery = { … }`)",
+        ));
     }
     let mut peers: Vec<PeerConfig> = Vec::with_capacity(f.peers.len());
     for (j, p) in f.peers.iter().enumerate() {
@@ -526,7 +531,7 @@ fn upstream(
         }
         peers.push(peer);
     }
-    if peers.iter().all(|p| p.backup) {
+    if !peers.is_empty() && peers.iter().all(|p| p.backup) {
         return Err(cx.err(
             key("peers"),
             "needs at least one peer that is not `backup = true` \
@@ -566,6 +571,7 @@ fn upstream(
         local_region: h.local_region,
         when_all_down: h.when_all_down,
         upgrade: upgrade(cx, i, f.upgrade.as_ref())?,
+        discovery,
     })
 }
 
