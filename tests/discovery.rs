@@ -776,3 +776,60 @@ fn listed_peers_stay_and_discovered_ones_are_not_admin_editable() {
         BTreeMap::from([("listed".to_string(), 2)])
     );
 }
+
+/// Which backend each of `keys` goes to through `proxy` (one keep-alive connection).
+fn placement(proxy: &Proxy, keys: usize) -> Vec<String> {
+    let mut client = proxy.client();
+    (0..keys)
+        .map(|k| {
+            let req = format!("GET /k HTTP/1.1\r\nHost: test\r\nX-Key: user-{k}\r\n\r\n");
+            let r = client.roundtrip(req.as_bytes());
+            assert_eq!(r.status, 200, "{}", show(&r.head));
+            r.body_str()
+        })
+        .collect()
+}
+
+#[test]
+fn two_instances_with_the_same_config_place_10000_keys_alike() {
+    let dns = DnsServer::start();
+    let backends: Vec<Backend> = (0..5).map(|i| Backend::start(&format!("b{i}"))).collect();
+    let srv = "_http._tcp.hash.test.";
+    dns.set_a("h.test.", 60, &[ip(1)]);
+    let records: Vec<(u16, u16, u16, &str)> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (10, 1 + (i % 2) as u16, b.addr().port(), "h.test."))
+        .collect();
+    dns.set_srv(srv, 60, &records);
+    let all: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
+    for algorithm in ["consistent_hash", "maglev"] {
+        let text = config(
+            2,
+            algorithm,
+            &format!(
+                "kind = \"dns\", name = \"{srv}\", type = \"srv\", refresh_ms = 200, \
+                 resolvers = [\"{}\"]",
+                dns.addr
+            ),
+            "hash_key = \"header:X-Key\"",
+        );
+        // Two instances of the same configuration, as behind ECMP or DNS round robin.
+        let (one, two) = (Proxy::start(&text), Proxy::start(&text));
+        wait_peers(&one, &addr_list(&all), Duration::from_secs(5));
+        wait_peers(&two, &addr_list(&all), Duration::from_secs(5));
+        let (a, b) = (placement(&one, 10_000), placement(&two, 10_000));
+        let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        assert_eq!(
+            differ, 0,
+            "{algorithm}: {differ} of 10000 keys placed differently"
+        );
+        // A real spread, weighted 1:2: every backend owns keys.
+        let mut owned: BTreeMap<&str, usize> = BTreeMap::new();
+        for name in &a {
+            *owned.entry(name.as_str()).or_insert(0) += 1;
+        }
+        assert_eq!(owned.len(), 5, "{algorithm}: {owned:?}");
+        assert!(owned.values().all(|&n| n > 800), "{algorithm}: {owned:?}");
+    }
+}

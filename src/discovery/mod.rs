@@ -16,6 +16,7 @@
 //! weight), its health check, pool, breaker and timeouts.
 
 mod dns;
+mod docker;
 mod set;
 
 use std::collections::{BTreeMap, HashMap};
@@ -157,24 +158,12 @@ async fn resolver_main(mut rx: tokio::sync::mpsc::UnboundedReceiver<Command>, si
                     d.clone(),
                     sink.clone(),
                 )),
-                Discovery::Docker(_) => {
-                    let (name, spec, sink) = (name.clone(), spec.clone(), sink.clone());
-                    tokio::spawn(async move {
-                        let mut set = PeerSet::new(
-                            &name,
-                            Timing {
-                                refresh: None,
-                                min_ttl: Duration::from_secs(1),
-                                max_ttl: Duration::from_secs(1),
-                                hold: Duration::ZERO,
-                                hold_obsolete: Duration::ZERO,
-                            },
-                        );
-                        let why = "docker discovery is not available in this build yet".to_string();
-                        let (outcome, wait) = set.observe(Answer::Failed(why), Instant::now());
-                        sink.send(&name, &spec, &set, outcome, wait);
-                    })
-                }
+                Discovery::Docker(d) => tokio::spawn(docker::source(
+                    name.clone(),
+                    spec.clone(),
+                    d.clone(),
+                    sink.clone(),
+                )),
             };
             tasks.insert(name, (spec, task));
         }
