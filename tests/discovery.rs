@@ -1,6 +1,7 @@
 //! Discovery end to end: a real proxy whose upstream's peers come from a real DNS server
 //! running inside the test (UDP on 127.0.0.1:0, answering real DNS messages built with
-//! hickory-proto), real backends, requests on real sockets and the admin endpoint's view.
+//! hickory-proto), real backends, requests on real sockets and the admin endpoint's view;
+//! transparent mode's names resolved by the same server.
 
 mod common;
 
@@ -832,4 +833,86 @@ fn two_instances_with_the_same_config_place_10000_keys_alike() {
         assert_eq!(owned.len(), 5, "{algorithm}: {owned:?}");
         assert!(owned.values().all(|&n| n > 800), "{algorithm}: {owned:?}");
     }
+}
+
+/// A transparent upstream `fwd` allowing `allow`, names resolved by `dns`.
+fn transparent_config(allow: &str, dns: &DnsServer) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n\n\
+         [[upstream]]\nname = \"fwd\"\nalgorithm = \"transparent\"\nallow = [{allow}]\n\
+         resolvers = [\"{}\"]\n",
+        dns.addr
+    )
+}
+
+fn get_host(host: &str) -> Vec<u8> {
+    format!("GET /t HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn transparent_mode_forwards_to_the_host_named_within_allow() {
+    let dns = DnsServer::start();
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    dns.set_a("api.internal.", 60, &[ip(1)]);
+    dns.set_a("outside.test.", 60, &[Ipv4Addr::new(192, 0, 2, 7)]);
+    dns.set_a("inside.test.", 60, &[ip(1)]);
+    let proxy = Proxy::start(&transparent_config("\"*.internal\", \"127.0.0.0/8\"", &dns));
+    let mut client = proxy.client();
+    // An address literal inside a network rule, and a name matching a name rule; each
+    // address keeps its own pooled connection (three requests, one connect each).
+    for _ in 0..3 {
+        let r = client.roundtrip(&get_host(&a.addr().to_string()));
+        assert_eq!(
+            (r.status, r.body_str().as_str()),
+            (200, "a"),
+            "{}",
+            show(&r.head)
+        );
+        let r = client.roundtrip(&get_host(&format!("API.internal:{}", b.addr().port())));
+        assert_eq!(
+            (r.status, r.body_str().as_str()),
+            (200, "b"),
+            "{}",
+            show(&r.head)
+        );
+    }
+    assert_eq!((a.accepts(), b.accepts()), (1, 1));
+    // The upstream sees the Host the client sent.
+    let hosts: Vec<String> = a
+        .requests()
+        .iter()
+        .map(|r| r.header("host").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(hosts, vec![a.addr().to_string(); 3]);
+    // The name went to the DNS server once: the shard's cache answered the rest.
+    let asked = dns.queries();
+    assert!((1..=2).contains(&asked), "{asked} queries");
+
+    // A name outside the name rules resolving inside a network rule: allowed.
+    let r = client.roundtrip(&get_host(&format!("inside.test:{}", a.addr().port())));
+    assert_eq!(r.status, 200, "{}", show(&r.head));
+    // Outside allow: 403, and nothing is connected to.
+    for host in ["192.0.2.7:80", "outside.test", "[::1]:80", "example.com"] {
+        let r = proxy.client().roundtrip(&get_host(host));
+        assert_eq!(r.status, 403, "{host}: {}", show(&r.head));
+    }
+    // A name that does not resolve: 502.
+    let r = proxy.client().roundtrip(&get_host("missing.internal:80"));
+    assert_eq!(r.status, 502, "{}", show(&r.head));
+    // No usable Host: 400.
+    let r = proxy
+        .client()
+        .roundtrip(b"GET /t HTTP/1.1\r\nHost: a b\r\n\r\n");
+    assert_eq!(r.status, 400, "{}", show(&r.head));
+}
+
+#[test]
+fn transparent_mode_refuses_to_start_without_allow() {
+    let text = "[[upstream]]\nname = \"fwd\"\nalgorithm = \"transparent\"\n";
+    let e = ringlb::Config::from_toml_str(text, "t.toml").unwrap_err();
+    let shown = e.to_string();
+    assert!(
+        shown.contains("key `upstream[0].allow`") && shown.contains("open forwarder"),
+        "{shown}"
+    );
 }

@@ -415,6 +415,18 @@ fn docker(
 /// Writes an upstream's discovery line(s) for [`Config::describe`](super::Config::describe).
 pub(crate) fn describe(out: &mut String, u: &UpstreamConfig) -> fmt::Result {
     let ms = |d: Duration| format!("{} ms", d.as_millis());
+    if let Some(t) = &u.transparent {
+        let rules: Vec<String> = t
+            .allow
+            .iter()
+            .map(|r| match r {
+                AllowRule::Name(n) => n.clone(),
+                AllowRule::Suffix(s) => format!("*{s}"),
+                AllowRule::Net(ip, len) => format!("{ip}/{len}"),
+            })
+            .collect();
+        writeln!(out, "  transparent, allow {}", rules.join(" "))?;
+    }
     match &u.discovery {
         None => Ok(()),
         Some(Discovery::Dns(d)) => {
@@ -456,6 +468,149 @@ pub(crate) fn describe(out: &mut String, u: &UpstreamConfig) -> fmt::Result {
             ms(d.refresh)
         ),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transparent mode.
+
+/// AllowRule is one entry of a transparent upstream's `allow` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowRule {
+    /// A host name, exactly (lowercase, no trailing dot).
+    Name(String),
+    /// `*.suffix`: any name ending in `.suffix` (stored with its leading dot).
+    Suffix(String),
+    /// An IP network `addr/prefix` (a plain address is `/32` or `/128`).
+    Net(IpAddr, u8),
+}
+
+/// Transparent is `algorithm = "transparent"`: each request goes to the host (and port) its
+/// `Host` names, if `allow` permits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transparent {
+    /// What may be forwarded to (required, not empty).
+    pub allow: Vec<AllowRule>,
+    /// Name servers for host names; `None`: `/etc/resolv.conf` (and `/etc/hosts`).
+    pub resolvers: Option<Vec<SocketAddr>>,
+}
+
+impl Transparent {
+    /// Whether a name rule allows `name` (lowercase, no trailing dot).
+    pub fn allows_name(&self, name: &str) -> bool {
+        self.allow.iter().any(|r| match r {
+            AllowRule::Name(n) => n == name,
+            AllowRule::Suffix(s) => name.len() > s.len() && name.ends_with(s.as_str()),
+            AllowRule::Net(..) => false,
+        })
+    }
+
+    /// Whether a network rule allows `ip`.
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allow.iter().any(|r| match (r, ip) {
+            (AllowRule::Net(IpAddr::V4(net), len), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(*net) & mask
+            }
+            (AllowRule::Net(IpAddr::V6(net), len), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+                u128::from(ip) & mask == u128::from(*net) & mask
+            }
+            _ => false,
+        })
+    }
+
+    /// Whether the list has network rules (then names outside the name rules are resolved and
+    /// their addresses checked).
+    pub fn has_networks(&self) -> bool {
+        self.allow.iter().any(|r| matches!(r, AllowRule::Net(..)))
+    }
+}
+
+/// Checks a transparent upstream's `allow` and `resolvers` (upstream `i`). Errors are
+/// `(key path, reason)`.
+pub(crate) fn transparent(
+    i: usize,
+    allow: Option<&[String]>,
+    resolvers: Option<&[String]>,
+) -> Result<Transparent, (String, String)> {
+    let key = |rest: &str| format!("upstream[{i}].{rest}");
+    let list = match allow {
+        None | Some([]) => {
+            return Err((
+                key("allow"),
+                "is required with algorithm = \"transparent\": the hosts and networks \
+                 requests may be forwarded to (e.g. [\"*.internal\", \"10.0.0.0/8\"]); \
+                 without it ringlb would be an open forwarder"
+                    .to_string(),
+            ))
+        }
+        Some(list) => list,
+    };
+    let mut rules = Vec::with_capacity(list.len());
+    for (j, entry) in list.iter().enumerate() {
+        let e = entry.trim().to_ascii_lowercase();
+        let bad = |why: &str| (key(&format!("allow[{j}]")), format!("`{entry}`: {why}"));
+        if e == "*" || e.is_empty() {
+            return Err(bad(
+                "would allow every host (an open forwarder): name the hosts or networks",
+            ));
+        }
+        let rule = if let Some((net, len)) = e.split_once('/') {
+            let ip: IpAddr = net
+                .parse()
+                .map_err(|_| bad("not a network (`10.0.0.0/8`)"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let len: u8 = len
+                .parse()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| bad(&format!("the prefix length must be 0 to {max}")))?;
+            if len == 0 {
+                return Err(bad("/0 allows every address (an open forwarder)"));
+            }
+            AllowRule::Net(ip, len)
+        } else if let Ok(ip) = e.parse::<IpAddr>() {
+            AllowRule::Net(ip, if ip.is_ipv4() { 32 } else { 128 })
+        } else if let Some(suffix) = e.strip_prefix("*.") {
+            if suffix.is_empty() || suffix.contains('*') {
+                return Err(bad("a wildcard is `*.domain`"));
+            }
+            AllowRule::Suffix(format!(".{}", suffix.trim_end_matches('.')))
+        } else {
+            if e.contains(|c: char| c == '*' || c == '/' || c == ':' || c.is_whitespace()) {
+                return Err(bad("not a host name, `*.domain` or a network"));
+            }
+            AllowRule::Name(e.trim_end_matches('.').to_string())
+        };
+        rules.push(rule);
+    }
+    let resolvers = match resolvers {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (j, r) in list.iter().enumerate() {
+                let addr = r
+                    .parse::<SocketAddr>()
+                    .or_else(|_| r.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        (
+                            key(&format!("resolvers[{j}]")),
+                            format!("`{r}` is not a name server address (`ip:port` or `ip`)"),
+                        )
+                    })?;
+                out.push(addr);
+            }
+            if out.is_empty() {
+                return Err((key("resolvers"), "must not be empty".to_string()));
+            }
+            Some(out)
+        }
+    };
+    Ok(Transparent {
+        allow: rules,
+        resolvers,
+    })
 }
 
 #[cfg(test)]
@@ -586,5 +741,101 @@ mod tests {
     fn no_peers_and_no_discovery_is_an_error() {
         let e = Config::from_toml_str("[[upstream]]\nname = \"api\"\n", "d.toml").unwrap_err();
         assert!(e.to_string().contains("must list at least one peer"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod transparent_tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn check(allow: &[&str]) -> Result<Transparent, (String, String)> {
+        let list: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        transparent(0, Some(&list), None)
+    }
+
+    #[test]
+    fn rules_match_names_suffixes_and_networks() {
+        let t = check(&[
+            "*.internal",
+            "api.example.com",
+            "10.0.0.0/8",
+            "::1",
+            "192.168.1.7",
+        ])
+        .unwrap();
+        assert!(t.allows_name("db.internal"));
+        assert!(t.allows_name("a.b.internal"));
+        assert!(!t.allows_name("internal"));
+        assert!(!t.allows_name("evilinternal"));
+        assert!(t.allows_name("api.example.com"));
+        assert!(!t.allows_name("x.api.example.com"));
+        assert!(t.allows_ip("10.1.2.3".parse().unwrap()));
+        assert!(!t.allows_ip("11.0.0.1".parse().unwrap()));
+        assert!(t.allows_ip("::1".parse().unwrap()));
+        assert!(t.allows_ip("192.168.1.7".parse().unwrap()));
+        assert!(!t.allows_ip("192.168.1.8".parse().unwrap()));
+        assert!(t.allows_ip("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(t.has_networks());
+    }
+
+    #[test]
+    fn an_open_forwarder_is_refused() {
+        for (allow, want) in [
+            (&[][..], "is required with algorithm = \"transparent\""),
+            (&["*"][..], "open forwarder"),
+            (&["0.0.0.0/0"][..], "open forwarder"),
+            (&["10.0.0.0/33"][..], "prefix length"),
+            (&["a*b"][..], "not a host name"),
+        ] {
+            let e = check(allow).unwrap_err();
+            assert!(e.1.contains(want), "{allow:?}: {e:?}");
+        }
+        let e = Config::from_toml_str(
+            "[[upstream]]\nname = \"t\"\nalgorithm = \"transparent\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("key `upstream[0].allow`: is required"),
+            "{e}"
+        );
+        let e = Config::from_toml_str(
+            "[[upstream]]\nname = \"t\"\nalgorithm = \"transparent\"\nallow = [\"*.x\"]\n\
+             peers = [{ address = \"127.0.0.1:1\" }]\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("upstream[0].peers"), "{e}");
+        let e = Config::from_toml_str(
+            "[[upstream]]\nname = \"t\"\nallow = [\"*.x\"]\npeers = [{ address = \"127.0.0.1:1\" }]\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("of algorithm = \"transparent\" only"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_transparent_upstream_validates() {
+        let c = Config::from_toml_str(
+            "[[upstream]]\nname = \"t\"\nalgorithm = \"transparent\"\n\
+             allow = [\"*.internal\", \"10.0.0.0/8\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let t = c.upstreams[0].transparent.as_ref().expect("transparent");
+        assert_eq!(t.allow.len(), 2);
+        assert!(c.upstreams[0].peers.is_empty());
+        assert!(
+            c.describe()
+                .contains("transparent, allow *.internal 10.0.0.0/8"),
+            "{}",
+            c.describe()
+        );
     }
 }

@@ -27,7 +27,7 @@ pub(crate) use crate::balance::{Algorithm, BalanceParams, HashKey};
 pub(crate) use crate::failover::{BreakerConfig, RetryPolicy};
 pub use cpus::allowed_cpus;
 pub(crate) use cpus::format_cpu_list;
-pub use discovery::{Discovery, DnsDiscovery, DnsType, DockerDiscovery};
+pub use discovery::{AllowRule, Discovery, DnsDiscovery, DnsType, DockerDiscovery, Transparent};
 pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
@@ -265,6 +265,9 @@ pub struct UpstreamConfig {
     /// Where further peers come from (`discovery = { … }`): DNS or Docker. `peers` then holds
     /// the listed peers followed by the ones found so far (the control thread fills them in).
     pub discovery: Option<Discovery>,
+    /// `algorithm = "transparent"`: every request goes to the host its `Host` names, within
+    /// `allow` (`peers` is empty then).
+    pub transparent: Option<Transparent>,
 }
 
 /// UpgradeAllow is an upstream's `upgrade = { allow = [...] }`: the protocol tokens a client

@@ -504,11 +504,53 @@ fn upstream(
         ));
     }
 
-    let balance = super::balance::check(i, f).map_err(|(key, reason)| cx.err(key, reason))?;
+    // `algorithm = "transparent"` has no peers to balance: the selector machinery runs with
+    // round robin over each request's one resolved address (see `proxy/transparent.rs`).
+    let is_transparent = f.algorithm.as_deref() == Some("transparent");
+    let transparent = if is_transparent {
+        if !f.peers.is_empty() || f.discovery.is_some() {
+            let k = if f.peers.is_empty() {
+                "discovery"
+            } else {
+                "peers"
+            };
+            return Err(cx.err(
+                key(k),
+                "algorithm = \"transparent\" forwards to the host each request names: \
+                 it takes no peers and no discovery",
+            ));
+        }
+        Some(
+            super::discovery::transparent(i, f.allow.as_deref(), f.resolvers.as_deref())
+                .map_err(|(key, reason)| cx.err(key, reason))?,
+        )
+    } else {
+        for (k, set) in [
+            ("allow", f.allow.is_some()),
+            ("resolvers", f.resolvers.is_some()),
+        ] {
+            if set {
+                return Err(cx.err(
+                    key(k),
+                    "is a key of algorithm = \"transparent\" only (discovery has its own \
+                     `discovery = { resolvers = [...] }`)",
+                ));
+            }
+        }
+        None
+    };
+    let balance = if is_transparent {
+        let mut plain = f.clone();
+        plain.algorithm = None;
+        super::balance::check(i, &plain)
+    } else {
+        super::balance::check(i, f)
+    }
+    .map_err(|(key, reason)| cx.err(key, reason))?;
 
     let discovery = super::discovery::check(i, f.discovery.as_ref())
         .map_err(|(key, reason)| cx.err(key, reason))?;
-    if f.peers.is_empty() && discovery.is_none() {
+    if f.peers.is_empty() && discovery.is_none() && transparent.is_none() {
         return Err(cx.err(
             key("peers"),
             "must list at least one peer (or find them with `discovery = { … }`)",
@@ -572,6 +614,7 @@ fn upstream(
         when_all_down: h.when_all_down,
         upgrade: upgrade(cx, i, f.upgrade.as_ref())?,
         discovery,
+        transparent,
     })
 }
 

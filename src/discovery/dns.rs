@@ -287,6 +287,32 @@ pub(crate) fn srv_peers(targets: &[SrvTarget]) -> Vec<Found> {
 /// How long to wait before building a resolver again after it could not be built.
 pub(crate) const REBUILD_WAIT: Duration = Duration::from_secs(5);
 
+/// The addresses of `name` (A, then AAAA if it has none) and their smallest TTL, for
+/// transparent mode.
+pub(crate) async fn lookup_ip(r: &TokioResolver, name: &str) -> super::lookup::Resolved {
+    match r.lookup_ip(name).await {
+        Ok(found) => {
+            let mut ips = Vec::new();
+            let mut ttl = None;
+            for a in found.as_lookup().answers() {
+                if let Some(ip) = ip_of(a) {
+                    ttl = min_ttl(ttl, Some(a.ttl));
+                    ips.push(ip);
+                }
+            }
+            if ips.is_empty() {
+                Err(format!("{name}: no addresses"))
+            } else {
+                Ok((ips, ttl.unwrap_or(0)))
+            }
+        }
+        Err(e) => match classify(&e) {
+            Ok(()) => Err(format!("{name}: no addresses")),
+            Err(why) => Err(format!("{name}: {why}")),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@
 
 mod dns;
 mod docker;
+mod lookup;
 mod set;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
+pub(crate) use lookup::lookup;
 pub(crate) use set::{Answer, Found, Outcome, PeerSet, Timing};
 
 use crate::config::{Config, Discovery, DnsDiscovery, PeerConfig};
