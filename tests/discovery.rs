@@ -769,6 +769,24 @@ fn listed_peers_stay_and_discovered_ones_are_not_admin_editable() {
         "{}",
         r.body_str()
     );
+    // A reload of the same configuration keeps the discovered peer (it does not wait for the
+    // next answer).
+    let text = config(
+        1,
+        "round_robin",
+        &format!(
+            "kind = \"dns\", name = \"mixed.test.\", type = \"a\", port = {port}, \
+             refresh_ms = 100, resolvers = [\"{}\"]",
+            dns.addr
+        ),
+        &format!("peers = [{{ address = \"{}\" }}]", listed.addr()),
+    );
+    let same = ringlb::Config::from_toml_str(&text, "<string>").expect("valid");
+    proxy.server().apply(same).expect("reload");
+    assert_eq!(
+        peers(&proxy).into_iter().map(|p| p.0).collect::<Vec<_>>(),
+        addr_list(&[listed.addr(), b[0].addr()])
+    );
     // The DNS goes empty: the listed peer alone serves.
     dns.set_a("mixed.test.", 60, &[]);
     wait_peers(&proxy, &addr_list(&[listed.addr()]), Duration::from_secs(5));
