@@ -831,6 +831,8 @@ mod transparent_tests {
         let t = c.upstreams[0].transparent.as_ref().expect("transparent");
         assert_eq!(t.allow.len(), 2);
         assert!(c.upstreams[0].peers.is_empty());
+        assert_eq!(c.upstreams[0].algorithm_name(), "transparent");
+        assert!(c.describe().contains("  algorithm  transparent\n"));
         assert!(
             c.describe()
                 .contains("transparent, allow *.internal 10.0.0.0/8"),

@@ -270,6 +270,18 @@ pub struct UpstreamConfig {
     pub transparent: Option<Transparent>,
 }
 
+impl UpstreamConfig {
+    /// The algorithm as the file names it (`transparent` for a transparent upstream, whose
+    /// selector machinery runs round robin over one peer per request).
+    pub fn algorithm_name(&self) -> &'static str {
+        if self.transparent.is_some() {
+            "transparent"
+        } else {
+            self.algorithm.name()
+        }
+    }
+}
+
 /// UpgradeAllow is an upstream's `upgrade = { allow = [...] }`: the protocol tokens a client
 /// may upgrade to (compared case-insensitively); a request asking for another one is forwarded
 /// as a plain request without its upgrade headers.
@@ -552,7 +564,7 @@ impl Config {
 
         for (i, u) in self.upstreams.iter().enumerate() {
             writeln!(out, "upstream[{i}] \"{}\"", u.name)?;
-            writeln!(out, "  algorithm  {}", u.algorithm.name())?;
+            writeln!(out, "  algorithm  {}", u.algorithm_name())?;
             balance::describe(out, u)?;
             writeln!(out, "  peers")?;
             for (j, p) in u.peers.iter().enumerate() {

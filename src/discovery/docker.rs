@@ -219,7 +219,7 @@ fn peers(
         if c.state.as_deref().is_some_and(|s| s != "running") {
             continue;
         }
-        let short = &c.id[..c.id.len().min(12)];
+        let short = c.id.get(..12).unwrap_or(&c.id);
         let name = c.names.first().map_or("", |n| n.trim_start_matches('/'));
         let mut skip = |why: String| {
             if warned.insert(c.id.clone()) {

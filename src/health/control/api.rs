@@ -260,7 +260,7 @@ fn upstream_json(ctl: &Ctl, config: &Config, gi: GroupId) -> Value {
         .collect();
     json!({
         "name": u.name,
-        "algorithm": u.algorithm.name(),
+        "algorithm": u.algorithm_name(),
         "peers": peers,
     })
 }
