@@ -934,3 +934,47 @@ fn transparent_mode_refuses_to_start_without_allow() {
         "{shown}"
     );
 }
+
+#[test]
+fn a_vanished_record_is_drained_not_cut() {
+    let dns = DnsServer::start();
+    let (port, fast) = backends_on_one_port(&["fast"]);
+    let slow_addr = SocketAddr::from((ip(3), port));
+    let slow = Backend::with_handler_on("slow", slow_addr, |_| {
+        Reply::ok("slow").delay(Duration::from_millis(1200))
+    });
+    dns.set_a("drain.test.", 60, &[ip(3)]);
+    let proxy = Proxy::start(&config(
+        1,
+        "round_robin",
+        &format!(
+            "kind = \"dns\", name = \"drain.test.\", type = \"a\", port = {port}, \
+             refresh_ms = 50, resolvers = [\"{}\"]",
+            dns.addr
+        ),
+        "",
+    ));
+    wait_peers(&proxy, &addr_list(&[slow.addr()]), Duration::from_secs(5));
+    let addr = proxy.addr;
+    let in_flight = thread::spawn(move || Client::connect(addr).roundtrip(&get("/slow")));
+    slow.wait_heads(1, Duration::from_secs(5));
+    // The record moves to another address while the request is in flight on the old one.
+    dns.set_a("drain.test.", 60, &[ip(2)]);
+    wait_peers(
+        &proxy,
+        &addr_list(&[fast[0].addr()]),
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        answers(&proxy, 2),
+        BTreeMap::from([("fast".to_string(), 2)])
+    );
+    let r = in_flight.join().expect("client");
+    assert_eq!(
+        (r.status, r.body_str().as_str()),
+        (200, "slow"),
+        "{}",
+        show(&r.head)
+    );
+    assert_eq!(slow.request_count(), 1);
+}
