@@ -16,6 +16,8 @@
 //! - [`health`]: the control thread: health state machines, probes, passive ejection, and the
 //!   task that serves the admin endpoint; public: the health-check and observer hooks.
 //! - `admin`: the admin HTTP endpoint (`/status`, `/health`), served through the `http` parser.
+//! - `discovery`: peers from DNS (A/AAAA/SRV) and Docker, looked up on the resolver thread
+//!   `ringlb-dns` (a current-thread tokio runtime) and applied by the control thread.
 //! - [`demo`]: in-process demo backends for `ringlb demo`.
 //! - [`access_log`]: the access log: shard-local line buffers handed to a writer thread
 //!   (`[log] access`), reopened on SIGUSR1.
@@ -38,6 +40,7 @@ pub mod balance;
 pub mod config;
 pub(crate) mod control;
 pub mod demo;
+pub(crate) mod discovery;
 pub mod failover;
 pub mod health;
 pub mod http;
@@ -72,7 +75,7 @@ mod layers {
         &["http", "control"],
         // Upstream groups and pools; the admin endpoint; the demo backends; the access log
         // (it writes numbers and addresses with http's helpers).
-        &["upstream", "admin", "demo", "access_log"],
+        &["upstream", "admin", "demo", "access_log", "discovery"],
         // The request loop (shard side); the control thread (health, probes).
         &["proxy", "health"],
         // One shard: runtime, listeners, accept loop.

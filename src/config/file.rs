@@ -235,6 +235,12 @@ pub(crate) struct UpstreamFile {
     pub when_all_down: Option<String>,
     /// `upgrade = { allow = ["websocket"] }`: protocol upgrades tunnelled to this upstream.
     pub upgrade: Option<UpgradeFile>,
+    /// `discovery = { kind = "dns", … }`: peers from DNS or Docker (see `discovery.rs`).
+    pub discovery: Option<super::discovery::DiscoveryFile>,
+    /// `allow = ["*.internal", "10.0.0.0/8"]`: where `algorithm = "transparent"` may forward.
+    pub allow: Option<Vec<String>>,
+    /// `resolvers = ["10.0.0.2:53"]`: name servers of `algorithm = "transparent"`.
+    pub resolvers: Option<Vec<String>>,
 }
 
 /// UpgradeFile is an upstream's `upgrade = { … }`.

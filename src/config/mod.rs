@@ -8,6 +8,7 @@
 
 mod balance;
 mod cpus;
+mod discovery;
 mod failover;
 pub(crate) mod file;
 mod health;
@@ -26,6 +27,7 @@ pub(crate) use crate::balance::{Algorithm, BalanceParams, HashKey};
 pub(crate) use crate::failover::{BreakerConfig, RetryPolicy};
 pub use cpus::allowed_cpus;
 pub(crate) use cpus::format_cpu_list;
+pub use discovery::{AllowRule, Discovery, DnsDiscovery, DnsType, DockerDiscovery, Transparent};
 pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
@@ -267,6 +269,24 @@ pub struct UpstreamConfig {
     /// Which protocol upgrades (`Upgrade: websocket`, …) are tunnelled to this upstream
     /// (`upgrade = { allow = [...] }`). Default: `websocket` only.
     pub upgrade: UpgradeAllow,
+    /// Where further peers come from (`discovery = { … }`): DNS or Docker. `peers` then holds
+    /// the listed peers followed by the ones found so far (the control thread fills them in).
+    pub discovery: Option<Discovery>,
+    /// `algorithm = "transparent"`: every request goes to the host its `Host` names, within
+    /// `allow` (`peers` is empty then).
+    pub transparent: Option<Transparent>,
+}
+
+impl UpstreamConfig {
+    /// The algorithm as the file names it (`transparent` for a transparent upstream, whose
+    /// selector machinery runs round robin over one peer per request).
+    pub fn algorithm_name(&self) -> &'static str {
+        if self.transparent.is_some() {
+            "transparent"
+        } else {
+            self.algorithm.name()
+        }
+    }
 }
 
 /// UpgradeAllow is an upstream's `upgrade = { allow = [...] }`: the protocol tokens a client
@@ -552,7 +572,7 @@ impl Config {
 
         for (i, u) in self.upstreams.iter().enumerate() {
             writeln!(out, "upstream[{i}] \"{}\"", u.name)?;
-            writeln!(out, "  algorithm  {}", u.algorithm.name())?;
+            writeln!(out, "  algorithm  {}", u.algorithm_name())?;
             balance::describe(out, u)?;
             writeln!(out, "  peers")?;
             for (j, p) in u.peers.iter().enumerate() {
@@ -582,6 +602,7 @@ impl Config {
             write_timeouts(out, "    ", &u.timeouts)?;
             failover::write_upstream(out, u)?;
             health::describe(out, u)?;
+            discovery::describe(out, u)?;
         }
 
         writeln!(out, "routes")?;

@@ -515,10 +515,57 @@ fn upstream(
         ));
     }
 
-    let balance = super::balance::check(i, f).map_err(|(key, reason)| cx.err(key, reason))?;
+    // `algorithm = "transparent"` has no peers to balance: the selector machinery runs with
+    // round robin over each request's one resolved address (see `proxy/transparent.rs`).
+    let is_transparent = f.algorithm.as_deref() == Some("transparent");
+    let transparent = if is_transparent {
+        if !f.peers.is_empty() || f.discovery.is_some() {
+            let k = if f.peers.is_empty() {
+                "discovery"
+            } else {
+                "peers"
+            };
+            return Err(cx.err(
+                key(k),
+                "algorithm = \"transparent\" forwards to the host each request names: \
+                 it takes no peers and no discovery",
+            ));
+        }
+        Some(
+            super::discovery::transparent(i, f.allow.as_deref(), f.resolvers.as_deref())
+                .map_err(|(key, reason)| cx.err(key, reason))?,
+        )
+    } else {
+        for (k, set) in [
+            ("allow", f.allow.is_some()),
+            ("resolvers", f.resolvers.is_some()),
+        ] {
+            if set {
+                return Err(cx.err(
+                    key(k),
+                    "is a key of algorithm = \"transparent\" only (discovery has its own \
+                     `discovery = { resolvers = [...] }`)",
+                ));
+            }
+        }
+        None
+    };
+    let balance = if is_transparent {
+        let mut plain = f.clone();
+        plain.algorithm = None;
+        super::balance::check(i, &plain)
+    } else {
+        super::balance::check(i, f)
+    }
+    .map_err(|(key, reason)| cx.err(key, reason))?;
 
-    if f.peers.is_empty() {
-        return Err(cx.err(key("peers"), "must list at least one peer"));
+    let discovery = super::discovery::check(i, f.discovery.as_ref())
+        .map_err(|(key, reason)| cx.err(key, reason))?;
+    if f.peers.is_empty() && discovery.is_none() && transparent.is_none() {
+        return Err(cx.err(
+            key("peers"),
+            "must list at least one peer (or find them with `discovery = { … }`)",
+        ));
     }
     let mut peers: Vec<PeerConfig> = Vec::with_capacity(f.peers.len());
     for (j, p) in f.peers.iter().enumerate() {
@@ -537,7 +584,7 @@ fn upstream(
         }
         peers.push(peer);
     }
-    if peers.iter().all(|p| p.backup) {
+    if !peers.is_empty() && peers.iter().all(|p| p.backup) {
         return Err(cx.err(
             key("peers"),
             "needs at least one peer that is not `backup = true` \
@@ -577,6 +624,8 @@ fn upstream(
         local_region: h.local_region,
         when_all_down: h.when_all_down,
         upgrade: upgrade(cx, i, f.upgrade.as_ref())?,
+        discovery,
+        transparent,
     })
 }
 

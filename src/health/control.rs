@@ -43,11 +43,12 @@ use super::observer::HealthEvent;
 use super::state::{Change, GroupHealth};
 use crate::admin;
 use crate::balance::PeerId;
-use crate::config::{Config, ConfigError, Driver, GroupId};
+use crate::config::{Config, ConfigError, Discovery, Driver, GroupId};
 use crate::control::{
     ControlMsg, Doorbell, HealthChange, ListenChange, Notify, Observation, ShardSender, ShardStats,
     Snapshot, Waker,
 };
+use crate::discovery::{Discovered, Resolver, Update};
 use crate::listen::{bind_for_shards, probe_unshared};
 use crate::metrics::Registry;
 use crate::process::{spawn_supervised, RateLimit};
@@ -348,6 +349,17 @@ struct Ctl {
     started: Instant,
     /// Custom checks and health observers.
     hooks: Hooks,
+    /// The configuration as loaded, before discovery added its peers (`config` is this plus
+    /// the discovered peers; a discovery update rebuilds `config` from it).
+    loaded: RefCell<Arc<Config>>,
+    /// The latest peer set of every discovered upstream.
+    discovered: RefCell<Discovered>,
+    /// The resolver thread, once an upstream is discovered.
+    resolver: RefCell<Option<Resolver>>,
+    /// Where the resolver thread sends its updates (the receiver is drained by the main loop).
+    discovery_tx: Sender<Update>,
+    /// Rings this thread's doorbell (the resolver thread's updates).
+    waker: Waker,
 }
 
 /// ReloadStats counts reload outcomes (for `/status` and the metrics).
@@ -504,6 +516,11 @@ impl Ctl {
     }
 }
 
+/// The running configuration.
+fn config_now(ctl: &Ctl) -> Arc<Config> {
+    ctl.config.borrow().clone()
+}
+
 /// The earlier of two optional instants.
 fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
@@ -526,7 +543,13 @@ async fn control_main(
     knobs: Arc<TestKnobs>,
 ) {
     let config = setup.config;
+    let (discovery_tx, discovery_rx) = crossbeam_channel::unbounded();
     let ctl = Rc::new(Ctl {
+        loaded: RefCell::new(config.clone()),
+        discovered: RefCell::new(Discovered::default()),
+        resolver: RefCell::new(None),
+        discovery_tx,
+        waker: setup.waker,
         groups: RefCell::new(config.upstreams.iter().map(GroupHealth::new).collect()),
         backlog: RefCell::new(setup.shards.iter().map(|_| VecDeque::new()).collect()),
         shards: setup.shards,
@@ -548,6 +571,8 @@ async fn control_main(
         hooks: setup.hooks,
     });
     spawn_probes(&ctl);
+    let specs = ctl.discovered.borrow_mut().configure(&config_now(&ctl));
+    ctl.follow_discovery(specs);
     if let Some(l) = setup.admin {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -590,6 +615,13 @@ async fn control_main(
             let outcome = ctl.reload(req.config);
             let _ = req.reply.send(outcome);
         }
+        let mut rediscovered = false;
+        for update in discovery_rx.try_iter() {
+            rediscovered |= ctl.discovered.borrow_mut().update(update);
+        }
+        if rediscovered {
+            ctl.rediscover();
+        }
         ctl.expire(Instant::now());
         ctl.flush_backlog();
         idle_sleep = if seen > 0 {
@@ -616,6 +648,7 @@ async fn control_main(
 
     ctl.stopping.set(true);
     ctl.stopped.notify_all();
+    drop(ctl.resolver.borrow_mut().take());
     let deadline = Instant::now() + STOP_WAIT;
     while ctl.tasks.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(DRAIN_TICK).await;
@@ -759,6 +792,40 @@ impl Ctl {
     /// and restarts the probes. On error the running configuration stays and the reason is
     /// logged, counted and returned.
     fn reload(self: &Rc<Self>, new: Option<Config>) -> Result<ReloadReport, String> {
+        self.install(new, false)
+    }
+
+    /// Applies the discovered peers as they are now: the loaded configuration again, with
+    /// them, as the next generation (not counted as a reload).
+    fn rediscover(self: &Rc<Self>) {
+        let loaded = (**self.loaded.borrow()).clone();
+        if let Err(reason) = self.install(Some(loaded), true) {
+            tracing::error!("discovery: cannot apply the discovered peers: {reason}");
+        }
+    }
+
+    /// Starts the resolver thread when the first upstream is discovered, and tells it which
+    /// upstreams to discover now.
+    fn follow_discovery(&self, specs: Vec<(String, Discovery)>) {
+        let mut resolver = self.resolver.borrow_mut();
+        if resolver.is_none() && !specs.is_empty() {
+            match Resolver::start(self.discovery_tx.clone(), self.waker.clone()) {
+                Ok(r) => *resolver = Some(r),
+                Err(e) => tracing::error!("discovery: {e}"),
+            }
+        }
+        if let Some(r) = resolver.as_ref() {
+            r.configure(specs);
+        }
+    }
+
+    /// [`Ctl::reload`]'s body; `discovery`: a discovery update (the loaded configuration
+    /// again: no user check, not counted as a reload).
+    fn install(
+        self: &Rc<Self>,
+        new: Option<Config>,
+        discovery: bool,
+    ) -> Result<ReloadReport, String> {
         let old = self.config.borrow().clone();
         let loaded = match new {
             Some(c) => Ok(c),
@@ -770,6 +837,7 @@ impl Ctl {
                 .map_err(|e: ConfigError| e.to_string()),
         }
         .and_then(|c| match self.hooks.check_config(&c) {
+            _ if discovery => Ok(c),
             Ok(()) => Ok(c),
             Err((key, reason)) => Err(format!("{}: key `{key}`: {reason}", c.source)),
         });
@@ -824,6 +892,11 @@ impl Ctl {
             .copied()
             .collect();
         let admin_moved = old.server.admin != new.server.admin;
+        // Discovery: sources whose upstream or spec changed drop their peers; the running
+        // configuration is the loaded one plus the discovered peers.
+        let loaded = Arc::new(new);
+        let specs = self.discovered.borrow_mut().configure(&loaded);
+        let new = self.discovered.borrow().merge(&loaded);
 
         let groups: Vec<GroupHealth> = {
             let old_groups = self.groups.borrow();
@@ -877,6 +950,20 @@ impl Ctl {
             generation,
         );
         spawn_probes(self);
+        *self.loaded.borrow_mut() = loaded;
+        self.follow_discovery(specs);
+        let c = &snapshot.config;
+        if discovery {
+            tracing::info!(
+                generation,
+                peers = c.upstreams.iter().map(|u| u.peers.len()).sum::<usize>(),
+                "discovery: peers changed"
+            );
+            return Ok(ReloadReport {
+                generation,
+                needs_restart,
+            });
+        }
         {
             let mut stats = self.reloads.borrow_mut();
             stats.ok += 1;
@@ -885,7 +972,6 @@ impl Ctl {
                 .ok()
                 .map(|d| d.as_secs_f64());
         }
-        let c = &snapshot.config;
         tracing::info!(
             generation,
             upstreams = c.upstreams.len(),

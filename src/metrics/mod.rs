@@ -259,6 +259,19 @@ pub struct ControlGauges {
     pub last_reload_success_unix_seconds: Option<f64>,
     /// Observations shards could not send to the control thread (channel full).
     pub observations_dropped: u64,
+    /// Per discovered upstream: its answers by result and its discovered peers.
+    pub discovery: Vec<DiscoveryGauges>,
+}
+
+/// DiscoveryGauges is one discovered upstream's figures (`ringlb_discovery_*`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DiscoveryGauges {
+    /// The `upstream` label.
+    pub upstream: String,
+    /// Answers so far by `result` label (`changed`, `unchanged`, `empty`, `error`).
+    pub updates: Vec<(&'static str, u64)>,
+    /// Peers the discovery provides now.
+    pub peers: u64,
 }
 
 #[cfg(test)]

@@ -485,6 +485,41 @@ fn render_process(control: &ControlGauges, out: &mut String) {
         "counter",
     );
     sample(out, name, &[], None, control.observations_dropped);
+    render_discovery(control, out);
+}
+
+fn render_discovery(control: &ControlGauges, out: &mut String) {
+    if control.discovery.is_empty() {
+        return;
+    }
+    let name = "ringlb_discovery_updates_total";
+    header(
+        out,
+        name,
+        "Discovery answers (DNS lookups, Docker listings) by upstream and result.",
+        "counter",
+    );
+    for d in &control.discovery {
+        for (result, n) in &d.updates {
+            sample(
+                out,
+                name,
+                &[("upstream", &d.upstream), ("result", result)],
+                None,
+                n,
+            );
+        }
+    }
+    let name = "ringlb_discovery_peers";
+    header(
+        out,
+        name,
+        "Peers an upstream's discovery provides now.",
+        "gauge",
+    );
+    for d in &control.discovery {
+        sample(out, name, &[("upstream", &d.upstream)], None, d.peers);
+    }
 }
 
 fn header(out: &mut String, name: &str, help: &str, ty: &str) {
@@ -700,8 +735,21 @@ mod tests {
             reloads_error: 1,
             last_reload_success_unix_seconds: Some(1700000000.5),
             observations_dropped: 9,
+            discovery: vec![crate::metrics::DiscoveryGauges {
+                upstream: "a".into(),
+                updates: vec![("changed", 3), ("error", 1)],
+                peers: 2,
+            }],
         };
         let text = rendered(&r, &control);
+        assert_eq!(
+            lines_of(&text, "ringlb_discovery_"),
+            [
+                "ringlb_discovery_updates_total{upstream=\"a\",result=\"changed\"} 3",
+                "ringlb_discovery_updates_total{upstream=\"a\",result=\"error\"} 1",
+                "ringlb_discovery_peers{upstream=\"a\"} 2",
+            ]
+        );
         assert_eq!(
             lines_of(&text, "ringlb_peer_up{"),
             [

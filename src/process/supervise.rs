@@ -114,7 +114,13 @@ mod tests {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
-        let r = tracing::subscriber::with_default(subscriber, f);
+        // Other tests hit the same callsites on threads without a subscriber; one that
+        // registers a callsite just before this subscriber exists caches "never interested"
+        // for it. Recomputing the interest inside the scope makes this capture reliable.
+        let r = tracing::subscriber::with_default(subscriber, || {
+            tracing::callsite::rebuild_interest_cache();
+            f()
+        });
         (r, out.text())
     }
 

@@ -40,6 +40,8 @@ pub(crate) struct Live {
     pub router: Router,
     /// Upstream group names in config order (for pickers).
     pub upstream_names: Vec<String>,
+    /// Transparent mode's name cache and per-address groups (`proxy/transparent.rs`).
+    pub transparent: super::transparent::TransparentState,
 }
 
 impl Live {
@@ -63,6 +65,7 @@ impl Live {
         Live {
             router: Router::new(&config),
             upstream_names: config.upstreams.iter().map(|u| u.name.clone()).collect(),
+            transparent: Default::default(),
             generation,
             groups,
             config,

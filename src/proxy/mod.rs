@@ -31,6 +31,7 @@ mod park;
 mod picker;
 mod relay;
 mod route;
+mod transparent;
 mod tries;
 mod tunnel;
 
@@ -380,6 +381,26 @@ impl<C: Transport> Conn<'_, C> {
             return self.reply_not_found().await;
         };
         group.metrics.requests.inc();
+        // Transparent mode: the request's own host, through this shard's one-peer group of
+        // its address (health is per generation's peers; such a group reports none).
+        let forwarded;
+        let transparent = live.config.upstreams.get(group_id.index()).and_then(|u| {
+            let t = u.transparent.as_ref()?;
+            Some((u, t))
+        });
+        let group = match transparent {
+            None => group,
+            Some((u, t)) => {
+                let host = self.head.host.map(|s| s.get(&self.rbuf));
+                match live.transparent.target(u, t, host).await {
+                    Ok(g) => {
+                        forwarded = g;
+                        &forwarded
+                    }
+                    Err(err) => return self.reply_error(&err, false).await,
+                }
+            }
+        };
         if self.logging() {
             self.log.upstream = Some(group_id);
         }
@@ -515,7 +536,7 @@ impl<C: Transport> Conn<'_, C> {
             if finished.budget_exhausted {
                 group.metrics.retry_budget_exhausted.inc();
             }
-            if let Some((peer, outcome)) = finished.report {
+            if let Some((peer, outcome)) = finished.report.filter(|_| transparent.is_none()) {
                 ctx.health.report(live.generation, group_id, peer, outcome);
             }
             match finished.then {

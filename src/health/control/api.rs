@@ -74,6 +74,7 @@ impl admin::Host for Rc<Ctl> {
                 .iter()
                 .map(|s| s.dropped_observations.load(Ordering::Relaxed))
                 .sum(),
+            discovery: self.discovered.borrow().gauges(),
         };
         let mut out = String::with_capacity(16 * 1024);
         render(&self.metrics.borrow(), &gauges, &mut out);
@@ -106,7 +107,22 @@ impl admin::Host for Rc<Ctl> {
             ));
         };
         let group = &config.upstreams[gi.index()];
+        let loaded = self.loaded.borrow().clone();
         let find = |address: &str| -> Result<PeerId, ApiError> {
+            if self
+                .discovered
+                .borrow()
+                .is_discovered(&loaded, &name, address)
+            {
+                return Err(ApiError::new(
+                    409,
+                    Some("address"),
+                    format!(
+                        "peer `{address}` of upstream `{name}` was found by discovery: \
+                         change it at its source (DNS records, container labels)"
+                    ),
+                ));
+            }
             group
                 .peers
                 .iter()
@@ -244,7 +260,7 @@ fn upstream_json(ctl: &Ctl, config: &Config, gi: GroupId) -> Value {
         .collect();
     json!({
         "name": u.name,
-        "algorithm": u.algorithm.name(),
+        "algorithm": u.algorithm_name(),
         "peers": peers,
     })
 }
@@ -314,6 +330,7 @@ fn status(ctl: &Ctl) -> Value {
                 "when_all_down": u.when_all_down.name(),
                 "ejected": g.ejected(),
                 "max_ejected": g.max_ejected(),
+                "discovery": ctl.discovered.borrow().status(&u.name),
                 "peers": peers,
             })
         })
