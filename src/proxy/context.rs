@@ -20,7 +20,7 @@ use crate::config::{Config, GroupId, ShardId};
 use crate::control::{ControlMsg, ListenChange, Notify, Outcome, ShardReporter, Snapshot};
 use crate::failover::Failure;
 use crate::metrics::{ShardHandles, ShardMetrics};
-use crate::upstream::UpstreamGroup;
+use crate::upstream::{Share, UpstreamGroup};
 
 /// Live is what a shard serves requests with under one configuration generation: the config
 /// snapshot, the shard's replica of every upstream group, the router. Immutable once built; a
@@ -41,16 +41,17 @@ pub(crate) struct Live {
 
 impl Live {
     /// The first generation, every peer as the config starts it, counting into `metrics`.
-    fn new(config: Arc<Config>, metrics: &ShardHandles) -> Live {
+    fn new(config: Arc<Config>, metrics: &ShardHandles, share: Share) -> Live {
         let groups = config
             .upstreams
             .iter()
             .enumerate()
             .map(|(gi, u)| {
-                Rc::new(match metrics.upstreams.get(gi) {
-                    Some(m) => UpstreamGroup::with_metrics(u, m),
-                    None => UpstreamGroup::new(u),
-                })
+                Rc::new(UpstreamGroup::for_shard(
+                    u,
+                    metrics.upstreams.get(gi),
+                    share,
+                ))
             })
             .collect();
         Live::with_groups(config, 0, groups)
@@ -69,7 +70,7 @@ impl Live {
     /// The next generation: groups that stay (by name) succeed their old replica (state
     /// carried over, see `UpstreamGroup::succeed`), new ones start fresh, removed ones close
     /// their idle connections (their in-flight requests finish on the old `Live`).
-    fn succeed(&self, snap: &Snapshot, shard: ShardId) -> Live {
+    fn succeed(&self, snap: &Snapshot, shard: ShardId, share: Share) -> Live {
         let metrics = snap.metrics(shard);
         let mut old: HashMap<&str, &Rc<UpstreamGroup>> =
             self.groups.iter().map(|g| (g.name.as_str(), g)).collect();
@@ -85,10 +86,7 @@ impl Live {
                 match old.remove(u.name.as_str()) {
                     Some(prev) => UpstreamGroup::succeed(prev, u, eligible, handles),
                     None => {
-                        let g = match handles {
-                            Some(h) => UpstreamGroup::with_metrics(u, h),
-                            None => UpstreamGroup::new(u),
-                        };
+                        let g = UpstreamGroup::for_shard(u, handles, share);
                         g.set_all_health(eligible);
                         Rc::new(g)
                     }
@@ -115,6 +113,8 @@ impl Live {
 pub(crate) struct ShardCtx {
     /// The shard.
     pub id: ShardId,
+    /// This shard and how many run: what part of each peer's limits is this shard's.
+    share: Share,
     /// The current generation's state; swapped by a reload.
     live: RefCell<Rc<Live>>,
     /// A library user's picker, replacing the router when set.
@@ -153,9 +153,14 @@ impl ShardCtx {
         metrics: ShardHandles,
         access_log: Option<ShardLog>,
     ) -> Self {
+        let share = Share {
+            index: id.index(),
+            count: config.shard_cpus().len().max(id.index() + 1),
+        };
         ShardCtx {
             id,
-            live: RefCell::new(Rc::new(Live::new(config, &metrics))),
+            share,
+            live: RefCell::new(Rc::new(Live::new(config, &metrics, share))),
             metrics: metrics.shard,
             listen_changes: RefCell::new(Vec::new()),
             access_log,
@@ -203,7 +208,7 @@ impl ShardCtx {
 
     /// Swaps in the next generation.
     fn reload(&self, snap: &Snapshot) {
-        let next = self.live.borrow().succeed(snap, self.id);
+        let next = self.live.borrow().succeed(snap, self.id, self.share);
         self.health.reconfigure(&snap.config, snap.generation);
         tracing::debug!(
             shard = %self.id,

@@ -45,6 +45,9 @@ pub(crate) enum Step<H> {
     Respond(HttpError),
     /// No eligible peer for the request at all (nothing was tried): 503.
     NoPeer,
+    /// Every eligible peer is at its `max_conns` or out of `rate` tokens (or the group's
+    /// `rate` is spent) and nothing was tried yet: wait in the group's queue, then ask again.
+    Full,
 }
 
 /// TryEnd is how one try ended, as the request loop saw it.
@@ -176,6 +179,7 @@ impl<H> Tries<H> {
                 }
                 return match self.last_err.take() {
                     Some(err) => Step::Respond(err),
+                    None if group.limited_out(skip, now) => Step::Full,
                     None => Step::NoPeer,
                 };
             };

@@ -6,10 +6,13 @@
 
 mod hash_key;
 mod pool;
+mod protect;
 mod reload;
 
 pub(crate) use hash_key::hash_request;
 pub use pool::{is_quiet, Connection, Pool};
+use protect::{ClientBuckets, PeerGuard, Queue, TokenBucket};
+pub(crate) use protect::{Share, Waiter};
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +52,10 @@ pub(crate) struct Peer {
     pub healthy: Cell<bool>,
     /// This shard's counters of the peer (written only here, summed at scrape time).
     pub metrics: Arc<PeerMetrics>,
+    /// Its `max_conns` and `rate` shares in this shard, and its slow-start ramp.
+    pub(crate) guard: PeerGuard,
+    /// Its timeouts (the group's with the peer's overrides).
+    pub timeouts: Timeouts,
 }
 
 impl Peer {
@@ -136,8 +143,6 @@ pub(crate) struct UpstreamGroup {
     backup: Tier,
     /// Idle upstream connections of this shard, per peer.
     pub pool: Pool,
-    /// Resolved timeouts of this group.
-    pub timeouts: Timeouts,
     /// The group's retry policy, retry budget and backoff jitter in this shard.
     pub retrier: RefCell<Retrier>,
     /// One circuit breaker per peer (indexed by `PeerId`) when the upstream configures
@@ -166,6 +171,19 @@ pub(crate) struct UpstreamGroup {
     pub ewma_decay: Duration,
     /// The protocol upgrades tunnelled to this group (`upgrade = { allow = [...] }`).
     pub upgrade: UpgradeAllow,
+    /// Which shard of how many this replica runs in (what its parts of the limits are).
+    share: Share,
+    /// Whether any peer has `max_conns` or `rate`, or the group a `rate`: only then can a
+    /// selection find every eligible peer full, and only then is the queue used.
+    limited: bool,
+    /// Requests waiting for a peer with room (`queue = { … }`).
+    pub(crate) queue: Queue,
+    /// The group's own bucket (`rate` without `key`).
+    bucket: Option<TokenBucket>,
+    /// The per-client buckets (`rate` with `key`) and what keys a client.
+    clients: Option<(ClientBuckets, HashKey)>,
+    /// Socket options of connections to the peers (`tcp = { … }`).
+    pub tcp: crate::config::TcpOptions,
 }
 
 /// Admit is whether a peer's circuit breaker lets a request through.
@@ -181,14 +199,9 @@ pub(crate) enum Admit {
 impl UpstreamGroup {
     /// Builds a shard's replica of a configured group. The randomized selectors are seeded
     /// from the thread's `fastrand` generator, so every shard draws its own sequence.
+    #[cfg(test)]
     pub fn new(cfg: &UpstreamConfig) -> Self {
         UpstreamGroup::build(cfg, fastrand::u64(..), None)
-    }
-
-    /// Builds a shard's replica of a configured group that counts into `metrics` (this
-    /// shard's handles of the group, peers in config order).
-    pub fn with_metrics(cfg: &UpstreamConfig, metrics: &UpstreamHandles) -> Self {
-        UpstreamGroup::build(cfg, fastrand::u64(..), Some(metrics))
     }
 
     /// Builds a shard's replica of a configured group with a fixed seed for its randomness.
@@ -197,8 +210,28 @@ impl UpstreamGroup {
         UpstreamGroup::build(cfg, seed, None)
     }
 
+    /// Builds shard `share`'s replica of a configured group that counts into `metrics`.
+    pub fn for_shard(
+        cfg: &UpstreamConfig,
+        metrics: Option<&UpstreamHandles>,
+        share: Share,
+    ) -> Self {
+        UpstreamGroup::build_on(cfg, fastrand::u64(..), metrics, share)
+    }
+
     /// Builds a replica: seeded, counting into `metrics` (fresh counters without).
+    #[cfg(test)]
     fn build(cfg: &UpstreamConfig, seed: u64, metrics: Option<&UpstreamHandles>) -> Self {
+        UpstreamGroup::build_on(cfg, seed, metrics, Share::SINGLE)
+    }
+
+    /// Builds shard `share`'s replica: seeded, counting into `metrics`.
+    fn build_on(
+        cfg: &UpstreamConfig,
+        seed: u64,
+        metrics: Option<&UpstreamHandles>,
+        share: Share,
+    ) -> Self {
         let now = Instant::now();
         let (mut primaries, mut backups) = (0, 0);
         let start_down = cfg
@@ -228,9 +261,21 @@ impl UpstreamGroup {
                     metrics: metrics
                         .and_then(|m| m.peers.get(i).cloned())
                         .unwrap_or_default(),
+                    guard: PeerGuard::new(&p.limits, share, i, now),
+                    timeouts: p.timeouts,
                 }
             })
             .collect();
+        for p in &peers {
+            p.metrics
+                .max_conns
+                .set(u64::from(p.guard.max_conns.unwrap_or(0)));
+            p.metrics.slow_start_weight.set(f64::from(p.weight));
+        }
+        let limited = cfg.rate.is_some()
+            || peers
+                .iter()
+                .any(|p| p.guard.max_conns.is_some() || p.guard.bucket.is_some());
         let build = |candidates: &[Candidate<'_>]| {
             build_selector(cfg.algorithm, &cfg.balance, candidates, fastrand::u64(..))
         };
@@ -239,11 +284,10 @@ impl UpstreamGroup {
         let pool_cfg: PoolConfig = cfg.pool;
         UpstreamGroup {
             name: cfg.name.clone(),
-            pool: Pool::new(peers.len(), pool_cfg),
+            pool: Pool::per_peer(cfg.peers.iter().map(|p| p.pool).collect(), pool_cfg),
             peers,
             primary,
             backup,
-            timeouts: cfg.timeouts,
             retrier: RefCell::new(Retrier::new(cfg.retry, now, fastrand::Rng::with_seed(seed))),
             breakers: match cfg.circuit_breaker {
                 Some(b) => (0..cfg.peers.len())
@@ -262,6 +306,18 @@ impl UpstreamGroup {
             hash_key: cfg.hash_key.clone(),
             ewma_decay: cfg.balance.ewma_decay,
             upgrade: cfg.upgrade.clone(),
+            share,
+            limited,
+            queue: Queue::new(cfg.queue),
+            bucket: cfg.rate.map(|r| TokenBucket::new(r, share, 0, now)),
+            clients: cfg.client_rate.as_ref().map(|c| {
+                let key = match &c.key {
+                    crate::config::ClientKey::ClientIp => HashKey::ClientIp,
+                    crate::config::ClientKey::Header(h) => HashKey::Header(h.clone()),
+                };
+                (ClientBuckets::new(c.rate, c.max_keys, share), key)
+            }),
+            tcp: cfg.tcp,
         }
     }
 
@@ -349,6 +405,11 @@ impl UpstreamGroup {
     /// Applies a health change pushed by the control thread.
     pub fn set_health(&self, peer: PeerId, eligible: bool) {
         if let Some(p) = self.peers.get(peer.index()) {
+            if eligible && !p.healthy.get() {
+                // Back after being down: ramp up (slow start), and let a queued request look.
+                p.guard.begin_ramp(Instant::now());
+                self.queue.wake_head();
+            }
             p.healthy.set(eligible);
         }
     }
@@ -388,7 +449,132 @@ impl UpstreamGroup {
     /// eligible, `when_all_down = "try_all"` picks among the not-drained peers ignoring health;
     /// `"fail"` returns `None` (the proxy answers 503).
     pub fn select(&self, hash: Option<u64>, tried: &TriedSet, now: Instant) -> Option<PeerId> {
-        let ok = |id: PeerId| !tried.contains(id) && self.is_eligible(id, now);
+        if !self.limited {
+            return self.select_among(hash, tried, now, false);
+        }
+        if let Some(b) = &self.bucket {
+            if !b.ready(now) {
+                self.metrics.rate_limited.inc();
+                return None;
+            }
+        }
+        let found = self.select_among(hash, tried, now, true)?;
+        if let Some(b) = &self.bucket {
+            b.take(now);
+        }
+        if let Some(b) = &self.peer(found).guard.bucket {
+            b.take(now);
+        }
+        Some(found)
+    }
+
+    /// [`UpstreamGroup::select`] among the peers with room (`max_conns`, `rate`) when
+    /// `limits`; a slow-starting peer's candidacy is admitted with its ramp's probability,
+    /// and when that leaves nothing the selection is asked again without it.
+    fn select_among(
+        &self,
+        hash: Option<u64>,
+        tried: &TriedSet,
+        now: Instant,
+        limits: bool,
+    ) -> Option<PeerId> {
+        self.select_ramped(hash, tried, now, limits, true)
+            .or_else(|| self.select_ramped(hash, tried, now, limits, false))
+    }
+
+    /// Whether `peer` may take one more request now: room under its `max_conns`, a token in
+    /// its `rate` bucket (when `limits`), and, when `ramp`, its slow-start admission.
+    #[inline]
+    fn admits(&self, peer: PeerId, now: Instant, limits: bool, ramp: bool) -> bool {
+        let p = self.peer(peer);
+        if limits {
+            if !p.guard.has_room(self.load(peer).active.get()) {
+                p.metrics.saturated.inc();
+                return false;
+            }
+            if p.guard.bucket.as_ref().is_some_and(|b| !b.ready(now)) {
+                p.metrics.rate_limited.inc();
+                return false;
+            }
+        }
+        if ramp && p.guard.ramp_since.get().is_some() {
+            let f = p.guard.ramp(now);
+            p.metrics.slow_start_weight.set(f64::from(p.weight) * f);
+            return f >= 1.0 || fastrand::f64() < f;
+        }
+        true
+    }
+
+    /// Whether a selection found nothing only because of limits: the group's bucket is empty,
+    /// or some eligible peer not in `tried` is at its `max_conns` or out of tokens. Such a
+    /// request waits in the queue instead of getting 503 at once.
+    pub fn limited_out(&self, tried: &TriedSet, now: Instant) -> bool {
+        if !self.limited {
+            return false;
+        }
+        if self.bucket.as_ref().is_some_and(|b| !b.ready(now)) {
+            return true;
+        }
+        self.peer_ids().any(|id| {
+            !tried.contains(id) && self.is_eligible(id, now) && !self.admits(id, now, true, false)
+        })
+    }
+
+    /// How long until a token may be there for a request waiting on a `rate` (`None`: no
+    /// rate, only freed slots wake the queue).
+    pub fn next_token_in(&self, now: Instant) -> Option<Duration> {
+        let group = self.bucket.as_ref().map(|b| b.until_ready(now));
+        let peers = self
+            .peers
+            .iter()
+            .filter_map(|p| p.guard.bucket.as_ref())
+            .map(|b| b.until_ready(now))
+            .min();
+        match (group, peers) {
+            (Some(g), Some(p)) => Some(g.max(p)),
+            (g, p) => g.or(p),
+        }
+    }
+
+    /// Whether this group limits its peers at all (`max_conns`, `rate`).
+    #[inline]
+    pub fn is_limited(&self) -> bool {
+        self.limited
+    }
+
+    /// Takes a token from the client's bucket of the per-client `rate`; `false`: the
+    /// request gets 429. Always `true` without a per-client rate. A request without the key
+    /// (no such header) counts in one shared bucket.
+    pub fn take_client_token(
+        &self,
+        buf: &[u8],
+        head: &RequestHead,
+        client_ip: IpAddr,
+        now: Instant,
+    ) -> bool {
+        let Some((buckets, key)) = &self.clients else {
+            return true;
+        };
+        let hash = hash_request(key, buf, head, client_ip).unwrap_or(0);
+        let ok = buckets.take(hash, now);
+        if !ok {
+            self.metrics.client_rate_limited.inc();
+        }
+        ok
+    }
+
+    /// The selection itself: see [`UpstreamGroup::select`].
+    fn select_ramped(
+        &self,
+        hash: Option<u64>,
+        tried: &TriedSet,
+        now: Instant,
+        limits: bool,
+        ramp: bool,
+    ) -> Option<PeerId> {
+        let ok = |id: PeerId| {
+            !tried.contains(id) && self.is_eligible(id, now) && self.admits(id, now, limits, ramp)
+        };
         let local = |id: PeerId| ok(id) && self.is_local(id);
         let regional = self.local_region.is_some();
         let found = (regional.then(|| self.pick(false, hash, local)).flatten())
@@ -403,7 +589,11 @@ impl UpstreamGroup {
         if found.is_some() || self.when_all_down == WhenAllDown::Fail {
             return found;
         }
-        let last_resort = |id: PeerId| self.peer(id).takes_requests() && !tried.contains(id);
+        let last_resort = |id: PeerId| {
+            self.peer(id).takes_requests()
+                && !tried.contains(id)
+                && self.admits(id, now, limits, false)
+        };
         self.pick(false, hash, last_resort)
             .or_else(|| self.pick(true, hash, last_resort))
     }

@@ -138,13 +138,13 @@ impl admin::Host for Rc<Ctl> {
                         format!("upstream `{name}` already has peer `{}`", peer.address),
                     ));
                 }
-                Edit::Push(PeerFile {
+                Edit::Push(Box::new(PeerFile {
                     address: peer.address,
                     weight: peer.weight,
                     backup: peer.backup,
                     region: peer.region,
-                    drain: None,
-                })
+                    ..PeerFile::default()
+                }))
             }
             PeerChange::Update { address, patch, .. } => {
                 check_weight(patch.weight)?;
@@ -185,7 +185,7 @@ impl admin::Host for Rc<Ctl> {
 /// Edit is a checked change of one upstream's peer list in the file model.
 enum Edit {
     /// Append a peer.
-    Push(PeerFile),
+    Push(Box<PeerFile>),
     /// Change a peer.
     Patch(PeerId, PeerPatch),
     /// Remove a peer.
@@ -195,7 +195,7 @@ enum Edit {
 impl Edit {
     fn apply(self, peers: &mut Vec<PeerFile>) {
         match self {
-            Edit::Push(p) => peers.push(p),
+            Edit::Push(p) => peers.push(*p),
             Edit::Patch(id, patch) => {
                 let Some(p) = peers.get_mut(id.index()) else {
                     return;

@@ -1,0 +1,268 @@
+//! Backend protection end to end: `max_conns` with the queue (FIFO, overflow, timeout), `rate`
+//! per peer and per client key, slow start, rotation of pooled connections, per-peer timeouts.
+//! A real proxy on 127.0.0.1:0 against backends that count what reaches them.
+
+mod common;
+use common::*;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A backend that counts requests in flight (and the most ever), holding each for `hold`.
+fn counting_backend(name: &str, hold: Duration) -> (Backend, Arc<AtomicUsize>) {
+    let now = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let (n, m) = (now.clone(), max.clone());
+    let b = Backend::with_handler(name, move |req| {
+        let c = n.fetch_add(1, Ordering::SeqCst) + 1;
+        m.fetch_max(c, Ordering::SeqCst);
+        thread::sleep(hold);
+        n.fetch_sub(1, Ordering::SeqCst);
+        Reply::ok(req.path().to_string())
+    });
+    (b, max)
+}
+
+/// GET `path` on a fresh connection.
+fn get_once(addr: std::net::SocketAddr, path: &str) -> Response {
+    Client::connect(addr).roundtrip(&get(path))
+}
+
+#[test]
+fn max_conns_never_exceeded_across_two_shards_and_everyone_is_served() {
+    let (b, max) = counting_backend("slow", Duration::from_millis(150));
+    let proxy = ProxyConfig::new()
+        .workers(2)
+        .upstream_with("app", "round_robin", &["max_conns = 2"], &[peer(b.addr())])
+        .start();
+    let addr = proxy.addr;
+    let clients: Vec<_> = (0..12)
+        .map(|i| thread::spawn(move || get_once(addr, &format!("/r{i}")).status))
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(statuses, vec![200; 12], "every request waited for a slot");
+    assert_eq!(b.request_count(), 12);
+    let most = max.load(Ordering::SeqCst);
+    assert!(most <= 2, "the backend saw {most} requests at once");
+    assert!(most >= 1);
+    proxy.shutdown();
+}
+
+#[test]
+fn queued_requests_are_served_in_arrival_order() {
+    let (b, max) = counting_backend("one", Duration::from_millis(120));
+    let proxy = ProxyConfig::new()
+        .upstream_with("app", "round_robin", &["max_conns = 1"], &[peer(b.addr())])
+        .start();
+    let addr = proxy.addr;
+    let mut threads = Vec::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        threads.push(thread::spawn(move || get_once(addr, &format!("/{name}"))));
+        thread::sleep(Duration::from_millis(30));
+    }
+    for t in threads {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body_str());
+    }
+    let order: Vec<String> = b.requests().iter().map(|r| r.path().to_string()).collect();
+    assert_eq!(order, ["/a", "/b", "/c", "/d", "/e"]);
+    assert_eq!(max.load(Ordering::SeqCst), 1);
+    proxy.shutdown();
+}
+
+#[test]
+fn a_full_queue_and_a_queue_timeout_answer_503_with_retry_after() {
+    let (b, _) = counting_backend("busy", Duration::from_millis(600));
+    let proxy = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &["max_conns = 1", "queue = { max = 1, timeout_ms = 300 }"],
+            &[peer(b.addr())],
+        )
+        .start();
+    let addr = proxy.addr;
+    let first = thread::spawn(move || get_once(addr, "/first"));
+    b.wait_heads(1, Duration::from_secs(5));
+    // The second waits in the queue (and times out after 300 ms: the first holds 600 ms).
+    let t0 = Instant::now();
+    let second = thread::spawn(move || (get_once(addr, "/second"), t0.elapsed()));
+    thread::sleep(Duration::from_millis(100));
+    // The third finds the queue full.
+    let third = get_once(addr, "/third");
+    third.assert_proxy_error(503);
+    assert_eq!(third.header("retry-after"), Some("1"));
+    assert!(
+        third.body_str().contains("queue is full"),
+        "{}",
+        third.body_str()
+    );
+    let (second, waited) = second.join().unwrap();
+    second.assert_proxy_error(503);
+    assert_eq!(second.header("retry-after"), Some("1"));
+    assert!(
+        second.body_str().contains("timed out"),
+        "{}",
+        second.body_str()
+    );
+    assert!(
+        waited >= Duration::from_millis(280) && waited < Duration::from_millis(590),
+        "waited {waited:?}"
+    );
+    assert_eq!(first.join().unwrap().status, 200);
+    // Exactly one request reached the backend.
+    assert_eq!(b.request_count(), 1);
+    proxy.shutdown();
+}
+
+#[test]
+fn peer_rate_limit_lets_rate_times_seconds_plus_burst_through() {
+    let b = Backend::start("b");
+    // The peer's own `rate` (the test helper writes peers without one).
+    let toml = ProxyConfig::new()
+        .workers(2)
+        .upstream_with(
+            "app",
+            "round_robin",
+            &["queue = { max = 0 }"],
+            &[peer(b.addr())],
+        )
+        .toml()
+        .replace(
+            &format!("address = \"{}\", weight = 1", b.addr()),
+            &format!(
+                "address = \"{}\", weight = 1, rate = {{ requests_per_sec = 10, burst = 6 }}",
+                b.addr()
+            ),
+        );
+    let proxy = Proxy::start(&toml);
+    let addr = proxy.addr;
+    // 30 requests per second (3 × the rate) for 2 s, each on a fresh connection so both
+    // shards get their part, from 3 threads.
+    let start = Instant::now();
+    let ok = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let (ok, limited) = (ok.clone(), limited.clone());
+            thread::spawn(move || {
+                for i in 0..20u64 {
+                    let due = start + Duration::from_millis(i * 100 + t * 33);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    let r = get_once(addr, "/x");
+                    match r.status {
+                        200 => ok.fetch_add(1, Ordering::SeqCst),
+                        503 => {
+                            assert_eq!(r.header("retry-after"), Some("1"));
+                            limited.fetch_add(1, Ordering::SeqCst)
+                        }
+                        s => panic!("unexpected status {s}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let ok = ok.load(Ordering::SeqCst);
+    assert_eq!(ok + limited.load(Ordering::SeqCst), 60);
+    assert_eq!(b.request_count(), ok);
+    // rate × 2 s + burst = 26, ± one shard's share of the burst (3) and of a second's rate.
+    assert!((21..=31).contains(&ok), "{ok} requests reached the backend");
+    proxy.shutdown();
+}
+
+#[test]
+fn per_client_rate_answers_429_per_key() {
+    let b = Backend::start("b");
+    let proxy = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &["rate = { requests_per_sec = 0.5, burst = 2, key = \"header:X-User\" }"],
+            &[peer(b.addr())],
+        )
+        .start();
+    let mut c = proxy.client();
+    let req = |user: &str| format!("GET / HTTP/1.1\r\nHost: x\r\nX-User: {user}\r\n\r\n");
+    assert_eq!(c.roundtrip(req("ann").as_bytes()).status, 200);
+    assert_eq!(c.roundtrip(req("ann").as_bytes()).status, 200);
+    let r = c.roundtrip(req("ann").as_bytes());
+    r.assert_proxy_error(429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Another key has its own bucket; the connection stays usable after a 429.
+    assert_eq!(c.roundtrip(req("bob").as_bytes()).status, 200);
+    assert_eq!(b.request_count(), 3);
+    proxy.shutdown();
+}
+
+#[test]
+fn slow_start_ramps_a_peer_added_by_reload_linearly() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let base = ProxyConfig::new().upstream_with(
+        "app",
+        "smooth_weighted",
+        &["slow_start_ms = 2500"],
+        &[peer(a.addr())],
+    );
+    let proxy = base.start();
+    let both = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "smooth_weighted",
+            &["slow_start_ms = 2500"],
+            &[peer(a.addr()), peer(b.addr())],
+        )
+        .toml();
+    proxy
+        .server()
+        .apply(config_from(&both))
+        .expect("reload with b");
+    let t0 = Instant::now();
+    let mut c = proxy.client();
+    // Five buckets of 500 ms: b's share in each.
+    let buckets: Vec<Mutex<(u32, u32)>> = (0..5).map(|_| Mutex::new((0, 0))).collect();
+    while t0.elapsed() < Duration::from_millis(2500) {
+        let at = t0.elapsed();
+        let r = c.roundtrip(&get("/"));
+        assert_eq!(r.status, 200);
+        let i = (at.as_millis() / 500).min(4) as usize;
+        let mut bucket = buckets[i].lock().unwrap();
+        bucket.1 += 1;
+        if r.body_str() == "b" {
+            bucket.0 += 1;
+        }
+    }
+    let shares: Vec<f64> = buckets
+        .iter()
+        .map(|m| {
+            let (b, n) = *m.lock().unwrap();
+            f64::from(b) / f64::from(n.max(1))
+        })
+        .collect();
+    // Effective weight f = (i + 0.5) / 5 of bucket i; two peers of weight 1 give b the
+    // share f / (1 + f): 0.09, 0.23, 0.33, 0.41, 0.47. Each bucket within ±0.12.
+    for (i, share) in shares.iter().enumerate() {
+        let f = (i as f64 + 0.5) / 5.0;
+        let want = f / (1.0 + f);
+        assert!(
+            (share - want).abs() <= 0.12,
+            "bucket {i}: b's share {share:.2}, expected {want:.2} (all: {shares:.2?})"
+        );
+    }
+    // After the ramp both take half.
+    let mut b_count = 0;
+    for _ in 0..100 {
+        if c.roundtrip(&get("/")).body_str() == "b" {
+            b_count += 1;
+        }
+    }
+    assert_eq!(b_count, 50, "after slow start the weights are plain again");
+    proxy.shutdown();
+}
