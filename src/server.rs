@@ -57,6 +57,16 @@ pub enum StartError {
         /// The OS error (part of the message, not a separate `source`, so it is printed once).
         error: std::io::Error,
     },
+    /// The kernel refused an upstream's `tcp` option (checked on a probe socket at start).
+    #[error("{file}: key `{key}`: the kernel refuses this socket option: {error}")]
+    Tcp {
+        /// The config file (or `<string>`).
+        file: String,
+        /// The key, e.g. `upstream[0].tcp.user_timeout_ms`.
+        key: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// A shard could not start (thread spawn, runtime build, driver unavailable).
     #[error("shard {shard}: {reason}")]
     Shard {
@@ -202,6 +212,19 @@ impl Server {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let Some(p) = u.peers.first() else { continue };
+            if u.tcp == crate::config::TcpOptions::default() {
+                continue;
+            }
+            if let Err((key, error)) = u.tcp.probe_upstream(p.addr) {
+                return Err(StartError::Tcp {
+                    file: config.source.clone(),
+                    key: format!("upstream[{i}].tcp.{key}"),
+                    error,
+                });
+            }
+        }
         let config = Arc::new(config);
         let cpus = config.shard_cpus();
         let bind_error = |key: String, addr: SocketAddr, error: std::io::Error| StartError::Bind {
@@ -235,8 +258,11 @@ impl Server {
         for (i, addr) in config.server.listen.iter().enumerate() {
             // Every later shard binds the port the kernel picked for the first (an unused one:
             // port selection ignores SO_REUSEPORT, so no probe is needed).
-            let (bound, sockets) = bind_for_shards(*addr, cpus.len(), config.server.backlog)
-                .map_err(|e| bind_error(listen_key(i), *addr, e))?;
+            let tcp = config.server.tcp;
+            let configure = |s: &socket2::Socket| tcp.apply_listener(s, "server.tcp");
+            let (bound, sockets) =
+                bind_for_shards(*addr, cpus.len(), config.server.backlog, &configure)
+                    .map_err(|e| bind_error(listen_key(i), *addr, e))?;
             listen.push(bound);
             for (shard, l) in per_shard.iter_mut().zip(sockets) {
                 shard.push(l);

@@ -266,3 +266,200 @@ fn slow_start_ramps_a_peer_added_by_reload_linearly() {
     assert_eq!(b_count, 50, "after slow start the weights are plain again");
     proxy.shutdown();
 }
+
+/// Every socket of this process (the in-process proxy's included) with its local and peer
+/// address.
+fn own_sockets() -> Vec<(
+    i32,
+    Option<std::net::SocketAddr>,
+    Option<std::net::SocketAddr>,
+)> {
+    use std::os::fd::BorrowedFd;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: the fd is open in this process for this look (a closed one just errors).
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        let s = socket2::SockRef::from(&b);
+        let local = s.local_addr().ok().and_then(|a| a.as_socket());
+        let peer = s.peer_addr().ok().and_then(|a| a.as_socket());
+        if local.is_some() {
+            out.push((fd, local, peer));
+        }
+    }
+    out
+}
+
+fn sock(fd: i32) -> socket2::SockRef<'static> {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the socket stays open while the test holds its proxy and connections.
+    let b: &'static BorrowedFd<'static> =
+        Box::leak(Box::new(unsafe { BorrowedFd::borrow_raw(fd) }));
+    socket2::SockRef::from(b)
+}
+
+fn getsockopt_int(fd: i32, level: i32, name: i32) -> i32 {
+    let mut v: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `v` and `len` live on this frame; the kernel writes at most `len` bytes.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&mut v as *mut i32).cast(), &mut len) };
+    assert_eq!(rc, 0, "getsockopt: {}", std::io::Error::last_os_error());
+    v
+}
+
+#[test]
+fn tcp_options_are_on_the_listener_accepted_and_upstream_sockets() {
+    let b = Backend::start("b");
+    let toml = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &[
+                "tcp = { keepalive = { idle_s = 40, interval_s = 6, count = 3 }, nodelay = true, \
+               send_buffer = 131072, user_timeout_ms = 9000 }",
+            ],
+            &[peer(b.addr())],
+        )
+        .toml()
+        .replacen(
+            "[server]\n",
+            "[server]\ntcp = { keepalive = { idle_s = 30, interval_s = 5, count = 4 }, \
+             recv_buffer = 65536, user_timeout_ms = 7000, defer_accept_s = 2, fastopen = 16 }\n",
+            1,
+        );
+    let proxy = Proxy::start(&toml);
+    let mut c = proxy.client();
+    assert_eq!(c.roundtrip(&get("/")).status, 200);
+    let client_addr = c.stream().local_addr().unwrap();
+    let socks = own_sockets();
+    let listener = socks
+        .iter()
+        .find(|(_, l, p)| *l == Some(proxy.addr) && p.is_none())
+        .expect("the proxy's listener")
+        .0;
+    let accepted = socks
+        .iter()
+        .find(|(_, l, p)| *l == Some(proxy.addr) && *p == Some(client_addr))
+        .expect("the accepted client connection")
+        .0;
+    let upstream = socks
+        .iter()
+        .find(|(_, l, p)| *p == Some(b.addr()) && *l != Some(b.addr()))
+        .expect("the pooled upstream connection")
+        .0;
+    for fd in [listener, accepted] {
+        let s = sock(fd);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(5));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            s.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(7000))
+        );
+        // Linux doubles SO_RCVBUF for its bookkeeping.
+        assert!(s.recv_buffer_size().unwrap() >= 65536);
+    }
+    assert_ne!(
+        getsockopt_int(listener, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT),
+        0
+    );
+    assert_eq!(
+        getsockopt_int(listener, libc::IPPROTO_TCP, libc::TCP_FASTOPEN),
+        16
+    );
+    assert!(sock(accepted).tcp_nodelay().unwrap(), "on by default");
+    let up = sock(upstream);
+    assert!(up.keepalive().unwrap());
+    assert_eq!(up.tcp_keepalive_time().unwrap(), Duration::from_secs(40));
+    assert_eq!(up.tcp_keepalive_interval().unwrap(), Duration::from_secs(6));
+    assert_eq!(up.tcp_keepalive_retries().unwrap(), 3);
+    assert_eq!(
+        up.tcp_user_timeout().unwrap(),
+        Some(Duration::from_millis(9000))
+    );
+    assert!(up.send_buffer_size().unwrap() >= 131072);
+    assert!(up.tcp_nodelay().unwrap());
+    proxy.shutdown();
+}
+
+#[test]
+fn an_option_the_kernel_refuses_is_a_startup_error_naming_the_key() {
+    let b = Backend::start("b");
+    // TCP_USER_TIMEOUT is an int: the kernel refuses what does not fit (EINVAL).
+    let toml = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &["tcp = { user_timeout_ms = 3000000000 }"],
+            &[peer(b.addr())],
+        )
+        .toml();
+    let e = ringlb::Server::start(config_from(&toml))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("key `upstream[0].tcp.user_timeout_ms`"), "{e}");
+    assert!(e.contains("nvalid argument"), "{e}");
+    let toml = ProxyConfig::with_backends(&[&b]).toml().replacen(
+        "[server]\n",
+        "[server]\ntcp = { user_timeout_ms = 3000000000 }\n",
+        1,
+    );
+    let e = ringlb::Server::start(config_from(&toml))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("server.tcp.user_timeout_ms"), "{e}");
+}
+
+#[test]
+fn pooled_connections_rotate_after_max_requests_per_conn() {
+    let b = Backend::start("b");
+    let toml = ProxyConfig::with_backends(&[&b]).toml().replace(
+        "idle_timeout_ms = 30000 }",
+        "idle_timeout_ms = 30000, max_requests_per_conn = 3 }",
+    );
+    let proxy = Proxy::start(&toml);
+    let mut c = proxy.client();
+    for _ in 0..9 {
+        assert_eq!(c.roundtrip(&get("/")).status, 200);
+    }
+    assert_eq!(b.request_count(), 9);
+    assert_eq!(b.accepts(), 3, "three requests per upstream connection");
+    proxy.shutdown();
+}
+
+#[test]
+fn a_peer_overrides_the_upstream_read_timeout() {
+    let slow = Backend::with_handler("slow", |_| {
+        Reply::ok("slow").delay(Duration::from_millis(600))
+    });
+    let toml = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &["retry = { max_retries = 0 }"],
+            &[peer(slow.addr())],
+        )
+        .toml()
+        .replace(
+            &format!("address = \"{}\", weight = 1", slow.addr()),
+            &format!(
+                "address = \"{}\", weight = 1, timeouts = {{ upstream_read_ms = 200 }}",
+                slow.addr()
+            ),
+        );
+    let proxy = Proxy::start(&toml);
+    let t0 = Instant::now();
+    let r = proxy.client().roundtrip(&get("/"));
+    r.assert_proxy_error(504);
+    assert!(
+        t0.elapsed() < Duration::from_millis(550),
+        "{:?}",
+        t0.elapsed()
+    );
+    proxy.shutdown();
+}

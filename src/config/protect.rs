@@ -292,6 +292,13 @@ impl TcpOptions {
         Ok(())
     }
 
+    /// [`TcpOptions::apply`] on a listener socket, the error naming the key under `prefix`
+    /// (`server.tcp`): what a listener's `configure` runs before it listens.
+    pub fn apply_listener(&self, sock: &socket2::Socket, prefix: &str) -> std::io::Result<()> {
+        self.apply(socket2::SockRef::from(sock), true)
+            .map_err(|(key, e)| std::io::Error::new(e.kind(), format!("{prefix}.{key}: {e}")))
+    }
+
     /// Checks that the kernel takes these upstream options, on a socket of `addr`'s family
     /// that is never connected (startup: an option the kernel refuses is an error then, not a
     /// surprise at the first connect). TCP_FASTOPEN_CONNECT included.

@@ -669,12 +669,15 @@ impl Ctl {
                     ));
                 }
             }
-            let (_, sockets) = bind_for_shards(*addr, shards, new.server.backlog).map_err(|e| {
-                format!(
-                    "{}: key `server.listen[{i}]`: cannot listen on {addr}: {e}",
-                    new.source
-                )
-            })?;
+            let tcp = new.server.tcp;
+            let configure = |s: &socket2::Socket| tcp.apply_listener(s, "server.tcp");
+            let (_, sockets) = bind_for_shards(*addr, shards, new.server.backlog, &configure)
+                .map_err(|e| {
+                    format!(
+                        "{}: key `server.listen[{i}]`: cannot listen on {addr}: {e}",
+                        new.source
+                    )
+                })?;
             for (shard, l) in per_shard.iter_mut().zip(sockets) {
                 shard.push((*addr, l));
             }

@@ -475,7 +475,10 @@ fn serve_queued(shard: &Rc<Shard>, listener: &TcpListener) {
 }
 
 async fn serve_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+    // On unless the listener's `tcp.nodelay = false` (which the connection inherited).
+    if guard.0.ctx.config().server.tcp.nodelay != Some(false) {
+        let _ = stream.set_nodelay(true);
+    }
     proxy::serve(&guard.0.ctx, stream, addr).await;
 }
 
