@@ -263,6 +263,7 @@ impl<C: Transport> Conn<'_, C> {
             None => &DefaultHooks,
         };
         let mut tries = Tries::new(policy, facts, start);
+        tries.set_region(group.request_region(&self.rbuf, &self.head, self.fwd.client_ip));
         // A request waiting in the group's queue; it leaves when it gets a peer.
         let mut place = None;
         if group.is_limited() && !group.queue.is_empty() {

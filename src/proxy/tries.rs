@@ -137,6 +137,8 @@ pub(crate) struct Tries<H> {
     current: Option<(PeerId, Admit)>,
     /// Whether the request may be sent again after a stale pooled connection ate it.
     replay_stale: bool,
+    /// The region the request prefers (`None`: the group's `local_region`).
+    region: Option<usize>,
 }
 
 impl<H> Tries<H> {
@@ -154,7 +156,13 @@ impl<H> Tries<H> {
             last_err: None,
             held: None,
             current: None,
+            region: None,
         }
+    }
+
+    /// Makes the request prefer the peers of `region` (see `UpstreamGroup::request_region`).
+    pub fn set_region(&mut self, region: Option<usize>) {
+        self.region = region;
     }
 
     /// Tries made so far (the one in progress included).
@@ -173,7 +181,7 @@ impl<H> Tries<H> {
             } else {
                 &self.tried
             };
-            let Some(peer) = group.select(hash, skip, now) else {
+            let Some(peer) = group.select_from(hash, self.region, skip, now) else {
                 if let Some((peer, held)) = self.held.take() {
                     return Step::Relay { peer, held };
                 }

@@ -47,6 +47,8 @@ pub(crate) struct Peer {
     pub slot: Slot,
     /// Optional region label (see `local_region`).
     pub region: Option<String>,
+    /// The region's index in the group's regions.
+    pub region_id: Option<usize>,
     /// Health as last pushed by the control thread (false = down or ejected). The shard never
     /// overrides a pushed down (invariant 3).
     pub healthy: Cell<bool>,
@@ -156,13 +158,20 @@ pub(crate) struct UpstreamGroup {
     successor: RefCell<Option<reload::Successor>>,
     /// This shard's counters of the group.
     pub metrics: Arc<UpstreamMetrics>,
-    /// Prefer peers of this region while any is eligible.
-    local_region: Option<String>,
+    /// The distinct regions of the peers, in peer order (a region id indexes this).
+    region_names: Vec<String>,
+    /// `local_region`'s id, when a peer has that region.
+    local_region_id: Option<usize>,
+    /// Per region id: itself, then its `region_fallback` regions (default every other), the
+    /// order a request of that region tries them in.
+    region_chains: Vec<Vec<usize>>,
+    /// Per region id: the peer its requests last failed over to outside it (`None` = served
+    /// at home), so each regional failover and fail-back is logged once per shard.
+    failed_over: Vec<Cell<Option<PeerId>>>,
+    /// Per-request regions (`region_from`, `region_map`).
+    regions: crate::config::RegionPolicy,
     /// What `select` does when no peer is eligible.
     when_all_down: WhenAllDown,
-    /// The peer this shard last failed over to outside `local_region` (`None` = serving the
-    /// local region), so each regional failover and fail-back is logged once per shard.
-    failed_over_to: Cell<Option<PeerId>>,
     /// The group's balancing algorithm (a reload keeps the selectors only when it stays).
     algorithm: Algorithm,
     /// What requests are hashed by: `Some` exactly when the algorithm hashes.
@@ -238,6 +247,27 @@ impl UpstreamGroup {
             .health
             .as_ref()
             .is_some_and(|h| h.start == StartState::Down);
+        let mut region_names: Vec<String> = Vec::new();
+        for r in cfg.peers.iter().filter_map(|p| p.region.as_ref()) {
+            if !region_names.contains(r) {
+                region_names.push(r.clone());
+            }
+        }
+        let region_chains = region_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut chain = vec![i];
+                match cfg.regions.fallback.get(name) {
+                    Some(list) => chain.extend(
+                        list.iter()
+                            .filter_map(|r| region_names.iter().position(|n| n == r)),
+                    ),
+                    None => chain.extend((0..region_names.len()).filter(|&j| j != i)),
+                }
+                chain
+            })
+            .collect();
         let peers: Vec<Peer> = cfg
             .peers
             .iter()
@@ -257,6 +287,10 @@ impl UpstreamGroup {
                     backup: p.backup,
                     slot: Slot::new(*tier - 1),
                     region: p.region.clone(),
+                    region_id: p
+                        .region
+                        .as_ref()
+                        .and_then(|r| region_names.iter().position(|n| n == r)),
                     healthy: Cell::new(!start_down),
                     metrics: metrics
                         .and_then(|m| m.peers.get(i).cloned())
@@ -299,9 +333,15 @@ impl UpstreamGroup {
             balance: cfg.balance,
             successor: RefCell::new(None),
             metrics: metrics.map(|m| m.metrics.clone()).unwrap_or_default(),
-            local_region: cfg.local_region.clone(),
+            local_region_id: cfg
+                .local_region
+                .as_ref()
+                .and_then(|r| region_names.iter().position(|n| n == r)),
+            failed_over: region_names.iter().map(|_| Cell::new(None)).collect(),
+            region_chains,
+            region_names,
+            regions: cfg.regions.clone(),
             when_all_down: cfg.when_all_down,
-            failed_over_to: Cell::new(None),
             algorithm: cfg.algorithm,
             hash_key: cfg.hash_key.clone(),
             ewma_decay: cfg.balance.ewma_decay,
@@ -448,9 +488,23 @@ impl UpstreamGroup {
     /// the same way (backups only get traffic while no primary is eligible). When nothing is
     /// eligible, `when_all_down = "try_all"` picks among the not-drained peers ignoring health;
     /// `"fail"` returns `None` (the proxy answers 503).
+    #[cfg(test)]
     pub fn select(&self, hash: Option<u64>, tried: &TriedSet, now: Instant) -> Option<PeerId> {
+        self.select_from(hash, None, tried, now)
+    }
+
+    /// [`UpstreamGroup::select`] for a request that prefers `region` (see
+    /// [`UpstreamGroup::request_region`]; `None`: `local_region`): its peers first, then those
+    /// of its `region_fallback` regions in order, then any.
+    pub fn select_from(
+        &self,
+        hash: Option<u64>,
+        region: Option<usize>,
+        tried: &TriedSet,
+        now: Instant,
+    ) -> Option<PeerId> {
         if !self.limited {
-            return self.select_among(hash, tried, now, false);
+            return self.select_among(hash, region, tried, now, false);
         }
         if let Some(b) = &self.bucket {
             if !b.ready(now) {
@@ -458,7 +512,7 @@ impl UpstreamGroup {
                 return None;
             }
         }
-        let found = self.select_among(hash, tried, now, true)?;
+        let found = self.select_among(hash, region, tried, now, true)?;
         if let Some(b) = &self.bucket {
             b.take(now);
         }
@@ -474,12 +528,13 @@ impl UpstreamGroup {
     fn select_among(
         &self,
         hash: Option<u64>,
+        region: Option<usize>,
         tried: &TriedSet,
         now: Instant,
         limits: bool,
     ) -> Option<PeerId> {
-        self.select_ramped(hash, tried, now, limits, true)
-            .or_else(|| self.select_ramped(hash, tried, now, limits, false))
+        self.select_ramped(hash, region, tried, now, limits, true)
+            .or_else(|| self.select_ramped(hash, region, tried, now, limits, false))
     }
 
     /// Whether `peer` may take one more request now: room under its `max_conns`, a token in
@@ -563,10 +618,11 @@ impl UpstreamGroup {
         ok
     }
 
-    /// The selection itself: see [`UpstreamGroup::select`].
+    /// The selection itself: see [`UpstreamGroup::select_from`].
     fn select_ramped(
         &self,
         hash: Option<u64>,
+        region: Option<usize>,
         tried: &TriedSet,
         now: Instant,
         limits: bool,
@@ -575,16 +631,24 @@ impl UpstreamGroup {
         let ok = |id: PeerId| {
             !tried.contains(id) && self.is_eligible(id, now) && self.admits(id, now, limits, ramp)
         };
-        let local = |id: PeerId| ok(id) && self.is_local(id);
-        let regional = self.local_region.is_some();
-        let found = (regional.then(|| self.pick(false, hash, local)).flatten())
-            .or_else(|| self.pick(false, hash, ok))
-            .or_else(|| regional.then(|| self.pick(true, hash, local)).flatten())
-            .or_else(|| self.pick(true, hash, ok));
-        if regional {
-            if let Some(id) = found {
-                self.note_region(id);
+        let home = region.or(self.local_region_id);
+        let found = match home.and_then(|r| self.region_chains.get(r)) {
+            Some(chain) => {
+                let within =
+                    |r: usize| move |id: PeerId| ok(id) && self.peer(id).region_id == Some(r);
+                (chain
+                    .iter()
+                    .find_map(|&r| self.pick(false, hash, within(r))))
+                .or_else(|| self.pick(false, hash, ok))
+                .or_else(|| chain.iter().find_map(|&r| self.pick(true, hash, within(r))))
+                .or_else(|| self.pick(true, hash, ok))
             }
+            None => self
+                .pick(false, hash, ok)
+                .or_else(|| self.pick(true, hash, ok)),
+        };
+        if let (Some(home), Some(id)) = (home, found) {
+            self.note_region(home, id);
         }
         if found.is_some() || self.when_all_down == WhenAllDown::Fail {
             return found;
@@ -618,36 +682,64 @@ impl UpstreamGroup {
         .map(|c| tier.peer(Slot::new(c)))
     }
 
-    /// Whether `peer` is in `local_region`.
-    fn is_local(&self, peer: PeerId) -> bool {
-        let region = &self.peer(peer).region;
-        region.is_some() && *region == self.local_region
+    /// The region a request prefers (`region_from`: a header's value, or the client address
+    /// looked up in `region_map`), as an index of the peers' regions; `None`: none given, not
+    /// found, or a region no peer has (the request then prefers `local_region`).
+    pub fn request_region(
+        &self,
+        buf: &[u8],
+        head: &RequestHead,
+        client_ip: IpAddr,
+    ) -> Option<usize> {
+        let name: &[u8] = match self.regions.from.as_ref()? {
+            crate::config::RegionFrom::Header(h) => head
+                .headers
+                .iter()
+                .find(|f| f.name(buf).eq_ignore_ascii_case(h.as_bytes()))?
+                .value(buf)
+                .trim_ascii(),
+            crate::config::RegionFrom::ClientIp => self
+                .regions
+                .map
+                .iter()
+                .find(|(cidr, _)| cidr.contains(client_ip))?
+                .1
+                .as_bytes(),
+        };
+        self.region_names
+            .iter()
+            .position(|r| r.as_bytes().eq_ignore_ascii_case(name))
     }
 
-    /// Logs a regional failover (no local peer eligible, `peer` is elsewhere) or fail-back, once
-    /// per transition. The log is shard-local: each shard logs its own transitions.
-    fn note_region(&self, peer: PeerId) {
-        let local = self.local_region.as_deref().unwrap_or_default();
+    /// Logs a regional failover (no peer of the request's region `home` eligible, `peer` is
+    /// elsewhere) or fail-back, once per transition and home region. The log is shard-local:
+    /// each shard logs its own transitions.
+    fn note_region(&self, home: usize, peer: PeerId) {
+        let (Some(home_name), Some(state)) =
+            (self.region_names.get(home), self.failed_over.get(home))
+        else {
+            return;
+        };
         let region = |id: PeerId| self.peer(id).region.as_deref().unwrap_or("(none)");
-        if self.is_local(peer) {
-            if let Some(away) = self.failed_over_to.take() {
-                tracing::info!(group = %self.name, "regional fail-back from {} to {local}", region(away));
+        if self.peer(peer).region_id == Some(home) {
+            if let Some(away) = state.take() {
+                tracing::info!(group = %self.name, "regional fail-back from {} to {home_name}", region(away));
             }
             return;
         }
-        let local_eligible = self
+        let home_eligible = self
             .peer_ids()
-            .any(|id| self.is_local(id) && self.peer(id).is_eligible());
-        if local_eligible {
+            .any(|id| self.peer(id).region_id == Some(home) && self.peer(id).is_eligible());
+        if home_eligible {
             return; // a retry of one request, not a failover
         }
-        let from = match self.failed_over_to.get() {
+        let from = match state.get() {
             Some(away) if region(away) == region(peer) => return,
             Some(away) => region(away),
-            None => local,
+            None => home_name.as_str(),
         };
         tracing::info!(group = %self.name, "regional failover from {from} to {}", region(peer));
-        self.failed_over_to.set(Some(peer));
+        state.set(Some(peer));
     }
 }
 
