@@ -463,3 +463,105 @@ fn a_peer_overrides_the_upstream_read_timeout() {
     );
     proxy.shutdown();
 }
+
+/// GET `path` on the proxy's admin endpoint.
+fn admin(proxy: &Proxy, path: &str) -> String {
+    let addr = proxy.server().admin_addr().expect("admin is on");
+    let r = Client::connect(addr)
+        .roundtrip(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+    assert_eq!(r.status, 200);
+    r.body_str()
+}
+
+#[test]
+fn queue_and_limits_show_in_metrics_and_status() {
+    let (b, _) = counting_backend("busy", Duration::from_millis(500));
+    let toml = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &[
+                "max_conns = 1",
+                "queue = { max = 1, timeout_ms = 200 }",
+                "rate = { requests_per_sec = 1, burst = 1, key = \"client_ip\" }",
+            ],
+            &[peer(b.addr())],
+        )
+        .toml()
+        .replace("admin = \"\"", "admin = \"127.0.0.1:0\"");
+    let proxy = Proxy::start(&toml);
+    let addr = proxy.addr;
+    // The client rate has one token for 127.0.0.1: the first request takes it, the second
+    // gets 429.
+    let first = thread::spawn(move || get_once(addr, "/1"));
+    b.wait_heads(1, Duration::from_secs(5));
+    get_once(addr, "/2").assert_proxy_error(429);
+    assert_eq!(first.join().unwrap().status, 200);
+    let metrics = admin(&proxy, "/metrics");
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .to_string()
+    };
+    assert_eq!(
+        line("ringlb_upstream_client_rate_limited_total{"),
+        "ringlb_upstream_client_rate_limited_total{upstream=\"app\"} 1"
+    );
+    assert!(line("ringlb_peer_max_conns{").ends_with(" 1"));
+    assert!(line("ringlb_upstream_queue_length{").ends_with(" 0"));
+    assert!(metrics.contains("ringlb_upstream_queue_wait_seconds_count{upstream=\"app\"}"));
+    let status: serde_json::Value = serde_json::from_str(&admin(&proxy, "/status")).unwrap();
+    let g = &status["groups"][0];
+    assert_eq!(g["client_rate_limited_total"], 1);
+    assert_eq!(g["queue"]["max"], 1);
+    assert_eq!(g["queue"]["timeout_ms"], 200);
+    assert_eq!(g["peers"][0]["max_conns"], 1);
+    proxy.shutdown();
+}
+
+#[test]
+fn queue_overflow_and_timeout_are_counted() {
+    let (b, _) = counting_backend("busy", Duration::from_millis(500));
+    let toml = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &["max_conns = 1", "queue = { max = 1, timeout_ms = 200 }"],
+            &[peer(b.addr())],
+        )
+        .toml()
+        .replace("admin = \"\"", "admin = \"127.0.0.1:0\"");
+    let proxy = Proxy::start(&toml);
+    let addr = proxy.addr;
+    let first = thread::spawn(move || get_once(addr, "/1"));
+    b.wait_heads(1, Duration::from_secs(5));
+    let second = thread::spawn(move || get_once(addr, "/2"));
+    thread::sleep(Duration::from_millis(80));
+    get_once(addr, "/3").assert_proxy_error(503);
+    second.join().unwrap().assert_proxy_error(503);
+    assert_eq!(first.join().unwrap().status, 200);
+    let metrics = admin(&proxy, "/metrics");
+    for want in [
+        "ringlb_upstream_queue_overflows_total{upstream=\"app\"} 1",
+        "ringlb_upstream_queue_timeouts_total{upstream=\"app\"} 1",
+        "ringlb_upstream_queue_length{upstream=\"app\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == want),
+            "no `{want}` in\n{metrics}"
+        );
+    }
+    let saturated = metrics
+        .lines()
+        .find(|l| l.starts_with("ringlb_peer_saturated_total{"))
+        .expect("saturation counter");
+    assert!(!saturated.ends_with(" 0"), "{saturated}");
+    let status: serde_json::Value = serde_json::from_str(&admin(&proxy, "/status")).unwrap();
+    let q = &status["groups"][0]["queue"];
+    assert_eq!(q["overflows_total"], 1);
+    assert_eq!(q["timeouts_total"], 1);
+    assert_eq!(q["length"], 0);
+    proxy.shutdown();
+}

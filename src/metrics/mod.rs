@@ -25,7 +25,7 @@ pub mod render;
 
 pub use counter::{Counter, F64Gauge, Gauge};
 pub use histogram::{Histogram, HistogramSnapshot, BUCKETS_SECONDS};
-pub use registry::{PeerTotals, Registry, ShardHandles, UpstreamHandles};
+pub use registry::{PeerTotals, Registry, ShardHandles, UpstreamHandles, UpstreamTotals};
 pub use render::render;
 
 /// Why a try at a peer failed, one counter each in [`PeerMetrics::failures`].

@@ -538,9 +538,11 @@ impl UpstreamGroup {
     }
 
     /// Whether `peer` may take one more request now: room under its `max_conns`, a token in
-    /// its `rate` bucket (when `limits`), and, when `ramp`, its slow-start admission.
+    /// its `rate` bucket (when `limits`), and, when `ramp` holds this selection's coin, its
+    /// slow-start admission (the coin is drawn once per selection, so a selector that asks
+    /// about a candidate twice gets the same answer).
     #[inline]
-    fn admits(&self, peer: PeerId, now: Instant, limits: bool, ramp: bool) -> bool {
+    fn admits(&self, peer: PeerId, now: Instant, limits: bool, ramp: Option<&Cell<f64>>) -> bool {
         let p = self.peer(peer);
         if limits {
             if !p.guard.has_room(self.load(peer).active.get()) {
@@ -552,12 +554,17 @@ impl UpstreamGroup {
                 return false;
             }
         }
-        if ramp && p.guard.ramp_since.get().is_some() {
-            let f = p.guard.ramp(now);
-            p.metrics.slow_start_weight.set(f64::from(p.weight) * f);
-            return f >= 1.0 || fastrand::f64() < f;
+        match ramp {
+            Some(coin) if p.guard.ramp_since.get().is_some() => {
+                let f = p.guard.ramp(now);
+                p.metrics.slow_start_weight.set(f64::from(p.weight) * f);
+                if coin.get() < 0.0 {
+                    coin.set(fastrand::f64());
+                }
+                f >= 1.0 || coin.get() < f
+            }
+            _ => true,
         }
-        true
     }
 
     /// Whether a selection found nothing only because of limits: the group's bucket is empty,
@@ -571,7 +578,7 @@ impl UpstreamGroup {
             return true;
         }
         self.peer_ids().any(|id| {
-            !tried.contains(id) && self.is_eligible(id, now) && !self.admits(id, now, true, false)
+            !tried.contains(id) && self.is_eligible(id, now) && !self.admits(id, now, true, None)
         })
     }
 
@@ -628,6 +635,9 @@ impl UpstreamGroup {
         limits: bool,
         ramp: bool,
     ) -> Option<PeerId> {
+        // This selection's slow-start coin, drawn when a ramping peer is first met.
+        let coin = Cell::new(-1.0);
+        let ramp = ramp.then_some(&coin);
         let ok = |id: PeerId| {
             !tried.contains(id) && self.is_eligible(id, now) && self.admits(id, now, limits, ramp)
         };
@@ -656,7 +666,7 @@ impl UpstreamGroup {
         let last_resort = |id: PeerId| {
             self.peer(id).takes_requests()
                 && !tried.contains(id)
-                && self.admits(id, now, limits, false)
+                && self.admits(id, now, limits, None)
         };
         self.pick(false, hash, last_resort)
             .or_else(|| self.pick(true, hash, last_resort))
@@ -858,6 +868,55 @@ mod tests {
             assert_eq!(g.pool.idle_count(PeerId::new(1)), 0);
             assert!(g.pool.take(PeerId::new(0), now).is_some());
         });
+    }
+
+    #[test]
+    fn a_peer_back_after_down_ramps_up_linearly_for_weighted_and_load_aware_algorithms() {
+        for algorithm in [
+            "least_connections",
+            "weighted_random",
+            "smooth_weighted",
+            "power_of_two",
+        ] {
+            let mut cfg = config(
+                "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }",
+                algorithm,
+            );
+            for p in &mut cfg.peers {
+                p.limits.slow_start = Some(Duration::from_millis(1000));
+            }
+            let g = UpstreamGroup::new_seeded(&cfg, 3);
+            let b = PeerId::new(1);
+            g.set_health(b, false);
+            g.set_health(b, true);
+            let t0 = g
+                .peer(b)
+                .guard
+                .ramp_since
+                .get()
+                .expect("ramping after down → up");
+            let none = TriedSet::default();
+            for (at_ms, f) in [(250u64, 0.25f64), (750, 0.75)] {
+                let now = t0 + Duration::from_millis(at_ms);
+                let n = 4000;
+                let to_b = (0..n)
+                    .filter(|i| g.select(Some(*i as u64 * 0x9e37_79b9), &none, now) == Some(b))
+                    .count();
+                let share = to_b as f64 / n as f64;
+                let want = f / (1.0 + f);
+                assert!(
+                    (share - want).abs() < 0.08,
+                    "{algorithm} at {at_ms} ms: share {share:.3}, want {want:.3}"
+                );
+            }
+            // Over: plain weights, and the gauge says so.
+            let later = t0 + Duration::from_millis(1000);
+            let to_b = (0..1000u64)
+                .filter(|i| g.select(Some(i * 0x9e37_79b9), &none, later) == Some(b))
+                .count();
+            assert!((400..=600).contains(&to_b), "{algorithm}: {to_b}");
+            assert_eq!(g.peer(b).guard.ramp_since.get(), None);
+        }
     }
 
     #[test]

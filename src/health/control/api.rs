@@ -260,6 +260,11 @@ fn status(ctl: &Ctl) -> Value {
         .iter()
         .zip(groups.iter())
         .map(|(u, g)| {
+            let q = ctl
+                .metrics
+                .borrow()
+                .upstream_totals(&u.name)
+                .unwrap_or_default();
             let peers: Vec<Value> = u
                 .peers
                 .iter()
@@ -304,6 +309,10 @@ fn status(ctl: &Ctl) -> Value {
                         "average_response_ms": totals
                             .mean_response_seconds
                             .map(|s| (s * 1e6).round() / 1e3),
+                        "max_conns": p.limits.max_conns,
+                        "saturated_total": totals.saturated,
+                        "rate_limited_total": totals.rate_limited,
+                        "slow_start_weight": totals.slow_start_weight,
                     })
                 })
                 .collect();
@@ -314,6 +323,17 @@ fn status(ctl: &Ctl) -> Value {
                 "when_all_down": u.when_all_down.name(),
                 "ejected": g.ejected(),
                 "max_ejected": g.max_ejected(),
+                "queue": {
+                    "max": u.queue.max,
+                    "timeout_ms": u.queue.timeout.as_millis() as u64,
+                    "length": q.queue_length,
+                    "served_after_wait": q.queued,
+                    "average_wait_ms": q.mean_queue_wait_seconds.map(|s| (s * 1e6).round() / 1e3),
+                    "overflows_total": q.queue_overflows,
+                    "timeouts_total": q.queue_timeouts,
+                },
+                "rate_limited_total": q.rate_limited,
+                "client_rate_limited_total": q.client_rate_limited,
                 "peers": peers,
             })
         })
