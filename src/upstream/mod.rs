@@ -507,15 +507,17 @@ impl UpstreamGroup {
             return self.select_among(hash, region, tried, now, false);
         }
         if let Some(b) = &self.bucket {
-            if !b.ready(now) {
+            if !b.take(now) {
                 self.metrics.rate_limited.inc();
                 return None;
             }
         }
-        let found = self.select_among(hash, region, tried, now, true)?;
-        if let Some(b) = &self.bucket {
-            b.take(now);
-        }
+        let Some(found) = self.select_among(hash, region, tried, now, true) else {
+            if let Some(b) = &self.bucket {
+                b.give_back();
+            }
+            return None;
+        };
         if let Some(b) = &self.peer(found).guard.bucket {
             b.take(now);
         }

@@ -84,7 +84,12 @@ impl TokenBucket {
     }
 
     /// Tokens now.
+    #[inline]
     fn refill(&self, now: Instant) -> f64 {
+        if now == self.at.get() {
+            // Asked again within one selection (same `now`): nothing to add.
+            return self.tokens.get();
+        }
         let dt = now.saturating_duration_since(self.at.get()).as_secs_f64();
         let t = (self.tokens.get() + dt * self.per_sec).min(self.capacity);
         self.tokens.set(t);
@@ -108,6 +113,12 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+
+    /// Gives back a token taken for a request that then found no peer.
+    pub fn give_back(&self) {
+        self.tokens
+            .set((self.tokens.get() + 1.0).min(self.capacity));
     }
 
     /// How long until the next token is there.
