@@ -212,18 +212,12 @@ impl Server {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
-        for (i, u) in config.upstreams.iter().enumerate() {
-            let Some(p) = u.peers.first() else { continue };
-            if u.tcp == crate::config::TcpOptions::default() {
-                continue;
-            }
-            if let Err((key, error)) = u.tcp.probe_upstream(p.addr) {
-                return Err(StartError::Tcp {
-                    file: config.source.clone(),
-                    key: format!("upstream[{i}].tcp.{key}"),
-                    error,
-                });
-            }
+        if let Err((key, error)) = config.check_upstream_tcp() {
+            return Err(StartError::Tcp {
+                file: config.source.clone(),
+                key,
+                error,
+            });
         }
         let config = Arc::new(config);
         let cpus = config.shard_cpus();

@@ -565,3 +565,25 @@ fn queue_overflow_and_timeout_are_counted() {
     assert_eq!(q["length"], 0);
     proxy.shutdown();
 }
+
+#[test]
+fn a_reload_with_an_option_the_kernel_refuses_is_refused() {
+    let b = Backend::start("b");
+    let proxy = ProxyConfig::with_backends(&[&b]).start();
+    let bad = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &["tcp = { user_timeout_ms = 3000000000 }"],
+            &[peer(b.addr())],
+        )
+        .toml();
+    let e = proxy
+        .server()
+        .apply(config_from(&bad))
+        .expect_err("refused");
+    assert!(e.contains("key `upstream[0].tcp.user_timeout_ms`"), "{e}");
+    // Still serving on the previous configuration.
+    assert_eq!(proxy.client().roundtrip(&get("/")).status, 200);
+    proxy.shutdown();
+}

@@ -327,6 +327,24 @@ impl TcpOptions {
     }
 }
 
+impl super::Config {
+    /// Checks every upstream's `tcp` options on a probe socket (see
+    /// [`TcpOptions::probe_upstream`]): the key path (`upstream[0].tcp.user_timeout_ms`) and
+    /// the kernel's refusal of the first one it does not take. Run at start and at a reload.
+    pub fn check_upstream_tcp(&self) -> Result<(), (String, std::io::Error)> {
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let Some(p) = u.peers.first() else { continue };
+            if u.tcp == TcpOptions::default() {
+                continue;
+            }
+            u.tcp
+                .probe_upstream(p.addr)
+                .map_err(|(key, e)| (format!("upstream[{i}].tcp.{key}"), e))?;
+        }
+        Ok(())
+    }
+}
+
 /// `setsockopt(fd, level, name, &value, sizeof(int))`.
 fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> std::io::Result<()> {
     // SAFETY: `fd` is an open socket borrowed by the caller for this call; `value` lives on

@@ -806,8 +806,15 @@ impl Ctl {
         new.server.backlog = old.server.backlog;
         new.log = old.log.clone();
         // New listen addresses are bound now (one socket per shard), before anything changes:
-        // an address that cannot be bound refuses the whole reload.
-        let opened = match self.bind_new_listeners(&old, &new) {
+        // an address that cannot be bound refuses the whole reload, and so does an upstream
+        // `tcp` option the kernel refuses.
+        let checked = new.check_upstream_tcp().map_err(|(key, e)| {
+            format!(
+                "{}: key `{key}`: the kernel refuses this socket option: {e}",
+                new.source
+            )
+        });
+        let opened = match checked.and_then(|()| self.bind_new_listeners(&old, &new)) {
             Ok(opened) => opened,
             Err(reason) => {
                 let mut stats = self.reloads.borrow_mut();
