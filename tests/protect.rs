@@ -594,3 +594,52 @@ fn a_reload_with_an_option_the_kernel_refuses_is_refused() {
     assert_eq!(proxy.client().roundtrip(&get("/")).status, 200);
     proxy.shutdown();
 }
+
+#[test]
+fn an_open_websocket_tunnel_holds_its_max_conns_slot() {
+    let b = Backend::with_handler("ws", |req| {
+        if req.header("upgrade").is_some() {
+            Reply::raw(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            )
+        } else {
+            Reply::ok("plain")
+        }
+    });
+    let proxy = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &["max_conns = 1", "queue = { max = 0 }"],
+            &[peer(b.addr())],
+        )
+        .start();
+    let mut tunnel = proxy.client();
+    tunnel.send(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    let r = tunnel.head_response();
+    assert_eq!(r.status, 101, "{}", show(&r.head));
+    // The tunnel is the peer's one request in flight: a plain request finds it full.
+    let busy = get_once(proxy.addr, "/plain");
+    busy.assert_proxy_error(503);
+    assert!(
+        busy.body_str().contains("queue is full"),
+        "{}",
+        busy.body_str()
+    );
+    // Once the tunnel is gone the slot is free again.
+    drop(tunnel);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get_once(proxy.addr, "/plain");
+        if r.status == 200 {
+            assert_eq!(r.body_str(), "plain");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never freed");
+        thread::sleep(Duration::from_millis(20));
+    }
+    proxy.shutdown();
+}
