@@ -643,3 +643,56 @@ fn an_open_websocket_tunnel_holds_its_max_conns_slot() {
     }
     proxy.shutdown();
 }
+
+#[test]
+fn the_upstream_rate_paces_queued_requests_and_sheds_without_a_queue() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    // Without a queue: a burst of 10 gets the 3 tokens of the bucket (a 4th may refill).
+    let shed = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &[
+                "rate = { requests_per_sec = 5, burst = 3 }",
+                "queue = { max = 0 }",
+            ],
+            &[peer(a.addr()), peer(b.addr())],
+        )
+        .start();
+    let mut c = shed.client();
+    let statuses: Vec<u16> = (0..10).map(|_| c.roundtrip(&get("/")).status).collect();
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    assert!((3..=4).contains(&ok), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 10 - ok);
+    assert_eq!(a.request_count() + b.request_count(), ok);
+    shed.shutdown();
+
+    // With the queue: 7 at once all get through, paced at 5/s after the burst of 3.
+    let paced = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &["rate = { requests_per_sec = 5, burst = 3 }"],
+            &[peer(a.addr()), peer(b.addr())],
+        )
+        .start();
+    let addr = paced.addr;
+    let t0 = Instant::now();
+    let clients: Vec<_> = (0..7)
+        .map(|i| {
+            thread::spawn(move || {
+                let r = get_once(addr, &format!("/p{i}"));
+                (r.status, t0.elapsed())
+            })
+        })
+        .collect();
+    let mut done: Vec<(u16, Duration)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    done.sort_by_key(|d| d.1);
+    assert!(done.iter().all(|d| d.0 == 200), "{done:?}");
+    // 4 more tokens at 200 ms each: the last one no sooner than ~800 ms.
+    let last = done[6].1;
+    assert!(last >= Duration::from_millis(700), "{done:?}");
+    assert!(last < Duration::from_millis(3000), "{done:?}");
+    paced.shutdown();
+}

@@ -606,6 +606,7 @@ impl Config {
             write_timeouts(out, "    ", &u.timeouts)?;
             failover::write_upstream(out, u)?;
             health::describe(out, u)?;
+            protect::describe(out, u)?;
         }
 
         writeln!(out, "routes")?;

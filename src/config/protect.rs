@@ -365,6 +365,72 @@ fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> std::io::Result
     }
 }
 
+/// Writes `u`'s protection settings for `ringlb check` (nothing when it has none).
+pub(crate) fn describe(out: &mut String, u: &super::UpstreamConfig) -> std::fmt::Result {
+    use std::fmt::Write;
+    let rate = |r: &RateConfig| format!("{}/s burst {}", r.requests_per_sec, r.burst);
+    let limited = u.rate.is_some()
+        || u.peers
+            .iter()
+            .any(|p| p.limits.max_conns.is_some() || p.limits.rate.is_some());
+    if limited {
+        writeln!(
+            out,
+            "  queue      max {} per shard, timeout {} ms",
+            u.queue.max,
+            u.queue.timeout.as_millis()
+        )?;
+    }
+    if let Some(r) = &u.rate {
+        writeln!(out, "  rate       {} (whole upstream)", rate(r))?;
+    }
+    if let Some(c) = &u.client_rate {
+        let key = match &c.key {
+            ClientKey::ClientIp => "client_ip".to_string(),
+            ClientKey::Header(h) => format!("header:{h}"),
+        };
+        writeln!(
+            out,
+            "  rate       {} per {key} (429), at most {} keys per shard",
+            rate(&c.rate),
+            c.max_keys
+        )?;
+    }
+    for (j, p) in u.peers.iter().enumerate() {
+        let l = &p.limits;
+        if l.max_conns.is_none() && l.rate.is_none() && l.slow_start.is_none() {
+            continue;
+        }
+        write!(out, "  limits [{j}]")?;
+        if let Some(n) = l.max_conns {
+            write!(out, " max_conns {n}")?;
+        }
+        if let Some(r) = &l.rate {
+            write!(out, " rate {}", rate(r))?;
+        }
+        if let Some(t) = l.slow_start {
+            write!(out, " slow_start {} ms", t.as_millis())?;
+        }
+        writeln!(out)?;
+    }
+    if let Some(from) = &u.regions.from {
+        let from = match from {
+            RegionFrom::Header(h) => format!("header:{h}"),
+            RegionFrom::ClientIp => {
+                format!("client_ip ({} region_map entries)", u.regions.map.len())
+            }
+        };
+        writeln!(out, "  regions    from {from}")?;
+        for (r, list) in &u.regions.fallback {
+            writeln!(out, "    {r} -> {}", list.join(", "))?;
+        }
+    }
+    if u.tcp != TcpOptions::default() {
+        writeln!(out, "  tcp        {:?}", u.tcp)?;
+    }
+    Ok(())
+}
+
 /// What a check returns on error: the key path and the reason.
 pub(crate) type Bad = (String, String);
 
@@ -664,6 +730,127 @@ fn is_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ALL_KEYS: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+tcp = { keepalive = { idle_s = 30, interval_s = 5, count = 4 }, defer_accept_s = 2, fastopen = 8 }
+[[upstream]]
+name = "api"
+max_conns = 10
+slow_start_ms = 3000
+queue = { max = 5, timeout_ms = 700 }
+rate = { requests_per_sec = 20, burst = 5, key = "header:X-User", max_keys = 99 }
+region_from = "client_ip"
+region_fallback = { "eu-1" = ["us-1"] }
+tcp = { nodelay = false, user_timeout_ms = 5000 }
+peers = [
+  { address = "127.0.0.1:1", region = "eu-1", rate = { requests_per_sec = 5 }, max_conns = 3 },
+  { address = "127.0.0.1:2", region = "us-1", timeouts = { connect_ms = 100 },
+    pool = { max_requests_per_conn = 7, max_conn_age_ms = 9000 } },
+]
+[[upstream.region_map]]
+cidr = "10.0.0.0/8"
+region = "eu-1"
+"#;
+
+    #[test]
+    fn every_key_parses_and_survives_get_config() {
+        let c = crate::Config::from_toml_str(ALL_KEYS, "t.toml").unwrap();
+        let again = crate::Config::from_toml_str(&c.to_toml(), "again.toml").unwrap();
+        for c in [&c, &again] {
+            let u = &c.upstreams[0];
+            assert_eq!(u.queue.max, 5);
+            assert_eq!(u.queue.timeout, Duration::from_millis(700));
+            assert!(u.rate.is_none());
+            let cr = u.client_rate.as_ref().unwrap();
+            assert_eq!(cr.key, ClientKey::Header("x-user".into()));
+            assert_eq!((cr.rate.burst, cr.max_keys), (5, 99));
+            assert_eq!(u.regions.from, Some(RegionFrom::ClientIp));
+            assert_eq!(u.regions.map.len(), 1);
+            assert_eq!(u.regions.fallback["eu-1"], ["us-1"]);
+            assert_eq!(u.tcp.nodelay, Some(false));
+            assert_eq!(u.peers[0].limits.max_conns, Some(3));
+            assert_eq!(
+                u.peers[1].limits.max_conns,
+                Some(10),
+                "the upstream's default"
+            );
+            assert_eq!(u.peers[0].limits.rate.unwrap().burst, 5);
+            assert_eq!(
+                u.peers[1].limits.slow_start,
+                Some(Duration::from_millis(3000))
+            );
+            assert_eq!(u.peers[1].timeouts.connect, Duration::from_millis(100));
+            assert_eq!(u.peers[0].timeouts.connect, u.timeouts.connect);
+            assert_eq!(u.peers[1].pool.max_requests_per_conn, Some(7));
+            assert_eq!(u.peers[0].pool.max_requests_per_conn, None);
+            assert_eq!(c.server.tcp.defer_accept, Some(Duration::from_secs(2)));
+            assert_eq!(c.server.tcp.keepalive.unwrap().count, Some(4));
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_keys() {
+        let bad = |from: &str, to: &str, key: &str| {
+            let text = ALL_KEYS.replacen(from, to, 1);
+            let e = crate::Config::from_toml_str(&text, "t.toml").unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        };
+        bad("max_conns = 10", "max_conns = 0", "upstream[0].max_conns");
+        bad(
+            "max_conns = 3",
+            "max_conns = 0",
+            "upstream[0].peers[0].max_conns",
+        );
+        bad(
+            "timeout_ms = 700",
+            "timeout_ms = 0",
+            "upstream[0].queue.timeout_ms",
+        );
+        bad(
+            "requests_per_sec = 5 }",
+            "requests_per_sec = -1 }",
+            "upstream[0].peers[0].rate.requests_per_sec",
+        );
+        bad(
+            "requests_per_sec = 5 }",
+            "requests_per_sec = 5, key = \"client_ip\" }",
+            "upstream[0].peers[0].rate.key",
+        );
+        bad("\"header:X-User\"", "\"cookie:x\"", "upstream[0].rate.key");
+        bad(
+            "region_from = \"client_ip\"",
+            "region_from = \"geoip\"",
+            "upstream[0].region_from",
+        );
+        bad(
+            "cidr = \"10.0.0.0/8\"",
+            "cidr = \"10.0.0.0/40\"",
+            "upstream[0].region_map[0].cidr",
+        );
+        bad(
+            "user_timeout_ms = 5000 }",
+            "user_timeout_ms = 5000, defer_accept_s = 1 }",
+            "upstream[0].tcp.defer_accept_s",
+        );
+        bad("count = 4", "count = 500", "server.tcp.keepalive.count");
+        bad(
+            "timeouts = { connect_ms = 100 }",
+            "timeouts = { client_idle_ms = 100 }",
+            "upstream[0].peers[1].timeouts.client_idle_ms",
+        );
+        bad(
+            "max_requests_per_conn = 7",
+            "max_requests_per_conn = 0",
+            "upstream[0].peers[1].pool.max_requests_per_conn",
+        );
+        bad(
+            "slow_start_ms = 3000",
+            "slow_start_ms = 0",
+            "upstream[0].slow_start_ms",
+        );
+    }
 
     #[test]
     fn cidr_contains() {
