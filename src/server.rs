@@ -297,6 +297,7 @@ impl Server {
         let mut senders = Vec::with_capacity(cpus.len());
         let mut threads = Vec::with_capacity(cpus.len());
         let mut waits = Vec::with_capacity(cpus.len());
+        let shards = cpus.len();
         for (i, (cpu, listeners)) in cpus.iter().copied().zip(per_shard).enumerate() {
             let id = ShardId::new(i);
             let (tx, rx, bell) = channels.next().expect("one control channel per shard");
@@ -315,7 +316,8 @@ impl Server {
                             tracing::warn!(shard = %id, cpu, "could not pin shard to its cpu");
                         }
                     }
-                    let ctx = ShardCtx::new(id, cfg, rx, picker, reporter, metrics, shard_log);
+                    let ctx =
+                        ShardCtx::new(id, shards, cfg, rx, picker, reporter, metrics, shard_log);
                     shard::run(ctx, listeners, bell, |r| {
                         let _ = ready_tx.send(r);
                     });

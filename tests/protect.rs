@@ -696,3 +696,23 @@ fn the_upstream_rate_paces_queued_requests_and_sheds_without_a_queue() {
     assert!(last < Duration::from_millis(3000), "{done:?}");
     paced.shutdown();
 }
+
+#[test]
+fn max_conns_holds_with_one_shard_per_cpu() {
+    // `workers = "auto"`: each shard's thread is pinned before it learns its part.
+    let (b, max) = counting_backend("slow", Duration::from_millis(150));
+    let toml = ProxyConfig::new()
+        .upstream_with("app", "round_robin", &["max_conns = 2"], &[peer(b.addr())])
+        .toml()
+        .replace("workers = 1", "workers = \"auto\"");
+    let proxy = Proxy::start(&toml);
+    let addr = proxy.addr;
+    let clients: Vec<_> = (0..16)
+        .map(|i| thread::spawn(move || get_once(addr, &format!("/r{i}")).status))
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(statuses, vec![200; 16]);
+    let most = max.load(Ordering::SeqCst);
+    assert!(most <= 2, "the backend saw {most} requests at once");
+    proxy.shutdown();
+}

@@ -143,9 +143,11 @@ pub(crate) struct ShardCtx {
 }
 
 impl ShardCtx {
-    /// Builds a shard's context from the config.
+    /// Builds the context of shard `id` of `shards` from the config.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: ShardId,
+        shards: usize,
         config: Arc<Config>,
         control: Receiver<ControlMsg>,
         picker: Option<Arc<dyn Picker>>,
@@ -153,9 +155,11 @@ impl ShardCtx {
         metrics: ShardHandles,
         access_log: Option<ShardLog>,
     ) -> Self {
+        // The count comes from the server: the shard's thread is pinned already, so the
+        // config's CPU set as seen from here would be its one CPU.
         let share = Share {
             index: id.index(),
-            count: config.shard_cpus().len().max(id.index() + 1),
+            count: shards.max(id.index() + 1),
         };
         ShardCtx {
             id,
