@@ -18,7 +18,8 @@ use std::marker::PhantomData;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, Split,
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+    Canceller, Split,
 };
 use monoio::net::TcpStream;
 use monoio::BufResult;
@@ -33,6 +34,12 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
     /// Closes the write side only (the peer reads end of stream after what was written) while
     /// reads go on, for a lingering close. Returns false when the stream is already broken.
     fn shutdown_write(&mut self) -> bool;
+
+    /// Waits until a read would not wait: bytes arrived, the peer closed, or the socket has an
+    /// error. No buffer is lent to the kernel meanwhile, so a parked connection (see
+    /// [`read_warm`]) holds no memory for its next request. On io_uring this is one
+    /// `IORING_OP_POLL_ADD`; dropping the future cancels it and consumes nothing.
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>>;
 }
 
 impl Transport for TcpStream {
@@ -40,6 +47,11 @@ impl Transport for TcpStream {
         use std::os::fd::AsRawFd;
         // SAFETY: the fd is the open socket owned by `self`; shutdown(2) changes no memory.
         unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_WR) == 0 }
+    }
+
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
+        // Not relaxed: on the epoll driver a stale readiness is re-checked with poll(2).
+        TcpStream::readable(self, false)
     }
 }
 
@@ -188,6 +200,49 @@ pub async fn read_append<S: AsyncReadRent + CancelableAsyncReadRent>(
     };
     *buf = slice.into_inner();
     res
+}
+
+/// Warm is what [`read_warm`] ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warm {
+    /// The read completed with this many bytes (0: end of stream).
+    Read(usize),
+    /// Nothing arrived within the warm time; the read was cancelled and consumed nothing.
+    Cold,
+}
+
+/// Reads once, appending to `buf` as [`read_append`] does, if anything arrives before `cold`
+/// completes (a park timer, shutdown); otherwise cancels the read (through `canceller`, which is replaced by a fresh one) and
+/// returns [`Warm::Cold`] with `buf` as it was. No byte is lost to the cancel: a read that
+/// completes while it is being cancelled returns its bytes as `Read`.
+///
+/// This is how a connection that waits gives its buffers back: busy connections keep one read
+/// in flight per wait (one ring operation, as a plain read), and one that stayed quiet until
+/// `cold` parks — the caller returns its buffers and waits with [`Transport::wait_readable`].
+pub async fn read_warm<S: AsyncReadRent + CancelableAsyncReadRent>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    grow: usize,
+    cold: impl Future<Output = ()>,
+    canceller: &mut Canceller,
+) -> io::Result<Warm> {
+    let handle = canceller.handle();
+    {
+        let read = read_append(stream, buf, grow.max(4096), usize::MAX, Some(handle));
+        let mut read = std::pin::pin!(read);
+        monoio::select! {
+            res = &mut read => return res.map(Warm::Read),
+            _ = cold => {}
+        }
+        *canceller = std::mem::take(canceller).cancel();
+        match read.await {
+            Ok(n) => Ok(Warm::Read(n)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECANCELED | libc::EINTR)) => {
+                Ok(Warm::Cold)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Reads once within `timeout`, appending to `buf` (growing it by `grow`, at least 4 KiB, when

@@ -171,6 +171,8 @@ pub(crate) struct TimeoutsFile {
     pub expect_continue_ms: Option<u64>,
     /// A tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_ms: Option<u64>,
+    /// A waiting connection parks (gives its buffers back) after this; 0 parks at once.
+    pub client_park_ms: Option<u64>,
 }
 
 /// LimitsFile is `[limits]`.

@@ -178,6 +178,12 @@ pub struct Timeouts {
     /// A tunnel (an upgraded connection, e.g. WebSocket) that carries no byte in either
     /// direction for this long is closed. Default 1 h.
     pub tunnel_idle: Duration,
+    /// A client connection waiting for its next request (or a tunnel side waiting for bytes)
+    /// keeps its read, and the buffer lent to it, in flight this long; then it *parks*: the
+    /// read is cancelled, the buffers go back to the shard's pool, and the connection waits for
+    /// readiness holding no buffer. 0 parks at once (fewest bytes per idle connection, one
+    /// more ring operation per request). Default 100 ms. Only `[timeouts]` sets it.
+    pub client_park: Duration,
 }
 
 impl Default for Timeouts {
@@ -190,6 +196,7 @@ impl Default for Timeouts {
             client_idle: Duration::from_millis(60_000),
             expect_continue: Duration::from_millis(200),
             tunnel_idle: Duration::from_millis(3_600_000),
+            client_park: Duration::from_millis(100),
         }
     }
 }
@@ -427,7 +434,8 @@ fn write_timeouts(out: &mut String, indent: &str, t: &Timeouts) -> fmt::Result {
     writeln!(out, "{indent}upstream_write  {}", ms(t.upstream_write))?;
     writeln!(out, "{indent}client_idle     {}", ms(t.client_idle))?;
     writeln!(out, "{indent}expect_continue {}", ms(t.expect_continue))?;
-    writeln!(out, "{indent}tunnel_idle     {}", ms(t.tunnel_idle))
+    writeln!(out, "{indent}tunnel_idle     {}", ms(t.tunnel_idle))?;
+    writeln!(out, "{indent}client_park     {}", ms(t.client_park))
 }
 
 impl Config {

@@ -382,6 +382,17 @@ fn timeouts(
             base.expect_continue,
         )?,
         tunnel_idle: pick("tunnel_idle_ms", f.tunnel_idle_ms, base.tunnel_idle)?,
+        // 0 is meaningful here (park at once); only the global table may set it.
+        client_park: match f.client_park_ms {
+            None => base.client_park,
+            Some(_) if prefix != "timeouts" => {
+                return Err(cx.err(
+                    format!("{prefix}.client_park_ms"),
+                    "is a client-side setting: set it in [timeouts] only",
+                ))
+            }
+            Some(ms) => Duration::from_millis(ms),
+        },
     })
 }
 
@@ -1075,6 +1086,7 @@ upstream = "static"
             client_idle: Duration::from_millis(61_000),
             expect_continue: Duration::from_millis(150),
             tunnel_idle: Duration::from_millis(120_000),
+            client_park: Duration::from_millis(100),
         };
         assert_eq!(c.timeouts, global);
         assert_eq!(

@@ -18,7 +18,7 @@ mod notify;
 mod report;
 mod wake;
 
-pub use notify::Notify;
+pub use notify::{Notify, Signal, SignalWait};
 pub use report::{ShardReporter, ShardStats};
 pub use wake::{doorbell, Doorbell, Waker};
 

@@ -97,6 +97,15 @@ mod tests {
         }
     }
 
+    /// Serialises this module's tests: they share `run_supervised`'s log callsite, and a
+    /// test logging through it with no subscriber while another installs its capturing one
+    /// can leave the callsite's cached interest at "never" for the capturing test.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Runs `f` with every log line of this thread going to the returned buffer.
     fn logged<R>(f: impl FnOnce() -> R) -> (R, String) {
         let out = Captured::default();
@@ -111,6 +120,7 @@ mod tests {
 
     #[test]
     fn a_panic_is_logged_and_the_exit_action_runs() {
+        let _serial = one_at_a_time();
         let mut exits = Vec::new();
         let (result, log) = logged(|| {
             run_supervised(
@@ -141,6 +151,7 @@ mod tests {
 
     #[test]
     fn a_static_str_payload_is_reported_too() {
+        let _serial = one_at_a_time();
         let mut message = None;
         run_supervised(
             "t",
@@ -152,6 +163,7 @@ mod tests {
 
     #[test]
     fn a_body_that_returns_takes_no_exit_path() {
+        let _serial = one_at_a_time();
         let mut exited = false;
         let (result, log) = logged(|| run_supervised("t", || 42, |_| exited = true));
         assert_eq!(result, Some(42));
@@ -161,6 +173,7 @@ mod tests {
 
     #[test]
     fn a_spawned_thread_that_panics_runs_the_action_on_that_thread() {
+        let _serial = one_at_a_time();
         let (tx, rx) = mpsc::channel();
         let t = spawn_supervised(
             "ringlb-sup-test",

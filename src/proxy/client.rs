@@ -3,17 +3,22 @@
 
 use std::time::Instant;
 
-use super::{Conn, CLIENT_BUF};
+use super::{Conn, Head, CLIENT_BUF};
 use crate::http::{parse_request, write_error_response, BodyKind, HttpError, ParseStatus};
-use crate::io::{read_more, write_all, IoFail, Transport};
+use crate::io::{read_more, read_warm, write_all, IoFail, Transport, Warm};
 
 impl<C: Transport> Conn<'_, C> {
     /// Reads until `rbuf[rpos..]` starts with a complete request head, parsed into `self.head`.
     ///
-    /// `Ok(false)`: the connection should close quietly (client closed, idle timeout,
-    /// shutdown). An idle wait is bounded by `client_idle`; once a request has begun (and for a
-    /// new connection, from accept) the whole head must arrive within `request_header` (408).
-    pub(super) async fn read_request_head(&mut self, first: bool) -> Result<bool, HttpError> {
+    /// [`Head::Close`]: the connection should close quietly (client closed, idle timeout,
+    /// shutdown). [`Head::Park`]: nothing arrived within `client_park`; the caller parks the
+    /// connection. An idle wait is bounded by `client_idle`; once a request has begun (and for
+    /// a new connection, from accept: `first`) the whole head must arrive within
+    /// `request_header` (408).
+    pub(super) async fn read_request_head(
+        &mut self,
+        first: Option<Instant>,
+    ) -> Result<Head, HttpError> {
         let ctx = self.ctx;
         let limits = self.live.config.limits;
         let timeouts = self.live.config.timeouts;
@@ -21,31 +26,59 @@ impl<C: Transport> Conn<'_, C> {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
-        let mut deadline = first.then(|| Instant::now() + timeouts.request_header);
+        let mut deadline = first;
         loop {
             if !self.rbuf.is_empty() {
                 self.head_request = starts_head_request(&self.rbuf);
                 if parse_request(&self.rbuf, &limits, &mut self.head)? == ParseStatus::Complete {
-                    return Ok(true);
+                    return Ok(Head::Ready);
                 }
-                deadline.get_or_insert_with(|| Instant::now() + timeouts.request_header);
+                let d = *deadline.get_or_insert_with(|| Instant::now() + timeouts.request_header);
+                // A request has begun: its head must arrive by the deadline.
+                let wait = d.saturating_duration_since(Instant::now());
+                match read_more(&mut self.io, &mut self.rbuf, wait, None, CLIENT_BUF).await {
+                    Ok(0) => return Ok(Head::Close),
+                    Ok(_) => continue,
+                    Err(IoFail::Timeout) => return Err(HttpError::RequestTimeout),
+                    Err(IoFail::Io(_)) => return Ok(Head::Close),
+                }
             }
-            if self.rbuf.is_empty() && ctx.is_shutting_down() {
-                return Ok(false);
+            // Nothing pending: the wait for a request (the first, or the next keep-alive one).
+            if ctx.is_shutting_down() {
+                return Ok(Head::Close);
             }
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => timeouts.client_idle,
+            let until = deadline.unwrap_or_else(|| Instant::now() + timeouts.client_idle);
+            if std::mem::take(&mut self.woken) {
+                // Readiness woke a parked connection: the bytes (or the close) are there.
+                let wait = until.saturating_duration_since(Instant::now());
+                match read_more(&mut self.io, &mut self.rbuf, wait, None, CLIENT_BUF).await {
+                    Ok(0) | Err(_) => return Ok(Head::Close),
+                    Ok(_) => continue,
+                }
+            }
+            let warm = timeouts
+                .client_park
+                .min(until.saturating_duration_since(Instant::now()));
+            if warm.is_zero() {
+                return Ok(Head::Park(until));
+            }
+            let cold = async {
+                monoio::select! {
+                    _ = monoio::time::sleep(warm) => {},
+                    _ = ctx.shutdown_wait() => {},
+                }
             };
-            // Only a connection with nothing pending is idle: shutdown may cancel that wait.
-            let pending = !self.rbuf.is_empty();
-            let cancel = (!pending).then(|| ctx.cancel_handle());
-            match read_more(&mut self.io, &mut self.rbuf, wait, cancel, CLIENT_BUF).await {
-                Ok(0) => return Ok(false),
-                Ok(_) => {}
-                // (a timed-out read drops the buffer, so `pending` was taken before it)
-                Err(IoFail::Timeout) if pending => return Err(HttpError::RequestTimeout),
-                Err(_) => return Ok(false),
+            let read = read_warm(
+                &mut self.io,
+                &mut self.rbuf,
+                CLIENT_BUF,
+                cold,
+                &mut self.canceller,
+            );
+            match read.await {
+                Ok(Warm::Read(0)) | Err(_) => return Ok(Head::Close),
+                Ok(Warm::Read(_)) => {}
+                Ok(Warm::Cold) => return Ok(Head::Park(until)),
             }
         }
     }

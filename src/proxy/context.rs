@@ -14,10 +14,13 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 use monoio::io::Canceller;
 
-use super::{Picker, Router};
+use super::park::Parking;
+use super::{Picker, Router, Spare};
 use crate::access_log::ShardLog;
 use crate::config::{Config, GroupId, ShardId};
-use crate::control::{ControlMsg, ListenChange, Notify, Outcome, ShardReporter, Snapshot};
+use crate::control::{
+    ControlMsg, ListenChange, Notify, Outcome, ShardReporter, Signal, SignalWait, Snapshot,
+};
 use crate::failover::Failure;
 use crate::metrics::{ShardHandles, ShardMetrics};
 use crate::upstream::{Share, UpstreamGroup};
@@ -140,7 +143,18 @@ pub(crate) struct ShardCtx {
     tunnels_ending: Cell<bool>,
     /// Notified when `tunnels_ending` is set (the tunnels wait on it).
     tunnels_end: Notify,
+    /// Fired when shutdown begins: keep-alive waits not yet parked end.
+    shutdown: Signal,
+    /// Parked connections' deadlines (closed at shutdown, which ends their waits).
+    pub parking: Parking,
+    /// Awake connections' buffers, given back by connections that parked or closed
+    /// (at most [`SPARES_KEPT`]).
+    spares: RefCell<Vec<Spare>>,
 }
+
+/// Spares a shard keeps for connections that wake; more are freed. Enough for every
+/// connection that is awake at once under a normal load to find one.
+const SPARES_KEPT: usize = 256;
 
 impl ShardCtx {
     /// Builds the context of shard `id` of `shards` from the config.
@@ -176,6 +190,9 @@ impl ShardCtx {
             health,
             tunnels_ending: Cell::new(false),
             tunnels_end: Notify::default(),
+            shutdown: Signal::default(),
+            parking: Parking::default(),
+            spares: RefCell::new(Vec::new()),
         }
     }
 
@@ -232,7 +249,29 @@ impl ShardCtx {
         );
         let old = std::mem::take(&mut *self.canceller.borrow_mut());
         *self.canceller.borrow_mut() = old.cancel();
+        self.shutdown.fire();
+        self.parking.close();
         self.changed.notify_all();
+    }
+
+    /// Completes once shutdown began (at once if it has).
+    pub fn shutdown_wait(&self) -> SignalWait<'_> {
+        self.shutdown.wait()
+    }
+
+    /// A connection's buffers and request state for an awake stretch: a pooled one, or new.
+    #[inline]
+    pub(super) fn take_spare(&self) -> Spare {
+        self.spares.borrow_mut().pop().unwrap_or_else(Spare::new)
+    }
+
+    /// Takes back the buffers of a connection that parked or closed.
+    #[inline]
+    pub(super) fn put_spare(&self, spare: Spare) {
+        let mut spares = self.spares.borrow_mut();
+        if spares.len() < SPARES_KEPT {
+            spares.push(spare);
+        }
     }
 
     /// The listener changes received since the last call (the shard applies them).

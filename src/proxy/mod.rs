@@ -27,6 +27,7 @@ mod client;
 mod context;
 mod exchange;
 mod log;
+mod park;
 mod picker;
 mod queue;
 mod relay;
@@ -41,6 +42,8 @@ pub(crate) use route::Router;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
+
+use monoio::io::Canceller;
 
 use crate::balance::PeerId;
 use crate::failover::{DefaultHooks, FailureHooks, TryContext};
@@ -62,37 +65,92 @@ const UPSTREAM_BUF: usize = 16 * 1024;
 const STREAM_BUF: usize = 64 * 1024;
 
 /// Serves one downstream connection until it closes.
+///
+/// A connection alternates between *awake* and *parked*. Awake, it holds a [`Spare`] (its
+/// buffers and request state, from the shard's pool) inside a boxed future and serves
+/// requests; once it has waited `timeouts.client_park` for the next request with nothing
+/// arriving, it gives the spare back, drops the boxed future and parks: this frame then holds
+/// only the transport and a readiness wait (invariant 7). Readiness wakes it with a spare
+/// again. A busy keep-alive connection never parks, so the request path keeps one read per
+/// request.
 pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
-    let mut conn = Conn {
-        ctx,
-        live: ctx.live(),
-        io,
-        client: addr,
-        fwd: ForwardInfo {
-            client_ip: addr.ip().to_canonical(),
-            proto: "http",
-        },
-        rbuf: Vec::with_capacity(CLIENT_BUF),
-        rpos: 0,
-        out: Vec::with_capacity(1024),
-        ubuf: Vec::with_capacity(UPSTREAM_BUF),
-        head: RequestHead::default(),
-        resp: ResponseHead::default(),
-        interim_sent: false,
-        head_request: false,
-        linger: false,
-        continue_sent: false,
-        interim_count: 0,
-        interim_bytes: 0,
-        log: log::RequestLog::default(),
-    };
-    let mut first = true;
+    let mut io = io;
+    let mut first = Some(Instant::now() + ctx.live().config.timeouts.request_header);
+    let mut woken = false;
+    loop {
+        // (bound first: a temporary in the `match` would keep the boxed future, and its
+        // memory, alive through the park)
+        let awake = Box::pin(serve_awake(ctx, io, addr, first, woken)).await;
+        match awake {
+            Awake::Closed => return,
+            Awake::Parked {
+                io: parked,
+                until,
+                first: still_first,
+            } => {
+                io = parked;
+                first = still_first;
+                if !park(ctx, &mut io, until).await {
+                    return;
+                }
+                woken = true;
+            }
+        }
+    }
+}
+
+/// Awake is how an awake stretch of a connection ended.
+enum Awake<C> {
+    /// The connection is closed (or to be dropped).
+    Closed,
+    /// Nothing arrived within the park time: the connection waits for readiness until
+    /// `until`, then closes quietly.
+    Parked {
+        /// The transport, handed back.
+        io: C,
+        /// When the idle (or first-request) wait ends.
+        until: Instant,
+        /// The first request's head deadline, while no request has begun yet.
+        first: Option<Instant>,
+    },
+}
+
+/// Waits, holding no buffer, until the parked connection is readable; false when it is to
+/// close instead (its idle time passed, shutdown began, or the socket failed).
+async fn park<C: Transport>(ctx: &ShardCtx, io: &mut C, until: Instant) -> bool {
+    if ctx.is_shutting_down() {
+        return false;
+    }
+    monoio::select! {
+        ready = io.wait_readable() => ready.is_ok(),
+        _ = ctx.parking.wait(until) => false,
+    }
+}
+
+/// Serves requests on `io` until the connection closes or parks. `first` is the first
+/// request's head deadline (from accept) while no request has begun; `woken`: readiness
+/// woke the parked connection.
+async fn serve_awake<C: Transport>(
+    ctx: &ShardCtx,
+    io: C,
+    addr: SocketAddr,
+    first: Option<Instant>,
+    woken: bool,
+) -> Awake<C> {
+    let mut conn = Conn::new(ctx, io, addr, ctx.take_spare());
+    conn.woken = woken;
+    let mut first = first;
     loop {
         ctx.drain_control();
         conn.live = ctx.live();
         match conn.read_request_head(first).await {
-            Ok(true) => {}
-            Ok(false) => break,
+            Ok(Head::Ready) => {}
+            Ok(Head::Close) => break,
+            Ok(Head::Park(until)) => {
+                let (io, spare) = conn.into_parts();
+                ctx.put_spare(spare);
+                return Awake::Parked { io, until, first };
+            }
             Err(err) => {
                 let started = Instant::now();
                 conn.begin_log(false);
@@ -101,7 +159,7 @@ pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr)
                 break;
             }
         }
-        first = false;
+        first = None;
         // A reload that arrived while the head was read applies to this request already.
         ctx.drain_control();
         conn.live = ctx.live();
@@ -120,6 +178,114 @@ pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr)
     // close): linger for them too.
     if conn.linger || conn.rbuf.len() > conn.rpos {
         conn.lingering_close().await;
+    }
+    ctx.put_spare(conn.into_parts().1);
+    Awake::Closed
+}
+
+/// Head is what waiting for a request head ended with.
+enum Head {
+    /// `conn.head` holds a complete request head.
+    Ready,
+    /// Close quietly (the client closed, the idle wait passed, shutdown).
+    Close,
+    /// Nothing arrived within the park time: park until this instant.
+    Park(Instant),
+}
+
+/// Spare is what a connection holds only while awake: its buffers and per-request state. A
+/// shard keeps a bounded pool of them ([`ShardCtx::take_spare`]), so a connection that wakes
+/// reuses another's allocations.
+pub(crate) struct Spare {
+    /// See [`Conn::rbuf`].
+    rbuf: Vec<u8>,
+    /// See [`Conn::out`].
+    out: Vec<u8>,
+    /// See [`Conn::ubuf`].
+    ubuf: Vec<u8>,
+    /// See [`Conn::head`].
+    head: RequestHead,
+    /// See [`Conn::resp`].
+    resp: ResponseHead,
+    /// See [`Conn::log`].
+    log: log::RequestLog,
+    /// See [`Conn::canceller`].
+    canceller: Canceller,
+}
+
+impl Spare {
+    /// A fresh spare with the buffers' initial capacities.
+    pub(crate) fn new() -> Spare {
+        Spare {
+            rbuf: Vec::with_capacity(CLIENT_BUF),
+            out: Vec::with_capacity(1024),
+            ubuf: Vec::with_capacity(UPSTREAM_BUF),
+            head: RequestHead::default(),
+            resp: ResponseHead::default(),
+            log: log::RequestLog::default(),
+            canceller: Canceller::new(),
+        }
+    }
+
+    /// Empties the buffers (and shrinks any that grew past what a request normally needs)
+    /// before the spare goes back to the pool.
+    fn reset(&mut self) {
+        for (buf, keep) in [
+            (&mut self.rbuf, CLIENT_BUF),
+            (&mut self.out, 1024),
+            (&mut self.ubuf, UPSTREAM_BUF),
+        ] {
+            buf.clear();
+            if buf.capacity() > keep * 4 {
+                buf.shrink_to(keep);
+            }
+        }
+    }
+}
+
+impl<'a, C: Transport> Conn<'a, C> {
+    /// An awake connection on `io`, with `spare`'s buffers.
+    fn new(ctx: &'a ShardCtx, io: C, addr: SocketAddr, spare: Spare) -> Self {
+        Conn {
+            ctx,
+            live: ctx.live(),
+            io,
+            client: addr,
+            fwd: ForwardInfo {
+                client_ip: addr.ip().to_canonical(),
+                proto: "http",
+            },
+            rbuf: spare.rbuf,
+            rpos: 0,
+            out: spare.out,
+            ubuf: spare.ubuf,
+            head: spare.head,
+            resp: spare.resp,
+            interim_sent: false,
+            head_request: false,
+            linger: false,
+            continue_sent: false,
+            interim_count: 0,
+            interim_bytes: 0,
+            log: spare.log,
+            canceller: spare.canceller,
+            woken: false,
+        }
+    }
+
+    /// The transport and the spare, taken apart (the spare reset for the pool).
+    fn into_parts(self) -> (C, Spare) {
+        let mut spare = Spare {
+            rbuf: self.rbuf,
+            out: self.out,
+            ubuf: self.ubuf,
+            head: self.head,
+            resp: self.resp,
+            log: self.log,
+            canceller: self.canceller,
+        };
+        spare.reset();
+        (self.io, spare)
     }
 }
 
@@ -166,6 +332,10 @@ struct Conn<'a, C> {
     interim_bytes: usize,
     /// The current request's access-log facts (gathered only when the access log is on).
     log: log::RequestLog,
+    /// Cancels the keep-alive wait's read when the connection parks (`io::read_warm`).
+    canceller: Canceller,
+    /// The connection just woke from parking (it is readable): read, don't wait warm.
+    woken: bool,
 }
 
 impl<C: Transport> Conn<'_, C> {

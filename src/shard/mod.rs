@@ -241,6 +241,9 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>, bel
             None
         }
     };
+    // The parked connections' one timer (it ends at shutdown).
+    let reaper = shard.clone();
+    monoio::spawn(async move { reaper.ctx.parking.run().await });
     let configured = ctx.config().server.listen.clone();
     for (addr, l) in configured.into_iter().zip(listeners) {
         start_accept(&shard, addr, l);
