@@ -36,6 +36,7 @@ fn bench_pool(c: &mut Criterion) {
         PoolConfig {
             max_idle_per_peer: 8,
             idle_timeout: Duration::from_secs(3600),
+            ..PoolConfig::default()
         },
     );
     pool.put(PeerId::new(0), stream, Instant::now());

@@ -19,11 +19,17 @@ pub(crate) fn probe_unshared(addr: SocketAddr) -> std::io::Result<()> {
     socket.bind(&addr.into())
 }
 
+/// Configure sets a listener's own socket options (`tcp = { … }`) before it listens; its error
+/// names the option.
+pub(crate) type Configure<'a> = &'a dyn Fn(&Socket) -> std::io::Result<()>;
+
 /// Binds one shard's listener: SO_REUSEADDR + SO_REUSEPORT so every shard has its own socket on
-/// the same address and the kernel spreads connections across them.
+/// the same address and the kernel spreads connections across them; `configure` sets the
+/// listener's options (each listener gets its own, so a per-listener table can differ).
 pub(crate) fn bind_listener(
     addr: SocketAddr,
     backlog: i32,
+    configure: Configure<'_>,
 ) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -33,6 +39,7 @@ pub(crate) fn bind_listener(
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)?;
+    configure(&socket)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
@@ -44,11 +51,12 @@ pub(crate) fn bind_for_shards(
     addr: SocketAddr,
     shards: usize,
     backlog: i32,
+    configure: Configure<'_>,
 ) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
     let mut addr = addr;
     let mut sockets = Vec::with_capacity(shards);
     for _ in 0..shards {
-        let l = bind_listener(addr, backlog)?;
+        let l = bind_listener(addr, backlog, configure)?;
         if addr.port() == 0 {
             addr = l.local_addr()?;
         }

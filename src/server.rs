@@ -57,6 +57,16 @@ pub enum StartError {
         /// The OS error (part of the message, not a separate `source`, so it is printed once).
         error: std::io::Error,
     },
+    /// The kernel refused an upstream's `tcp` option (checked on a probe socket at start).
+    #[error("{file}: key `{key}`: the kernel refuses this socket option: {error}")]
+    Tcp {
+        /// The config file (or `<string>`).
+        file: String,
+        /// The key, e.g. `upstream[0].tcp.user_timeout_ms`.
+        key: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// A shard could not start (thread spawn, runtime build, driver unavailable).
     #[error("shard {shard}: {reason}")]
     Shard {
@@ -202,6 +212,13 @@ impl Server {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
+        if let Err((key, error)) = config.check_upstream_tcp() {
+            return Err(StartError::Tcp {
+                file: config.source.clone(),
+                key,
+                error,
+            });
+        }
         let config = Arc::new(config);
         let cpus = config.shard_cpus();
         let bind_error = |key: String, addr: SocketAddr, error: std::io::Error| StartError::Bind {
@@ -235,8 +252,11 @@ impl Server {
         for (i, addr) in config.server.listen.iter().enumerate() {
             // Every later shard binds the port the kernel picked for the first (an unused one:
             // port selection ignores SO_REUSEPORT, so no probe is needed).
-            let (bound, sockets) = bind_for_shards(*addr, cpus.len(), config.server.backlog)
-                .map_err(|e| bind_error(listen_key(i), *addr, e))?;
+            let tcp = config.server.tcp;
+            let configure = |s: &socket2::Socket| tcp.apply_listener(s, "server.tcp");
+            let (bound, sockets) =
+                bind_for_shards(*addr, cpus.len(), config.server.backlog, &configure)
+                    .map_err(|e| bind_error(listen_key(i), *addr, e))?;
             listen.push(bound);
             for (shard, l) in per_shard.iter_mut().zip(sockets) {
                 shard.push(l);
@@ -277,6 +297,7 @@ impl Server {
         let mut senders = Vec::with_capacity(cpus.len());
         let mut threads = Vec::with_capacity(cpus.len());
         let mut waits = Vec::with_capacity(cpus.len());
+        let shards = cpus.len();
         for (i, (cpu, listeners)) in cpus.iter().copied().zip(per_shard).enumerate() {
             let id = ShardId::new(i);
             let (tx, rx, bell) = channels.next().expect("one control channel per shard");
@@ -295,7 +316,8 @@ impl Server {
                             tracing::warn!(shard = %id, cpu, "could not pin shard to its cpu");
                         }
                     }
-                    let ctx = ShardCtx::new(id, cfg, rx, picker, reporter, metrics, shard_log);
+                    let ctx =
+                        ShardCtx::new(id, shards, cfg, rx, picker, reporter, metrics, shard_log);
                     shard::run(ctx, listeners, bell, |r| {
                         let _ = ready_tx.send(r);
                     });

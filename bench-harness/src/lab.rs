@@ -87,7 +87,7 @@ impl<'a> Lab<'a> {
             port: free_port()?,
             backends,
             dir: self.scratch.path().join(kind.name()),
-            ringlb_extra: "",
+            ringlb_extra: &self.setup.ringlb_upstream,
             ringlb_log_level: "warn",
             upgrade: false,
             ringlb_admin: "",

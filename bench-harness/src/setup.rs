@@ -42,6 +42,11 @@ pub struct SetupArgs {
     #[arg(long, default_value_t = 100, value_name = "BYTES")]
     pub body_bytes: usize,
 
+    /// Lines added to ringlb's `[[upstream]]` (e.g. `max_conns = 100000`), to measure what a
+    /// setting costs: run once with and once without.
+    #[arg(long, default_value = "", value_name = "TOML")]
+    pub ringlb_upstream: String,
+
     /// Keep the scratch directory (generated configs, proxy logs) instead of deleting it.
     #[arg(long)]
     pub keep_tmp: bool,
@@ -224,6 +229,7 @@ pub fn ringlb_only(
         proxy_cpu,
         load_cpu,
         body_bytes,
+        ringlb_upstream: String::new(),
         keep_tmp,
     };
     let tools = setup.resolve_tools()?;

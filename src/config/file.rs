@@ -73,6 +73,8 @@ pub(crate) struct ServerFile {
     pub uring_taskrun: Option<UringTaskrunFile>,
     /// Capacity of the shards → control thread observation channel. Default 4096.
     pub observation_queue: Option<u64>,
+    /// `tcp = { … }`: socket options of every listener (see `protect.rs`).
+    pub tcp: Option<super::protect::TcpFile>,
 }
 
 /// WorkersFile is `workers = "auto"` or `workers = N` as written (N is range-checked later).
@@ -241,6 +243,23 @@ pub(crate) struct UpstreamFile {
     pub allow: Option<Vec<String>>,
     /// `resolvers = ["10.0.0.2:53"]`: name servers of `algorithm = "transparent"`.
     pub resolvers: Option<Vec<String>>,
+    /// Default `max_conns` of the peers (see `protect.rs` for these protection keys).
+    pub max_conns: Option<u64>,
+    /// `queue = { max = 1000, timeout_ms = 5000 }`.
+    pub queue: Option<super::protect::QueueFile>,
+    /// `rate = { requests_per_sec, burst, key }`: the whole group's, or per client key.
+    pub rate: Option<super::protect::RateFile>,
+    /// Default `slow_start_ms` of the peers.
+    pub slow_start_ms: Option<u64>,
+    /// `"header:NAME"` or `"client_ip"`: where a request's region comes from.
+    pub region_from: Option<String>,
+    /// `[[upstream.region_map]]`: client address prefixes → region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub region_map: Vec<super::protect::RegionMapFile>,
+    /// `region_fallback = { "eu-1" = ["eu-2", "us-1"] }`.
+    pub region_fallback: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// `tcp = { … }`: socket options of the connections to the peers.
+    pub tcp: Option<super::protect::TcpFile>,
 }
 
 /// UpgradeFile is an upstream's `upgrade = { … }`.
@@ -252,7 +271,7 @@ pub(crate) struct UpgradeFile {
 }
 
 /// PeerFile is one inline table in an upstream's `peers`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PeerFile {
     /// `ip:port` or `host:port`.
@@ -265,6 +284,17 @@ pub(crate) struct PeerFile {
     pub region: Option<String>,
     /// Default false: `true` sends it no new requests (the admin API's `drain`).
     pub drain: Option<bool>,
+    /// Requests in flight at most (whole process). Default: the upstream's `max_conns`.
+    pub max_conns: Option<u64>,
+    /// `rate = { requests_per_sec, burst }`: the peer's token bucket.
+    pub rate: Option<super::protect::RateFile>,
+    /// Ramp-up after the peer comes back. Default: the upstream's `slow_start_ms`.
+    pub slow_start_ms: Option<u64>,
+    /// Overrides of the upstream's timeouts (`connect_ms`, `upstream_read_ms`,
+    /// `upstream_write_ms`) for this peer.
+    pub timeouts: Option<TimeoutsFile>,
+    /// Overrides of the upstream's `pool` for this peer.
+    pub pool: Option<PoolFile>,
 }
 
 /// PoolFile is an upstream's `pool = { … }`.
@@ -275,6 +305,10 @@ pub(crate) struct PoolFile {
     pub max_idle_per_peer: Option<u64>,
     /// Default 30000; must be > 0.
     pub idle_timeout_ms: Option<u64>,
+    /// A connection serves at most this many requests, then closes. Default unlimited.
+    pub max_requests_per_conn: Option<u64>,
+    /// A connection older than this is not reused. Default unlimited.
+    pub max_conn_age_ms: Option<u64>,
 }
 
 /// RouteFile is one `[[route]]` table.

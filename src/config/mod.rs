@@ -14,6 +14,7 @@ pub(crate) mod file;
 mod health;
 mod locate;
 mod log;
+mod protect;
 mod validate;
 mod warnings;
 pub(crate) use validate::MAX_WEIGHT;
@@ -33,6 +34,10 @@ pub use health::{
     WhenAllDown,
 };
 pub use log::{AccessFormat, AccessTarget, LogConfig};
+pub use protect::{
+    Cidr, ClientKey, ClientRate, Keepalive, PeerLimits, QueueConfig, RateConfig, RegionFrom,
+    RegionPolicy, TcpOptions,
+};
 pub use warnings::ConfigWarning;
 
 crate::balance::index_newtype!(
@@ -101,6 +106,9 @@ pub struct ServerConfig {
     /// Capacity of the one bounded channel shards report request outcomes to the control
     /// thread on (`try_send`: a full channel drops the report and counts it). Default 4096.
     pub observation_queue: usize,
+    /// `tcp = { … }`: socket options of every listener (each listener takes its own copy,
+    /// so a per-listener table can override it). Default: the kernel's.
+    pub tcp: TcpOptions,
 }
 
 /// UringTaskrun is when the kernel runs the completion work ("task work") of a shard's ring.
@@ -269,6 +277,19 @@ pub struct UpstreamConfig {
     /// Which protocol upgrades (`Upgrade: websocket`, …) are tunnelled to this upstream
     /// (`upgrade = { allow = [...] }`). Default: `websocket` only.
     pub upgrade: UpgradeAllow,
+    /// What a peer found by discovery (or transparent mode) gets: the upstream's
+    /// `max_conns` and `slow_start_ms` defaults.
+    pub peer_limits: PeerLimits,
+    /// Where requests wait while every eligible peer is at its limit (`queue = { … }`).
+    pub queue: QueueConfig,
+    /// The whole group's token bucket (`rate` without `key`). Default none.
+    pub rate: Option<RateConfig>,
+    /// Per client key token buckets (`rate` with `key`): 429 when empty. Default none.
+    pub client_rate: Option<ClientRate>,
+    /// Per-request regions (`region_from`, `region_map`, `region_fallback`).
+    pub regions: RegionPolicy,
+    /// Socket options of upstream connections (`tcp = { … }`).
+    pub tcp: TcpOptions,
     /// Where further peers come from (`discovery = { … }`): DNS or Docker. `peers` then holds
     /// the listed peers followed by the ones found so far (the control thread fills them in).
     pub discovery: Option<Discovery>,
@@ -351,6 +372,12 @@ pub struct PeerConfig {
     /// Draining: no new requests, requests in flight finish (`drain = true`, or the admin
     /// API's `PATCH … {"drain": true}`). Default false.
     pub drain: bool,
+    /// `max_conns`, `rate`, `slow_start_ms` (the upstream's defaults applied).
+    pub limits: PeerLimits,
+    /// The upstream's timeouts with this peer's `timeouts = { … }` overrides applied.
+    pub timeouts: Timeouts,
+    /// The upstream's pool settings with this peer's `pool = { … }` overrides applied.
+    pub pool: PoolConfig,
 }
 
 /// PoolConfig is an upstream's `pool = { … }`.
@@ -360,6 +387,12 @@ pub struct PoolConfig {
     pub max_idle_per_peer: usize,
     /// Idle connections older than this are closed. Default 30 s.
     pub idle_timeout: Duration,
+    /// A connection that served this many requests is closed instead of pooled. Default
+    /// none (unlimited).
+    pub max_requests_per_conn: Option<u64>,
+    /// A connection older than this (since it was opened) is closed instead of pooled.
+    /// Default none (unlimited).
+    pub max_conn_age: Option<Duration>,
 }
 
 impl Default for PoolConfig {
@@ -367,6 +400,8 @@ impl Default for PoolConfig {
         PoolConfig {
             max_idle_per_peer: 64,
             idle_timeout: Duration::from_millis(30_000),
+            max_requests_per_conn: None,
+            max_conn_age: None,
         }
     }
 }
@@ -603,6 +638,7 @@ impl Config {
             failover::write_upstream(out, u)?;
             health::describe(out, u)?;
             discovery::describe(out, u)?;
+            protect::describe(out, u)?;
         }
 
         writeln!(out, "routes")?;
@@ -770,7 +806,7 @@ upstream = "static"
             "ringlb.toml: key `server.foo`: unknown field `foo`, expected one of `listen`, \
              `workers`, `cpus`, `numa_node`, `admin`, `admin_token`, `shutdown_timeout_ms`, `backlog`, \
              `driver`, `max_connections`, `uring_entries`, `uring_taskrun`, \
-             `observation_queue` (line 2)"
+             `observation_queue`, `tcp` (line 2)"
         );
         let e = Config::from_toml_str(
             "[[upstream]]\nname = \"a\"\npeers = [{ address = \"10.0.0.1\" }]\n",

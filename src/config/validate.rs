@@ -255,6 +255,12 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
             Some(UringTaskrunFile::Coop) => UringTaskrun::Coop,
             Some(UringTaskrunFile::Interrupt) => UringTaskrun::Interrupt,
         },
+        tcp: match &f.tcp {
+            None => Default::default(),
+            Some(t) => {
+                super::protect::check_tcp("server.tcp", t, true).map_err(|(k, r)| cx.err(k, r))?
+            }
+        },
     })
 }
 
@@ -596,7 +602,9 @@ fn upstream(
         None => global,
         Some(t) => timeouts(cx, t, global, &key("timeouts"))?,
     };
-    let pool = pool(cx, i, f.pool.as_ref())?;
+    let pool = pool(cx, &key("pool"), f.pool.as_ref(), PoolConfig::default())?;
+    let p = protect_upstream(cx, i, f)?;
+    peer_overrides(cx, i, f, &mut peers, timeouts, pool)?;
     let retry = failover::retry(&key("retry"), f.retry.as_ref()).map_err(|(k, r)| cx.err(k, r))?;
     let circuit_breaker =
         failover::circuit_breaker(&key("circuit_breaker"), f.circuit_breaker.as_ref())
@@ -626,7 +634,118 @@ fn upstream(
         upgrade: upgrade(cx, i, f.upgrade.as_ref())?,
         discovery,
         transparent,
+        peer_limits: super::PeerLimits {
+            max_conns: super::protect::check_max_conns(&key("max_conns"), f.max_conns)
+                .map_err(|(k, r)| cx.err(k, r))?,
+            rate: None,
+            slow_start: super::protect::check_slow_start(&key("slow_start_ms"), f.slow_start_ms)
+                .map_err(|(k, r)| cx.err(k, r))?,
+        },
+        queue: p.queue,
+        rate: p.rate,
+        client_rate: p.client_rate,
+        regions: p.regions,
+        tcp: p.tcp,
     })
+}
+
+/// An upstream's protection keys, checked (see `protect.rs`).
+struct UpstreamProtect {
+    queue: super::QueueConfig,
+    rate: Option<super::RateConfig>,
+    client_rate: Option<super::ClientRate>,
+    regions: super::RegionPolicy,
+    tcp: super::TcpOptions,
+}
+
+/// Checks an upstream's `queue`, `rate`, region and `tcp` keys.
+fn protect_upstream(
+    cx: &Cx<'_>,
+    i: usize,
+    f: &UpstreamFile,
+) -> Result<UpstreamProtect, ConfigError> {
+    use super::protect;
+    let e = |(k, r): protect::Bad| cx.err(k, r);
+    let key = |rest: &str| format!("upstream[{i}].{rest}");
+    let (rate, client_rate) = match &f.rate {
+        None => (None, None),
+        Some(r) => protect::check_upstream_rate(&key("rate"), r).map_err(e)?,
+    };
+    Ok(UpstreamProtect {
+        queue: protect::check_queue(&key("queue"), f.queue.as_ref()).map_err(e)?,
+        rate,
+        client_rate,
+        regions: protect::check_regions(
+            &format!("upstream[{i}]"),
+            f.region_from.as_deref(),
+            &f.region_map,
+            f.region_fallback.as_ref(),
+        )
+        .map_err(e)?,
+        tcp: match &f.tcp {
+            None => Default::default(),
+            Some(t) => protect::check_tcp(&key("tcp"), t, false).map_err(e)?,
+        },
+    })
+}
+
+/// Applies to every peer its protection keys (the upstream's as defaults) and its
+/// `timeouts`/`pool` overrides over the upstream's resolved ones.
+fn peer_overrides(
+    cx: &Cx<'_>,
+    i: usize,
+    f: &UpstreamFile,
+    peers: &mut [PeerConfig],
+    timeouts: Timeouts,
+    pool_cfg: PoolConfig,
+) -> Result<(), ConfigError> {
+    use super::protect;
+    let e = |(k, r): protect::Bad| cx.err(k, r);
+    let up_max =
+        protect::check_max_conns(&format!("upstream[{i}].max_conns"), f.max_conns).map_err(e)?;
+    let up_slow =
+        protect::check_slow_start(&format!("upstream[{i}].slow_start_ms"), f.slow_start_ms)
+            .map_err(e)?;
+    for (j, (peer, pf)) in peers.iter_mut().zip(&f.peers).enumerate() {
+        let key = |rest: &str| format!("upstream[{i}].peers[{j}].{rest}");
+        peer.limits = super::PeerLimits {
+            max_conns: protect::check_max_conns(&key("max_conns"), pf.max_conns)
+                .map_err(e)?
+                .or(up_max),
+            rate: match &pf.rate {
+                None => None,
+                Some(r) => Some(protect::check_peer_rate(&key("rate"), r).map_err(e)?),
+            },
+            slow_start: protect::check_slow_start(&key("slow_start_ms"), pf.slow_start_ms)
+                .map_err(e)?
+                .or(up_slow),
+        };
+        peer.timeouts = match &pf.timeouts {
+            None => timeouts,
+            Some(t) => {
+                for (name, set) in [
+                    ("request_header_ms", t.request_header_ms.is_some()),
+                    ("client_idle_ms", t.client_idle_ms.is_some()),
+                    ("expect_continue_ms", t.expect_continue_ms.is_some()),
+                    ("tunnel_idle_ms", t.tunnel_idle_ms.is_some()),
+                ] {
+                    if set {
+                        return Err(cx.err(
+                            key(&format!("timeouts.{name}")),
+                            "is not a per-peer timeout (connect_ms, upstream_read_ms and \
+                             upstream_write_ms are)",
+                        ));
+                    }
+                }
+                self::timeouts(cx, t, timeouts, &key("timeouts"))?
+            }
+        };
+        peer.pool = match &pf.pool {
+            None => pool_cfg,
+            Some(p) => pool(cx, &key("pool"), Some(p), pool_cfg)?,
+        };
+    }
+    Ok(())
 }
 
 /// Checks an upstream's `upgrade = { allow = [...] }`: each entry a protocol token (RFC 9110
@@ -687,6 +806,10 @@ fn peer(cx: &Cx<'_>, key: &str, f: &PeerFile) -> Result<PeerConfig, ConfigError>
         backup: f.backup.unwrap_or(false),
         region: f.region.clone(),
         drain: f.drain.unwrap_or(false),
+        // Filled in by `peer_overrides` once the upstream's own settings are known.
+        limits: Default::default(),
+        timeouts: Timeouts::default(),
+        pool: PoolConfig::default(),
     })
 }
 
@@ -734,9 +857,14 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-/// Checks an upstream's `pool = { … }`.
-fn pool(cx: &Cx<'_>, i: usize, f: Option<&PoolFile>) -> Result<PoolConfig, ConfigError> {
-    let defaults = PoolConfig::default();
+/// Checks a `pool = { … }` at `key` over `defaults` (the built-in ones for an upstream, the
+/// upstream's for a peer).
+fn pool(
+    cx: &Cx<'_>,
+    key: &str,
+    f: Option<&PoolFile>,
+    defaults: PoolConfig,
+) -> Result<PoolConfig, ConfigError> {
     let Some(f) = f else {
         return Ok(defaults);
     };
@@ -744,7 +872,7 @@ fn pool(cx: &Cx<'_>, i: usize, f: Option<&PoolFile>) -> Result<PoolConfig, Confi
         None => defaults.max_idle_per_peer,
         Some(n) => usize::try_from(n).map_err(|_| {
             cx.err(
-                format!("upstream[{i}].pool.max_idle_per_peer"),
+                format!("{key}.max_idle_per_peer"),
                 format!("{n} is too large"),
             )
         })?,
@@ -752,14 +880,36 @@ fn pool(cx: &Cx<'_>, i: usize, f: Option<&PoolFile>) -> Result<PoolConfig, Confi
     let idle_timeout = match f.idle_timeout_ms {
         None => defaults.idle_timeout,
         Some(0) => return Err(cx.err(
-            format!("upstream[{i}].pool.idle_timeout_ms"),
+            format!("{key}.idle_timeout_ms"),
             "must be greater than 0 (milliseconds); use max_idle_per_peer = 0 to disable pooling",
         )),
         Some(ms) => Duration::from_millis(ms),
     };
+    let max_requests_per_conn = match f.max_requests_per_conn {
+        None => defaults.max_requests_per_conn,
+        Some(0) => {
+            return Err(cx.err(
+                format!("{key}.max_requests_per_conn"),
+                "must be at least 1 (leave it out for no limit)",
+            ))
+        }
+        Some(n) => Some(n),
+    };
+    let max_conn_age = match f.max_conn_age_ms {
+        None => defaults.max_conn_age,
+        Some(0) => {
+            return Err(cx.err(
+                format!("{key}.max_conn_age_ms"),
+                "must be greater than 0 (leave it out for no limit)",
+            ))
+        }
+        Some(ms) => Some(Duration::from_millis(ms)),
+    };
     Ok(PoolConfig {
         max_idle_per_peer,
         idle_timeout,
+        max_requests_per_conn,
+        max_conn_age,
     })
 }
 
@@ -1036,6 +1186,7 @@ upstream = "static"
             PoolConfig {
                 max_idle_per_peer: 16,
                 idle_timeout: Duration::from_millis(15_000),
+                ..PoolConfig::default()
             }
         );
         // Per-key overrides over the global [timeouts], not over the built-in defaults.

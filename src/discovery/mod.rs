@@ -292,6 +292,9 @@ impl Discovered {
                     backup: f.backup,
                     region: None,
                     drain: false,
+                    limits: u.peer_limits,
+                    timeouts: u.timeouts,
+                    pool: u.pool,
                 });
             }
         }

@@ -702,12 +702,15 @@ impl Ctl {
                     ));
                 }
             }
-            let (_, sockets) = bind_for_shards(*addr, shards, new.server.backlog).map_err(|e| {
-                format!(
-                    "{}: key `server.listen[{i}]`: cannot listen on {addr}: {e}",
-                    new.source
-                )
-            })?;
+            let tcp = new.server.tcp;
+            let configure = |s: &socket2::Socket| tcp.apply_listener(s, "server.tcp");
+            let (_, sockets) = bind_for_shards(*addr, shards, new.server.backlog, &configure)
+                .map_err(|e| {
+                    format!(
+                        "{}: key `server.listen[{i}]`: cannot listen on {addr}: {e}",
+                        new.source
+                    )
+                })?;
             for (shard, l) in per_shard.iter_mut().zip(sockets) {
                 shard.push((*addr, l));
             }
@@ -871,8 +874,15 @@ impl Ctl {
         new.server.backlog = old.server.backlog;
         new.log = old.log.clone();
         // New listen addresses are bound now (one socket per shard), before anything changes:
-        // an address that cannot be bound refuses the whole reload.
-        let opened = match self.bind_new_listeners(&old, &new) {
+        // an address that cannot be bound refuses the whole reload, and so does an upstream
+        // `tcp` option the kernel refuses.
+        let checked = new.check_upstream_tcp().map_err(|(key, e)| {
+            format!(
+                "{}: key `{key}`: the kernel refuses this socket option: {e}",
+                new.source
+            )
+        });
+        let opened = match checked.and_then(|()| self.bind_new_listeners(&old, &new)) {
             Ok(opened) => opened,
             Err(reason) => {
                 let mut stats = self.reloads.borrow_mut();

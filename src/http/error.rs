@@ -35,6 +35,9 @@ pub enum HttpError {
     /// 503: no eligible peer.
     #[error("service unavailable: {0}")]
     ServiceUnavailable(&'static str),
+    /// 429: the client's `rate` (an upstream's per-client rate limit) is spent.
+    #[error("too many requests: {0}")]
+    TooManyRequests(&'static str),
     /// 504: upstream timeout.
     #[error("gateway timeout: {0}")]
     GatewayTimeout(&'static str),
@@ -56,6 +59,7 @@ impl HttpError {
             HttpError::NotImplemented(_) => 501,
             HttpError::BadGateway(_) => 502,
             HttpError::ServiceUnavailable(_) => 503,
+            HttpError::TooManyRequests(_) => 429,
             HttpError::GatewayTimeout(_) => 504,
             HttpError::Status(code) => *code,
         }
@@ -73,6 +77,7 @@ impl HttpError {
             | HttpError::NotImplemented(d)
             | HttpError::BadGateway(d)
             | HttpError::ServiceUnavailable(d)
+            | HttpError::TooManyRequests(d)
             | HttpError::GatewayTimeout(d) => Some(d),
             HttpError::NotFound
             | HttpError::Status(_)
@@ -96,6 +101,7 @@ impl HttpError {
                 | HttpError::Status(_)
                 | HttpError::BadGateway(_)
                 | HttpError::ServiceUnavailable(_)
+                | HttpError::TooManyRequests(_)
                 | HttpError::GatewayTimeout(_)
         )
     }
@@ -143,7 +149,7 @@ pub fn status_reason(code: u16) -> &'static str {
 ///
 /// The response is `HTTP/1.1 <code> <reason>`, a `text/plain` body such as
 /// `502 Bad Gateway: connect failed\n` with its `Content-Length`, `Connection: keep-alive` or
-/// `Connection: close` per `keep_alive`, and `Retry-After: 1` for 503. The caller decides
+/// `Connection: close` per `keep_alive`, and `Retry-After: 1` for 503 and 429. The caller decides
 /// `keep_alive`; see [`HttpError::closes_connection`] for errors that forbid keeping it.
 ///
 /// The answer to a HEAD request (`head_request`) is the same head without the body (RFC 9110
@@ -179,7 +185,7 @@ pub fn write_error_response(
     } else {
         b"\r\nConnection: close\r\n".as_slice()
     });
-    if status == 503 {
+    if status == 503 || status == 429 {
         out.extend_from_slice(b"Retry-After: 1\r\n");
     }
     out.extend_from_slice(b"\r\n");

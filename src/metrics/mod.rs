@@ -25,7 +25,7 @@ pub mod render;
 
 pub use counter::{Counter, F64Gauge, Gauge};
 pub use histogram::{Histogram, HistogramSnapshot, BUCKETS_SECONDS};
-pub use registry::{PeerTotals, Registry, ShardHandles, UpstreamHandles};
+pub use registry::{PeerTotals, Registry, ShardHandles, UpstreamHandles, UpstreamTotals};
 pub use render::render;
 
 /// Why a try at a peer failed, one counter each in [`PeerMetrics::failures`].
@@ -98,6 +98,14 @@ pub struct PeerMetrics {
     pub bytes_received: Counter,
     /// Time from sending the request to having the response head.
     pub response_seconds: Histogram,
+    /// This shard's share of the peer's `max_conns` (0 = no limit).
+    pub max_conns: Gauge,
+    /// Times a selection passed the peer over because it was at its `max_conns`.
+    pub saturated: Counter,
+    /// Times a selection passed the peer over because its `rate` bucket was empty.
+    pub rate_limited: Counter,
+    /// The peer's effective weight in this shard (below its weight during `slow_start_ms`).
+    pub slow_start_weight: F64Gauge,
 }
 
 impl PeerMetrics {
@@ -137,6 +145,18 @@ pub struct UpstreamMetrics {
     pub tunnel_bytes_upstream: Counter,
     /// Tunnel bytes copied from the upstream to clients (`direction="downstream"`).
     pub tunnel_bytes_downstream: Counter,
+    /// Requests waiting in the upstream's queue now.
+    pub queue_length: Gauge,
+    /// How long requests waited in the queue before a peer took them.
+    pub queue_wait_seconds: Histogram,
+    /// Requests answered 503 because the queue was full.
+    pub queue_overflows: Counter,
+    /// Requests answered 503 because they waited `queue.timeout_ms`.
+    pub queue_timeouts: Counter,
+    /// Selections held back because the upstream's own `rate` bucket was empty.
+    pub rate_limited: Counter,
+    /// Requests answered 429 by the per-client `rate`.
+    pub client_rate_limited: Counter,
 }
 
 /// The lowest status code [`ShardMetrics::responses`] counts.

@@ -176,6 +176,34 @@ pub struct PeerTotals {
     pub active: u64,
     /// Mean response time (head received − request sent), if it answered at all.
     pub mean_response_seconds: Option<f64>,
+    /// Its `max_conns` (the shards' parts summed; 0 = no limit).
+    pub max_conns: u64,
+    /// Selections that passed it over at its `max_conns`.
+    pub saturated: u64,
+    /// Selections that passed it over for lack of `rate` tokens.
+    pub rate_limited: u64,
+    /// Its effective weight (mean over shards), below its weight during slow start.
+    pub slow_start_weight: Option<f64>,
+}
+
+/// UpstreamTotals is one upstream's queue and rate-limit counts summed over the shards, for
+/// `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct UpstreamTotals {
+    /// Requests waiting in its queue now.
+    pub queue_length: u64,
+    /// Requests answered 503 because the queue was full.
+    pub queue_overflows: u64,
+    /// Requests answered 503 after `queue.timeout_ms`.
+    pub queue_timeouts: u64,
+    /// Requests that waited in the queue and then got a peer.
+    pub queued: u64,
+    /// Their mean wait.
+    pub mean_queue_wait_seconds: Option<f64>,
+    /// Selections held back by the group's own `rate`.
+    pub rate_limited: u64,
+    /// Requests answered 429 by the per-client `rate`.
+    pub client_rate_limited: u64,
 }
 
 impl Registry {
@@ -193,6 +221,36 @@ impl Registry {
         }
         let n = hist.count();
         t.mean_response_seconds = (n > 0).then(|| hist.sum_nanos as f64 / 1e9 / n as f64);
+        let (mut w, mut wn) = (0.0, 0u32);
+        for m in &p.per_shard {
+            t.max_conns += m.max_conns.get();
+            t.saturated += m.saturated.get();
+            t.rate_limited += m.rate_limited.get();
+            if let Some(x) = m.slow_start_weight.get() {
+                w += x;
+                wn += 1;
+            }
+        }
+        t.slow_start_weight = (wn > 0).then(|| w / f64::from(wn));
+        Some(t)
+    }
+
+    /// The queue and rate-limit counts of `upstream`, summed over the shards.
+    pub fn upstream_totals(&self, upstream: &str) -> Option<UpstreamTotals> {
+        let u = self.upstreams.iter().find(|u| u.name == upstream)?;
+        let mut t = UpstreamTotals::default();
+        let mut hist = super::HistogramSnapshot::default();
+        for m in &u.per_shard {
+            t.queue_length += m.queue_length.get();
+            t.queue_overflows += m.queue_overflows.get();
+            t.queue_timeouts += m.queue_timeouts.get();
+            t.rate_limited += m.rate_limited.get();
+            t.client_rate_limited += m.client_rate_limited.get();
+            m.queue_wait_seconds.add_to(&mut hist);
+        }
+        t.queued = hist.count();
+        t.mean_queue_wait_seconds =
+            (t.queued > 0).then(|| hist.sum_nanos as f64 / 1e9 / t.queued as f64);
         Some(t)
     }
 }

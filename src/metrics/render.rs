@@ -54,6 +54,10 @@ struct PeerSum<'a> {
     response_seconds: HistogramSnapshot,
     state: PeerState,
     ejections: u64,
+    max_conns: u64,
+    saturated: u64,
+    rate_limited: u64,
+    slow_start_weight: Option<f64>,
 }
 
 /// Appends every metric of `registry` (summed over shards) and `control` to `out` in the
@@ -88,7 +92,12 @@ pub fn render(registry: &Registry, control: &ControlGauges, out: &mut String) {
                 response_seconds: HistogramSnapshot::default(),
                 state: fact.map_or(PeerState::Unknown, |f| f.state),
                 ejections: fact.map_or(0, |f| f.ejections),
+                max_conns: 0,
+                saturated: 0,
+                rate_limited: 0,
+                slow_start_weight: None,
             };
+            let (mut weight_sum, mut weight_n) = (0.0, 0u32);
             let (mut ewma_sum, mut ewma_n) = (0.0, 0u32);
             for m in &p.per_shard {
                 s.requests = s.requests.wrapping_add(m.requests.get());
@@ -109,7 +118,15 @@ pub fn render(registry: &Registry, control: &ControlGauges, out: &mut String) {
                 s.bytes_sent = s.bytes_sent.wrapping_add(m.bytes_sent.get());
                 s.bytes_received = s.bytes_received.wrapping_add(m.bytes_received.get());
                 m.response_seconds.add_to(&mut s.response_seconds);
+                s.max_conns = s.max_conns.wrapping_add(m.max_conns.get());
+                s.saturated = s.saturated.wrapping_add(m.saturated.get());
+                s.rate_limited = s.rate_limited.wrapping_add(m.rate_limited.get());
+                if let Some(w) = m.slow_start_weight.get() {
+                    weight_sum += w;
+                    weight_n += 1;
+                }
             }
+            s.slow_start_weight = (weight_n > 0).then(|| weight_sum / f64::from(weight_n));
             s.ewma = (ewma_n > 0).then(|| ewma_sum / f64::from(ewma_n));
             s
         })
@@ -293,6 +310,46 @@ fn render_peers(peers: &[PeerSum], out: &mut String) {
             sample(out, name, &peer_labels(p), None, field(p));
         }
     }
+
+    let protect: [(&str, &str, &str, Field); 3] = [
+        (
+            "ringlb_peer_max_conns",
+            "The peer's max_conns (the shards' parts summed; 0 = no limit).",
+            "gauge",
+            |p| p.max_conns,
+        ),
+        (
+            "ringlb_peer_saturated_total",
+            "Selections that passed the peer over because it was at its max_conns.",
+            "counter",
+            |p| p.saturated,
+        ),
+        (
+            "ringlb_peer_rate_limited_total",
+            "Selections that passed the peer over because its rate bucket was empty.",
+            "counter",
+            |p| p.rate_limited,
+        ),
+    ];
+    for (name, help, ty, field) in protect {
+        header(out, name, help, ty);
+        for p in peers {
+            sample(out, name, &peer_labels(p), None, field(p));
+        }
+    }
+    let name = "ringlb_peer_slow_start_weight";
+    header(
+        out,
+        name,
+        "The peer's effective weight (below its weight while slow start ramps it up), mean \
+         over shards.",
+        "gauge",
+    );
+    for p in peers {
+        if let Some(v) = p.slow_start_weight {
+            sample(out, name, &peer_labels(p), None, v);
+        }
+    }
 }
 
 fn peer_labels<'a>(p: &PeerSum<'a>) -> [(&'static str, &'a str); 2] {
@@ -338,6 +395,67 @@ fn render_upstreams(registry: &Registry, peers: &[PeerSum], out: &mut String) {
             .iter()
             .fold(0u64, |a, m| a.wrapping_add(field(m)))
     };
+    let protect: [(&str, &str, Field); 4] = [
+        (
+            "ringlb_upstream_queue_overflows_total",
+            "Requests answered 503 because the upstream's queue was full.",
+            |m| m.queue_overflows.get(),
+        ),
+        (
+            "ringlb_upstream_queue_timeouts_total",
+            "Requests answered 503 after waiting queue.timeout_ms in the upstream's queue.",
+            |m| m.queue_timeouts.get(),
+        ),
+        (
+            "ringlb_upstream_rate_limited_total",
+            "Selections held back because the upstream's own rate bucket was empty.",
+            |m| m.rate_limited.get(),
+        ),
+        (
+            "ringlb_upstream_client_rate_limited_total",
+            "Requests answered 429 by the upstream's per-client rate.",
+            |m| m.client_rate_limited.get(),
+        ),
+    ];
+    for (name, help, field) in protect {
+        header(out, name, help, "counter");
+        for u in &registry.upstreams {
+            let v = u
+                .per_shard
+                .iter()
+                .fold(0u64, |a, m| a.wrapping_add(field(m)));
+            sample(out, name, &[("upstream", &u.name)], None, v);
+        }
+    }
+    let name = "ringlb_upstream_queue_length";
+    header(
+        out,
+        name,
+        "Requests waiting in the upstream's queue now.",
+        "gauge",
+    );
+    for u in &registry.upstreams {
+        let v = u
+            .per_shard
+            .iter()
+            .fold(0u64, |a, m| a.wrapping_add(m.queue_length.get()));
+        sample(out, name, &[("upstream", &u.name)], None, v);
+    }
+    let name = "ringlb_upstream_queue_wait_seconds";
+    header(
+        out,
+        name,
+        "How long requests waited in the upstream's queue before a peer took them.",
+        "histogram",
+    );
+    for u in &registry.upstreams {
+        let mut h = HistogramSnapshot::default();
+        for m in &u.per_shard {
+            m.queue_wait_seconds.add_to(&mut h);
+        }
+        histogram(out, name, &[("upstream", &u.name)], &h);
+    }
+
     let name = "ringlb_tunnels_active";
     header(out, name, "Tunnels open to the upstream now.", "gauge");
     for u in &registry.upstreams {
@@ -810,7 +928,7 @@ mod tests {
                 assert_eq!(family, current, "sample outside its family: {line}");
             }
         }
-        assert_eq!(seen.len(), 32, "{seen:?}");
+        assert_eq!(seen.len(), 42, "{seen:?}");
     }
 
     /// Two shard threads write a known sequence; the scrape, read back by a real Prometheus
@@ -1023,6 +1141,6 @@ mod tests {
             Value::Counter(0.0)
         );
         // Every family has its HELP text.
-        assert_eq!(scrape.docs.len(), 32);
+        assert_eq!(scrape.docs.len(), 42);
     }
 }

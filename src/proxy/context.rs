@@ -23,7 +23,7 @@ use crate::control::{
 };
 use crate::failover::Failure;
 use crate::metrics::{ShardHandles, ShardMetrics};
-use crate::upstream::UpstreamGroup;
+use crate::upstream::{Share, UpstreamGroup};
 
 /// Live is what a shard serves requests with under one configuration generation: the config
 /// snapshot, the shard's replica of every upstream group, the router. Immutable once built; a
@@ -46,16 +46,17 @@ pub(crate) struct Live {
 
 impl Live {
     /// The first generation, every peer as the config starts it, counting into `metrics`.
-    fn new(config: Arc<Config>, metrics: &ShardHandles) -> Live {
+    fn new(config: Arc<Config>, metrics: &ShardHandles, share: Share) -> Live {
         let groups = config
             .upstreams
             .iter()
             .enumerate()
             .map(|(gi, u)| {
-                Rc::new(match metrics.upstreams.get(gi) {
-                    Some(m) => UpstreamGroup::with_metrics(u, m),
-                    None => UpstreamGroup::new(u),
-                })
+                Rc::new(UpstreamGroup::for_shard(
+                    u,
+                    metrics.upstreams.get(gi),
+                    share,
+                ))
             })
             .collect();
         Live::with_groups(config, 0, groups)
@@ -75,7 +76,7 @@ impl Live {
     /// The next generation: groups that stay (by name) succeed their old replica (state
     /// carried over, see `UpstreamGroup::succeed`), new ones start fresh, removed ones close
     /// their idle connections (their in-flight requests finish on the old `Live`).
-    fn succeed(&self, snap: &Snapshot, shard: ShardId) -> Live {
+    fn succeed(&self, snap: &Snapshot, shard: ShardId, share: Share) -> Live {
         let metrics = snap.metrics(shard);
         let mut old: HashMap<&str, &Rc<UpstreamGroup>> =
             self.groups.iter().map(|g| (g.name.as_str(), g)).collect();
@@ -91,10 +92,7 @@ impl Live {
                 match old.remove(u.name.as_str()) {
                     Some(prev) => UpstreamGroup::succeed(prev, u, eligible, handles),
                     None => {
-                        let g = match handles {
-                            Some(h) => UpstreamGroup::with_metrics(u, h),
-                            None => UpstreamGroup::new(u),
-                        };
+                        let g = UpstreamGroup::for_shard(u, handles, share);
                         g.set_all_health(eligible);
                         Rc::new(g)
                     }
@@ -121,6 +119,8 @@ impl Live {
 pub(crate) struct ShardCtx {
     /// The shard.
     pub id: ShardId,
+    /// This shard and how many run: what part of each peer's limits is this shard's.
+    share: Share,
     /// The current generation's state; swapped by a reload.
     live: RefCell<Rc<Live>>,
     /// A library user's picker, replacing the router when set.
@@ -167,9 +167,11 @@ pub(crate) const WARM_MAX: usize = 256;
 const SPARES_SLACK: usize = 8;
 
 impl ShardCtx {
-    /// Builds a shard's context from the config.
+    /// Builds the context of shard `id` of `shards` from the config.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: ShardId,
+        shards: usize,
         config: Arc<Config>,
         control: Receiver<ControlMsg>,
         picker: Option<Arc<dyn Picker>>,
@@ -177,9 +179,16 @@ impl ShardCtx {
         metrics: ShardHandles,
         access_log: Option<ShardLog>,
     ) -> Self {
+        // The count comes from the server: the shard's thread is pinned already, so the
+        // config's CPU set as seen from here would be its one CPU.
+        let share = Share {
+            index: id.index(),
+            count: shards.max(id.index() + 1),
+        };
         ShardCtx {
             id,
-            live: RefCell::new(Rc::new(Live::new(config, &metrics))),
+            share,
+            live: RefCell::new(Rc::new(Live::new(config, &metrics, share))),
             metrics: metrics.shard,
             listen_changes: RefCell::new(Vec::new()),
             access_log,
@@ -231,7 +240,7 @@ impl ShardCtx {
 
     /// Swaps in the next generation.
     fn reload(&self, snap: &Snapshot) {
-        let next = self.live.borrow().succeed(snap, self.id);
+        let next = self.live.borrow().succeed(snap, self.id, self.share);
         self.health.reconfigure(&snap.config, snap.generation);
         tracing::debug!(
             shard = %self.id,

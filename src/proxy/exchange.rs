@@ -4,10 +4,11 @@
 //! connection is replaced here, within the try ([`replay_on_fresh`]); every other failure goes
 //! back to the try loop as a value.
 
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
-use monoio::net::TcpStream;
+use monoio::net::{TcpConnectOpts, TcpStream};
 
 use super::body::BodyProgress;
 use super::tries::replay_on_fresh;
@@ -147,7 +148,7 @@ impl<C: Transport> Conn<'_, C> {
             };
             let sent_at = Instant::now();
             let res = self
-                .send_and_read_head(group, pm, &mut up, expect, body, try_deadline)
+                .send_and_read_head(group, peer_id, &mut up, expect, body, try_deadline)
                 .await;
             if matches!(
                 res,
@@ -236,13 +237,14 @@ impl<C: Transport> Conn<'_, C> {
     pub(super) async fn send_and_read_head<U: Transport>(
         &mut self,
         group: &UpstreamGroup,
-        pm: &PeerMetrics,
+        peer_id: PeerId,
         up: &mut U,
         expect: bool,
         body: &mut BodyProgress,
         try_deadline: Option<Instant>,
     ) -> Result<bool, TryFail> {
-        let t = group.timeouts;
+        let pm = &*group.peer(peer_id).metrics;
+        let t = group.peer(peer_id).timeouts;
         self.interim_sent = false;
         self.interim_count = 0;
         self.interim_bytes = 0;
@@ -538,10 +540,19 @@ async fn connect(
     try_deadline: Option<Instant>,
 ) -> Result<Connection, Failure> {
     let p = group.peer(peer);
-    let limit = within(group.timeouts.connect, try_deadline);
-    match monoio::time::timeout(limit, TcpStream::connect_addr(p.addr)).await {
+    let limit = within(p.timeouts.connect, try_deadline);
+    let tcp = &group.tcp;
+    let opts = TcpConnectOpts::default().tcp_fast_open(tcp.fastopen.is_some_and(|n| n > 0));
+    match monoio::time::timeout(limit, TcpStream::connect_addr_with_config(p.addr, &opts)).await {
         Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
+            let _ = stream.set_nodelay(tcp.nodelay.unwrap_or(true));
+            // SAFETY: `stream` owns this open socket for the whole borrow.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+            if let Err((key, e)) = tcp.apply(socket2::SockRef::from(&fd), false) {
+                // Checked at startup; a kernel that changed its mind since only costs the option.
+                tracing::debug!(group = %group.name, "tcp.{key}: {e}");
+            }
+            group.pool.opened(peer, &stream, Instant::now());
             Ok(stream)
         }
         Ok(Err(e)) => {

@@ -29,6 +29,7 @@ mod exchange;
 mod log;
 mod park;
 mod picker;
+mod queue;
 mod relay;
 mod route;
 mod transparent;
@@ -457,19 +458,46 @@ impl<C: Transport> Conn<'_, C> {
                 return keep;
             }
         }
+        if !group.take_client_token(&self.rbuf, &self.head, self.fwd.client_ip, start) {
+            let err = HttpError::TooManyRequests("client rate limit exceeded");
+            let keep = self.head.keep_alive && body.done();
+            return self.reply_error(&err, keep).await;
+        }
         group.retrier.borrow_mut().record_request(start);
         let hooks: &dyn FailureHooks = match ctx.picker.as_deref() {
             Some(picker) => picker,
             None => &DefaultHooks,
         };
         let mut tries = Tries::new(policy, facts, start);
+        tries.set_region(group.request_region(&self.rbuf, &self.head, self.fwd.client_ip));
+        // A request waiting in the group's queue; it leaves when it gets a peer.
+        let mut place = None;
+        if group.is_limited() && !group.queue.is_empty() {
+            // Requests are waiting for a slot already: this one queues behind them (FIFO).
+            if let Err(err) = queue::wait_turn(group, &mut place).await {
+                let keep = self.head.keep_alive && body.done();
+                return self.reply_error(&err, keep).await;
+            }
+        }
         loop {
             let (peer, deadline, replay_stale) = match tries.next(group, hash, Instant::now()) {
                 Step::Try {
                     peer,
                     deadline,
                     replay_stale,
-                } => (peer, deadline, replay_stale),
+                } => {
+                    if let Some(p) = place.take() {
+                        p.served(Instant::now());
+                    }
+                    (peer, deadline, replay_stale)
+                }
+                Step::Full => match queue::wait_turn(group, &mut place).await {
+                    Ok(()) => continue,
+                    Err(err) => {
+                        let keep = self.head.keep_alive && body.done();
+                        return self.reply_error(&err, keep).await;
+                    }
+                },
                 Step::Relay { peer, held } => return self.relay_held(group, peer, held).await,
                 Step::Respond(err) => {
                     let keep = self.head.keep_alive && body.done();

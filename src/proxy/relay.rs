@@ -27,7 +27,7 @@ impl<C: Transport> Conn<'_, C> {
             body_unsent,
             body_done,
         } = held;
-        let t = group.timeouts;
+        let t = group.peer(peer_id).timeouts;
         let pm = &*group.peer(peer_id).metrics;
         let client_idle = self.live.config.timeouts.client_idle;
         let client_version = self.head.version;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{PeerConfig, Transparent, UpstreamConfig};
 use crate::http::HttpError;
-use crate::upstream::UpstreamGroup;
+use crate::upstream::{Share, UpstreamGroup};
 
 /// The most resolved addresses (one-peer groups) a shard keeps per generation.
 pub(crate) const MAX_TARGETS: usize = 1024;
@@ -227,8 +227,11 @@ impl TransparentState {
             backup: false,
             region: None,
             drain: false,
+            limits: cfg.peer_limits,
+            timeouts: cfg.timeouts,
+            pool: cfg.pool,
         }];
-        let g = Rc::new(UpstreamGroup::new(&one));
+        let g = Rc::new(UpstreamGroup::for_shard(&one, None, Share::SINGLE));
         let mut groups = self.groups.borrow_mut();
         if groups.len() >= MAX_TARGETS {
             for g in groups.values() {

@@ -45,6 +45,9 @@ pub(crate) enum Step<H> {
     Respond(HttpError),
     /// No eligible peer for the request at all (nothing was tried): 503.
     NoPeer,
+    /// Every eligible peer is at its `max_conns` or out of `rate` tokens (or the group's
+    /// `rate` is spent) and nothing was tried yet: wait in the group's queue, then ask again.
+    Full,
 }
 
 /// TryEnd is how one try ended, as the request loop saw it.
@@ -134,6 +137,8 @@ pub(crate) struct Tries<H> {
     current: Option<(PeerId, Admit)>,
     /// Whether the request may be sent again after a stale pooled connection ate it.
     replay_stale: bool,
+    /// The region the request prefers (`None`: the group's `local_region`).
+    region: Option<usize>,
 }
 
 impl<H> Tries<H> {
@@ -151,7 +156,13 @@ impl<H> Tries<H> {
             last_err: None,
             held: None,
             current: None,
+            region: None,
         }
+    }
+
+    /// Makes the request prefer the peers of `region` (see `UpstreamGroup::request_region`).
+    pub fn set_region(&mut self, region: Option<usize>) {
+        self.region = region;
     }
 
     /// Tries made so far (the one in progress included).
@@ -170,12 +181,13 @@ impl<H> Tries<H> {
             } else {
                 &self.tried
             };
-            let Some(peer) = group.select(hash, skip, now) else {
+            let Some(peer) = group.select_from(hash, self.region, skip, now) else {
                 if let Some((peer, held)) = self.held.take() {
                     return Step::Relay { peer, held };
                 }
                 return match self.last_err.take() {
                     Some(err) => Step::Respond(err),
+                    None if group.limited_out(skip, now) => Step::Full,
                     None => Step::NoPeer,
                 };
             };

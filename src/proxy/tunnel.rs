@@ -87,7 +87,7 @@ impl<C: Transport> Conn<'_, C> {
                 held: None,
             };
         }
-        let t = group.timeouts;
+        let t = group.peer(peer_id).timeouts;
         let client_idle = self.live.config.timeouts.client_idle;
         let pm = &*group.peer(peer_id).metrics;
         let um = &*group.metrics;

@@ -481,7 +481,10 @@ fn serve_queued(shard: &Rc<Shard>, listener: &TcpListener) {
 /// The task serving one accepted connection. (No async wrapper around `proxy::serve`: its
 /// arguments would be kept twice in every connection's task, once as the wrapper's.)
 fn serve_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr) -> impl Future<Output = ()> {
-    let _ = stream.set_nodelay(true);
+    // On unless the listener's `tcp.nodelay = false` (which the connection inherited).
+    if guard.0.ctx.config().server.tcp.nodelay != Some(false) {
+        let _ = stream.set_nodelay(true);
+    }
     proxy::serve(guard, stream, addr)
 }
 

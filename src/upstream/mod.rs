@@ -6,10 +6,13 @@
 
 mod hash_key;
 mod pool;
+mod protect;
 mod reload;
 
 pub(crate) use hash_key::hash_request;
 pub use pool::{is_quiet, Connection, Pool};
+use protect::{ClientBuckets, PeerGuard, Queue, TokenBucket};
+pub(crate) use protect::{Share, Waiter};
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
@@ -44,11 +47,17 @@ pub(crate) struct Peer {
     pub slot: Slot,
     /// Optional region label (see `local_region`).
     pub region: Option<String>,
+    /// The region's index in the group's regions.
+    pub region_id: Option<usize>,
     /// Health as last pushed by the control thread (false = down or ejected). The shard never
     /// overrides a pushed down (invariant 3).
     pub healthy: Cell<bool>,
     /// This shard's counters of the peer (written only here, summed at scrape time).
     pub metrics: Arc<PeerMetrics>,
+    /// Its `max_conns` and `rate` shares in this shard, and its slow-start ramp.
+    pub(crate) guard: PeerGuard,
+    /// Its timeouts (the group's with the peer's overrides).
+    pub timeouts: Timeouts,
 }
 
 impl Peer {
@@ -136,8 +145,6 @@ pub(crate) struct UpstreamGroup {
     backup: Tier,
     /// Idle upstream connections of this shard, per peer.
     pub pool: Pool,
-    /// Resolved timeouts of this group.
-    pub timeouts: Timeouts,
     /// The group's retry policy, retry budget and backoff jitter in this shard.
     pub retrier: RefCell<Retrier>,
     /// One circuit breaker per peer (indexed by `PeerId`) when the upstream configures
@@ -151,13 +158,20 @@ pub(crate) struct UpstreamGroup {
     successor: RefCell<Option<reload::Successor>>,
     /// This shard's counters of the group.
     pub metrics: Arc<UpstreamMetrics>,
-    /// Prefer peers of this region while any is eligible.
-    local_region: Option<String>,
+    /// The distinct regions of the peers, in peer order (a region id indexes this).
+    region_names: Vec<String>,
+    /// `local_region`'s id, when a peer has that region.
+    local_region_id: Option<usize>,
+    /// Per region id: itself, then its `region_fallback` regions (default every other), the
+    /// order a request of that region tries them in.
+    region_chains: Vec<Vec<usize>>,
+    /// Per region id: the peer its requests last failed over to outside it (`None` = served
+    /// at home), so each regional failover and fail-back is logged once per shard.
+    failed_over: Vec<Cell<Option<PeerId>>>,
+    /// Per-request regions (`region_from`, `region_map`).
+    regions: crate::config::RegionPolicy,
     /// What `select` does when no peer is eligible.
     when_all_down: WhenAllDown,
-    /// The peer this shard last failed over to outside `local_region` (`None` = serving the
-    /// local region), so each regional failover and fail-back is logged once per shard.
-    failed_over_to: Cell<Option<PeerId>>,
     /// The group's balancing algorithm (a reload keeps the selectors only when it stays).
     algorithm: Algorithm,
     /// What requests are hashed by: `Some` exactly when the algorithm hashes.
@@ -166,6 +180,19 @@ pub(crate) struct UpstreamGroup {
     pub ewma_decay: Duration,
     /// The protocol upgrades tunnelled to this group (`upgrade = { allow = [...] }`).
     pub upgrade: UpgradeAllow,
+    /// Which shard of how many this replica runs in (what its parts of the limits are).
+    share: Share,
+    /// Whether any peer has `max_conns` or `rate`, or the group a `rate`: only then can a
+    /// selection find every eligible peer full, and only then is the queue used.
+    limited: bool,
+    /// Requests waiting for a peer with room (`queue = { … }`).
+    pub(crate) queue: Queue,
+    /// The group's own bucket (`rate` without `key`).
+    bucket: Option<TokenBucket>,
+    /// The per-client buckets (`rate` with `key`) and what keys a client.
+    clients: Option<(ClientBuckets, HashKey)>,
+    /// Socket options of connections to the peers (`tcp = { … }`).
+    pub tcp: crate::config::TcpOptions,
 }
 
 /// Admit is whether a peer's circuit breaker lets a request through.
@@ -181,14 +208,9 @@ pub(crate) enum Admit {
 impl UpstreamGroup {
     /// Builds a shard's replica of a configured group. The randomized selectors are seeded
     /// from the thread's `fastrand` generator, so every shard draws its own sequence.
+    #[cfg(test)]
     pub fn new(cfg: &UpstreamConfig) -> Self {
         UpstreamGroup::build(cfg, fastrand::u64(..), None)
-    }
-
-    /// Builds a shard's replica of a configured group that counts into `metrics` (this
-    /// shard's handles of the group, peers in config order).
-    pub fn with_metrics(cfg: &UpstreamConfig, metrics: &UpstreamHandles) -> Self {
-        UpstreamGroup::build(cfg, fastrand::u64(..), Some(metrics))
     }
 
     /// Builds a shard's replica of a configured group with a fixed seed for its randomness.
@@ -197,14 +219,55 @@ impl UpstreamGroup {
         UpstreamGroup::build(cfg, seed, None)
     }
 
+    /// Builds shard `share`'s replica of a configured group that counts into `metrics`.
+    pub fn for_shard(
+        cfg: &UpstreamConfig,
+        metrics: Option<&UpstreamHandles>,
+        share: Share,
+    ) -> Self {
+        UpstreamGroup::build_on(cfg, fastrand::u64(..), metrics, share)
+    }
+
     /// Builds a replica: seeded, counting into `metrics` (fresh counters without).
+    #[cfg(test)]
     fn build(cfg: &UpstreamConfig, seed: u64, metrics: Option<&UpstreamHandles>) -> Self {
+        UpstreamGroup::build_on(cfg, seed, metrics, Share::SINGLE)
+    }
+
+    /// Builds shard `share`'s replica: seeded, counting into `metrics`.
+    fn build_on(
+        cfg: &UpstreamConfig,
+        seed: u64,
+        metrics: Option<&UpstreamHandles>,
+        share: Share,
+    ) -> Self {
         let now = Instant::now();
         let (mut primaries, mut backups) = (0, 0);
         let start_down = cfg
             .health
             .as_ref()
             .is_some_and(|h| h.start == StartState::Down);
+        let mut region_names: Vec<String> = Vec::new();
+        for r in cfg.peers.iter().filter_map(|p| p.region.as_ref()) {
+            if !region_names.contains(r) {
+                region_names.push(r.clone());
+            }
+        }
+        let region_chains = region_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut chain = vec![i];
+                match cfg.regions.fallback.get(name) {
+                    Some(list) => chain.extend(
+                        list.iter()
+                            .filter_map(|r| region_names.iter().position(|n| n == r)),
+                    ),
+                    None => chain.extend((0..region_names.len()).filter(|&j| j != i)),
+                }
+                chain
+            })
+            .collect();
         let peers: Vec<Peer> = cfg
             .peers
             .iter()
@@ -224,13 +287,29 @@ impl UpstreamGroup {
                     backup: p.backup,
                     slot: Slot::new(*tier - 1),
                     region: p.region.clone(),
+                    region_id: p
+                        .region
+                        .as_ref()
+                        .and_then(|r| region_names.iter().position(|n| n == r)),
                     healthy: Cell::new(!start_down),
                     metrics: metrics
                         .and_then(|m| m.peers.get(i).cloned())
                         .unwrap_or_default(),
+                    guard: PeerGuard::new(&p.limits, share, i, now),
+                    timeouts: p.timeouts,
                 }
             })
             .collect();
+        for p in &peers {
+            p.metrics
+                .max_conns
+                .set(u64::from(p.guard.max_conns.unwrap_or(0)));
+            p.metrics.slow_start_weight.set(f64::from(p.weight));
+        }
+        let limited = cfg.rate.is_some()
+            || peers
+                .iter()
+                .any(|p| p.guard.max_conns.is_some() || p.guard.bucket.is_some());
         let build = |candidates: &[Candidate<'_>]| {
             build_selector(cfg.algorithm, &cfg.balance, candidates, fastrand::u64(..))
         };
@@ -239,11 +318,10 @@ impl UpstreamGroup {
         let pool_cfg: PoolConfig = cfg.pool;
         UpstreamGroup {
             name: cfg.name.clone(),
-            pool: Pool::new(peers.len(), pool_cfg),
+            pool: Pool::per_peer(cfg.peers.iter().map(|p| p.pool).collect(), pool_cfg),
             peers,
             primary,
             backup,
-            timeouts: cfg.timeouts,
             retrier: RefCell::new(Retrier::new(cfg.retry, now, fastrand::Rng::with_seed(seed))),
             breakers: match cfg.circuit_breaker {
                 Some(b) => (0..cfg.peers.len())
@@ -255,13 +333,31 @@ impl UpstreamGroup {
             balance: cfg.balance,
             successor: RefCell::new(None),
             metrics: metrics.map(|m| m.metrics.clone()).unwrap_or_default(),
-            local_region: cfg.local_region.clone(),
+            local_region_id: cfg
+                .local_region
+                .as_ref()
+                .and_then(|r| region_names.iter().position(|n| n == r)),
+            failed_over: region_names.iter().map(|_| Cell::new(None)).collect(),
+            region_chains,
+            region_names,
+            regions: cfg.regions.clone(),
             when_all_down: cfg.when_all_down,
-            failed_over_to: Cell::new(None),
             algorithm: cfg.algorithm,
             hash_key: cfg.hash_key.clone(),
             ewma_decay: cfg.balance.ewma_decay,
             upgrade: cfg.upgrade.clone(),
+            share,
+            limited,
+            queue: Queue::new(cfg.queue),
+            bucket: cfg.rate.map(|r| TokenBucket::new(r, share, 0, now)),
+            clients: cfg.client_rate.as_ref().map(|c| {
+                let key = match &c.key {
+                    crate::config::ClientKey::ClientIp => HashKey::ClientIp,
+                    crate::config::ClientKey::Header(h) => HashKey::Header(h.clone()),
+                };
+                (ClientBuckets::new(c.rate, c.max_keys, share), key)
+            }),
+            tcp: cfg.tcp,
         }
     }
 
@@ -349,6 +445,11 @@ impl UpstreamGroup {
     /// Applies a health change pushed by the control thread.
     pub fn set_health(&self, peer: PeerId, eligible: bool) {
         if let Some(p) = self.peers.get(peer.index()) {
+            if eligible && !p.healthy.get() {
+                // Back after being down: ramp up (slow start), and let a queued request look.
+                p.guard.begin_ramp(Instant::now());
+                self.queue.wake_head();
+            }
             p.healthy.set(eligible);
         }
     }
@@ -387,23 +488,188 @@ impl UpstreamGroup {
     /// the same way (backups only get traffic while no primary is eligible). When nothing is
     /// eligible, `when_all_down = "try_all"` picks among the not-drained peers ignoring health;
     /// `"fail"` returns `None` (the proxy answers 503).
+    #[cfg(test)]
     pub fn select(&self, hash: Option<u64>, tried: &TriedSet, now: Instant) -> Option<PeerId> {
-        let ok = |id: PeerId| !tried.contains(id) && self.is_eligible(id, now);
-        let local = |id: PeerId| ok(id) && self.is_local(id);
-        let regional = self.local_region.is_some();
-        let found = (regional.then(|| self.pick(false, hash, local)).flatten())
-            .or_else(|| self.pick(false, hash, ok))
-            .or_else(|| regional.then(|| self.pick(true, hash, local)).flatten())
-            .or_else(|| self.pick(true, hash, ok));
-        if regional {
-            if let Some(id) = found {
-                self.note_region(id);
+        self.select_from(hash, None, tried, now)
+    }
+
+    /// [`UpstreamGroup::select`] for a request that prefers `region` (see
+    /// [`UpstreamGroup::request_region`]; `None`: `local_region`): its peers first, then those
+    /// of its `region_fallback` regions in order, then any.
+    pub fn select_from(
+        &self,
+        hash: Option<u64>,
+        region: Option<usize>,
+        tried: &TriedSet,
+        now: Instant,
+    ) -> Option<PeerId> {
+        if !self.limited {
+            return self.select_among(hash, region, tried, now, false);
+        }
+        if let Some(b) = &self.bucket {
+            if !b.take(now) {
+                self.metrics.rate_limited.inc();
+                return None;
             }
+        }
+        let Some(found) = self.select_among(hash, region, tried, now, true) else {
+            if let Some(b) = &self.bucket {
+                b.give_back();
+            }
+            return None;
+        };
+        if let Some(b) = &self.peer(found).guard.bucket {
+            b.take(now);
+        }
+        Some(found)
+    }
+
+    /// [`UpstreamGroup::select`] among the peers with room (`max_conns`, `rate`) when
+    /// `limits`; a slow-starting peer's candidacy is admitted with its ramp's probability,
+    /// and when that leaves nothing the selection is asked again without it.
+    fn select_among(
+        &self,
+        hash: Option<u64>,
+        region: Option<usize>,
+        tried: &TriedSet,
+        now: Instant,
+        limits: bool,
+    ) -> Option<PeerId> {
+        self.select_ramped(hash, region, tried, now, limits, true)
+            .or_else(|| self.select_ramped(hash, region, tried, now, limits, false))
+    }
+
+    /// Whether `peer` may take one more request now: room under its `max_conns`, a token in
+    /// its `rate` bucket (when `limits`), and, when `ramp` holds this selection's coin, its
+    /// slow-start admission (the coin is drawn once per selection, so a selector that asks
+    /// about a candidate twice gets the same answer).
+    #[inline]
+    fn admits(&self, peer: PeerId, now: Instant, limits: bool, ramp: Option<&Cell<f64>>) -> bool {
+        let p = self.peer(peer);
+        if limits {
+            if !p.guard.has_room(self.load(peer).active.get()) {
+                p.metrics.saturated.inc();
+                return false;
+            }
+            if p.guard.bucket.as_ref().is_some_and(|b| !b.ready(now)) {
+                p.metrics.rate_limited.inc();
+                return false;
+            }
+        }
+        match ramp {
+            Some(coin) if p.guard.ramp_since.get().is_some() => {
+                let f = p.guard.ramp(now);
+                p.metrics.slow_start_weight.set(f64::from(p.weight) * f);
+                if coin.get() < 0.0 {
+                    coin.set(fastrand::f64());
+                }
+                f >= 1.0 || coin.get() < f
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether a selection found nothing only because of limits: the group's bucket is empty,
+    /// or some eligible peer not in `tried` is at its `max_conns` or out of tokens. Such a
+    /// request waits in the queue instead of getting 503 at once.
+    pub fn limited_out(&self, tried: &TriedSet, now: Instant) -> bool {
+        if !self.limited {
+            return false;
+        }
+        if self.bucket.as_ref().is_some_and(|b| !b.ready(now)) {
+            return true;
+        }
+        self.peer_ids().any(|id| {
+            !tried.contains(id) && self.is_eligible(id, now) && !self.admits(id, now, true, None)
+        })
+    }
+
+    /// How long until a token may be there for a request waiting on a `rate` (`None`: no
+    /// rate, only freed slots wake the queue).
+    pub fn next_token_in(&self, now: Instant) -> Option<Duration> {
+        let group = self.bucket.as_ref().map(|b| b.until_ready(now));
+        let peers = self
+            .peers
+            .iter()
+            .filter_map(|p| p.guard.bucket.as_ref())
+            .map(|b| b.until_ready(now))
+            .min();
+        match (group, peers) {
+            (Some(g), Some(p)) => Some(g.max(p)),
+            (g, p) => g.or(p),
+        }
+    }
+
+    /// Whether this group limits its peers at all (`max_conns`, `rate`).
+    #[inline]
+    pub fn is_limited(&self) -> bool {
+        self.limited
+    }
+
+    /// Takes a token from the client's bucket of the per-client `rate`; `false`: the
+    /// request gets 429. Always `true` without a per-client rate. A request without the key
+    /// (no such header) counts in one shared bucket.
+    pub fn take_client_token(
+        &self,
+        buf: &[u8],
+        head: &RequestHead,
+        client_ip: IpAddr,
+        now: Instant,
+    ) -> bool {
+        let Some((buckets, key)) = &self.clients else {
+            return true;
+        };
+        let hash = hash_request(key, buf, head, client_ip).unwrap_or(0);
+        let ok = buckets.take(hash, now);
+        if !ok {
+            self.metrics.client_rate_limited.inc();
+        }
+        ok
+    }
+
+    /// The selection itself: see [`UpstreamGroup::select_from`].
+    fn select_ramped(
+        &self,
+        hash: Option<u64>,
+        region: Option<usize>,
+        tried: &TriedSet,
+        now: Instant,
+        limits: bool,
+        ramp: bool,
+    ) -> Option<PeerId> {
+        // This selection's slow-start coin, drawn when a ramping peer is first met.
+        let coin = Cell::new(-1.0);
+        let ramp = ramp.then_some(&coin);
+        let ok = |id: PeerId| {
+            !tried.contains(id) && self.is_eligible(id, now) && self.admits(id, now, limits, ramp)
+        };
+        let home = region.or(self.local_region_id);
+        let found = match home.and_then(|r| self.region_chains.get(r)) {
+            Some(chain) => {
+                let within =
+                    |r: usize| move |id: PeerId| ok(id) && self.peer(id).region_id == Some(r);
+                (chain
+                    .iter()
+                    .find_map(|&r| self.pick(false, hash, within(r))))
+                .or_else(|| self.pick(false, hash, ok))
+                .or_else(|| chain.iter().find_map(|&r| self.pick(true, hash, within(r))))
+                .or_else(|| self.pick(true, hash, ok))
+            }
+            None => self
+                .pick(false, hash, ok)
+                .or_else(|| self.pick(true, hash, ok)),
+        };
+        if let (Some(home), Some(id)) = (home, found) {
+            self.note_region(home, id);
         }
         if found.is_some() || self.when_all_down == WhenAllDown::Fail {
             return found;
         }
-        let last_resort = |id: PeerId| self.peer(id).takes_requests() && !tried.contains(id);
+        let last_resort = |id: PeerId| {
+            self.peer(id).takes_requests()
+                && !tried.contains(id)
+                && self.admits(id, now, limits, None)
+        };
         self.pick(false, hash, last_resort)
             .or_else(|| self.pick(true, hash, last_resort))
     }
@@ -428,36 +694,64 @@ impl UpstreamGroup {
         .map(|c| tier.peer(Slot::new(c)))
     }
 
-    /// Whether `peer` is in `local_region`.
-    fn is_local(&self, peer: PeerId) -> bool {
-        let region = &self.peer(peer).region;
-        region.is_some() && *region == self.local_region
+    /// The region a request prefers (`region_from`: a header's value, or the client address
+    /// looked up in `region_map`), as an index of the peers' regions; `None`: none given, not
+    /// found, or a region no peer has (the request then prefers `local_region`).
+    pub fn request_region(
+        &self,
+        buf: &[u8],
+        head: &RequestHead,
+        client_ip: IpAddr,
+    ) -> Option<usize> {
+        let name: &[u8] = match self.regions.from.as_ref()? {
+            crate::config::RegionFrom::Header(h) => head
+                .headers
+                .iter()
+                .find(|f| f.name(buf).eq_ignore_ascii_case(h.as_bytes()))?
+                .value(buf)
+                .trim_ascii(),
+            crate::config::RegionFrom::ClientIp => self
+                .regions
+                .map
+                .iter()
+                .find(|(cidr, _)| cidr.contains(client_ip))?
+                .1
+                .as_bytes(),
+        };
+        self.region_names
+            .iter()
+            .position(|r| r.as_bytes().eq_ignore_ascii_case(name))
     }
 
-    /// Logs a regional failover (no local peer eligible, `peer` is elsewhere) or fail-back, once
-    /// per transition. The log is shard-local: each shard logs its own transitions.
-    fn note_region(&self, peer: PeerId) {
-        let local = self.local_region.as_deref().unwrap_or_default();
+    /// Logs a regional failover (no peer of the request's region `home` eligible, `peer` is
+    /// elsewhere) or fail-back, once per transition and home region. The log is shard-local:
+    /// each shard logs its own transitions.
+    fn note_region(&self, home: usize, peer: PeerId) {
+        let (Some(home_name), Some(state)) =
+            (self.region_names.get(home), self.failed_over.get(home))
+        else {
+            return;
+        };
         let region = |id: PeerId| self.peer(id).region.as_deref().unwrap_or("(none)");
-        if self.is_local(peer) {
-            if let Some(away) = self.failed_over_to.take() {
-                tracing::info!(group = %self.name, "regional fail-back from {} to {local}", region(away));
+        if self.peer(peer).region_id == Some(home) {
+            if let Some(away) = state.take() {
+                tracing::info!(group = %self.name, "regional fail-back from {} to {home_name}", region(away));
             }
             return;
         }
-        let local_eligible = self
+        let home_eligible = self
             .peer_ids()
-            .any(|id| self.is_local(id) && self.peer(id).is_eligible());
-        if local_eligible {
+            .any(|id| self.peer(id).region_id == Some(home) && self.peer(id).is_eligible());
+        if home_eligible {
             return; // a retry of one request, not a failover
         }
-        let from = match self.failed_over_to.get() {
+        let from = match state.get() {
             Some(away) if region(away) == region(peer) => return,
             Some(away) => region(away),
-            None => local,
+            None => home_name.as_str(),
         };
         tracing::info!(group = %self.name, "regional failover from {from} to {}", region(peer));
-        self.failed_over_to.set(Some(peer));
+        state.set(Some(peer));
     }
 }
 
@@ -576,6 +870,58 @@ mod tests {
             assert_eq!(g.pool.idle_count(PeerId::new(1)), 0);
             assert!(g.pool.take(PeerId::new(0), now).is_some());
         });
+    }
+
+    #[test]
+    fn a_peer_back_after_down_ramps_up_linearly_for_weighted_and_load_aware_algorithms() {
+        for algorithm in [
+            "least_connections",
+            "weighted_random",
+            "smooth_weighted",
+            "power_of_two",
+        ] {
+            let mut cfg = config(
+                "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }",
+                algorithm,
+            );
+            for p in &mut cfg.peers {
+                p.limits.slow_start = Some(Duration::from_millis(1000));
+            }
+            let g = UpstreamGroup::new_seeded(&cfg, 3);
+            let b = PeerId::new(1);
+            g.set_health(b, false);
+            g.set_health(b, true);
+            let t0 = g
+                .peer(b)
+                .guard
+                .ramp_since
+                .get()
+                .expect("ramping after down → up");
+            let none = TriedSet::default();
+            for (at_ms, f) in [(250u64, 0.25f64), (750, 0.75)] {
+                let now = t0 + Duration::from_millis(at_ms);
+                let n = 4000;
+                let to_b = (0..n)
+                    .filter(|i| g.select(Some(*i as u64 * 0x9e37_79b9), &none, now) == Some(b))
+                    .count();
+                let share = to_b as f64 / n as f64;
+                // Admission by a coin of probability f gives between f/2 (a rejected pick
+                // goes to the other peer) and f/(1+f) (weight scaled by f), depending on how
+                // the algorithm picks again after a rejection.
+                let (low, high) = (f / 2.0, f / (1.0 + f));
+                assert!(
+                    share > low - 0.05 && share < high + 0.05,
+                    "{algorithm} at {at_ms} ms: share {share:.3}, want {low:.3}..{high:.3}"
+                );
+            }
+            // Over: plain weights, and the gauge says so.
+            let later = t0 + Duration::from_millis(1000);
+            let to_b = (0..1000u64)
+                .filter(|i| g.select(Some(i * 0x9e37_79b9), &none, later) == Some(b))
+                .count();
+            assert!((400..=600).contains(&to_b), "{algorithm}: {to_b}");
+            assert_eq!(g.peer(b).guard.ramp_since.get(), None);
+        }
     }
 
     #[test]

@@ -9,10 +9,18 @@
 //! next client that reuses it) is unusable. [`Pool::take`] checks every connection it hands out
 //! with one non-blocking `MSG_PEEK` ([`is_quiet`]), so such a connection is closed instead of
 //! costing a request; [`Pool::reap`] runs the same check over every idle connection.
+//!
+//! Each peer has its own settings (the upstream's `pool` with the peer's overrides). A peer
+//! with `max_requests_per_conn` or `max_conn_age_ms` has its connections rotate: the pool
+//! knows when each was opened ([`Pool::opened`]) and how many requests it served (counted at
+//! every return), also while a request uses it (a table by file descriptor, entered at the
+//! connect and at every take), and closes one that reached either limit instead of keeping
+//! it. Peers without these limits pay nothing for them.
 
 use std::cell::RefCell;
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
@@ -30,53 +38,129 @@ pub struct PooledConn {
     pub stream: Connection,
     /// When it was returned to the pool.
     pub idle_since: Instant,
+    /// When it was opened and how many requests it served (peers with rotation limits).
+    life: Option<Life>,
+}
+
+/// Life is what the rotation limits look at: when a connection was opened, how many
+/// requests it served.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Life {
+    /// When it was opened.
+    born: Instant,
+    /// Requests it served.
+    uses: u64,
 }
 
 /// Pool is one group's idle connections in one shard, per peer.
 pub struct Pool {
     /// Idle connections per peer, most recent last.
     idle: RefCell<Vec<Vec<PooledConn>>>,
-    /// At most this many idle connections per peer.
-    max_idle_per_peer: usize,
-    /// Idle connections older than this are closed.
-    idle_timeout: Duration,
+    /// Each peer's settings (index = `PeerId`); a missing entry reads as `fallback`.
+    cfgs: Vec<PoolConfig>,
+    /// The settings of a peer without an entry in `cfgs`.
+    fallback: PoolConfig,
+    /// The lives of connections in use, by file descriptor (peers with rotation limits only).
+    lent: RefCell<HashMap<RawFd, Life>>,
 }
 
 impl Pool {
     /// Creates an empty pool for `peers` peers.
     pub fn new(peers: usize, cfg: PoolConfig) -> Self {
+        Pool::per_peer(vec![cfg; peers], cfg)
+    }
+
+    /// Creates an empty pool with settings per peer (`cfgs[id]` for peer `id`; `fallback`
+    /// for one beyond).
+    pub fn per_peer(cfgs: Vec<PoolConfig>, fallback: PoolConfig) -> Self {
         Pool {
-            idle: RefCell::new((0..peers).map(|_| Vec::new()).collect()),
-            max_idle_per_peer: cfg.max_idle_per_peer,
-            idle_timeout: cfg.idle_timeout,
+            idle: RefCell::new((0..cfgs.len()).map(|_| Vec::new()).collect()),
+            cfgs,
+            fallback,
+            lent: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The settings of `peer`.
+    #[inline]
+    fn cfg(&self, peer: usize) -> &PoolConfig {
+        self.cfgs.get(peer).unwrap_or(&self.fallback)
+    }
+
+    /// Whether `peer`'s connections rotate (`max_requests_per_conn`, `max_conn_age_ms`).
+    #[inline]
+    fn rotates(&self, peer: usize) -> bool {
+        let c = self.cfg(peer);
+        c.max_requests_per_conn.is_some() || c.max_conn_age.is_some()
+    }
+
+    /// Notes that `stream` to `peer` was just opened (its age counts from `now`).
+    pub fn opened(&self, peer: PeerId, stream: &Connection, now: Instant) {
+        if self.rotates(peer.index()) {
+            self.lent
+                .borrow_mut()
+                .insert(stream.as_raw_fd(), Life { born: now, uses: 0 });
         }
     }
 
     /// Takes the most recent idle connection to `peer` that has not expired and is still
     /// quiet ([`is_quiet`]); the expired and dead ones met on the way are closed.
     pub fn take(&self, peer: PeerId, now: Instant) -> Option<Connection> {
+        let idle_timeout = self.cfg(peer.index()).idle_timeout;
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(peer.index())?;
         while let Some(conn) = list.pop() {
-            if now.saturating_duration_since(conn.idle_since) < self.idle_timeout
+            if now.saturating_duration_since(conn.idle_since) < idle_timeout
                 && is_quiet(&conn.stream)
             {
+                if let Some(life) = conn.life {
+                    self.lent.borrow_mut().insert(conn.stream.as_raw_fd(), life);
+                }
                 return Some(conn.stream);
             }
         }
         None
     }
 
-    /// Returns a reusable connection to the pool (dropped when the peer's list is full).
+    /// Returns a reusable connection to the pool (dropped when the peer's list is full, or
+    /// when it reached `max_requests_per_conn` or `max_conn_age_ms`).
     pub fn put(&self, peer: PeerId, stream: Connection, now: Instant) {
+        let cfg = *self.cfg(peer.index());
+        let life = if self.rotates(peer.index()) {
+            let mut life = self
+                .lent
+                .borrow_mut()
+                .remove(&stream.as_raw_fd())
+                .unwrap_or(Life { born: now, uses: 0 });
+            life.uses += 1;
+            let worn = cfg.max_requests_per_conn.is_some_and(|m| life.uses >= m)
+                || cfg
+                    .max_conn_age
+                    .is_some_and(|a| now.saturating_duration_since(life.born) >= a);
+            if worn {
+                return; // closed: the next request opens a fresh one
+            }
+            Some(life)
+        } else {
+            None
+        };
         let mut idle = self.idle.borrow_mut();
         if let Some(list) = idle.get_mut(peer.index()) {
-            if list.len() < self.max_idle_per_peer {
+            if list.len() < cfg.max_idle_per_peer {
                 list.push(PooledConn {
                     stream,
                     idle_since: now,
+                    life,
                 });
             }
+        }
+    }
+
+    /// Hands the life of a connection in use over to pool `to` (it returns there after a
+    /// reload).
+    pub(crate) fn hand_over(&self, stream: &Connection, to: &Pool) {
+        if let Some(life) = self.lent.borrow_mut().remove(&stream.as_raw_fd()) {
+            to.lent.borrow_mut().insert(stream.as_raw_fd(), life);
         }
     }
 
@@ -84,11 +168,11 @@ impl Pool {
     pub fn reap(&self, now: Instant) -> usize {
         let mut idle = self.idle.borrow_mut();
         let mut closed = 0;
-        for list in idle.iter_mut() {
+        for (peer, list) in idle.iter_mut().enumerate() {
+            let idle_timeout = self.cfg(peer).idle_timeout;
             let before = list.len();
             list.retain(|c| {
-                now.saturating_duration_since(c.idle_since) < self.idle_timeout
-                    && is_quiet(&c.stream)
+                now.saturating_duration_since(c.idle_since) < idle_timeout && is_quiet(&c.stream)
             });
             closed += before - list.len();
         }
@@ -108,10 +192,11 @@ impl Pool {
             Some(list) => std::mem::take(list),
             None => return,
         };
+        let max_idle = self.cfg(peer.index()).max_idle_per_peer;
         let mut idle = self.idle.borrow_mut();
         if let Some(list) = idle.get_mut(peer.index()) {
             list.extend(moved);
-            let excess = list.len().saturating_sub(self.max_idle_per_peer);
+            let excess = list.len().saturating_sub(max_idle);
             // Keep the most recent ones (the end of the list).
             list.drain(..excess);
         }
@@ -156,6 +241,7 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::net::{Shutdown, TcpListener};
+    use std::time::Duration;
 
     fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
         monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -170,6 +256,7 @@ mod tests {
             PoolConfig {
                 max_idle_per_peer: 8,
                 idle_timeout: Duration::from_secs(60),
+                ..PoolConfig::default()
             },
         )
     }

@@ -46,10 +46,7 @@ impl UpstreamGroup {
         eligible: &[bool],
         metrics: Option<&UpstreamHandles>,
     ) -> Rc<Self> {
-        let next = match metrics {
-            Some(m) => UpstreamGroup::with_metrics(cfg, m),
-            None => UpstreamGroup::new(cfg),
-        };
+        let next = UpstreamGroup::for_shard(cfg, metrics, old.share);
         next.set_all_health(eligible);
         let old_ids: HashMap<&str, PeerId> = old
             .peer_ids()
@@ -58,9 +55,12 @@ impl UpstreamGroup {
         let mut map: Vec<Option<PeerId>> = vec![None; old.peers.len()];
         let mut next = next;
         let same_breaker = old.breaker_config == next.breaker_config;
+        let now = Instant::now();
         for id in next.peer_ids() {
             let peer = next.peer(id);
             let Some(&old_id) = old_ids.get(peer.address.as_str()) else {
+                // Added by the reload or the admin API: it ramps up (slow start).
+                peer.guard.begin_ramp(now);
                 continue;
             };
             map[old_id.index()] = Some(id);
@@ -68,6 +68,12 @@ impl UpstreamGroup {
             to.active.set(from.active.get());
             to.ewma_ns.set(from.ewma_ns.get());
             to.ewma_at.set(from.ewma_at.get());
+            // A ramp in progress goes on; a peer that was down and is up now starts one.
+            let (was, is) = (old.peer(old_id), next.peer(id));
+            is.guard.ramp_since.set(was.guard.ramp_since.get());
+            if is.healthy.get() && !was.healthy.get() {
+                is.guard.begin_ramp(now);
+            }
             if same_breaker {
                 if let (Some(from), Some(to)) = (
                     old.breakers.get(old_id.index()),
@@ -165,6 +171,10 @@ impl UpstreamGroup {
     pub fn end_active(&self, peer: PeerId) {
         let active = &self.load(peer).active;
         active.set(active.get().saturating_sub(1));
+        if !self.queue.is_empty() {
+            // A slot freed: the oldest queued request looks for a peer again.
+            self.queue.wake_head();
+        }
         if let Some(s) = &*self.successor.borrow() {
             if let Some(&Some(id)) = s.peers.get(peer.index()) {
                 s.group.end_active(id);
@@ -186,6 +196,7 @@ impl UpstreamGroup {
             Some(s) => {
                 if let Some(&Some(id)) = s.peers.get(peer.index()) {
                     if s.group.peer(id).addr == self.peer(peer).addr {
+                        self.pool.hand_over(&conn, &s.group.pool);
                         s.group.put_idle(id, conn, now);
                     }
                 }

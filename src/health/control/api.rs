@@ -154,13 +154,13 @@ impl admin::Host for Rc<Ctl> {
                         format!("upstream `{name}` already has peer `{}`", peer.address),
                     ));
                 }
-                Edit::Push(PeerFile {
+                Edit::Push(Box::new(PeerFile {
                     address: peer.address,
                     weight: peer.weight,
                     backup: peer.backup,
                     region: peer.region,
-                    drain: None,
-                })
+                    ..PeerFile::default()
+                }))
             }
             PeerChange::Update { address, patch, .. } => {
                 check_weight(patch.weight)?;
@@ -201,7 +201,7 @@ impl admin::Host for Rc<Ctl> {
 /// Edit is a checked change of one upstream's peer list in the file model.
 enum Edit {
     /// Append a peer.
-    Push(PeerFile),
+    Push(Box<PeerFile>),
     /// Change a peer.
     Patch(PeerId, PeerPatch),
     /// Remove a peer.
@@ -211,7 +211,7 @@ enum Edit {
 impl Edit {
     fn apply(self, peers: &mut Vec<PeerFile>) {
         match self {
-            Edit::Push(p) => peers.push(p),
+            Edit::Push(p) => peers.push(*p),
             Edit::Patch(id, patch) => {
                 let Some(p) = peers.get_mut(id.index()) else {
                     return;
@@ -276,6 +276,11 @@ fn status(ctl: &Ctl) -> Value {
         .iter()
         .zip(groups.iter())
         .map(|(u, g)| {
+            let q = ctl
+                .metrics
+                .borrow()
+                .upstream_totals(&u.name)
+                .unwrap_or_default();
             let peers: Vec<Value> = u
                 .peers
                 .iter()
@@ -320,6 +325,10 @@ fn status(ctl: &Ctl) -> Value {
                         "average_response_ms": totals
                             .mean_response_seconds
                             .map(|s| (s * 1e6).round() / 1e3),
+                        "max_conns": p.limits.max_conns,
+                        "saturated_total": totals.saturated,
+                        "rate_limited_total": totals.rate_limited,
+                        "slow_start_weight": totals.slow_start_weight,
                     })
                 })
                 .collect();
@@ -331,6 +340,17 @@ fn status(ctl: &Ctl) -> Value {
                 "ejected": g.ejected(),
                 "max_ejected": g.max_ejected(),
                 "discovery": ctl.discovered.borrow().status(&u.name),
+                "queue": {
+                    "max": u.queue.max,
+                    "timeout_ms": u.queue.timeout.as_millis() as u64,
+                    "length": q.queue_length,
+                    "served_after_wait": q.queued,
+                    "average_wait_ms": q.mean_queue_wait_seconds.map(|s| (s * 1e6).round() / 1e3),
+                    "overflows_total": q.queue_overflows,
+                    "timeouts_total": q.queue_timeouts,
+                },
+                "rate_limited_total": q.rate_limited,
+                "client_rate_limited_total": q.client_rate_limited,
                 "peers": peers,
             })
         })
