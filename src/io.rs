@@ -39,7 +39,13 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
     /// error. No buffer is lent to the kernel meanwhile, so a parked connection (see
     /// [`read_warm`]) holds no memory for its next request. On io_uring this is one
     /// `IORING_OP_POLL_ADD`; dropping the future cancels it and consumes nothing.
-    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>>;
+    ///
+    /// The default says "readable" at once: the woken connection then waits in an ordinary
+    /// read, with its buffer lent (correct, just not buffer-free), for transports that have no
+    /// readiness of their own.
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
 }
 
 impl Transport for TcpStream {
