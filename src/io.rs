@@ -33,6 +33,17 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
     /// Closes the write side only (the peer reads end of stream after what was written) while
     /// reads go on, for a lingering close. Returns false when the stream is already broken.
     fn shutdown_write(&mut self) -> bool;
+
+    /// Whether the bytes travel inside TLS (`X-Forwarded-Proto: https` for a client). Default
+    /// false.
+    fn is_tls(&self) -> bool {
+        false
+    }
+
+    /// The server name a TLS client asked for (SNI), for routes with `sni`. Default none.
+    fn sni(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Transport for TcpStream {

@@ -46,8 +46,9 @@ pub(crate) struct ConfigFile {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServerFile {
-    /// `listen = ["0.0.0.0:8080"]`: socket addresses. Default `["0.0.0.0:8080"]`.
-    pub listen: Option<Vec<String>>,
+    /// `listen = ["0.0.0.0:8080", { address = "0.0.0.0:443", tls = { … } }]`: socket
+    /// addresses, plain or TLS (see `tls.rs`). Default `["0.0.0.0:8080"]`.
+    pub listen: Option<Vec<super::tls::ListenFile>>,
     /// `workers = "auto" | N`. Default `auto`.
     pub workers: Option<WorkersFile>,
     /// `cpus = "0-3,8"`: a Linux cpulist. Excludes `numa_node`.
@@ -275,6 +276,8 @@ pub(crate) struct PoolFile {
 pub(crate) struct RouteFile {
     /// Host to match (no port).
     pub host: Option<String>,
+    /// The TLS server name (SNI) the client sent; only TLS connections match.
+    pub sni: Option<String>,
     /// Path prefix; must start with `/`.
     pub path_prefix: Option<String>,
     /// `"Name: value"`.

@@ -116,6 +116,10 @@ impl Cx<'_> {
 /// Checks `[server]`.
 fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, ConfigError> {
     let listen = listen(cx, f.listen.as_deref())?;
+    let tls = match f.listen.as_deref() {
+        Some(list) => super::tls::listeners(list, &listen).map_err(|(k, r)| cx.err(k, r))?,
+        None => Vec::new(),
+    };
 
     let workers = match f.workers.unwrap_or(WorkersFile::Auto) {
         WorkersFile::Auto => Workers::Auto,
@@ -237,6 +241,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
 
     Ok(ServerConfig {
         listen,
+        tls,
         workers,
         cpus,
         admin,
@@ -259,7 +264,10 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
 }
 
 /// Checks `server.listen`: at least one `ip:port`, no duplicates. Port 0 is allowed (tests).
-fn listen(cx: &Cx<'_>, list: Option<&[String]>) -> Result<Vec<SocketAddr>, ConfigError> {
+fn listen(
+    cx: &Cx<'_>,
+    list: Option<&[super::tls::ListenFile]>,
+) -> Result<Vec<SocketAddr>, ConfigError> {
     let Some(list) = list else {
         let addr = DEFAULT_LISTEN
             .parse()
@@ -273,8 +281,12 @@ fn listen(cx: &Cx<'_>, list: Option<&[String]>) -> Result<Vec<SocketAddr>, Confi
         ));
     }
     let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
-    for (i, text) in list.iter().enumerate() {
-        let key = format!("server.listen[{i}]");
+    for (i, entry) in list.iter().enumerate() {
+        let text = entry.address();
+        let key = match entry {
+            super::tls::ListenFile::Address(_) => format!("server.listen[{i}]"),
+            super::tls::ListenFile::Table(_) => format!("server.listen[{i}].address"),
+        };
         let addr = text.parse::<SocketAddr>().map_err(|_| {
             cx.err(
                 &key,
@@ -747,8 +759,14 @@ fn route(
         Some(h) => Some(route_header(h).map_err(|reason| cx.err(key("header"), reason))?),
     };
 
+    let sni = match &f.sni {
+        None => None,
+        Some(n) => Some(super::tls::route_sni(n).map_err(|reason| cx.err(key("sni"), reason))?),
+    };
+
     Ok(RouteConfig {
         host,
+        sni,
         path_prefix: f.path_prefix.clone(),
         header,
         upstream,

@@ -159,7 +159,21 @@ pub struct ShardMetrics {
     responses: [Counter; CODES],
     /// Time from a request's head being read to its response's last byte being written.
     pub request_duration_seconds: Histogram,
+    /// Failed TLS handshakes of clients, by reason (index into [`TLS_HANDSHAKE_REASONS`]).
+    pub tls_handshake_failures: [Counter; 7],
 }
+
+/// The `reason` label values of `ringlb_tls_handshake_failures_total`, by index of
+/// [`ShardMetrics::tls_handshake_failures`] (the order of `tls::HandshakeFailure::ALL`).
+pub const TLS_HANDSHAKE_REASONS: [&str; 7] = [
+    "timeout",
+    "eof",
+    "cleartext",
+    "alert",
+    "incompatible",
+    "protocol",
+    "io",
+];
 
 impl Default for ShardMetrics {
     fn default() -> Self {
@@ -169,6 +183,7 @@ impl Default for ShardMetrics {
             requests: Counter::new(),
             responses: std::array::from_fn(|_| Counter::new()),
             request_duration_seconds: Histogram::new(),
+            tls_handshake_failures: std::array::from_fn(|_| Counter::new()),
         }
     }
 }

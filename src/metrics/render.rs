@@ -431,6 +431,20 @@ fn render_downstream(registry: &Registry, out: &mut String) {
         }
     }
 
+    let name = "ringlb_tls_handshake_failures_total";
+    header(
+        out,
+        name,
+        "TLS handshakes with clients that failed, by reason.",
+        "counter",
+    );
+    for (i, reason) in super::TLS_HANDSHAKE_REASONS.iter().enumerate() {
+        let n = registry.shards.iter().fold(0u64, |a, m| {
+            a.wrapping_add(m.tls_handshake_failures[i].get())
+        });
+        sample(out, name, &[("reason", reason)], None, n);
+    }
+
     let name = "ringlb_request_duration_seconds";
     header(
         out,
@@ -762,7 +776,7 @@ mod tests {
                 assert_eq!(family, current, "sample outside its family: {line}");
             }
         }
-        assert_eq!(seen.len(), 32, "{seen:?}");
+        assert_eq!(seen.len(), 33, "{seen:?}");
     }
 
     /// Two shard threads write a known sequence; the scrape, read back by a real Prometheus
@@ -975,6 +989,6 @@ mod tests {
             Value::Counter(0.0)
         );
         // Every family has its HELP text.
-        assert_eq!(scrape.docs.len(), 32);
+        assert_eq!(scrape.docs.len(), 33);
     }
 }

@@ -62,6 +62,7 @@ const STREAM_BUF: usize = 64 * 1024;
 
 /// Serves one downstream connection until it closes.
 pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
+    let proto = proto_of(&io);
     let mut conn = Conn {
         ctx,
         live: ctx.live(),
@@ -69,7 +70,7 @@ pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr)
         client: addr,
         fwd: ForwardInfo {
             client_ip: addr.ip().to_canonical(),
-            proto: "http",
+            proto,
         },
         rbuf: Vec::with_capacity(CLIENT_BUF),
         rpos: 0,
@@ -184,7 +185,7 @@ impl<C: Transport> Conn<'_, C> {
                 picker.pick(&info, &Upstreams::new(&live.upstream_names))
             }
             None => Pick {
-                upstream: live.router.route(&self.rbuf, &self.head),
+                upstream: live.router.route(&self.rbuf, &self.head, self.io.sni()),
                 hash: None,
             },
         };
@@ -401,6 +402,15 @@ impl<C: Transport> Conn<'_, C> {
             self.rpos = before + taken;
         }
         Ok(())
+    }
+}
+
+/// What `X-Forwarded-Proto` says for a client connection over `io`.
+fn proto_of<C: Transport>(io: &C) -> &'static str {
+    if io.is_tls() {
+        "https"
+    } else {
+        "http"
     }
 }
 

@@ -1,0 +1,617 @@
+//! TLS end to end: the real proxy (in-process `Server`) with TLS listeners and TLS upstreams,
+//! certificates made in the test with `rcgen`, and a rustls client on the test side asserting
+//! what comes over the wire.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+/// Ca is a test certificate authority.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: CertificateDer<'static>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            der: cert.der().clone(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate for `names` (DNS names or IPs): (cert PEM, key PEM, cert DER).
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(names, |_| {})
+    }
+
+    fn leaf_with(&self, names: &[&str], edit: impl FnOnce(&mut CertificateParams)) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        edit(&mut params);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: format!("{}{}", cert.pem(), self.pem),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        roots
+    }
+}
+
+/// Leaf is a certificate (with its chain) and its key.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Leaf {
+    /// Writes the chain and key to files: (cert path, key path).
+    fn write(&self) -> (PathBuf, PathBuf) {
+        let c = temp_path("tls-cert", "pem");
+        let k = temp_path("tls-key", "pem");
+        std::fs::write(&c, &self.cert_pem).unwrap();
+        std::fs::write(&k, &self.key_pem).unwrap();
+        (c, k)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client config trusting `ca`, offering `alpn`.
+fn client_config(ca: &Ca, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut c = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// Connects and completes the handshake with `name` as SNI (an IP sends none).
+fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) -> Tls {
+    try_tls_connect(addr, config, name).unwrap_or_else(|e| panic!("TLS handshake: {e}"))
+}
+
+fn try_tls_connect(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    name: &str,
+) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    let server = ServerName::try_from(name.to_string()).unwrap();
+    let conn = ClientConnection::new(config.clone(), server).unwrap();
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// A response read off a TLS stream: status, headers, body (Content-Length framing).
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn read_response<S: Read>(s: &mut S) -> Resp {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 4096];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut headers);
+            r.parse(&buf[..end + 4]).unwrap();
+            let status = r.code.unwrap();
+            let headers: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).trim().to_string(),
+                    )
+                })
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap_or(0);
+            let mut body = buf[end + 4..].to_vec();
+            while body.len() < len {
+                let n = s.read(&mut byte).unwrap();
+                assert!(n > 0, "connection closed mid-body");
+                body.extend_from_slice(&byte[..n]);
+            }
+            return Resp {
+                status,
+                headers,
+                body,
+            };
+        }
+        let n = s.read(&mut byte).unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a response head: {}",
+            show(&buf)
+        );
+        buf.extend_from_slice(&byte[..n]);
+    }
+}
+
+fn roundtrip(tls: &mut Tls, req: &[u8]) -> Resp {
+    tls.write_all(req).unwrap();
+    tls.flush().unwrap();
+    read_response(tls)
+}
+
+/// The TOML of a proxy whose only listener is TLS with `tls` (an inline table's inside),
+/// in front of `backends`.
+fn tls_proxy_toml(tls: &str, workers: usize, extra: &str, backends: &[&Backend]) -> String {
+    let peers: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ address = \"{}\" }}", b.addr()))
+        .collect();
+    format!(
+        "[server]\nlisten = [{{ address = \"127.0.0.1:0\", tls = {{ {tls} }} }}]\n\
+         workers = {workers}\nadmin = \"127.0.0.1:0\"\nshutdown_timeout_ms = 2000\n\
+         {extra}\n[[upstream]]\nname = \"app\"\npeers = [{}]\n",
+        peers.join(", ")
+    )
+}
+
+fn single(cert: &(PathBuf, PathBuf)) -> String {
+    format!(
+        "cert = \"{}\", key = \"{}\"",
+        cert.0.display(),
+        cert.1.display()
+    )
+}
+
+/// The value of `ringlb_tls_handshake_failures_total{reason}` from the admin endpoint.
+fn handshake_failures(proxy: &Proxy, reason: &str) -> u64 {
+    let admin = proxy.server().admin_addr().expect("admin endpoint");
+    let r = Client::connect(admin).roundtrip(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n");
+    let text = r.body_str();
+    let line = format!("ringlb_tls_handshake_failures_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {line} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits (up to 5 s) until `f` holds.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(5), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn https_get_and_post_round_trip_with_forwarded_proto() {
+    let backend = Backend::with_handler("app", |r| {
+        Reply::ok(format!(
+            "{} {} proto={} body={}",
+            r.method,
+            r.path(),
+            r.header("x-forwarded-proto").unwrap_or("-"),
+            r.body_str()
+        ))
+    });
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["localhost"]).write();
+    let proxy = Proxy::start(&tls_proxy_toml(&single(&files), 1, "", &[&backend]));
+    let cfg = client_config(&ca, &[b"http/1.1"]);
+    let mut tls = tls_connect(proxy.addr, &cfg, "localhost");
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    let r = roundtrip(&mut tls, b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "GET /hello proto=https body="
+    );
+    assert_eq!(r.header("content-length"), Some("28"));
+    // The same connection carries a POST with a body (keep-alive over TLS).
+    let r = roundtrip(
+        &mut tls,
+        b"POST /submit HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\n\r\nhello world",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "POST /submit proto=https body=hello world"
+    );
+    // A large body crosses several TLS records both ways.
+    let big = vec![b'x'; 200_000];
+    let mut req = format!(
+        "POST /big HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&big);
+    let r = roundtrip(&mut tls, &req);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body.len(),
+        "POST /big proto=https body=".len() + big.len()
+    );
+    assert_eq!(backend.requests().len(), 3);
+    proxy.shutdown();
+}
+
+#[test]
+fn sni_selects_the_certificate_and_unknown_names_get_the_default() {
+    let backend = Backend::start("app");
+    let ca = Ca::new("test ca");
+    // `a` is chosen by its configured name only (its SANs also cover c.example and the IP,
+    // which then see it as the default); `b` by the names in its SANs.
+    let a = ca.leaf(&["a.example", "c.example", "127.0.0.1"]);
+    let b = ca.leaf(&["b.example", "*.b.example"]);
+    let (af, bf) = (a.write(), b.write());
+    let tls = format!(
+        "certificates = [{{ cert = \"{}\", key = \"{}\", names = [\"a.example\"] }}, \
+         {{ cert = \"{}\", key = \"{}\" }}]",
+        af.0.display(),
+        af.1.display(),
+        bf.0.display(),
+        bf.1.display()
+    );
+    let proxy = Proxy::start(&tls_proxy_toml(&tls, 1, "", &[&backend]));
+    let cfg = client_config(&ca, &[]);
+    let served = |name: &str| {
+        let t = tls_connect(proxy.addr, &cfg, name);
+        t.conn.peer_certificates().unwrap()[0].clone()
+    };
+    assert_eq!(served("a.example"), a.der);
+    assert_eq!(served("b.example"), b.der);
+    assert_eq!(served("x.b.example"), b.der, "wildcard from the SANs");
+    assert_eq!(
+        served("c.example"),
+        a.der,
+        "no certificate named: the default"
+    );
+    assert_eq!(served("127.0.0.1"), a.der, "no SNI at all: the default");
+    // A request goes through on the SNI-chosen certificate too.
+    let mut t = tls_connect(proxy.addr, &cfg, "b.example");
+    let r = roundtrip(&mut t, b"GET / HTTP/1.1\r\nHost: b.example\r\n\r\n");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"app"[..]));
+    proxy.shutdown();
+}
+
+#[test]
+fn alpn_agrees_on_http11_and_refuses_a_client_that_wants_only_h2() {
+    let backend = Backend::start("app");
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["localhost"]).write();
+    let proxy = Proxy::start(&tls_proxy_toml(&single(&files), 1, "", &[&backend]));
+    let both = client_config(&ca, &[b"h2", b"http/1.1"]);
+    let t = tls_connect(proxy.addr, &both, "localhost");
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let none = client_config(&ca, &[]);
+    let t = tls_connect(proxy.addr, &none, "localhost");
+    assert_eq!(t.conn.alpn_protocol(), None);
+    drop(t);
+    let h2 = client_config(&ca, &[b"h2"]);
+    let err = try_tls_connect(proxy.addr, &h2, "localhost").err();
+    assert!(err.is_some(), "a client offering only h2 must be refused");
+    eventually("the refusal is counted", || {
+        handshake_failures(&proxy, "incompatible") == 1
+    });
+    proxy.shutdown();
+}
+
+#[test]
+fn second_handshake_is_resumed_on_tls13_and_tls12_across_shards() {
+    let backend = Backend::start("app");
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["localhost"]).write();
+    let proxy = Proxy::start(&tls_proxy_toml(&single(&files), 2, "", &[&backend]));
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let cfg = Arc::new(
+            ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(ca.roots())
+                .with_no_client_auth(),
+        );
+        // Several reconnects: the kernel spreads them over both shards, and every one after
+        // the first must resume (the ticket key is shared by the shards).
+        for i in 0..6 {
+            let mut t = tls_connect(proxy.addr, &cfg, "localhost");
+            let r = roundtrip(&mut t, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+            assert_eq!(r.status, 200);
+            let kind = t.conn.handshake_kind();
+            let want = if i == 0 {
+                rustls::HandshakeKind::Full
+            } else {
+                rustls::HandshakeKind::Resumed
+            };
+            assert_eq!(kind, Some(want), "{version:?} connection {i}");
+        }
+    }
+    proxy.shutdown();
+}
+
+#[test]
+fn reload_swaps_the_certificate_and_keeps_open_connections() {
+    let backend = Backend::start("app");
+    let ca = Ca::new("test ca");
+    let old = ca.leaf(&["localhost"]);
+    let files = old.write();
+    let config = write_config(&tls_proxy_toml(&single(&files), 1, "", &[&backend]));
+    let proxy = Proxy::start_file(&config);
+    let cfg = client_config(&ca, &[]);
+    let mut before = tls_connect(proxy.addr, &cfg, "localhost");
+    assert_eq!(before.conn.peer_certificates().unwrap()[0], old.der);
+    assert_eq!(
+        roundtrip(&mut before, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+
+    // Renewed in place: same paths, new certificate and key.
+    let new = ca.leaf(&["localhost"]);
+    std::fs::write(&files.0, &new.cert_pem).unwrap();
+    std::fs::write(&files.1, &new.key_pem).unwrap();
+    proxy.server().reload().expect("reload");
+    eventually("new handshakes get the new certificate", || {
+        let t = tls_connect(proxy.addr, &cfg, "localhost");
+        t.conn.peer_certificates().unwrap()[0] == new.der
+    });
+    // The connection made before the reload still works.
+    let r = roundtrip(&mut before, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"app"[..]));
+
+    // A reload with a broken key is refused and the running certificate stays.
+    std::fs::write(&files.1, "not a key").unwrap();
+    let err = proxy
+        .server()
+        .reload()
+        .expect_err("a bad key must be refused");
+    assert!(err.contains("server.listen[0].tls.key"), "{err}");
+    let t = tls_connect(proxy.addr, &cfg, "localhost");
+    assert_eq!(t.conn.peer_certificates().unwrap()[0], new.der);
+    proxy.shutdown();
+}
+
+#[test]
+fn cleartext_client_on_a_tls_port_gets_a_400_and_a_clean_close() {
+    let backend = Backend::start("app");
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["localhost"]).write();
+    let proxy = Proxy::start(&tls_proxy_toml(&single(&files), 1, "", &[&backend]));
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    // read_to_end fails on a reset: the close must be a FIN after the answer.
+    s.read_to_end(&mut got).expect("a clean close, not a reset");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    assert!(text.contains("Connection: close\r\n"), "{text}");
+    assert!(text.ends_with("use https:// here.\n"), "{text}");
+    assert_eq!(backend.requests().len(), 0);
+    eventually("counted as cleartext", || {
+        handshake_failures(&proxy, "cleartext") == 1
+    });
+    // The listener still serves TLS clients.
+    let mut t = tls_connect(proxy.addr, &client_config(&ca, &[]), "localhost");
+    let r = roundtrip(&mut t, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    proxy.shutdown();
+}
+
+#[test]
+fn a_silent_client_is_cut_by_request_header_ms() {
+    let backend = Backend::start("app");
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["localhost"]).write();
+    let toml = tls_proxy_toml(
+        &single(&files),
+        1,
+        "[timeouts]\nrequest_header_ms = 300\n",
+        &[&backend],
+    );
+    let proxy = Proxy::start(&toml);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let took = t.elapsed();
+    assert!(got.is_empty());
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    // A client that starts the handshake and stalls is cut the same way.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01]).unwrap();
+    let _ = s.read_to_end(&mut got);
+    eventually("both counted as timeouts", || {
+        handshake_failures(&proxy, "timeout") == 2
+    });
+    proxy.shutdown();
+}
+
+#[test]
+fn bad_certificates_and_keys_are_config_errors_naming_file_key_and_reason() {
+    let ca = Ca::new("test ca");
+    let a = ca.leaf(&["a.example"]).write();
+    let b = ca.leaf(&["b.example"]).write();
+    let backend = Backend::start("app");
+    let check = |tls: String, key: &str, reason: &str| {
+        let toml = tls_proxy_toml(&tls, 1, "", &[&backend]);
+        let e = ringlb::Config::from_toml_str(&toml, "t.toml").expect_err(&tls);
+        assert_eq!(e.file, "t.toml");
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.reason.contains(reason), "{e}");
+    };
+    let p = |p: &PathBuf| p.display().to_string();
+    // A key that belongs to another certificate.
+    check(
+        format!("cert = \"{}\", key = \"{}\"", p(&a.0), p(&b.1)),
+        "server.listen[0].tls.key",
+        "mismatched key",
+    );
+    // Unreadable files name themselves.
+    check(
+        format!("cert = \"/nonexistent/c.pem\", key = \"{}\"", p(&a.1)),
+        "server.listen[0].tls.cert",
+        "cannot read `/nonexistent/c.pem`",
+    );
+    check(
+        format!("cert = \"{}\", key = \"/nonexistent/k.pem\"", p(&a.0)),
+        "server.listen[0].tls.key",
+        "cannot read `/nonexistent/k.pem`",
+    );
+    // A key file given as the certificate, and the other way round.
+    check(
+        format!("cert = \"{}\", key = \"{}\"", p(&a.1), p(&a.1)),
+        "server.listen[0].tls.cert",
+        "holds no certificate",
+    );
+    check(
+        format!("cert = \"{}\", key = \"{}\"", p(&a.0), p(&a.0)),
+        "server.listen[0].tls.key",
+        "holds no private key",
+    );
+    // The second entry of several.
+    check(
+        format!(
+            "certificates = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}]",
+            p(&a.0),
+            p(&a.1),
+            p(&b.0),
+            p(&a.1)
+        ),
+        "server.listen[0].tls.certificates[1].key",
+        "mismatched key",
+    );
+    check(
+        format!("cert = \"{}\"", p(&a.0)),
+        "server.listen[0].tls.key",
+        "needs `key`",
+    );
+    check(
+        "certificates = []".to_string(),
+        "server.listen[0].tls.certificates",
+        "at least one",
+    );
+}
+
+#[test]
+fn an_expired_certificate_is_a_warning() {
+    let ca = Ca::new("test ca");
+    let expired = ca
+        .leaf_with(&["old.example"], |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        })
+        .write();
+    let fresh = ca.leaf(&["new.example"]).write();
+    let backend = Backend::start("app");
+    let config = config_from(tls_proxy_toml(&single(&expired), 1, "", &[&backend]));
+    let w = config.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].key, "server.listen[0].tls");
+    assert!(w[0].reason.contains("expired"), "{}", w[0].reason);
+    assert!(
+        w[0].reason.contains(&expired.0.display().to_string()),
+        "{}",
+        w[0].reason
+    );
+    let config = config_from(tls_proxy_toml(&single(&fresh), 1, "", &[&backend]));
+    assert!(config.warnings().is_empty());
+}
+
+#[test]
+fn routes_match_on_the_sni_the_client_sent() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["a.example", "b.example"]).write();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\", {{ address = \"127.0.0.2:0\", tls = {{ {} }} }}]\n\
+         workers = 1\nadmin = \"\"\n\
+         [[upstream]]\nname = \"a\"\npeers = [{{ address = \"{}\" }}]\n\
+         [[upstream]]\nname = \"b\"\npeers = [{{ address = \"{}\" }}]\n\
+         [[route]]\nsni = \"B.example\"\nupstream = \"b\"\n\
+         [[route]]\nupstream = \"a\"\n",
+        single(&files),
+        a.addr(),
+        b.addr()
+    );
+    let proxy = Proxy::start(&toml);
+    let tls_addr = proxy.server().listen_addrs()[1];
+    let cfg = client_config(&ca, &[]);
+    let body = |name: &str, host: &str| {
+        let mut t = tls_connect(tls_addr, &cfg, name);
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        String::from_utf8(roundtrip(&mut t, req.as_bytes()).body).unwrap()
+    };
+    assert_eq!(body("b.example", "b.example"), "b");
+    // The SNI decides, not the Host header.
+    assert_eq!(body("b.example", "a.example"), "b");
+    assert_eq!(body("a.example", "b.example"), "a");
+    // A cleartext connection has no SNI: never matches an `sni` route.
+    let r = proxy
+        .client()
+        .roundtrip(b"GET / HTTP/1.1\r\nHost: b.example\r\n\r\n");
+    assert_eq!(r.body_str(), "a");
+    proxy.shutdown();
+
+    let bad = toml.replace("sni = \"B.example\"", "sni = \"*.example\"");
+    let e = ringlb::Config::from_toml_str(&bad, "t.toml").unwrap_err();
+    assert_eq!(e.key, "route[0].sni", "{e}");
+}
