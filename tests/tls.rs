@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
@@ -55,6 +56,13 @@ impl Ca {
             key_pem: key.serialize_pem(),
             der: cert.der().clone(),
         }
+    }
+
+    /// Writes the CA certificate to a file, for `ca = PATH`.
+    fn write(&self) -> PathBuf {
+        let p = temp_path("tls-ca", "pem");
+        std::fs::write(&p, &self.pem).unwrap();
+        p
     }
 
     fn roots(&self) -> RootCertStore {
@@ -614,4 +622,343 @@ fn routes_match_on_the_sni_the_client_sent() {
     let bad = toml.replace("sni = \"B.example\"", "sni = \"*.example\"");
     let e = ringlb::Config::from_toml_str(&bad, "t.toml").unwrap_err();
     assert_eq!(e.key, "route[0].sni", "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream TLS.
+
+/// TlsBackend is an HTTPS origin on its own thread: it answers every request `200` with
+/// `sni=<name the client sent> client_cert=<yes|no> path=<path>`, keep-alive, and when built
+/// with a client CA it requires a client certificate signed by it (mTLS).
+struct TlsBackend {
+    addr: SocketAddr,
+    accepts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TlsBackend {
+    fn start(leaf: &Leaf, client_ca: Option<&Ca>) -> TlsBackend {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(ca) => builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(ca.roots()),
+                    provider(),
+                )
+                .build()
+                .unwrap(),
+            ),
+            None => builder.with_no_client_auth(),
+        };
+        let config = Arc::new(builder.with_single_cert(chain, key).unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepts.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(tcp) = conn else { continue };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let config = config.clone();
+                std::thread::spawn(move || serve_tls_conn(config, tcp));
+            }
+        });
+        TlsBackend { addr, accepts }
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn serve_tls_conn(config: Arc<rustls::ServerConfig>, tcp: TcpStream) {
+    let _ = tcp.set_read_timeout(Some(IO_TIMEOUT));
+    let conn = rustls::ServerConnection::new(config).unwrap();
+    let mut tls = StreamOwned::new(conn, tcp);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(end) = find(&buf, b"\r\n\r\n") else {
+            match tls.read(&mut chunk) {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < end + 4 + len {
+            match tls.read(&mut chunk) {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        }
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        buf.drain(..end + 4 + len);
+        let body = format!(
+            "sni={} client_cert={} path={path}",
+            tls.conn.server_name().unwrap_or("-"),
+            if tls.conn.peer_certificates().is_some() {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if tls.write_all(resp.as_bytes()).is_err() || tls.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// A cleartext proxy in front of `peers` (each `{ address = …, … }` written out), with
+/// `upstream_extra` lines in the upstream table.
+fn plain_proxy_toml(upstream_extra: &str, peers: &[String]) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n\
+         shutdown_timeout_ms = 2000\n\n[[upstream]]\nname = \"app\"\npeers = [{}]\n{upstream_extra}\n",
+        peers.join(", ")
+    )
+}
+
+fn metrics_text(proxy: &Proxy) -> String {
+    let admin = proxy.server().admin_addr().expect("admin endpoint");
+    Client::connect(admin)
+        .roundtrip(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .body_str()
+}
+
+/// The value of one sample line that starts with `prefix`.
+fn sample_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn peer_failures(proxy: &Proxy, peer: SocketAddr, kind: &str) -> f64 {
+    sample_value(
+        &metrics_text(proxy),
+        &format!("ringlb_peer_failures_total{{upstream=\"app\",peer=\"{peer}\",kind=\"{kind}\"}} "),
+    )
+}
+
+#[test]
+fn upstream_tls_verified_with_the_right_ca_and_pooled() {
+    let ca = Ca::new("upstream ca");
+    let backend = TlsBackend::start(&ca.leaf(&["backend.example"]), None);
+    let ca_file = ca.write();
+    let toml = plain_proxy_toml(
+        &format!(
+            "tls = {{ enabled = true, sni = \"backend.example\", verify = true, ca = \"{}\", alpn = [\"http/1.1\"] }}",
+            ca_file.display()
+        ),
+        &[format!("{{ address = \"{}\" }}", backend.addr)],
+    );
+    let proxy = Proxy::start(&toml);
+    let mut c = proxy.client();
+    for i in 0..3 {
+        let r = c.roundtrip(format!("GET /r{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body_str());
+        assert_eq!(
+            r.body_str(),
+            format!("sni=backend.example client_cert=no path=/r{i}")
+        );
+    }
+    // One TLS connection carried all three (pooled, and the pool's liveness check holds for
+    // it).
+    assert_eq!(backend.accepts(), 1);
+    let r = c.roundtrip(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(r.status, 200);
+    assert_eq!(backend.accepts(), 1);
+    proxy.shutdown();
+}
+
+#[test]
+fn upstream_tls_with_the_wrong_ca_or_sni_is_a_tls_failure() {
+    let ca = Ca::new("upstream ca");
+    let other = Ca::new("someone else");
+    let backend = TlsBackend::start(&ca.leaf(&["backend.example"]), None);
+    for (name, tls) in [
+        (
+            "wrong CA",
+            format!(
+                "tls = {{ sni = \"backend.example\", ca = \"{}\" }}",
+                other.write().display()
+            ),
+        ),
+        (
+            "wrong SNI",
+            format!(
+                "tls = {{ sni = \"other.example\", ca = \"{}\" }}",
+                ca.write().display()
+            ),
+        ),
+    ] {
+        let toml = plain_proxy_toml(&tls, &[format!("{{ address = \"{}\" }}", backend.addr)]);
+        let proxy = Proxy::start(&toml);
+        let r = proxy
+            .client()
+            .roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 502, "{name}: {}", r.body_str());
+        assert!(
+            r.body_str().contains("TLS handshake with upstream failed"),
+            "{name}: {}",
+            r.body_str()
+        );
+        // Every try (retries on the one peer included) failed the same way.
+        let tries = sample_value(
+            &metrics_text(&proxy),
+            &format!(
+                "ringlb_peer_requests_total{{upstream=\"app\",peer=\"{}\"}} ",
+                backend.addr
+            ),
+        );
+        assert!(tries >= 1.0);
+        assert_eq!(
+            peer_failures(&proxy, backend.addr, "tls_failure"),
+            tries,
+            "{name}"
+        );
+        assert_eq!(
+            peer_failures(&proxy, backend.addr, "connect_failure"),
+            0.0,
+            "{name}"
+        );
+        proxy.shutdown();
+    }
+    // Retried like a connect failure: a second peer with the right settings answers.
+    let good = TlsBackend::start(&ca.leaf(&["backend.example"]), None);
+    let toml = plain_proxy_toml(
+        "",
+        &[
+            format!(
+                "{{ address = \"{}\", tls = {{ sni = \"backend.example\", ca = \"{}\" }} }}",
+                backend.addr,
+                other.write().display()
+            ),
+            format!(
+                "{{ address = \"{}\", tls = {{ sni = \"backend.example\", ca = \"{}\" }} }}",
+                good.addr,
+                ca.write().display()
+            ),
+        ],
+    );
+    let proxy = Proxy::start(&toml);
+    let mut c = proxy.client();
+    for _ in 0..4 {
+        let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200, "{}", r.body_str());
+    }
+    assert!(peer_failures(&proxy, backend.addr, "tls_failure") >= 1.0);
+    proxy.shutdown();
+}
+
+#[test]
+fn upstream_mtls_presents_the_client_certificate() {
+    let ca = Ca::new("upstream ca");
+    let backend = TlsBackend::start(&ca.leaf(&["backend.example"]), Some(&ca));
+    let client = ca.leaf(&["ringlb.client"]).write();
+    let ca_file = ca.write();
+    let base = format!("sni = \"backend.example\", ca = \"{}\"", ca_file.display());
+    let peers = [format!("{{ address = \"{}\" }}", backend.addr)];
+    // Without a client certificate the backend refuses the connection.
+    let proxy = Proxy::start(&plain_proxy_toml(&format!("tls = {{ {base} }}"), &peers));
+    let r = proxy
+        .client()
+        .roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 502, "{}", r.body_str());
+    assert!(peer_failures(&proxy, backend.addr, "tls_failure") >= 1.0);
+    proxy.shutdown();
+    // With one it is served.
+    let tls = format!(
+        "tls = {{ {base}, client_cert = \"{}\", client_key = \"{}\" }}",
+        client.0.display(),
+        client.1.display()
+    );
+    let proxy = Proxy::start(&plain_proxy_toml(&tls, &peers));
+    let r = proxy
+        .client()
+        .roundtrip(b"GET /m HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.body_str(), "sni=backend.example client_cert=yes path=/m");
+    proxy.shutdown();
+    // A client key that is not the certificate's is a config error.
+    let other = ca.leaf(&["x"]).write();
+    let bad = format!(
+        "tls = {{ {base}, client_cert = \"{}\", client_key = \"{}\" }}",
+        client.0.display(),
+        other.1.display()
+    );
+    let e = ringlb::Config::from_toml_str(&plain_proxy_toml(&bad, &peers), "t.toml").unwrap_err();
+    assert_eq!(e.key, "upstream[0].tls.client_key", "{e}");
+    assert!(e.reason.contains("mismatched key"), "{e}");
+}
+
+#[test]
+fn health_checks_run_over_tls() {
+    let ca = Ca::new("upstream ca");
+    let other = Ca::new("someone else");
+    let good = TlsBackend::start(&ca.leaf(&["backend.example"]), None);
+    let bad = TlsBackend::start(&ca.leaf(&["backend.example"]), None);
+    let toml = plain_proxy_toml(
+        "health = { kind = \"https\", path = \"/hc\", interval_ms = 100, timeout_ms = 1000, rise = 1, fall = 1 }",
+        &[
+            format!(
+                "{{ address = \"{}\", tls = {{ sni = \"backend.example\", ca = \"{}\" }} }}",
+                good.addr,
+                ca.write().display()
+            ),
+            // The probe of this one fails verification.
+            format!(
+                "{{ address = \"{}\", tls = {{ sni = \"backend.example\", ca = \"{}\" }} }}",
+                bad.addr,
+                other.write().display()
+            ),
+        ],
+    );
+    let proxy = Proxy::start(&toml);
+    let up = |peer: SocketAddr| {
+        let text = metrics_text(&proxy);
+        let prefix = format!("ringlb_peer_up{{upstream=\"app\",peer=\"{peer}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().to_string())
+    };
+    eventually("the good peer is up, the bad one down", || {
+        up(good.addr).as_deref() == Some("1") && up(bad.addr).as_deref() == Some("0")
+    });
+    // The probes went over TLS: the good backend saw connections (the probe's, at least).
+    assert!(good.accepts() >= 1);
+    proxy.shutdown();
+
+    // `tls = true` on an http check is the same; `kind = "https"` with `tls = false` is not.
+    let e = ringlb::Config::from_toml_str(
+        &plain_proxy_toml(
+            "health = { kind = \"https\", tls = false }",
+            &[format!("{{ address = \"{}\" }}", good.addr)],
+        ),
+        "t.toml",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "upstream[0].health.tls", "{e}");
 }

@@ -234,6 +234,9 @@ pub(crate) struct UpstreamFile {
     pub when_all_down: Option<String>,
     /// `upgrade = { allow = ["websocket"] }`: protocol upgrades tunnelled to this upstream.
     pub upgrade: Option<UpgradeFile>,
+    /// `tls = { enabled = true, sni, verify, ca, client_cert, client_key, alpn }`: speak TLS
+    /// to every peer (see `tls.rs`).
+    pub tls: Option<super::tls::UpstreamTlsFile>,
 }
 
 /// UpgradeFile is an upstream's `upgrade = { … }`.
@@ -258,6 +261,9 @@ pub(crate) struct PeerFile {
     pub region: Option<String>,
     /// Default false: `true` sends it no new requests (the admin API's `drain`).
     pub drain: Option<bool>,
+    /// This peer's own `tls = { … }`, replacing the upstream's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::tls::UpstreamTlsFile>,
 }
 
 /// PoolFile is an upstream's `pool = { … }`.

@@ -328,6 +328,9 @@ pub struct PeerConfig {
     /// Draining: no new requests, requests in flight finish (`drain = true`, or the admin
     /// API's `PATCH … {"drain": true}`). Default false.
     pub drain: bool,
+    /// How ringlb speaks TLS to this peer (its own `tls`, else its upstream's); `None` =
+    /// cleartext.
+    pub tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
 }
 
 /// PoolConfig is an upstream's `pool = { … }`.

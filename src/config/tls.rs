@@ -25,13 +25,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::health::KeyError;
-use crate::tls::{CertInfo, CertResolver, ServerTls, SERVER_ALPN};
+use crate::tls::{
+    system_roots, CertInfo, CertResolver, NoVerify, ServerTls, UpstreamTls, SERVER_ALPN,
+};
 
 /// ListenFile is one entry of `server.listen`: `"ip:port"`, or a table with an address and
 /// optional TLS settings.
@@ -363,4 +365,168 @@ pub(crate) fn expired(listeners: &[(SocketAddr, Arc<ServerTls>)]) -> Vec<KeyErro
         }
     }
     out
+}
+
+/// UpstreamTlsFile is an upstream's or a peer's `tls = { … }`: speak TLS to the peer. A
+/// peer's table replaces its upstream's whole.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTlsFile {
+    /// Default true once the table is there; `false` on a peer turns its upstream's TLS off.
+    pub enabled: Option<bool>,
+    /// Name sent as SNI and verified. Default: the host of the peer's address.
+    pub sni: Option<String>,
+    /// Verify the peer's certificate. Default true.
+    pub verify: Option<bool>,
+    /// PEM file of the CAs to trust. Default: the system's roots.
+    pub ca: Option<String>,
+    /// PEM client certificate (with chain) for mTLS; needs `client_key`.
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<String>,
+    /// ALPN protocols to offer. Default `["http/1.1"]`.
+    pub alpn: Option<Vec<String>>,
+}
+
+/// Builds a peer's TLS settings (`key` is the table's path) for a peer at `address` (as
+/// written: `host:port` or `ip:port`); `None` when TLS is off. `cache` shares one rustls
+/// configuration (and so its session cache) between peers with the same settings.
+pub(crate) fn upstream_tls(
+    key: &str,
+    f: &UpstreamTlsFile,
+    address: &str,
+    cache: &mut Vec<(String, Arc<rustls::ClientConfig>)>,
+) -> Result<Option<Arc<UpstreamTls>>, KeyError> {
+    if f.enabled == Some(false) {
+        return Ok(None);
+    }
+    let host = peer_host(address);
+    let sni = f.sni.clone().unwrap_or_else(|| host.to_string());
+    let server_name = ServerName::try_from(sni.clone()).map_err(|_| {
+        (
+            format!("{key}.sni"),
+            format!("`{sni}` is not a DNS name or an IP address"),
+        )
+    })?;
+    let verify = f.verify.unwrap_or(true);
+    let alpn: Vec<String> = f
+        .alpn
+        .clone()
+        .unwrap_or_else(|| vec!["http/1.1".to_string()]);
+    for (i, p) in alpn.iter().enumerate() {
+        if p.is_empty() || p.len() > 255 {
+            return Err((
+                format!("{key}.alpn[{i}]"),
+                "a protocol name is 1 to 255 bytes".to_string(),
+            ));
+        }
+    }
+    let settings = format!(
+        "sni={sni};verify={verify};ca={};cert={};key={};alpn={}",
+        f.ca.as_deref().unwrap_or("-"),
+        f.client_cert.as_deref().unwrap_or("-"),
+        f.client_key.as_deref().unwrap_or("-"),
+        alpn.join(",")
+    );
+    // The rustls configuration does not depend on the server name: peers share it.
+    let config_key = settings
+        .split_once(';')
+        .map_or("", |(_, rest)| rest)
+        .to_string();
+    let config = match cache.iter().find(|(k, _)| *k == config_key) {
+        Some((_, c)) => c.clone(),
+        None => {
+            let c = Arc::new(client_config(key, f, verify, &alpn)?);
+            cache.push((config_key, c.clone()));
+            c
+        }
+    };
+    Ok(Some(Arc::new(UpstreamTls {
+        config,
+        server_name,
+        settings,
+    })))
+}
+
+/// The host part of a peer address (`api.internal:8443` → `api.internal`, `[::1]:443` →
+/// `::1`).
+fn peer_host(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// The rustls client configuration of one set of upstream TLS settings.
+fn client_config(
+    key: &str,
+    f: &UpstreamTlsFile,
+    verify: bool,
+    alpn: &[String],
+) -> Result<rustls::ClientConfig, KeyError> {
+    let provider = crate::tls::provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| (key.to_string(), format!("TLS setup: {e}")))?;
+    let builder = if !verify {
+        if f.ca.is_some() {
+            return Err((
+                format!("{key}.ca"),
+                "`ca` has no use with `verify = false`".to_string(),
+            ));
+        }
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider.clone())))
+    } else {
+        let roots = match &f.ca {
+            Some(path) => {
+                let certs = load_certs(path).map_err(|r| (format!("{key}.ca"), r))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs {
+                    roots.add(c).map_err(|e| {
+                        (
+                            format!("{key}.ca"),
+                            format!("`{path}`: not a usable CA certificate: {e}"),
+                        )
+                    })?;
+                }
+                Arc::new(roots)
+            }
+            None => system_roots().map_err(|r| (format!("{key}.ca"), r))?,
+        };
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match (&f.client_cert, &f.client_key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(k)) => {
+            let (certified, _, _) = load_pair(key, cert, k, &provider).map_err(|(k2, r)| {
+                (
+                    k2.replace(".cert", ".client_cert")
+                        .replace(".key", ".client_key"),
+                    r,
+                )
+            })?;
+            builder
+                .with_client_auth_cert(
+                    certified.cert,
+                    load_key(k).map_err(|r| (format!("{key}.client_key"), r))?,
+                )
+                .map_err(|e| (format!("{key}.client_key"), format!("`{k}`: {e}")))?
+        }
+        (Some(_), None) => {
+            return Err((
+                format!("{key}.client_key"),
+                "`client_cert` needs `client_key`".to_string(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                format!("{key}.client_cert"),
+                "`client_key` needs `client_cert`".to_string(),
+            ))
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(config)
 }

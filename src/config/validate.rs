@@ -522,8 +522,18 @@ fn upstream(
         return Err(cx.err(key("peers"), "must list at least one peer"));
     }
     let mut peers: Vec<PeerConfig> = Vec::with_capacity(f.peers.len());
+    let mut tls_configs = Vec::new();
     for (j, p) in f.peers.iter().enumerate() {
-        let peer = peer(cx, &format!("upstream[{i}].peers[{j}]"), p)?;
+        let mut peer = peer(cx, &format!("upstream[{i}].peers[{j}]"), p)?;
+        let (tls_key, tls) = match (&p.tls, &f.tls) {
+            (Some(t), _) => (format!("upstream[{i}].peers[{j}].tls"), Some(t)),
+            (None, Some(t)) => (format!("upstream[{i}].tls"), Some(t)),
+            (None, None) => (String::new(), None),
+        };
+        if let Some(t) = tls {
+            peer.tls = super::tls::upstream_tls(&tls_key, t, &p.address, &mut tls_configs)
+                .map_err(|(k, r)| cx.err(k, r))?;
+        }
         if let Some(k) = peers
             .iter()
             .position(|q| q.address == peer.address || q.addr == peer.addr)
@@ -639,6 +649,7 @@ fn peer(cx: &Cx<'_>, key: &str, f: &PeerFile) -> Result<PeerConfig, ConfigError>
         backup: f.backup.unwrap_or(false),
         region: f.region.clone(),
         drain: f.drain.unwrap_or(false),
+        tls: None,
     })
 }
 

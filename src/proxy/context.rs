@@ -288,6 +288,7 @@ impl From<Failure> for Outcome {
             Failure::Reset => Outcome::Reset,
             Failure::Timeout => Outcome::Timeout,
             Failure::InvalidResponse => Outcome::InvalidResponse,
+            Failure::TlsFailure => Outcome::TlsFailure,
             Failure::Status(s) => Outcome::from_status(s),
         }
     }

@@ -324,6 +324,14 @@ impl<C: Transport> Conn<'_, C> {
                 Ok(_) | Err(IoFail::Io(_)) => {
                     if let Err(IoFail::Io(e)) = &read {
                         tracing::debug!(group = %group.name, "upstream read failed: {e}");
+                        if crate::tls::is_tls_failure(e) && self.ubuf.is_empty() {
+                            // A TLS 1.3 peer refuses ringlb's client certificate only after
+                            // the handshake: its alert is the answer to the request.
+                            return Err(TryFail::Failure {
+                                failure: Failure::TlsFailure,
+                                sent: true,
+                            });
+                        }
                     }
                     if self.ubuf.is_empty() && !body.started_streaming() && !self.interim_sent {
                         return Err(TryFail::Stale);
@@ -516,6 +524,7 @@ pub(super) fn failure_kind(failure: Failure) -> Option<FailureKind> {
         Failure::Reset => FailureKind::Reset,
         Failure::Timeout => FailureKind::Timeout,
         Failure::InvalidResponse => FailureKind::InvalidResponse,
+        Failure::TlsFailure => FailureKind::TlsFailure,
         Failure::Status(_) => return None,
     })
 }
@@ -527,11 +536,13 @@ pub(super) fn fault_kind(fault: Outcome) -> Option<FailureKind> {
         Outcome::Reset => FailureKind::Reset,
         Outcome::Timeout => FailureKind::Timeout,
         Outcome::InvalidResponse => FailureKind::InvalidResponse,
+        Outcome::TlsFailure => FailureKind::TlsFailure,
         Outcome::Success | Outcome::Status(_) => return None,
     })
 }
 
-/// Connects to a peer within the group's connect timeout.
+/// Connects to a peer within the group's connect timeout (the TLS handshake included, for a
+/// peer with `tls`: a failed one is [`Failure::TlsFailure`]).
 async fn connect(
     group: &UpstreamGroup,
     peer: PeerId,
@@ -539,17 +550,37 @@ async fn connect(
 ) -> Result<Connection, Failure> {
     let p = group.peer(peer);
     let limit = within(group.timeouts.connect, try_deadline);
-    match monoio::time::timeout(limit, TcpStream::connect_addr(p.addr)).await {
+    let started = Instant::now();
+    let stream = match monoio::time::timeout(limit, TcpStream::connect_addr(p.addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            Ok(stream)
+            stream
         }
         Ok(Err(e)) => {
             tracing::debug!(group = %group.name, peer = %p.address, "connect failed: {e}");
-            Err(Failure::ConnectFailure)
+            return Err(Failure::ConnectFailure);
         }
         Err(_) => {
             tracing::debug!(group = %group.name, peer = %p.address, "connect timed out");
+            return Err(Failure::ConnectTimeout);
+        }
+    };
+    let Some(tls) = &p.tls else {
+        return Ok(Connection::Plain(stream));
+    };
+    let left = limit.saturating_sub(started.elapsed());
+    match monoio::time::timeout(left, crate::tls::connect(stream, tls)).await {
+        Ok(Ok(stream)) => Ok(stream.into()),
+        Ok(Err(e)) => {
+            tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake failed: {e}");
+            Err(if crate::tls::is_tls_failure(&e) {
+                Failure::TlsFailure
+            } else {
+                Failure::ConnectFailure
+            })
+        }
+        Err(_) => {
+            tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake timed out");
             Err(Failure::ConnectTimeout)
         }
     }

@@ -5,15 +5,19 @@
 //! - `server`: downstream TLS: certificates by SNI ([`CertResolver`]), a listener's settings
 //!   ([`ServerTls`]) and their per-shard copy ([`ShardTls`], with the shard's session cache),
 //!   the handshake ([`accept`]) and why one failed ([`HandshakeFailure`]).
+//! - `client`: upstream TLS: a peer's settings ([`UpstreamTls`]), the handshake
+//!   ([`connect`]), the system roots, what counts as a TLS failure.
 //!
 //! Everything that reads files (certificates, keys, CA bundles) runs while a config is
 //! validated (`config/tls.rs`, on the control thread), never on the request path.
 //!
 //! This module imports only `io` (for the `Transport` trait it implements).
 
+mod client;
 mod server;
 mod stream;
 
+pub use client::{connect, is_tls_failure, system_roots, ClientTlsStream, NoVerify, UpstreamTls};
 pub use server::{
     accept, reject_cleartext, ticketer, AcceptError, CertInfo, CertResolver, HandshakeFailure,
     ServerTls, ServerTlsStream, ShardTls, SERVER_ALPN, SESSION_CACHE_PER_SHARD,

@@ -58,6 +58,8 @@ pub struct TlsStream<C> {
     /// The first byte the peer sent (a TLS handshake record starts with 0x16; anything else
     /// is a client speaking another protocol, cleartext HTTP most often).
     first_byte: Option<u8>,
+    /// rustls held decrypted bytes nobody read yet after the last read.
+    plaintext_left: bool,
 }
 
 // SAFETY: the read side uses `io` only to read and `rbuf`/`rpos`/`eof` only from reads; the
@@ -83,7 +85,15 @@ where
             writing: false,
             eof: false,
             first_byte: None,
+            plaintext_left: false,
         }
+    }
+
+    /// Whether nothing received is waiting: no ciphertext not yet handed to rustls, no
+    /// decrypted bytes not yet read, no end of stream seen (for the pool's liveness check,
+    /// with the socket's own).
+    pub fn is_idle(&self) -> bool {
+        self.rpos >= self.rbuf.len() && !self.plaintext_left && !self.eof
     }
 
     /// The first byte the peer sent, once anything arrived.
@@ -209,6 +219,7 @@ where
                     buf.set_init(n);
                 }
                 reader.consume(n);
+                self.plaintext_left = matches!(reader.fill_buf(), Ok(d) if !d.is_empty());
                 Some(Ok(n))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,

@@ -4,6 +4,7 @@
 //! Everything here is owned by one shard and touched only from its thread (invariant
 //! 1): plain fields and `Cell`s, no atomics, no locks.
 
+mod connection;
 mod hash_key;
 mod pool;
 mod reload;
@@ -49,6 +50,8 @@ pub(crate) struct Peer {
     pub healthy: Cell<bool>,
     /// This shard's counters of the peer (written only here, summed at scrape time).
     pub metrics: Arc<PeerMetrics>,
+    /// TLS to this peer (`tls = { … }`); `None` = cleartext.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 impl Peer {
@@ -224,6 +227,7 @@ impl UpstreamGroup {
                     backup: p.backup,
                     slot: Slot::new(*tier - 1),
                     region: p.region.clone(),
+                    tls: p.tls.clone(),
                     healthy: Cell::new(!start_down),
                     metrics: metrics
                         .and_then(|m| m.peers.get(i).cloned())

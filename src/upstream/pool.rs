@@ -19,10 +19,7 @@ use monoio::net::TcpStream;
 use crate::balance::PeerId;
 use crate::config::PoolConfig;
 
-/// Connection is an upstream connection as the pool keeps it and the request path uses it
-/// (through `io::Transport`): plain TCP today. Upstream TLS turns it into an enum
-/// over the transports, with no change to the request path.
-pub type Connection = TcpStream;
+pub use super::connection::Connection;
 
 /// PooledConn is an idle upstream connection and when it became idle.
 pub struct PooledConn {
@@ -59,7 +56,7 @@ impl Pool {
         let list = idle.get_mut(peer.index())?;
         while let Some(conn) = list.pop() {
             if now.saturating_duration_since(conn.idle_since) < self.idle_timeout
-                && is_quiet(&conn.stream)
+                && conn.stream.is_quiet()
             {
                 return Some(conn.stream);
             }
@@ -68,7 +65,8 @@ impl Pool {
     }
 
     /// Returns a reusable connection to the pool (dropped when the peer's list is full).
-    pub fn put(&self, peer: PeerId, stream: Connection, now: Instant) {
+    pub fn put(&self, peer: PeerId, stream: impl Into<Connection>, now: Instant) {
+        let stream = stream.into();
         let mut idle = self.idle.borrow_mut();
         if let Some(list) = idle.get_mut(peer.index()) {
             if list.len() < self.max_idle_per_peer {
@@ -88,7 +86,7 @@ impl Pool {
             let before = list.len();
             list.retain(|c| {
                 now.saturating_duration_since(c.idle_since) < self.idle_timeout
-                    && is_quiet(&c.stream)
+                    && c.stream.is_quiet()
             });
             closed += before - list.len();
         }

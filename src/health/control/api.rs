@@ -144,6 +144,7 @@ impl admin::Host for Rc<Ctl> {
                     backup: peer.backup,
                     region: peer.region,
                     drain: None,
+                    tls: None,
                 })
             }
             PeerChange::Update { address, patch, .. } => {
