@@ -348,3 +348,80 @@ impl ServerTlsStream {
         self.conn().server_name()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certified key whose only distinguishing mark is its (fake) certificate bytes: `pick`
+    /// never looks inside.
+    fn key(tag: u8) -> Arc<CertifiedKey> {
+        let pair = rcgen::KeyPair::generate().expect("key pair");
+        let der =
+            rustls::pki_types::PrivateKeyDer::try_from(pair.serialize_der()).expect("PKCS#8 key");
+        let signer = super::super::provider()
+            .key_provider
+            .load_private_key(der)
+            .expect("ring loads the key");
+        Arc::new(CertifiedKey::new(
+            vec![rustls::pki_types::CertificateDer::from(vec![tag])],
+            signer,
+        ))
+    }
+
+    fn tag(k: &Arc<CertifiedKey>) -> u8 {
+        k.cert[0].as_ref()[0]
+    }
+
+    #[test]
+    fn exact_names_then_one_label_wildcards_then_the_default() {
+        let mut r = CertResolver::new(key(0));
+        r.add("a.example", &key(1));
+        r.add("*.b.example", &key(2));
+        r.add("A.EXAMPLE.", &key(3)); // the same name again: the earlier entry stays
+        assert_eq!(tag(r.pick(Some("a.example"))), 1);
+        assert_eq!(tag(r.pick(Some("A.Example."))), 1);
+        assert_eq!(tag(r.pick(Some("x.b.example"))), 2);
+        assert_eq!(
+            tag(r.pick(Some("b.example"))),
+            0,
+            "a wildcard needs a label"
+        );
+        assert_eq!(tag(r.pick(Some("y.x.b.example"))), 0, "one label only");
+        assert_eq!(tag(r.pick(Some("other.example"))), 0);
+        assert_eq!(tag(r.pick(None)), 0);
+    }
+
+    #[test]
+    fn handshake_errors_map_to_reasons() {
+        let tls = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        assert_eq!(
+            HandshakeFailure::of(&io::ErrorKind::UnexpectedEof.into()),
+            HandshakeFailure::Eof
+        );
+        assert_eq!(
+            HandshakeFailure::of(&tls(rustls::Error::AlertReceived(
+                rustls::AlertDescription::BadCertificate
+            ))),
+            HandshakeFailure::Alert
+        );
+        assert_eq!(
+            HandshakeFailure::of(&tls(rustls::Error::NoApplicationProtocol)),
+            HandshakeFailure::Incompatible
+        );
+        assert_eq!(
+            HandshakeFailure::of(&tls(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            ))),
+            HandshakeFailure::Protocol
+        );
+        assert_eq!(
+            HandshakeFailure::of(&io::ErrorKind::ConnectionReset.into()),
+            HandshakeFailure::Eof
+        );
+        assert_eq!(
+            HandshakeFailure::of(&io::Error::other("x")),
+            HandshakeFailure::Io
+        );
+    }
+}

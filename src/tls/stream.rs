@@ -37,6 +37,10 @@ use crate::io::Transport;
 /// record overhead) fits in one read.
 const TLS_READ_BUF: usize = 16 * 1024 + 512;
 
+/// The largest ciphertext write buffer a connection keeps between writes (one full record
+/// and then some); a larger one, left by a big body, is freed.
+const WBUF_KEEP: usize = 32 * 1024;
+
 /// TlsStream is a TLS connection (server side `C = rustls::ServerConnection`, client side
 /// `rustls::ClientConnection`) over a TCP stream. It implements [`Transport`], so the request
 /// path runs over it unchanged.
@@ -193,7 +197,11 @@ where
                 while self.conn.wants_write() {
                     self.conn.write_tls(&mut buf)?;
                 }
-                let (res, buf) = self.io.write_all(buf).await;
+                let (res, mut buf) = self.io.write_all(buf).await;
+                if buf.capacity() > WBUF_KEEP {
+                    // A large body went out: do not keep its buffer on an idle connection.
+                    buf = Vec::new();
+                }
                 self.wbuf = buf;
                 res?;
             }
