@@ -936,6 +936,12 @@ fn health_checks_run_over_tls() {
             ),
         ],
     );
+    let described = config_from(&toml).describe();
+    assert!(described.contains(" over TLS, every 100 ms"), "{described}");
+    assert!(
+        described.contains("  tls sni=backend.example;verify=true;ca="),
+        "{described}"
+    );
     let proxy = Proxy::start(&toml);
     let up = |peer: SocketAddr| {
         let text = metrics_text(&proxy);

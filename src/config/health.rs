@@ -643,6 +643,9 @@ pub(crate) fn describe(out: &mut String, u: &UpstreamConfig) -> fmt::Result {
             if let Some(port) = h.port {
                 write!(out, " port {port}")?;
             }
+            if h.tls {
+                write!(out, " over TLS")?;
+            }
             writeln!(
                 out,
                 ", every {} ms ±10%, timeout {} ms, rise {}, fall {}, start {}",

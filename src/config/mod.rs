@@ -575,6 +575,9 @@ impl Config {
                 if let Some(region) = &p.region {
                     write!(out, "  region {region}")?;
                 }
+                if let Some(tls) = &p.tls {
+                    write!(out, "  tls {}", tls.settings)?;
+                }
                 writeln!(out)?;
             }
             writeln!(
