@@ -968,3 +968,47 @@ fn health_checks_run_over_tls() {
     .unwrap_err();
     assert_eq!(e.key, "upstream[0].health.tls", "{e}");
 }
+
+/// Picks the upstream named like the SNI's first label (`b.example` → `b`), else `a`.
+struct BySni;
+
+impl ringlb::failover::FailureHooks for BySni {}
+
+impl ringlb::proxy::Picker for BySni {
+    fn pick(
+        &self,
+        info: &ringlb::proxy::RequestInfo<'_>,
+        upstreams: &ringlb::proxy::Upstreams<'_>,
+    ) -> ringlb::proxy::Pick {
+        let name = info.sni().and_then(|s| s.split('.').next()).unwrap_or("a");
+        ringlb::proxy::Pick {
+            upstream: upstreams.index(name).or(upstreams.index("a")),
+            hash: None,
+        }
+    }
+}
+
+#[test]
+fn a_picker_sees_the_sni() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["a.example", "b.example"]).write();
+    let toml = format!(
+        "[server]\nlisten = [{{ address = \"127.0.0.1:0\", tls = {{ {} }} }}]\nworkers = 1\n\
+         admin = \"\"\n\
+         [[upstream]]\nname = \"a\"\npeers = [{{ address = \"{}\" }}]\n\
+         [[upstream]]\nname = \"b\"\npeers = [{{ address = \"{}\" }}]\n",
+        single(&files),
+        a.addr(),
+        b.addr()
+    );
+    let proxy = Proxy::start_with_picker(&toml, Arc::new(BySni));
+    let cfg = client_config(&ca, &[]);
+    for (sni, want) in [("b.example", "b"), ("a.example", "a")] {
+        let mut t = tls_connect(proxy.addr, &cfg, sni);
+        let r = roundtrip(&mut t, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(String::from_utf8_lossy(&r.body), want, "{sni}");
+    }
+    proxy.shutdown();
+}

@@ -181,7 +181,8 @@ impl<C: Transport> Conn<'_, C> {
         ctx.metrics.requests.inc();
         let pick = match &ctx.picker {
             Some(picker) => {
-                let info = RequestInfo::new(&self.rbuf, &self.head, self.client);
+                let info =
+                    RequestInfo::new(&self.rbuf, &self.head, self.client).with_sni(self.io.sni());
                 picker.pick(&info, &Upstreams::new(&live.upstream_names))
             }
             None => Pick {
