@@ -718,6 +718,12 @@ fn serve_tls_conn(config: Arc<rustls::ServerConfig>, tcp: TcpStream) {
                 "no"
             }
         );
+        // `/big` answers 300 000 bytes: many records, reads larger than rustls takes at once.
+        let body = if path == "/big" {
+            "b".repeat(300_000)
+        } else {
+            body
+        };
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -786,6 +792,12 @@ fn upstream_tls_verified_with_the_right_ca_and_pooled() {
     }
     // One TLS connection carried all three (pooled, and the pool's liveness check holds for
     // it).
+    assert_eq!(backend.accepts(), 1);
+    // A large response over upstream TLS, then to a TLS client too.
+    let r = c.roundtrip(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 300_000);
+    assert!(r.body.iter().all(|&b| b == b'b'));
     assert_eq!(backend.accepts(), 1);
     let r = c.roundtrip(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
     assert_eq!(r.status, 200);
@@ -1010,5 +1022,35 @@ fn a_picker_sees_the_sni() {
         let r = roundtrip(&mut t, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(String::from_utf8_lossy(&r.body), want, "{sni}");
     }
+    proxy.shutdown();
+}
+
+#[test]
+fn tls_on_both_sides_carries_a_large_response() {
+    let ca = Ca::new("test ca");
+    let backend = TlsBackend::start(&ca.leaf(&["backend.example"]), None);
+    let files = ca.leaf(&["localhost"]).write();
+    let toml = format!(
+        "[server]\nlisten = [{{ address = \"127.0.0.1:0\", tls = {{ {} }} }}]\nworkers = 1\n\
+         admin = \"\"\n[[upstream]]\nname = \"app\"\n\
+         tls = {{ sni = \"backend.example\", ca = \"{}\" }}\npeers = [{{ address = \"{}\" }}]\n",
+        single(&files),
+        ca.write().display(),
+        backend.addr
+    );
+    let proxy = Proxy::start(&toml);
+    let mut t = tls_connect(proxy.addr, &client_config(&ca, &[]), "localhost");
+    for _ in 0..2 {
+        let r = roundtrip(&mut t, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 300_000);
+        assert!(r.body.iter().all(|&b| b == b'b'));
+        let r = roundtrip(&mut t, b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            "sni=backend.example client_cert=no path=/small"
+        );
+    }
+    assert_eq!(backend.accepts(), 1);
     proxy.shutdown();
 }

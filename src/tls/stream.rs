@@ -37,6 +37,14 @@ use crate::io::Transport;
 /// record overhead) fits in one read.
 const TLS_READ_BUF: usize = 16 * 1024 + 512;
 
+/// The smallest caller buffer ciphertext is read into directly (a smaller one reads through
+/// `rbuf`, so that one read still brings a useful amount).
+const DIRECT_READ_MIN: usize = 1024;
+
+/// The largest ciphertext read buffer (`rbuf`) kept once its bytes are consumed: the
+/// handshake's, and leftovers of a large read, are freed.
+const RBUF_KEEP: usize = 8 * 1024;
+
 /// The largest ciphertext write buffer a connection keeps between writes (one full record
 /// and then some); a larger one, left by a big body, is freed.
 const WBUF_KEEP: usize = 32 * 1024;
@@ -256,7 +264,19 @@ where
                     return (Err(e), buf);
                 }
             }
-            match self.read_tls(cancel.as_ref()).await {
+            let res = if self.rpos < self.rbuf.len() || buf.bytes_total() < DIRECT_READ_MIN {
+                self.read_tls(cancel.as_ref()).await
+            } else {
+                if self.rbuf.capacity() > RBUF_KEEP {
+                    // Leftovers of a large read are consumed: do not keep their buffer.
+                    self.rbuf = Vec::new();
+                    self.rpos = 0;
+                }
+                let (res, b) = self.read_tls_into(buf, cancel.as_ref()).await;
+                buf = b;
+                res
+            };
+            match res {
                 Ok(0) => {
                     return match self.copy_plaintext(&mut buf) {
                         Some(res) => (res, buf),
@@ -272,6 +292,60 @@ where
                 }
             }
         }
+    }
+
+    /// Like [`TlsStream::read_tls`] from the socket, but the ciphertext lands in the caller's
+    /// buffer (which the plaintext then overwrites): an idle connection holds no ciphertext
+    /// buffer of its own. What rustls does not take at once is kept in `rbuf`. The buffer
+    /// comes back with no bytes initialized.
+    async fn read_tls_into<B: IoBufMut>(
+        &mut self,
+        buf: B,
+        cancel: Option<&CancelHandle>,
+    ) -> BufResult<usize, B> {
+        if self.eof {
+            return (Ok(0), buf);
+        }
+        let (res, mut buf) = match cancel {
+            Some(c) => self.io.cancelable_read(buf, c.clone()).await,
+            None => self.io.read(buf).await,
+        };
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                uninit(&mut buf);
+                return (Err(e), buf);
+            }
+        };
+        if n == 0 {
+            self.eof = true;
+            // Tells rustls the transport ended (an unclean close unless it saw close_notify).
+            let _ = self.conn.read_tls(&mut io::empty());
+            uninit(&mut buf);
+            return (Ok(0), buf);
+        }
+        let ptr = buf.write_ptr();
+        // SAFETY: the read initialized `n` bytes at `write_ptr()`, memory the buffer owns; the
+        // buffer is not touched while `data` lives (only `self`'s other fields are).
+        let data = unsafe { std::slice::from_raw_parts(ptr.cast_const(), n) };
+        if self.first_byte.is_none() {
+            self.first_byte = data.first().copied();
+        }
+        let mut pending = data;
+        let taken = self.conn.read_tls(&mut pending);
+        if !pending.is_empty() {
+            self.rbuf.clear();
+            self.rbuf.extend_from_slice(pending);
+            self.rpos = 0;
+        }
+        uninit(&mut buf);
+        if let Err(e) = taken {
+            return (Err(e), buf);
+        }
+        if let Err(e) = self.conn.process_new_packets() {
+            return (Err(io::Error::new(io::ErrorKind::InvalidData, e)), buf);
+        }
+        (Ok(n), buf)
     }
 
     /// Encrypts `data` (all of it, in as many records as it takes) and writes it.
@@ -320,6 +394,12 @@ where
         // SAFETY: as above; shutdown(2) changes no memory.
         unsafe { libc::shutdown(fd, libc::SHUT_WR) == 0 }
     }
+}
+
+/// Marks no byte of `buf` initialized (after ciphertext passed through it).
+fn uninit<B: IoBufMut>(buf: &mut B) {
+    // SAFETY: zero initialized bytes claims nothing about the buffer's memory.
+    unsafe { buf.set_init(0) };
 }
 
 impl<C, SD> AsyncReadRent for TlsStream<C>
