@@ -1054,3 +1054,33 @@ fn tls_on_both_sides_carries_a_large_response() {
     assert_eq!(backend.accepts(), 1);
     proxy.shutdown();
 }
+
+#[test]
+fn tls_failures_count_for_passive_health() {
+    let ca = Ca::new("upstream ca");
+    let other = Ca::new("someone else");
+    let backend = TlsBackend::start(&ca.leaf(&["backend.example"]), None);
+    let toml = plain_proxy_toml(
+        &format!(
+            "tls = {{ sni = \"backend.example\", ca = \"{}\" }}\n\
+             retry = {{ max_retries = 0 }}\n\
+             passive = {{ consecutive_failures = 2, eject_ms = 60000, max_eject_percent = 100 }}",
+            other.write().display()
+        ),
+        &[format!("{{ address = \"{}\" }}", backend.addr)],
+    );
+    let proxy = Proxy::start(&toml);
+    let mut c = proxy.client();
+    for _ in 0..2 {
+        let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 502);
+    }
+    let prefix = format!(
+        "ringlb_peer_ejections_total{{upstream=\"app\",peer=\"{}\"}} ",
+        backend.addr
+    );
+    eventually("two TLS failures in a row eject the peer", || {
+        sample_value(&metrics_text(&proxy), &prefix) == 1.0
+    });
+    proxy.shutdown();
+}
