@@ -46,6 +46,17 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
     fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
         std::future::ready(Ok(()))
     }
+
+    /// Whether the bytes travel inside TLS (`X-Forwarded-Proto: https` for a client). Default
+    /// false.
+    fn is_tls(&self) -> bool {
+        false
+    }
+
+    /// The server name a TLS client asked for (SNI), for routes with `sni`. Default none.
+    fn sni(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Transport for TcpStream {

@@ -12,6 +12,7 @@
 //! - [`proxy`]: the per-connection request loop: route → select → forward → failover.
 //! - [`upstream`]: peers, upstream groups, the per-shard connection pool.
 //! - [`balance`]: the `Selector` trait, one file per algorithm, the eligibility wrapper.
+//! - [`tls`]: TLS on both sides (rustls): the TLS transport, certificates by SNI, handshakes.
 //! - [`failover`]: retry policy, backoff, retry budget, circuit breaker, failure hooks.
 //! - [`health`]: the control thread: health state machines, probes, passive ejection, and the
 //!   task that serves the admin endpoint; public: the health-check and observer hooks.
@@ -51,6 +52,7 @@ pub mod process;
 pub mod proxy;
 pub mod server;
 pub(crate) mod shard;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;
@@ -68,7 +70,7 @@ mod layers {
         // Ground: no imports of the crate's own modules.
         &["process", "balance", "io", "listen", "metrics"],
         // Pure retry/breaker logic over peer ids.
-        &["failover"],
+        &["failover", "tls"],
         // The file format and the runtime Config; it builds balance and failover types.
         &["config"],
         // HTTP heads and codecs; the control-thread/shard protocol.

@@ -133,6 +133,8 @@ pub fn run(args: &BodyArgs) -> Result<()> {
             &lab,
             &backends,
             &Rounds {
+                headers: Vec::new(),
+                tls: None,
                 duration: args.duration,
                 rounds: args.rounds,
                 connections: args.connections,

@@ -19,7 +19,7 @@ use clap::Args;
 use crate::backend::Backend;
 use crate::lab::{rotation, Lab, BACKENDS};
 use crate::procstat::{tree_cpu_seconds, tree_rss_kib, CoreTicks};
-use crate::proxy::ProxyKind;
+use crate::proxy::{ProxyKind, TlsFiles};
 use crate::report::{Report, RunRow};
 use crate::setup::{check_interrupted, ScratchDir, SetupArgs, Tools};
 use crate::wrk::Load;
@@ -59,6 +59,12 @@ pub struct CompareArgs {
     /// Print the tables as Markdown.
     #[arg(long)]
     markdown: bool,
+
+    /// HTTPS: every proxy terminates TLS with the same certificate (ECDSA P-256, made with
+    /// openssl) and the same TLS 1.3 suites; two series: keep-alive HTTPS, then a new TLS
+    /// connection (a full handshake) per request (`-H 'Connection: close'`).
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Runs `compare`.
@@ -71,32 +77,65 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     }
     let lab = Lab::new(&args.setup)?;
     let backends = lab.backends(args.setup.body_bytes)?;
-    let (baseline, runs) = run_rounds(
-        &lab,
-        &backends,
-        &Rounds {
-            duration: args.duration,
-            rounds: args.rounds,
-            connections: args.connections,
-            threads: args.threads,
-            warmup: args.warmup,
-            max_conns: 0,
-            baseline: true,
-            tag: "compare",
-        },
-    )?;
-    let report = Report {
-        settings: settings(args, &lab.tools),
-        versions: versions(&lab.tools),
-        baseline,
-        runs,
+    let tls = if args.tls {
+        Some(TlsFiles::create(lab.scratch.path())?)
+    } else {
+        None
     };
+    // Without --tls one series; with it, keep-alive HTTPS then one handshake per request.
+    let series: Vec<(&str, Vec<String>)> = if args.tls {
+        vec![
+            ("keep-alive HTTPS", Vec::new()),
+            (
+                "a new TLS connection per request (Connection: close)",
+                vec!["Connection: close".to_string()],
+            ),
+        ]
+    } else {
+        vec![("", Vec::new())]
+    };
+    let mut reports = Vec::new();
+    for (i, (title, headers)) in series.into_iter().enumerate() {
+        let (baseline, runs) = run_rounds(
+            &lab,
+            &backends,
+            &Rounds {
+                duration: args.duration,
+                rounds: args.rounds,
+                connections: args.connections,
+                threads: args.threads,
+                warmup: args.warmup,
+                max_conns: 0,
+                baseline: i == 0,
+                tag: if i == 0 { "compare" } else { "compare-close" },
+                headers,
+                tls: tls.clone(),
+            },
+        )?;
+        let mut settings = settings(args, &lab.tools);
+        if !title.is_empty() {
+            settings.push(("series".to_string(), title.to_string()));
+        }
+        reports.push(Report {
+            settings,
+            versions: versions(&lab.tools),
+            baseline,
+            runs,
+        });
+    }
     drop(backends);
-    println!();
-    print!("{}", report.render(args.markdown));
+    for report in &reports {
+        println!();
+        print!("{}", report.render(args.markdown));
+    }
     if let Some(path) = &args.json {
-        std::fs::write(path, report.to_json())
-            .with_context(|| format!("write {}", path.display()))?;
+        let json: Vec<String> = reports.iter().map(Report::to_json).collect();
+        let text = if json.len() == 1 {
+            json.concat()
+        } else {
+            format!("[{}]", json.join(","))
+        };
+        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -121,6 +160,10 @@ pub struct Rounds {
     pub baseline: bool,
     /// Names the wrk report files.
     pub tag: &'static str,
+    /// wrk `-H` headers.
+    pub headers: Vec<String>,
+    /// The proxies terminate TLS with this certificate (`compare --tls`).
+    pub tls: Option<TlsFiles>,
 }
 
 /// Runs `shape.rounds` rounds; in round r the proxies go in [`rotation`] order, and each run
@@ -138,6 +181,7 @@ pub fn run_rounds(
         cpu: setup.load_cpu,
         threads: shape.threads,
         connections: shape.connections,
+        headers: shape.headers.clone(),
     };
     let addrs: Vec<_> = backends.iter().map(Backend::addr).collect();
     let bench = Bench {
@@ -162,7 +206,7 @@ pub fn run_rounds(
     for round in 1..=shape.rounds {
         for i in rotation(n, round) {
             check_interrupted()?;
-            let mut p = lab.start(i, &addrs, shape.max_conns)?;
+            let mut p = lab.start_tls(i, &addrs, shape.max_conns, shape.tls.as_ref())?;
             let label = p.kind().name();
             if shape.warmup > 0 {
                 eprintln!("warm-up: {label} for {} s", shape.warmup);

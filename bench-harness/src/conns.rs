@@ -72,6 +72,8 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         &lab,
         &backends,
         &Rounds {
+            headers: Vec::new(),
+            tls: None,
             duration: args.duration,
             rounds: args.rounds,
             connections: n,

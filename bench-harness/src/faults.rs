@@ -172,6 +172,7 @@ pub fn run(args: &FaultsArgs) -> Result<()> {
         ringlb_log_level: "info",
         upgrade: false,
         ringlb_admin: "",
+        tls: None,
         max_conns: 0,
     };
     let mut proxy = RunningProxy::start(&spec)?;
@@ -191,6 +192,7 @@ pub fn run(args: &FaultsArgs) -> Result<()> {
         cpu: args.load_cpu,
         threads: args.threads,
         connections: args.connections,
+        headers: Vec::new(),
     };
     let url = proxy.url();
     let wrk_out = scratch.path().join("wrk-faults.txt");

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::backend::Backend;
-use crate::proxy::{ProxySpec, RunningProxy};
+use crate::proxy::{ProxySpec, RunningProxy, TlsFiles};
 use crate::report::{opt, Table};
 use crate::setup::{free_port, install_signal_handlers, ScratchDir, SetupArgs, Tools};
 
@@ -78,6 +78,17 @@ impl<'a> Lab<'a> {
         backends: &[SocketAddr],
         max_conns: u32,
     ) -> Result<RunningProxy> {
+        self.start_tls(index, backends, max_conns, None)
+    }
+
+    /// Like [`Lab::start`], the listener terminating TLS with `tls` when given.
+    pub fn start_tls(
+        &self,
+        index: usize,
+        backends: &[SocketAddr],
+        max_conns: u32,
+        tls: Option<&TlsFiles>,
+    ) -> Result<RunningProxy> {
         let (kind, program) = &self.tools.proxies[index];
         let spec = ProxySpec {
             kind: *kind,
@@ -91,6 +102,7 @@ impl<'a> Lab<'a> {
             ringlb_log_level: "warn",
             upgrade: false,
             ringlb_admin: "",
+            tls,
             max_conns,
         };
         let mut p = RunningProxy::start(&spec)?;

@@ -127,6 +127,7 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
         cpu: args.setup.load_cpu,
         threads: 1,
         connections: args.connections,
+        headers: Vec::new(),
     };
     let mut runs: Vec<(&'static str, OhaResult)> = Vec::new();
     for round in 1..=args.rounds {

@@ -80,6 +80,70 @@ pub struct ProxySpec<'a> {
     /// (65536 per shard) already covers any N the fd limit allows. The proxies inherit the
     /// harness's open-files limit (raised to the hard limit by `conns` and `idle`).
     pub max_conns: u32,
+    /// Terminate TLS on the listener with this certificate (`compare --tls`); `None` =
+    /// cleartext.
+    pub tls: Option<&'a TlsFiles>,
+}
+
+/// TlsFiles is the certificate every proxy serves in a TLS run: one self-signed ECDSA P-256
+/// certificate for `localhost` made with `openssl req`, so all three do the same
+/// public-key work per handshake.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Certificate then key in one file (HAProxy's `crt`).
+    pub combined: PathBuf,
+}
+
+/// The TLS 1.3 cipher suites every proxy enables, in the same order (OpenSSL's default order;
+/// rustls enables the same three). TLS 1.2 is left at each one's ECDHE + AEAD defaults.
+pub const TLS13_SUITES: &str =
+    "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
+
+impl TlsFiles {
+    /// Makes the certificate and key in `dir` with `openssl`.
+    pub fn create(dir: &Path) -> Result<TlsFiles> {
+        let cert = dir.join("tls-cert.pem");
+        let key = dir.join("tls-key.pem");
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .context("run openssl (apt-get install -y openssl)")?;
+        if !out.status.success() {
+            bail!(
+                "openssl req failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let combined = dir.join("tls-combined.pem");
+        let text = format!(
+            "{}{}",
+            std::fs::read_to_string(&cert)?,
+            std::fs::read_to_string(&key)?
+        );
+        std::fs::write(&combined, text)?;
+        Ok(TlsFiles {
+            cert,
+            key,
+            combined,
+        })
+    }
 }
 
 /// RunningProxy is a started proxy; dropping it stops its whole process group.
@@ -94,6 +158,8 @@ pub struct RunningProxy {
     dir: PathBuf,
     /// The command line, as a human would type it.
     command_line: String,
+    /// It listens with TLS (`https://` URL, readiness probed with curl).
+    tls: bool,
 }
 
 impl RunningProxy {
@@ -139,6 +205,7 @@ impl RunningProxy {
             child,
             dir: spec.dir.clone(),
             command_line,
+            tls: spec.tls.is_some(),
         })
     }
 
@@ -154,7 +221,8 @@ impl RunningProxy {
 
     /// The URL wrk loads.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// The command line it was started with.
@@ -177,7 +245,12 @@ impl RunningProxy {
                     self.log_tail()
                 );
             }
-            let last = match probe(addr) {
+            let probed = if self.tls {
+                probe_tls(addr)
+            } else {
+                probe(addr)
+            };
+            let last = match probed {
                 Ok(200) => return Ok(()),
                 Ok(code) => format!("answered {code}"),
                 Err(e) => e.to_string(),
@@ -346,6 +419,18 @@ fn probe(addr: SocketAddr) -> std::io::Result<u16> {
         })
 }
 
+/// One `GET /` over TLS with curl (certificate not checked); returns the status code.
+fn probe_tls(addr: SocketAddr) -> std::io::Result<u16> {
+    let out = Command::new("curl")
+        .args(["-sk", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{addr}/"))
+        .output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| std::io::Error::other("curl: no status"))
+}
+
 /// Writes the proxy's config file(s) into `spec.dir`; returns the proxy's arguments.
 fn write_config(spec: &ProxySpec<'_>) -> Result<Vec<String>> {
     let dir = &spec.dir;
@@ -404,10 +489,19 @@ fn ringlb_config(spec: &ProxySpec<'_>) -> String {
 /// TOML inline tables) instead of round robin over one unweighted peer per backend; `reload`
 /// rewrites the file with it.
 pub fn ringlb_config_text(spec: &ProxySpec<'_>, algorithm: &str, peers: &str) -> String {
+    let listen = match spec.tls {
+        None => format!("\"127.0.0.1:{}\"", spec.port),
+        Some(t) => format!(
+            "{{ address = \"127.0.0.1:{}\", tls = {{ cert = \"{}\", key = \"{}\" }} }}",
+            spec.port,
+            t.cert.display(),
+            t.key.display()
+        ),
+    };
     format!(
         "# Generated by bench-harness.\n\
          [server]\n\
-         listen = [\"127.0.0.1:{port}\"]\n\
+         listen = [{listen}]\n\
          workers = 1\n\
          cpus = \"{cpu}\"\n\
          admin = \"{admin}\"\n\
@@ -418,7 +512,6 @@ pub fn ringlb_config_text(spec: &ProxySpec<'_>, algorithm: &str, peers: &str) ->
          peers = [ {peers} ]\n\
          pool = {{ max_idle_per_peer = 256 }}\n\
          {extra}",
-        port = spec.port,
         cpu = spec.cpu,
         admin = spec.ringlb_admin,
         extra = spec.ringlb_extra,
@@ -463,7 +556,8 @@ fn nginx_config(spec: &ProxySpec<'_>) -> Result<String> {
          \x20   }}\n\
          \n\
          \x20   server {{\n\
-         \x20       listen 127.0.0.1:{port};\n\
+         \x20       listen 127.0.0.1:{port}{ssl};\n\
+         {ssl_conf}\
          \x20       location / {{\n\
          \x20           proxy_pass http://b;\n\
          \x20           proxy_http_version 1.1;\n\
@@ -472,6 +566,20 @@ fn nginx_config(spec: &ProxySpec<'_>) -> Result<String> {
          \x20   }}\n\
          }}\n",
         port = spec.port,
+        ssl = if spec.tls.is_some() { " ssl" } else { "" },
+        ssl_conf = match spec.tls {
+            None => String::new(),
+            Some(t) => format!(
+                "        ssl_certificate {};\n\
+                 \x20       ssl_certificate_key {};\n\
+                 \x20       ssl_protocols TLSv1.2 TLSv1.3;\n\
+                 \x20       ssl_conf_command Ciphersuites {TLS13_SUITES};\n\
+                 \x20       ssl_session_cache shared:SSL:10m;\n\
+                 \x20       ssl_session_tickets on;\n",
+                path_str(&t.cert)?,
+                path_str(&t.key)?
+            ),
+        },
         connection = if spec.upgrade {
             "            proxy_set_header Upgrade $http_upgrade;\n\
              \x20           proxy_set_header Connection \"upgrade\";\n\
@@ -524,6 +632,7 @@ fn haproxy_config(spec: &ProxySpec<'_>) -> String {
         "# Generated by bench-harness.\n\
          global\n\
          \x20   nbthread 1\n\
+         {ssl_global}\
          \x20   maxconn {maxconn}\n\
          \n\
          defaults\n\
@@ -536,7 +645,7 @@ fn haproxy_config(spec: &ProxySpec<'_>) -> String {
          \x20   http-reuse always\n\
          \n\
          frontend fe\n\
-         \x20   bind 127.0.0.1:{port}\n\
+         \x20   bind 127.0.0.1:{port}{ssl}\n\
          \x20   default_backend be\n\
          \n\
          backend be\n\
@@ -549,12 +658,71 @@ fn haproxy_config(spec: &ProxySpec<'_>) -> String {
             ""
         },
         maxconn = haproxy_maxconn(spec.max_conns, nofile_limit()),
+        ssl = match spec.tls {
+            None => String::new(),
+            Some(t) => format!(" ssl crt {} alpn http/1.1", t.combined.display()),
+        },
+        ssl_global = if spec.tls.is_some() {
+            format!(
+                "    ssl-default-bind-ciphersuites {TLS13_SUITES}\n\
+                 \x20   ssl-default-bind-options ssl-min-ver TLSv1.2\n\
+                 \x20   tune.ssl.cachesize 100000\n"
+            )
+        } else {
+            String::new()
+        },
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_runs_give_every_proxy_the_same_certificate_and_suites() {
+        let files = TlsFiles {
+            cert: PathBuf::from("/t/cert.pem"),
+            key: PathBuf::from("/t/key.pem"),
+            combined: PathBuf::from("/t/both.pem"),
+        };
+        let with = |kind| {
+            let mut s = spec(kind);
+            s.tls = Some(&files);
+            s
+        };
+        let ringlb = ringlb_config(&with(ProxyKind::Ringlb));
+        assert!(
+            ringlb.contains(
+                "listen = [{ address = \"127.0.0.1:8080\", tls = { cert = \"/t/cert.pem\", \
+                 key = \"/t/key.pem\" } }]"
+            ),
+            "{ringlb}"
+        );
+        let nginx = nginx_config(&with(ProxyKind::Nginx)).unwrap();
+        for line in [
+            "listen 127.0.0.1:8080 ssl;",
+            "ssl_certificate /t/cert.pem;",
+            "ssl_certificate_key /t/key.pem;",
+            "ssl_session_cache shared:SSL:10m;",
+            &format!("ssl_conf_command Ciphersuites {TLS13_SUITES};"),
+        ] {
+            assert!(nginx.contains(line), "{line} in\n{nginx}");
+        }
+        let haproxy = haproxy_config(&with(ProxyKind::Haproxy));
+        assert!(
+            haproxy.contains("bind 127.0.0.1:8080 ssl crt /t/both.pem alpn http/1.1"),
+            "{haproxy}"
+        );
+        assert!(
+            haproxy.contains(&format!("ssl-default-bind-ciphersuites {TLS13_SUITES}")),
+            "{haproxy}"
+        );
+        // Without TLS nothing of it appears.
+        assert!(!nginx_config(&spec(ProxyKind::Nginx))
+            .unwrap()
+            .contains("ssl"));
+        assert!(!haproxy_config(&spec(ProxyKind::Haproxy)).contains("ssl"));
+    }
 
     fn spec(kind: ProxyKind) -> ProxySpec<'static> {
         static BACKENDS: [SocketAddr; 3] = [
@@ -582,6 +750,7 @@ mod tests {
             ringlb_extra: "",
             ringlb_log_level: "warn",
             ringlb_admin: "",
+            tls: None,
             upgrade: false,
             max_conns: 0,
         }

@@ -236,6 +236,7 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
         ringlb_log_level: "info",
         upgrade: false,
         ringlb_admin: &admin,
+        tls: None,
         max_conns: 0,
     };
     let config_path = spec.dir.join(RINGLB_CONFIG_FILE);
@@ -256,6 +257,7 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
         cpu: args.load_cpu,
         threads: args.threads,
         connections: args.connections,
+        headers: Vec::new(),
     };
     let url = proxy.url();
     let wrk_out = scratch.path().join("wrk-reload.txt");
@@ -771,6 +773,7 @@ mod tests {
             ringlb_log_level: "info",
             upgrade: false,
             ringlb_admin: "127.0.0.1:9900",
+            tls: None,
             max_conns: 0,
         }
     }

@@ -22,6 +22,8 @@ pub struct Load {
     pub threads: u32,
     /// Open connections (`-c`).
     pub connections: u32,
+    /// Request headers (`-H`), e.g. `Connection: close` for a new connection per request.
+    pub headers: Vec<String>,
 }
 
 /// WrkResult is what one wrk run reported.
@@ -68,8 +70,9 @@ impl WrkResult {
 impl Load {
     /// The command line, for printing (what a human would type to repeat the run).
     pub fn command_line(&self, seconds: u64, url: &str) -> String {
+        let headers: String = self.headers.iter().map(|h| format!(" -H '{h}'")).collect();
         format!(
-            "taskset -c {} wrk -t{} -c{} -d{}s --latency {url}",
+            "taskset -c {} wrk -t{} -c{} -d{}s --latency{headers} {url}",
             self.cpu, self.threads, self.connections, seconds
         )
     }
@@ -89,6 +92,7 @@ impl Load {
             .arg(format!("-c{}", self.connections))
             .arg(format!("-d{seconds}s"))
             .arg("--latency")
+            .args(self.headers.iter().flat_map(|h| ["-H", h.as_str()]))
             .arg(url)
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -78,6 +78,7 @@ pub fn run(args: &WsArgs) -> Result<()> {
             ringlb_log_level: "warn",
             max_conns: 0,
             ringlb_admin: "",
+            tls: None,
             upgrade: true,
         };
         let mut p = RunningProxy::start(&spec)?;

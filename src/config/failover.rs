@@ -562,7 +562,7 @@ mod tests {
             &with("retry = { on = [\"reset\", \"timeout\", \"resets\"] }"),
             "upstream[0].retry.on[2]",
             "unknown retry condition `resets`, expected one of `connect_failure`, \
-             `connect_timeout`, `reset`, `timeout`, `invalid_response`, or a status code \
+             `connect_timeout`, `reset`, `timeout`, `invalid_response`, `tls_failure`, or a status code \
              from 400 to 599 (as \"503\")",
         );
         assert!(shown.contains("(line 4)"), "{shown}");
@@ -736,7 +736,7 @@ mod tests {
         for want in [
             "upstream[0] \"a\"\n",
             "  retry\n    max_retries           3\n\
-             \x20   on                    connect_failure, connect_timeout, reset, timeout, 502, 503, 504\n\
+             \x20   on                    connect_failure, connect_timeout, reset, timeout, tls_failure, 502, 503, 504\n\
              \x20   retry_non_idempotent  false\n\
              \x20   backoff               100 ms doubling to 5000 ms, full jitter\n\
              \x20   per_try_timeout       none\n\

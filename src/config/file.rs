@@ -46,8 +46,9 @@ pub(crate) struct ConfigFile {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServerFile {
-    /// `listen = ["0.0.0.0:8080"]`: socket addresses. Default `["0.0.0.0:8080"]`.
-    pub listen: Option<Vec<String>>,
+    /// `listen = ["0.0.0.0:8080", { address = "0.0.0.0:443", tls = { … } }]`: socket
+    /// addresses, plain or TLS (see `tls.rs`). Default `["0.0.0.0:8080"]`.
+    pub listen: Option<Vec<super::tls::ListenFile>>,
     /// `workers = "auto" | N`. Default `auto`.
     pub workers: Option<WorkersFile>,
     /// `cpus = "0-3,8"`: a Linux cpulist. Excludes `numa_node`.
@@ -260,6 +261,9 @@ pub(crate) struct UpstreamFile {
     pub region_fallback: Option<std::collections::BTreeMap<String, Vec<String>>>,
     /// `tcp = { … }`: socket options of the connections to the peers.
     pub tcp: Option<super::protect::TcpFile>,
+    /// `tls = { enabled = true, sni, verify, ca, client_cert, client_key, alpn }`: speak TLS
+    /// to every peer (see `tls.rs`).
+    pub tls: Option<super::tls::UpstreamTlsFile>,
 }
 
 /// UpgradeFile is an upstream's `upgrade = { … }`.
@@ -295,6 +299,9 @@ pub(crate) struct PeerFile {
     pub timeouts: Option<TimeoutsFile>,
     /// Overrides of the upstream's `pool` for this peer.
     pub pool: Option<PoolFile>,
+    /// This peer's own `tls = { … }`, replacing the upstream's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::tls::UpstreamTlsFile>,
 }
 
 /// PoolFile is an upstream's `pool = { … }`.
@@ -317,6 +324,8 @@ pub(crate) struct PoolFile {
 pub(crate) struct RouteFile {
     /// Host to match (no port).
     pub host: Option<String>,
+    /// The TLS server name (SNI) the client sent; only TLS connections match.
+    pub sni: Option<String>,
     /// Path prefix; must start with `/`.
     pub path_prefix: Option<String>,
     /// `"Name: value"`.

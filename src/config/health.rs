@@ -46,8 +46,10 @@ const MAX_RISE_FALL: u64 = 1000;
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HealthFile {
-    /// `"tcp"`, `"http"` or `"custom"`; required.
+    /// `"tcp"`, `"http"`, `"https"` or `"custom"`; required.
     pub kind: Option<String>,
+    /// Probe over TLS (`"https"` is `"http"` with `tls = true`). Default false.
+    pub tls: Option<bool>,
     /// HTTP only: request path, default `/`.
     pub path: Option<String>,
     /// HTTP only: `"GET"` (default) or `"HEAD"`.
@@ -108,6 +110,9 @@ pub struct HealthCheck {
     pub fall: u32,
     /// State of a peer before its first verdict. Default [`StartState::Unknown`].
     pub start: StartState,
+    /// Probe over TLS (`kind = "https"`, or `tls = true`): with the peer's `tls` settings,
+    /// else verified against the system roots with the peer's host as SNI. Default false.
+    pub tls: bool,
 }
 
 /// CheckKind is what an active probe does.
@@ -394,13 +399,15 @@ pub(crate) fn upstream_health(
 fn health(f: &HealthFile) -> Result<HealthCheck, KeyError> {
     let err = |k: &str, reason: String| Err((k.to_string(), reason));
     let (is_http, simple) = match f.kind.as_deref() {
-        Some("http") => (true, CheckKind::Tcp),
+        Some("http") | Some("https") => (true, CheckKind::Tcp),
         Some("tcp") => (false, CheckKind::Tcp),
         Some("custom") => (false, CheckKind::Custom),
         Some(other) => {
             return err(
                 "kind",
-                format!("unknown check kind `{other}`, expected `tcp`, `http` or `custom`"),
+                format!(
+                    "unknown check kind `{other}`, expected `tcp`, `http`, `https` or `custom`"
+                ),
             )
         }
         None => {
@@ -509,6 +516,19 @@ fn health(f: &HealthFile) -> Result<HealthCheck, KeyError> {
             )
         }
     };
+    let tls = match (f.kind.as_deref(), f.tls) {
+        (Some("https"), Some(false)) => {
+            return err(
+                "tls",
+                "`kind = \"https\"` is always TLS; use `kind = \"http\"` for cleartext".to_string(),
+            )
+        }
+        (Some("https"), _) => true,
+        (Some("custom"), Some(true)) => {
+            return err("tls", "does not apply to `kind = \"custom\"`".to_string())
+        }
+        (_, t) => t.unwrap_or(false),
+    };
     Ok(HealthCheck {
         kind,
         port,
@@ -517,6 +537,7 @@ fn health(f: &HealthFile) -> Result<HealthCheck, KeyError> {
         rise,
         fall,
         start,
+        tls,
     })
 }
 
@@ -621,6 +642,9 @@ pub(crate) fn describe(out: &mut String, u: &UpstreamConfig) -> fmt::Result {
             }
             if let Some(port) = h.port {
                 write!(out, " port {port}")?;
+            }
+            if h.tls {
+                write!(out, " over TLS")?;
             }
             writeln!(
                 out,

@@ -15,6 +15,7 @@ mod health;
 mod locate;
 mod log;
 mod protect;
+mod tls;
 mod validate;
 mod warnings;
 pub(crate) use validate::MAX_WEIGHT;
@@ -80,6 +81,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// Addresses every shard listens on (each shard binds its own SO_REUSEPORT socket).
     pub listen: Vec<SocketAddr>,
+    /// The listeners of `listen` that terminate TLS (`{ address, tls = { … } }`), by their
+    /// address as configured, with their certificates loaded.
+    pub tls: Vec<(SocketAddr, std::sync::Arc<crate::tls::ServerTls>)>,
     /// How many shards to run: `auto` = one per allowed CPU. Default `auto`.
     pub workers: Workers,
     /// CPUs to pin shards to, from `cpus = "0-3,8"` or `numa_node = N`; `None` = the
@@ -378,6 +382,9 @@ pub struct PeerConfig {
     pub timeouts: Timeouts,
     /// The upstream's pool settings with this peer's `pool = { … }` overrides applied.
     pub pool: PoolConfig,
+    /// How ringlb speaks TLS to this peer (its own `tls`, else its upstream's); `None` =
+    /// cleartext.
+    pub tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
 }
 
 /// PoolConfig is an upstream's `pool = { … }`.
@@ -411,6 +418,9 @@ impl Default for PoolConfig {
 pub struct RouteConfig {
     /// Host header (port stripped) compared case-insensitively; stored lowercase.
     pub host: Option<String>,
+    /// The SNI a TLS client sent, compared case-insensitively; stored lowercase. A
+    /// connection without TLS (or without SNI) never matches.
+    pub sni: Option<String>,
     /// Request path must start with this.
     pub path_prefix: Option<String>,
     /// Header name (case-insensitive; stored lowercase) and exact value (trimmed).
@@ -548,6 +558,9 @@ impl Config {
         writeln!(out, "server")?;
         let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
         writeln!(out, "  listen            {}", listen.join(", "))?;
+        for (addr, tls) in &s.tls {
+            writeln!(out, "  tls {addr}  {}", tls::describe_server(tls))?;
+        }
         let shard_cpus = self.shard_cpus();
         let workers = match s.workers {
             Workers::Auto => "auto".to_string(),
@@ -625,6 +638,9 @@ impl Config {
                 if let Some(region) = &p.region {
                     write!(out, "  region {region}")?;
                 }
+                if let Some(tls) = &p.tls {
+                    write!(out, "  tls {}", tls.settings)?;
+                }
                 writeln!(out)?;
             }
             writeln!(
@@ -650,6 +666,9 @@ impl Config {
             let mut conditions = Vec::new();
             if let Some(host) = &r.host {
                 conditions.push(format!("host {host}"));
+            }
+            if let Some(sni) = &r.sni {
+                conditions.push(format!("sni {sni}"));
             }
             if let Some(prefix) = &r.path_prefix {
                 conditions.push(format!("path_prefix {prefix}"));

@@ -116,6 +116,10 @@ impl Cx<'_> {
 /// Checks `[server]`.
 fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, ConfigError> {
     let listen = listen(cx, f.listen.as_deref())?;
+    let tls = match f.listen.as_deref() {
+        Some(list) => super::tls::listeners(list, &listen).map_err(|(k, r)| cx.err(k, r))?,
+        None => Vec::new(),
+    };
 
     let workers = match f.workers.unwrap_or(WorkersFile::Auto) {
         WorkersFile::Auto => Workers::Auto,
@@ -237,6 +241,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
 
     Ok(ServerConfig {
         listen,
+        tls,
         workers,
         cpus,
         admin,
@@ -265,7 +270,10 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
 }
 
 /// Checks `server.listen`: at least one `ip:port`, no duplicates. Port 0 is allowed (tests).
-fn listen(cx: &Cx<'_>, list: Option<&[String]>) -> Result<Vec<SocketAddr>, ConfigError> {
+fn listen(
+    cx: &Cx<'_>,
+    list: Option<&[super::tls::ListenFile]>,
+) -> Result<Vec<SocketAddr>, ConfigError> {
     let Some(list) = list else {
         let addr = DEFAULT_LISTEN
             .parse()
@@ -279,8 +287,12 @@ fn listen(cx: &Cx<'_>, list: Option<&[String]>) -> Result<Vec<SocketAddr>, Confi
         ));
     }
     let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
-    for (i, text) in list.iter().enumerate() {
-        let key = format!("server.listen[{i}]");
+    for (i, entry) in list.iter().enumerate() {
+        let text = entry.address();
+        let key = match entry {
+            super::tls::ListenFile::Address(_) => format!("server.listen[{i}]"),
+            super::tls::ListenFile::Table(_) => format!("server.listen[{i}].address"),
+        };
         let addr = text.parse::<SocketAddr>().map_err(|_| {
             cx.err(
                 &key,
@@ -573,9 +585,26 @@ fn upstream(
             "must list at least one peer (or find them with `discovery = { … }`)",
         ));
     }
+    if f.tls.is_some() && (is_transparent || f.discovery.is_some()) {
+        return Err(cx.err(
+            key("tls"),
+            "TLS to discovered or transparent peers is not supported yet (their server name \
+             is not known from the config); list the peers, or use cleartext",
+        ));
+    }
     let mut peers: Vec<PeerConfig> = Vec::with_capacity(f.peers.len());
+    let mut tls_configs = Vec::new();
     for (j, p) in f.peers.iter().enumerate() {
-        let peer = peer(cx, &format!("upstream[{i}].peers[{j}]"), p)?;
+        let mut peer = peer(cx, &format!("upstream[{i}].peers[{j}]"), p)?;
+        let (tls_key, tls) = match (&p.tls, &f.tls) {
+            (Some(t), _) => (format!("upstream[{i}].peers[{j}].tls"), Some(t)),
+            (None, Some(t)) => (format!("upstream[{i}].tls"), Some(t)),
+            (None, None) => (String::new(), None),
+        };
+        if let Some(t) = tls {
+            peer.tls = super::tls::upstream_tls(&tls_key, t, &p.address, &mut tls_configs)
+                .map_err(|(k, r)| cx.err(k, r))?;
+        }
         if let Some(k) = peers
             .iter()
             .position(|q| q.address == peer.address || q.addr == peer.addr)
@@ -810,6 +839,7 @@ fn peer(cx: &Cx<'_>, key: &str, f: &PeerFile) -> Result<PeerConfig, ConfigError>
         limits: Default::default(),
         timeouts: Timeouts::default(),
         pool: PoolConfig::default(),
+        tls: None,
     })
 }
 
@@ -957,8 +987,14 @@ fn route(
         Some(h) => Some(route_header(h).map_err(|reason| cx.err(key("header"), reason))?),
     };
 
+    let sni = match &f.sni {
+        None => None,
+        Some(n) => Some(super::tls::route_sni(n).map_err(|reason| cx.err(key("sni"), reason))?),
+    };
+
     Ok(RouteConfig {
         host,
+        sni,
         path_prefix: f.path_prefix.clone(),
         header,
         upstream,

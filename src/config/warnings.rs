@@ -31,7 +31,9 @@ impl Config {
     /// - `server.workers` above the number of CPUs the shards are pinned to (`cpus`,
     ///   `numa_node`, or else the process's allowed set): shards then share cores;
     /// - an `[[upstream]]` whose every peer has `weight = 0`: the group gets no traffic, every
-    ///   request routed to it is answered 503.
+    ///   request routed to it is answered 503;
+    /// - a TLS listener's certificate that has expired (clients refuse it; ringlb still
+    ///   serves it, so a renewal can be reloaded in).
     pub fn warnings(&self) -> Vec<ConfigWarning> {
         let warn = |key: String, reason: String| ConfigWarning {
             file: self.source.clone(),
@@ -70,6 +72,11 @@ impl Config {
                 ));
             }
         }
+        out.extend(
+            super::tls::expired(&self.server.tls)
+                .into_iter()
+                .map(|(k, r)| warn(k, r)),
+        );
         out
     }
 }

@@ -141,6 +141,8 @@ pub enum Outcome {
     Timeout,
     /// The peer sent something that is not a valid HTTP/1.1 response.
     InvalidResponse,
+    /// The TLS handshake with the peer failed (its certificate did not verify, …).
+    TlsFailure,
 }
 
 impl Outcome {
@@ -172,6 +174,7 @@ impl Outcome {
             Outcome::Reset => "connection reset".to_string(),
             Outcome::Timeout => "timeout".to_string(),
             Outcome::InvalidResponse => "invalid response".to_string(),
+            Outcome::TlsFailure => "TLS failure".to_string(),
         })
     }
 }

@@ -292,6 +292,7 @@ impl Discovered {
                     backup: f.backup,
                     region: None,
                     drain: false,
+                    tls: None,
                     limits: u.peer_limits,
                     timeouts: u.timeouts,
                     pool: u.pool,

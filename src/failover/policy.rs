@@ -52,6 +52,10 @@ pub enum Failure {
     /// The upstream's response head (or chunked framing) is invalid (`invalid_response`).
     /// Answered 502.
     InvalidResponse,
+    /// The TLS handshake with the upstream failed (`tls_failure`): its certificate did not
+    /// verify (wrong CA, wrong name, expired), it refused ringlb's (mTLS), no protocol in
+    /// common, or it does not speak TLS. The request never reached it. Answered 502.
+    TlsFailure,
     /// The upstream answered with this status code, listed in `on` (`"503"`). When not
     /// retried, that response is relayed to the client as it was.
     Status(u16),
@@ -59,12 +63,13 @@ pub enum Failure {
 
 impl Failure {
     /// NAMED is every failure with a name in `on`, in the order `describe` lists them.
-    pub const NAMED: [Failure; 5] = [
+    pub const NAMED: [Failure; 6] = [
         Failure::ConnectFailure,
         Failure::ConnectTimeout,
         Failure::Reset,
         Failure::Timeout,
         Failure::InvalidResponse,
+        Failure::TlsFailure,
     ];
 
     /// name is the `on` name of a failure; `None` for [`Failure::Status`] (written as its code).
@@ -75,6 +80,7 @@ impl Failure {
             Failure::Reset => Some("reset"),
             Failure::Timeout => Some("timeout"),
             Failure::InvalidResponse => Some("invalid_response"),
+            Failure::TlsFailure => Some("tls_failure"),
             Failure::Status(_) => None,
         }
     }
@@ -87,7 +93,10 @@ impl Failure {
     /// is_connect is whether the try failed while connecting, so the upstream never saw the
     /// request: always safe to replay.
     pub fn is_connect(self) -> bool {
-        matches!(self, Failure::ConnectFailure | Failure::ConnectTimeout)
+        matches!(
+            self,
+            Failure::ConnectFailure | Failure::ConnectTimeout | Failure::TlsFailure
+        )
     }
 
     /// status is the status the client gets when this failure is not retried: 502 for connect
@@ -95,7 +104,10 @@ impl Failure {
     /// [`Failure::Status`] the upstream's own status (its response is relayed as it was).
     pub fn status(self) -> u16 {
         match self {
-            Failure::ConnectFailure | Failure::Reset | Failure::InvalidResponse => 502,
+            Failure::ConnectFailure
+            | Failure::Reset
+            | Failure::InvalidResponse
+            | Failure::TlsFailure => 502,
             Failure::ConnectTimeout | Failure::Timeout => 504,
             Failure::Status(status) => status,
         }
@@ -120,7 +132,7 @@ impl fmt::Display for Failure {
 
 /// RetryOn is the set of failures an upstream retries on (`on = [ … ]`): any of the named
 /// failures and any status codes from 400 to 599. Default: `connect_failure`,
-/// `connect_timeout`, `reset`, `timeout`, `502`, `503`, `504` (not `invalid_response`: a
+/// `connect_timeout`, `reset`, `timeout`, `tls_failure`, `502`, `503`, `504` (not `invalid_response`: a
 /// peer that sends garbage usually does so every time, as nginx's default assumes too).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RetryOn {
@@ -208,6 +220,7 @@ impl Default for RetryOn {
             Failure::ConnectTimeout,
             Failure::Reset,
             Failure::Timeout,
+            Failure::TlsFailure,
             Failure::Status(502),
             Failure::Status(503),
             Failure::Status(504),
@@ -546,7 +559,7 @@ mod tests {
         assert_eq!(p.max_retries, 3);
         assert_eq!(
             p.on.to_string(),
-            "connect_failure, connect_timeout, reset, timeout, 502, 503, 504"
+            "connect_failure, connect_timeout, reset, timeout, tls_failure, 502, 503, 504"
         );
         assert!(!p.retry_non_idempotent);
         assert_eq!(p.backoff.base, 100 * MS);
@@ -570,10 +583,11 @@ mod tests {
         assert_eq!(Failure::Status(503).name(), None);
         assert_eq!(Failure::Status(503).to_string(), "503");
         let statuses: Vec<u16> = Failure::NAMED.iter().map(|f| f.status()).collect();
-        assert_eq!(statuses, vec![502, 504, 502, 504, 502]);
+        assert_eq!(statuses, vec![502, 504, 502, 504, 502, 502]);
         assert_eq!(Failure::Status(503).status(), 503);
         assert!(Failure::ConnectFailure.is_connect());
         assert!(Failure::ConnectTimeout.is_connect());
+        assert!(Failure::TlsFailure.is_connect());
         assert!(!Failure::Reset.is_connect());
         assert!(!Failure::Status(502).is_connect());
         assert!(Failure::Timeout.is_peer_failure());

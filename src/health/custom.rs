@@ -100,7 +100,8 @@ impl Checker {
         check: &crate::config::HealthCheck,
         peer: &PeerConfig,
     ) -> Checker {
-        let probe = Probe::new(check, peer.addr, &peer.address);
+        let probe =
+            Probe::new(check, peer.addr, &peer.address).with_tls(peer.tls.as_ref(), &peer.address);
         match (&check.kind, hooks.check(upstream)) {
             (CheckKind::Custom, Some(custom)) => Checker::Custom {
                 check: custom.clone(),

@@ -13,6 +13,7 @@ use monoio::net::TcpStream;
 use crate::config::{CheckKind, HealthCheck, HttpCheck, ProbeMethod};
 use crate::http::{parse_response, BodyKind, HttpError, Method, ParseStatus, ResponseHead};
 use crate::io::read_append;
+use crate::tls::UpstreamTls;
 
 /// How much of a probe's response is read at most (head + body searched by `body_contains`).
 /// The head is parsed by the proxy's own [`parse_response`], whose head limit is the same.
@@ -27,6 +28,9 @@ pub struct Probe {
     check: HealthCheck,
     /// The HTTP request to send, for an `http` check.
     request: Option<Vec<u8>>,
+    /// TLS to speak (`health.tls`): the peer's settings or the defaults; `Err` when those
+    /// could not be made (no system roots), which every probe reports.
+    tls: Option<Result<std::sync::Arc<UpstreamTls>, String>>,
 }
 
 impl Probe {
@@ -47,7 +51,28 @@ impl Probe {
             addr,
             check: check.clone(),
             request,
+            tls: None,
         }
+    }
+
+    /// Makes a `tls` check speak TLS with the peer's own settings (`peer_tls`), or else the
+    /// defaults for the host of `address`.
+    pub fn with_tls(
+        mut self,
+        peer_tls: Option<&std::sync::Arc<UpstreamTls>>,
+        address: &str,
+    ) -> Probe {
+        if self.check.tls {
+            self.tls = Some(match peer_tls {
+                Some(t) => Ok(t.clone()),
+                None => {
+                    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    UpstreamTls::default_for(host).map(std::sync::Arc::new)
+                }
+            });
+        }
+        self
     }
 
     /// Runs the probe once, within the check's timeout.
@@ -67,9 +92,25 @@ impl Probe {
         let stream = TcpStream::connect_addr(self.addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        match (&self.check.kind, &self.request) {
-            (CheckKind::Http(http), Some(req)) => exchange(stream, req.clone(), http).await,
-            _ => Ok("connected".to_string()),
+        let http = match (&self.check.kind, &self.request) {
+            (CheckKind::Http(http), Some(req)) => Some((http, req.clone())),
+            _ => None,
+        };
+        match &self.tls {
+            None => match http {
+                Some((http, req)) => exchange(stream, req, http).await,
+                None => Ok("connected".to_string()),
+            },
+            Some(Err(e)) => Err(format!("TLS: {e}")),
+            Some(Ok(tls)) => {
+                let stream = crate::tls::connect(stream, tls)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                match http {
+                    Some((http, req)) => exchange(stream, req, http).await,
+                    None => Ok("TLS handshake done".to_string()),
+                }
+            }
         }
     }
 }
@@ -85,7 +126,10 @@ pub fn http_request(http: &HttpCheck, host: &str) -> Vec<u8> {
 }
 
 /// Sends `req` on `stream` and judges the response.
-async fn exchange(mut stream: TcpStream, req: Vec<u8>, http: &HttpCheck) -> Result<String, String> {
+async fn exchange<S>(mut stream: S, req: Vec<u8>, http: &HttpCheck) -> Result<String, String>
+where
+    S: monoio::io::AsyncReadRent + monoio::io::AsyncWriteRent + monoio::io::CancelableAsyncReadRent,
+{
     let (res, _) = stream.write_all(req).await;
     res.map_err(|e| format!("write: {e}"))?;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -178,6 +222,7 @@ mod tests {
             rise: 1,
             fall: 1,
             start: StartState::Unknown,
+            tls: false,
         }
     }
 

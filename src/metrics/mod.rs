@@ -41,16 +41,19 @@ pub enum FailureKind {
     Timeout,
     /// The response head or framing could not be parsed.
     InvalidResponse,
+    /// The TLS handshake failed (certificate not verified, refused, no protocol in common).
+    TlsFailure,
 }
 
 impl FailureKind {
     /// Every kind, in the order of [`PeerMetrics::failures`].
-    pub const ALL: [FailureKind; 5] = [
+    pub const ALL: [FailureKind; 6] = [
         FailureKind::ConnectFailure,
         FailureKind::ConnectTimeout,
         FailureKind::Reset,
         FailureKind::Timeout,
         FailureKind::InvalidResponse,
+        FailureKind::TlsFailure,
     ];
 
     /// The value of the `kind` label.
@@ -61,6 +64,7 @@ impl FailureKind {
             FailureKind::Reset => "reset",
             FailureKind::Timeout => "timeout",
             FailureKind::InvalidResponse => "invalid_response",
+            FailureKind::TlsFailure => "tls_failure",
         }
     }
 }
@@ -77,7 +81,7 @@ pub struct PeerMetrics {
     /// responses included).
     pub responses: [Counter; 5],
     /// Failed tries by kind, in the order of [`FailureKind::ALL`].
-    pub failures: [Counter; 5],
+    pub failures: [Counter; 6],
     /// Retries sent to this peer (tries that were not the request's first).
     pub retries: Counter,
     /// Tries in flight at this peer.
@@ -179,7 +183,21 @@ pub struct ShardMetrics {
     responses: [Counter; CODES],
     /// Time from a request's head being read to its response's last byte being written.
     pub request_duration_seconds: Histogram,
+    /// Failed TLS handshakes of clients, by reason (index into [`TLS_HANDSHAKE_REASONS`]).
+    pub tls_handshake_failures: [Counter; 7],
 }
+
+/// The `reason` label values of `ringlb_tls_handshake_failures_total`, by index of
+/// [`ShardMetrics::tls_handshake_failures`] (the order of `tls::HandshakeFailure::ALL`).
+pub const TLS_HANDSHAKE_REASONS: [&str; 7] = [
+    "timeout",
+    "eof",
+    "cleartext",
+    "alert",
+    "incompatible",
+    "protocol",
+    "io",
+];
 
 impl Default for ShardMetrics {
     fn default() -> Self {
@@ -189,6 +207,7 @@ impl Default for ShardMetrics {
             requests: Counter::new(),
             responses: std::array::from_fn(|_| Counter::new()),
             request_duration_seconds: Histogram::new(),
+            tls_handshake_failures: std::array::from_fn(|_| Counter::new()),
         }
     }
 }
@@ -315,7 +334,7 @@ mod tests {
         p.count_failure(FailureKind::Timeout);
         p.count_failure(FailureKind::ConnectFailure);
         let got: Vec<u64> = p.failures.iter().map(Counter::get).collect();
-        assert_eq!(got, [1, 0, 0, 2, 0]);
+        assert_eq!(got, [1, 0, 0, 2, 0, 0]);
         let labels: Vec<&str> = FailureKind::ALL.iter().map(|k| k.label()).collect();
         assert_eq!(
             labels,
@@ -324,7 +343,8 @@ mod tests {
                 "connect_timeout",
                 "reset",
                 "timeout",
-                "invalid_response"
+                "invalid_response",
+                "tls_failure"
             ]
         );
     }

@@ -41,7 +41,7 @@ struct PeerSum<'a> {
     peer: &'a str,
     requests: u64,
     responses: [u64; 5],
-    failures: [u64; 5],
+    failures: [u64; 6],
     retries: u64,
     active: u64,
     breaker_open: u64,
@@ -79,7 +79,7 @@ pub fn render(registry: &Registry, control: &ControlGauges, out: &mut String) {
                 peer: &p.address,
                 requests: 0,
                 responses: [0; 5],
-                failures: [0; 5],
+                failures: [0; 6],
                 retries: 0,
                 active: 0,
                 breaker_open: 0,
@@ -549,6 +549,20 @@ fn render_downstream(registry: &Registry, out: &mut String) {
         }
     }
 
+    let name = "ringlb_tls_handshake_failures_total";
+    header(
+        out,
+        name,
+        "TLS handshakes with clients that failed, by reason.",
+        "counter",
+    );
+    for (i, reason) in super::TLS_HANDSHAKE_REASONS.iter().enumerate() {
+        let n = registry.shards.iter().fold(0u64, |a, m| {
+            a.wrapping_add(m.tls_handshake_failures[i].get())
+        });
+        sample(out, name, &[("reason", reason)], None, n);
+    }
+
     let name = "ringlb_request_duration_seconds";
     header(
         out,
@@ -928,7 +942,7 @@ mod tests {
                 assert_eq!(family, current, "sample outside its family: {line}");
             }
         }
-        assert_eq!(seen.len(), 42, "{seen:?}");
+        assert_eq!(seen.len(), 43, "{seen:?}");
     }
 
     /// Two shard threads write a known sequence; the scrape, read back by a real Prometheus
@@ -1141,6 +1155,6 @@ mod tests {
             Value::Counter(0.0)
         );
         // Every family has its HELP text.
-        assert_eq!(scrape.docs.len(), 42);
+        assert_eq!(scrape.docs.len(), 43);
     }
 }

@@ -42,6 +42,11 @@ pub(crate) struct Live {
     pub upstream_names: Vec<String>,
     /// Transparent mode's name cache and per-address groups (`proxy/transparent.rs`).
     pub transparent: super::transparent::TransparentState,
+    /// This shard's TLS listeners under this generation (certificates, with the shard's
+    /// session cache).
+    pub tls: crate::tls::ShardTls,
+    /// The shard's TLS session cache, handed from generation to generation.
+    tls_sessions: Arc<rustls::server::ServerSessionMemoryCache>,
 }
 
 impl Live {
@@ -59,11 +64,18 @@ impl Live {
                 ))
             })
             .collect();
-        Live::with_groups(config, 0, groups)
+        Live::with_groups(config, 0, groups, crate::tls::ShardTls::session_cache())
     }
 
-    fn with_groups(config: Arc<Config>, generation: u64, groups: Vec<Rc<UpstreamGroup>>) -> Live {
+    fn with_groups(
+        config: Arc<Config>,
+        generation: u64,
+        groups: Vec<Rc<UpstreamGroup>>,
+        tls_sessions: Arc<rustls::server::ServerSessionMemoryCache>,
+    ) -> Live {
         Live {
+            tls: crate::tls::ShardTls::new(&config.server.tls, &tls_sessions),
+            tls_sessions,
             router: Router::new(&config),
             upstream_names: config.upstreams.iter().map(|u| u.name.clone()).collect(),
             transparent: Default::default(),
@@ -102,7 +114,12 @@ impl Live {
         for gone in old.values() {
             gone.pool.clear();
         }
-        Live::with_groups(snap.config.clone(), snap.generation, groups)
+        Live::with_groups(
+            snap.config.clone(),
+            snap.generation,
+            groups,
+            self.tls_sessions.clone(),
+        )
     }
 
     /// This shard's replica of group `id`, if this generation has such a group.
@@ -344,6 +361,7 @@ impl From<Failure> for Outcome {
             Failure::Reset => Outcome::Reset,
             Failure::Timeout => Outcome::Timeout,
             Failure::InvalidResponse => Outcome::InvalidResponse,
+            Failure::TlsFailure => Outcome::TlsFailure,
             Failure::Status(s) => Outcome::from_status(s),
         }
     }

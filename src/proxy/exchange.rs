@@ -326,6 +326,14 @@ impl<C: Transport> Conn<'_, C> {
                 Ok(_) | Err(IoFail::Io(_)) => {
                     if let Err(IoFail::Io(e)) = &read {
                         tracing::debug!(group = %group.name, "upstream read failed: {e}");
+                        if crate::tls::is_tls_failure(e) && self.ubuf.is_empty() {
+                            // A TLS 1.3 peer refuses ringlb's client certificate only after
+                            // the handshake: its alert is the answer to the request.
+                            return Err(TryFail::Failure {
+                                failure: Failure::TlsFailure,
+                                sent: true,
+                            });
+                        }
                     }
                     if self.ubuf.is_empty() && !body.started_streaming() && !self.interim_sent {
                         return Err(TryFail::Stale);
@@ -518,6 +526,7 @@ pub(super) fn failure_kind(failure: Failure) -> Option<FailureKind> {
         Failure::Reset => FailureKind::Reset,
         Failure::Timeout => FailureKind::Timeout,
         Failure::InvalidResponse => FailureKind::InvalidResponse,
+        Failure::TlsFailure => FailureKind::TlsFailure,
         Failure::Status(_) => return None,
     })
 }
@@ -529,11 +538,13 @@ pub(super) fn fault_kind(fault: Outcome) -> Option<FailureKind> {
         Outcome::Reset => FailureKind::Reset,
         Outcome::Timeout => FailureKind::Timeout,
         Outcome::InvalidResponse => FailureKind::InvalidResponse,
+        Outcome::TlsFailure => FailureKind::TlsFailure,
         Outcome::Success | Outcome::Status(_) => return None,
     })
 }
 
-/// Connects to a peer within the group's connect timeout.
+/// Connects to a peer within the group's connect timeout (the TLS handshake included, for a
+/// peer with `tls`: a failed one is [`Failure::TlsFailure`]).
 async fn connect(
     group: &UpstreamGroup,
     peer: PeerId,
@@ -541,9 +552,11 @@ async fn connect(
 ) -> Result<Connection, Failure> {
     let p = group.peer(peer);
     let limit = within(p.timeouts.connect, try_deadline);
+    let started = Instant::now();
     let tcp = &group.tcp;
     let opts = TcpConnectOpts::default().tcp_fast_open(tcp.fastopen.is_some_and(|n| n > 0));
-    match monoio::time::timeout(limit, TcpStream::connect_addr_with_config(p.addr, &opts)).await {
+    let connecting = TcpStream::connect_addr_with_config(p.addr, &opts);
+    let stream = match monoio::time::timeout(limit, connecting).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(tcp.nodelay.unwrap_or(true));
             // SAFETY: `stream` owns this open socket for the whole borrow.
@@ -553,14 +566,33 @@ async fn connect(
                 tracing::debug!(group = %group.name, "tcp.{key}: {e}");
             }
             group.pool.opened(peer, &stream, Instant::now());
-            Ok(stream)
+            stream
         }
         Ok(Err(e)) => {
             tracing::debug!(group = %group.name, peer = %p.address, "connect failed: {e}");
-            Err(Failure::ConnectFailure)
+            return Err(Failure::ConnectFailure);
         }
         Err(_) => {
             tracing::debug!(group = %group.name, peer = %p.address, "connect timed out");
+            return Err(Failure::ConnectTimeout);
+        }
+    };
+    let Some(tls) = &p.tls else {
+        return Ok(Connection::Plain(stream));
+    };
+    let left = limit.saturating_sub(started.elapsed());
+    match monoio::time::timeout(left, crate::tls::connect(stream, tls)).await {
+        Ok(Ok(stream)) => Ok(stream.into()),
+        Ok(Err(e)) => {
+            tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake failed: {e}");
+            Err(if crate::tls::is_tls_failure(&e) {
+                Failure::TlsFailure
+            } else {
+                Failure::ConnectFailure
+            })
+        }
+        Err(_) => {
+            tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake timed out");
             Err(Failure::ConnectTimeout)
         }
     }

@@ -262,6 +262,7 @@ impl Spare {
 impl<'a, C: Transport> Conn<'a, C> {
     /// An awake connection on `io`, with `spare`'s buffers.
     fn new(ctx: &'a ShardCtx, io: C, addr: SocketAddr, spare: Spare) -> Self {
+        let proto = proto_of(&io);
         Conn {
             ctx,
             live: ctx.live(),
@@ -269,7 +270,7 @@ impl<'a, C: Transport> Conn<'a, C> {
             client: addr,
             fwd: ForwardInfo {
                 client_ip: addr.ip().to_canonical(),
-                proto: "http",
+                proto,
             },
             rbuf: spare.rbuf,
             rpos: 0,
@@ -367,11 +368,12 @@ impl<C: Transport> Conn<'_, C> {
         ctx.metrics.requests.inc();
         let pick = match &ctx.picker {
             Some(picker) => {
-                let info = RequestInfo::new(&self.rbuf, &self.head, self.client);
+                let info =
+                    RequestInfo::new(&self.rbuf, &self.head, self.client).with_sni(self.io.sni());
                 picker.pick(&info, &Upstreams::new(&live.upstream_names))
             }
             None => Pick {
-                upstream: live.router.route(&self.rbuf, &self.head),
+                upstream: live.router.route(&self.rbuf, &self.head, self.io.sni()),
                 hash: None,
             },
         };
@@ -635,6 +637,15 @@ impl<C: Transport> Conn<'_, C> {
             self.rpos = before + taken;
         }
         Ok(())
+    }
+}
+
+/// What `X-Forwarded-Proto` says for a client connection over `io`.
+fn proto_of<C: Transport>(io: &C) -> &'static str {
+    if io.is_tls() {
+        "https"
+    } else {
+        "http"
     }
 }
 

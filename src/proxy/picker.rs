@@ -57,12 +57,30 @@ pub struct RequestInfo<'a> {
     head: &'a RequestHead,
     /// The client's address.
     client: SocketAddr,
+    /// The server name a TLS client sent (SNI), if any.
+    sni: Option<&'a str>,
 }
 
 impl<'a> RequestInfo<'a> {
     /// Wraps a parsed head.
     pub fn new(buf: &'a [u8], head: &'a RequestHead, client: SocketAddr) -> Self {
-        RequestInfo { buf, head, client }
+        RequestInfo {
+            buf,
+            head,
+            client,
+            sni: None,
+        }
+    }
+
+    /// The same, for a connection whose TLS client sent `sni`.
+    pub fn with_sni(self, sni: Option<&'a str>) -> Self {
+        RequestInfo { sni, ..self }
+    }
+
+    /// The server name the client sent in its TLS handshake (SNI); `None` over cleartext or
+    /// without SNI.
+    pub fn sni(&self) -> Option<&'a str> {
+        self.sni
     }
     /// The method.
     pub fn method(&self) -> Method {

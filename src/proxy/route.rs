@@ -13,6 +13,8 @@ pub(crate) struct Router {
 struct Route {
     /// Lower-cased host to match (port ignored).
     host: Option<Vec<u8>>,
+    /// Lower-cased TLS server name to match.
+    sni: Option<String>,
     /// Path prefix to match.
     path_prefix: Option<Vec<u8>>,
     /// Header name (matched case-insensitively) and exact value.
@@ -29,6 +31,7 @@ impl Router {
             .iter()
             .map(|r| Route {
                 host: r.host.as_ref().map(|h| h.to_ascii_lowercase().into_bytes()),
+                sni: r.sni.clone(),
                 path_prefix: r.path_prefix.as_ref().map(|p| p.clone().into_bytes()),
                 header: r
                     .header
@@ -40,21 +43,28 @@ impl Router {
         Router { routes }
     }
 
-    /// The group for a request, or `None` when routes exist and none matches.
-    /// With no routes at all, everything goes to the first upstream.
-    pub fn route(&self, buf: &[u8], head: &RequestHead) -> Option<GroupId> {
+    /// The group for a request (on a connection whose TLS client asked for `sni`), or `None`
+    /// when routes exist and none matches. With no routes at all, everything goes to the
+    /// first upstream.
+    pub fn route(&self, buf: &[u8], head: &RequestHead, sni: Option<&str>) -> Option<GroupId> {
         if self.routes.is_empty() {
             return Some(GroupId::new(0));
         }
         self.routes
             .iter()
-            .find(|r| r.matches(buf, head))
+            .find(|r| r.matches(buf, head, sni))
             .map(|r| r.upstream)
     }
 }
 
 impl Route {
-    fn matches(&self, buf: &[u8], head: &RequestHead) -> bool {
+    fn matches(&self, buf: &[u8], head: &RequestHead, sni: Option<&str>) -> bool {
+        if let Some(want) = &self.sni {
+            match sni {
+                Some(got) if got.trim_end_matches('.').eq_ignore_ascii_case(want) => {}
+                _ => return false,
+            }
+        }
         if let Some(want) = &self.host {
             let Some(host) = head.host.map(|h| h.get(buf)) else {
                 return false;

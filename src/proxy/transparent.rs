@@ -227,6 +227,7 @@ impl TransparentState {
             backup: false,
             region: None,
             drain: false,
+            tls: None,
             limits: cfg.peer_limits,
             timeouts: cfg.timeouts,
             pool: cfg.pool,

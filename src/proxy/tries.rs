@@ -320,6 +320,7 @@ fn failure_error(failure: Failure) -> HttpError {
         Failure::Reset => HttpError::BadGateway("upstream closed the connection"),
         Failure::Timeout => HttpError::GatewayTimeout("upstream did not answer in time"),
         Failure::InvalidResponse => HttpError::BadGateway("invalid response from upstream"),
+        Failure::TlsFailure => HttpError::BadGateway("TLS handshake with upstream failed"),
         Failure::Status(_) => HttpError::BadGateway("upstream answered with an error status"),
     }
 }

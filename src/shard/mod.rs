@@ -7,7 +7,6 @@
 //! between requests and on a short tick.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
@@ -21,6 +20,8 @@ use crate::config::{Driver, UringTaskrun};
 use crate::control::{Doorbell, ListenChange};
 use crate::process::RateLimit;
 use crate::proxy::{self, ShardCtx};
+
+mod tls;
 
 /// How often a shard drains its control channel when no request does it first.
 pub const CONTROL_TICK: Duration = Duration::from_millis(5);
@@ -209,7 +210,7 @@ fn start_accept(shard: &Rc<Shard>, addr: SocketAddr, listener: std::net::TcpList
             let stop = Rc::new(AcceptStop::default());
             shard.accepts.borrow_mut().push((addr, stop.clone()));
             shard.accept_loops.set(shard.accept_loops.get() + 1);
-            monoio::spawn(accept_loop(AcceptLoopGuard(shard.clone()), l, stop));
+            monoio::spawn(accept_loop(AcceptLoopGuard(shard.clone()), l, addr, stop));
         }
         Err(e) => tracing::error!(shard = %shard.ctx.id, "cannot register listener {addr}: {e}"),
     }
@@ -333,7 +334,12 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>, bel
 
 /// Accepts connections on `listener` until shutdown. (Parameters drop in reverse order:
 /// `listener` closes before `guard` tells the shard this loop is done.)
-async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener, stop: Rc<AcceptStop>) {
+async fn accept_loop(
+    guard: AcceptLoopGuard,
+    listener: TcpListener,
+    local: SocketAddr,
+    stop: Rc<AcceptStop>,
+) {
     let shard = &guard.0;
     let ctx = &shard.ctx;
     let max = ctx.config().server.max_connections;
@@ -346,7 +352,7 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener, stop: Rc<Acc
             ctx.changed().notified().await;
         }
         if stop.closing.get() {
-            serve_queued(shard, &listener);
+            serve_queued(shard, &listener, local);
             return;
         }
         if ctx.is_shutting_down() {
@@ -360,11 +366,11 @@ async fn accept_loop(guard: AcceptLoopGuard, listener: TcpListener, stop: Rc<Acc
                 ctx.metrics.connections_accepted.inc();
                 ctx.metrics.connections_active.inc();
                 let guard = ConnGuard(shard.clone());
-                monoio::spawn(serve_conn(guard, stream, addr));
+                spawn_conn(guard, stream, addr, local);
             }
             Err(e) => {
                 if stop.closing.get() {
-                    serve_queued(shard, &listener);
+                    serve_queued(shard, &listener, local);
                     return;
                 }
                 if ctx.is_shutting_down() {
@@ -432,7 +438,7 @@ impl AcceptFailure {
 
 /// Accepts and serves every connection already queued on a listener that is about to close
 /// (its address was removed by a reload), so that closing it resets none of them.
-fn serve_queued(shard: &Rc<Shard>, listener: &TcpListener) {
+fn serve_queued(shard: &Rc<Shard>, listener: &TcpListener, local: SocketAddr) {
     let fd = listener.as_raw_fd();
     // SAFETY: `fd` is the open listening socket owned by `listener`; fcntl(2) and accept4(2)
     // change no memory of ours (null address pointers), and each accepted descriptor is owned
@@ -469,7 +475,7 @@ fn serve_queued(shard: &Rc<Shard>, listener: &TcpListener) {
         shard.connections.set(shard.connections.get() + 1);
         shard.ctx.metrics.connections_accepted.inc();
         shard.ctx.metrics.connections_active.inc();
-        monoio::spawn(serve_conn(ConnGuard(shard.clone()), stream, addr));
+        spawn_conn(ConnGuard(shard.clone()), stream, addr, local);
     }
     tracing::info!(
         shard = %shard.ctx.id,
@@ -478,14 +484,30 @@ fn serve_queued(shard: &Rc<Shard>, listener: &TcpListener) {
     );
 }
 
-/// The task serving one accepted connection. (No async wrapper around `proxy::serve`: its
-/// arguments would be kept twice in every connection's task, once as the wrapper's.)
-fn serve_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr) -> impl Future<Output = ()> {
+/// Spawns the task serving one accepted connection (from the listener configured as
+/// `local`): over TLS when the current generation has TLS on that listener (`tls.rs`), else
+/// plain. (The plain task is `proxy::serve` itself, with no async wrapper: the wrapper's
+/// copy of the arguments would be kept in every idle connection's task.)
+fn spawn_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr, local: SocketAddr) {
     // On unless the listener's `tcp.nodelay = false` (which the connection inherited).
     if guard.0.ctx.config().server.tcp.nodelay != Some(false) {
         let _ = stream.set_nodelay(true);
     }
-    proxy::serve(guard, stream, addr)
+    let live = guard.0.ctx.live();
+    match live.tls.listener(local) {
+        Some(config) => {
+            let config = config.clone();
+            let timeout = live.config.timeouts.request_header;
+            drop(live);
+            monoio::spawn(async move {
+                tls::serve_tls(&guard.0.ctx, config, stream, addr, timeout).await;
+            });
+        }
+        None => {
+            drop(live);
+            monoio::spawn(proxy::serve(guard, stream, addr));
+        }
+    }
 }
 
 impl std::ops::Deref for ConnGuard {

@@ -4,6 +4,7 @@
 //! Everything here is owned by one shard and touched only from its thread (invariant
 //! 1): plain fields and `Cell`s, no atomics, no locks.
 
+mod connection;
 mod hash_key;
 mod pool;
 mod protect;
@@ -58,6 +59,8 @@ pub(crate) struct Peer {
     pub(crate) guard: PeerGuard,
     /// Its timeouts (the group's with the peer's overrides).
     pub timeouts: Timeouts,
+    /// TLS to this peer (`tls = { … }`); `None` = cleartext.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 impl Peer {
@@ -291,6 +294,7 @@ impl UpstreamGroup {
                         .region
                         .as_ref()
                         .and_then(|r| region_names.iter().position(|n| n == r)),
+                    tls: p.tls.clone(),
                     healthy: Cell::new(!start_down),
                     metrics: metrics
                         .and_then(|m| m.peers.get(i).cloned())

@@ -27,10 +27,7 @@ use monoio::net::TcpStream;
 use crate::balance::PeerId;
 use crate::config::PoolConfig;
 
-/// Connection is an upstream connection as the pool keeps it and the request path uses it
-/// (through `io::Transport`): plain TCP today. Upstream TLS turns it into an enum
-/// over the transports, with no change to the request path.
-pub type Connection = TcpStream;
+pub use super::connection::Connection;
 
 /// PooledConn is an idle upstream connection and when it became idle.
 pub struct PooledConn {
@@ -95,7 +92,7 @@ impl Pool {
     }
 
     /// Notes that `stream` to `peer` was just opened (its age counts from `now`).
-    pub fn opened(&self, peer: PeerId, stream: &Connection, now: Instant) {
+    pub fn opened(&self, peer: PeerId, stream: &impl AsRawFd, now: Instant) {
         if self.rotates(peer.index()) {
             self.lent
                 .borrow_mut()
@@ -111,7 +108,7 @@ impl Pool {
         let list = idle.get_mut(peer.index())?;
         while let Some(conn) = list.pop() {
             if now.saturating_duration_since(conn.idle_since) < idle_timeout
-                && is_quiet(&conn.stream)
+                && conn.stream.is_quiet()
             {
                 if let Some(life) = conn.life {
                     self.lent.borrow_mut().insert(conn.stream.as_raw_fd(), life);
@@ -124,7 +121,8 @@ impl Pool {
 
     /// Returns a reusable connection to the pool (dropped when the peer's list is full, or
     /// when it reached `max_requests_per_conn` or `max_conn_age_ms`).
-    pub fn put(&self, peer: PeerId, stream: Connection, now: Instant) {
+    pub fn put(&self, peer: PeerId, stream: impl Into<Connection>, now: Instant) {
+        let stream = stream.into();
         let cfg = *self.cfg(peer.index());
         let life = if self.rotates(peer.index()) {
             let mut life = self
@@ -172,7 +170,7 @@ impl Pool {
             let idle_timeout = self.cfg(peer).idle_timeout;
             let before = list.len();
             list.retain(|c| {
-                now.saturating_duration_since(c.idle_since) < idle_timeout && is_quiet(&c.stream)
+                now.saturating_duration_since(c.idle_since) < idle_timeout && c.stream.is_quiet()
             });
             closed += before - list.len();
         }

@@ -6,7 +6,8 @@
 //! - its in-flight count and latency estimate (least-connection, power-of-two, peak_ewma keep
 //!   their view),
 //! - its circuit breaker (the same breaker object, when the breaker settings did not change),
-//! - its idle pooled connections (when it still resolves to the same socket address);
+//! - its idle pooled connections (when it still resolves to the same socket address with
+//!   the same TLS settings);
 //!
 //! the group keeps its selector (round-robin position, smooth-weighted credit) when membership,
 //! weights, algorithm and balancing parameters are unchanged, and its retry budget when the
@@ -82,7 +83,11 @@ impl UpstreamGroup {
                     *to = from.clone();
                 }
             }
-            if old.peer(old_id).addr == next.peer(id).addr {
+            // Same address and the same TLS settings: a connection made for the old settings
+            // (another CA, SNI or client certificate) must not serve the new ones.
+            if old.peer(old_id).addr == next.peer(id).addr
+                && old.peer(old_id).tls == next.peer(id).tls
+            {
                 next.pool.adopt(id, &old.pool, old_id);
             }
         }

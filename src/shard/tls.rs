@@ -1,0 +1,73 @@
+//! A connection accepted on a TLS listener: the handshake (cut by `request_header_ms`), its
+//! failures counted by reason and logged at debug, then the request loop over the TLS stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+
+use crate::proxy::{self, ShardCtx};
+use crate::tls::{accept, reject_cleartext, HandshakeFailure};
+
+/// Runs the server handshake on `stream`, then serves it like a plain connection.
+pub(super) async fn serve_tls(
+    ctx: &ShardCtx,
+    config: Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    timeout: Duration,
+) {
+    let tls = match accept(config, stream, timeout).await {
+        Ok(tls) => tls,
+        Err(failed) => {
+            count_failure(ctx, failed.reason);
+            tracing::debug!(
+                shard = %ctx.id,
+                client = %addr,
+                reason = failed.reason.label(),
+                "TLS handshake failed: {}",
+                failed.error
+            );
+            if let Some(tcp) = failed.cleartext {
+                reject_cleartext(tcp, timeout).await;
+            }
+            return;
+        }
+    };
+    match tls.alpn() {
+        // The hook for HTTP/2: an `h2` connection (once `SERVER_ALPN` offers it) goes to the
+        // HTTP/2 server here; `http/1.1` or no ALPN runs the HTTP/1.1 request loop.
+        Some(b"http/1.1") | None => proxy::serve(ctx, tls, addr).await,
+        Some(other) => {
+            tracing::debug!(
+                shard = %ctx.id,
+                client = %addr,
+                "ALPN chose {:?}, which nothing serves",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+}
+
+/// Counts a failed handshake in `ringlb_tls_handshake_failures_total{reason}`.
+fn count_failure(ctx: &ShardCtx, reason: HandshakeFailure) {
+    if let Some(c) = ctx.metrics.tls_handshake_failures.get(reason as usize) {
+        c.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::TLS_HANDSHAKE_REASONS;
+
+    #[test]
+    fn failure_reasons_index_the_metric_labels() {
+        let labels: Vec<&str> = HandshakeFailure::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels, TLS_HANDSHAKE_REASONS);
+        for (i, r) in HandshakeFailure::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}

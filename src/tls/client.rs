@@ -1,0 +1,168 @@
+//! Upstream TLS: a peer's client settings ([`UpstreamTls`], built by `config/tls.rs`), the
+//! client handshake ([`connect`]) and what a failed one means ([`is_tls_failure`]).
+
+use std::fmt;
+use std::io;
+use std::sync::{Arc, OnceLock};
+
+use monoio::net::TcpStream;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use super::stream::TlsStream;
+
+/// A client-side TLS stream (ringlb → a peer).
+pub type ClientTlsStream = TlsStream<ClientConnection>;
+
+/// UpstreamTls is how ringlb speaks TLS to one peer: the rustls client configuration (roots
+/// or no verification, client certificate, ALPN, the session cache for resumption) and the
+/// server name to send and verify.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// The client configuration (shared by every peer with the same settings).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name sent as SNI (none for an IP address) and checked against the certificate.
+    pub server_name: ServerName<'static>,
+    /// The settings as one string (`sni=…;verify=…;ca=…;…`): equal strings mean the same TLS
+    /// settings, so pooled connections may move between generations.
+    pub settings: String,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.settings == other.settings
+    }
+}
+
+/// Runs the client handshake on a connected TCP stream (the caller bounds it with the
+/// connect timeout).
+pub async fn connect(tcp: TcpStream, tls: &UpstreamTls) -> io::Result<ClientTlsStream> {
+    let conn = ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut stream = TlsStream::new(tcp, conn);
+    match stream.handshake().await {
+        Ok(()) => Ok(stream),
+        Err(e) => {
+            stream.send_alert().await;
+            Err(e)
+        }
+    }
+}
+
+impl UpstreamTls {
+    /// The default settings for a peer at `host` that has no `tls` table of its own (a health
+    /// check with `tls = true`): verify against the system roots, SNI = `host`, ALPN
+    /// `http/1.1`.
+    pub fn default_for(host: &str) -> Result<UpstreamTls, String> {
+        static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+        let config = CONFIG
+            .get_or_init(|| {
+                let roots = system_roots()?;
+                let mut c = rustls::ClientConfig::builder_with_provider(super::provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                c.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Ok(Arc::new(c))
+            })
+            .clone()?;
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|_| format!("`{host}` is not a DNS name or an IP address"))?;
+        Ok(UpstreamTls {
+            config,
+            server_name,
+            settings: format!("sni={host};default"),
+        })
+    }
+}
+
+/// Whether an I/O error of a TLS stream is a TLS failure (a certificate that does not
+/// verify, an alert from the peer, no protocol in common, a peer that does not speak TLS)
+/// rather than the network's.
+pub fn is_tls_failure(e: &io::Error) -> bool {
+    super::rustls_error(e).is_some()
+}
+
+/// The system's trust anchors (rustls-native-certs: the OS store, `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR` honoured), loaded once per process.
+pub fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            let (_added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                let why = found
+                    .errors
+                    .first()
+                    .map_or_else(|| "none found".to_string(), |e| e.to_string());
+                return Err(format!(
+                    "no system root certificates ({why}); install ca-certificates or set `ca`"
+                ));
+            }
+            Ok(Arc::new(roots))
+        })
+        .clone()
+}
+
+/// NoVerify accepts any certificate (`verify = false`): the connection is encrypted but the
+/// peer is not authenticated. Handshake signatures are still checked, so the peer must hold
+/// the key of the certificate it sent.
+#[derive(Debug)]
+pub struct NoVerify(pub Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

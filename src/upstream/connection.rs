@@ -1,0 +1,140 @@
+//! [`Connection`]: an upstream connection as the pool keeps it and the request path uses it,
+//! plain TCP or TLS, one `io::Transport` over both (a match per I/O call, no box on the
+//! plain path).
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent, Split};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+
+use crate::io::Transport;
+use crate::tls::ClientTlsStream;
+
+/// Connection is an upstream connection: plain TCP, or TLS over it (the peer has `tls`).
+pub enum Connection {
+    /// Cleartext.
+    Plain(TcpStream),
+    /// TLS (boxed: the rustls state is large and the plain case should not pay for it).
+    Tls(Box<ClientTlsStream>),
+}
+
+impl From<TcpStream> for Connection {
+    fn from(s: TcpStream) -> Connection {
+        Connection::Plain(s)
+    }
+}
+
+impl From<ClientTlsStream> for Connection {
+    fn from(s: ClientTlsStream) -> Connection {
+        Connection::Tls(Box::new(s))
+    }
+}
+
+impl Connection {
+    /// Whether this idle connection is still open and has nothing to read (see
+    /// [`super::is_quiet`]): for TLS, the socket must be quiet and rustls must hold no
+    /// unread bytes either (a record that arrived with the last response).
+    pub fn is_quiet(&self) -> bool {
+        match self {
+            Connection::Plain(s) => super::is_quiet(s),
+            Connection::Tls(s) => s.is_idle() && super::is_quiet(s.tcp()),
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for Connection {
+    /// The TCP socket's descriptor (under TLS too): what the pool keys connection ages by.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Connection::Plain(s) => s.as_raw_fd(),
+            Connection::Tls(s) => s.tcp().as_raw_fd(),
+        }
+    }
+}
+
+// SAFETY: each variant is `Split`; a read and a write on the enum are a read and a write on
+// the one stream inside it.
+unsafe impl Split for Connection {}
+
+impl AsyncReadRent for Connection {
+    async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            Connection::Plain(s) => s.read(buf).await,
+            Connection::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn readv<B: IoVecBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            Connection::Plain(s) => s.readv(buf).await,
+            Connection::Tls(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl CancelableAsyncReadRent for Connection {
+    async fn cancelable_read<B: IoBufMut>(
+        &mut self,
+        buf: B,
+        c: CancelHandle,
+    ) -> BufResult<usize, B> {
+        match self {
+            Connection::Plain(s) => s.cancelable_read(buf, c).await,
+            Connection::Tls(s) => s.cancelable_read(buf, c).await,
+        }
+    }
+
+    async fn cancelable_readv<B: IoVecBufMut>(
+        &mut self,
+        buf: B,
+        c: CancelHandle,
+    ) -> BufResult<usize, B> {
+        match self {
+            Connection::Plain(s) => s.cancelable_readv(buf, c).await,
+            Connection::Tls(s) => s.cancelable_readv(buf, c).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for Connection {
+    async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            Connection::Plain(s) => s.write(buf).await,
+            Connection::Tls(s) => s.write(buf).await,
+        }
+    }
+
+    async fn writev<B: IoVecBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            Connection::Plain(s) => s.writev(buf).await,
+            Connection::Tls(s) => s.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Connection::Plain(s) => s.flush().await,
+            Connection::Tls(s) => s.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            Connection::Plain(s) => s.shutdown().await,
+            Connection::Tls(s) => s.shutdown().await,
+        }
+    }
+}
+
+impl Transport for Connection {
+    fn shutdown_write(&mut self) -> bool {
+        match self {
+            Connection::Plain(s) => s.shutdown_write(),
+            Connection::Tls(s) => s.shutdown_write(),
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, Connection::Tls(_))
+    }
+}
