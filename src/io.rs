@@ -33,13 +33,42 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
     /// Closes the write side only (the peer reads end of stream after what was written) while
     /// reads go on, for a lingering close. Returns false when the stream is already broken.
     fn shutdown_write(&mut self) -> bool;
+
+    /// This transport as a poll-based byte stream ([`PollStream`]), for the HTTP/2 codec,
+    /// which is written against tokio's I/O traits. `None` when it cannot be one (the
+    /// transport is then dropped): the default.
+    fn into_poll_stream(self) -> Option<Box<dyn PollStream>>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
+
+/// PollStream is a byte stream with poll-based (tokio) reads and writes: what the HTTP/2
+/// codec (the `h2` crate) runs a connection over. A [`Transport`] becomes one with
+/// [`Transport::into_poll_stream`] (plain TCP through monoio's `poll-io`: readiness-driven
+/// `recv`/`send` on the same runtime); a TLS stream that is one already is boxed as it is.
+pub trait PollStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> PollStream for T {}
 
 impl Transport for TcpStream {
     fn shutdown_write(&mut self) -> bool {
         use std::os::fd::AsRawFd;
         // SAFETY: the fd is the open socket owned by `self`; shutdown(2) changes no memory.
         unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_WR) == 0 }
+    }
+
+    fn into_poll_stream(self) -> Option<Box<dyn PollStream>> {
+        use monoio::io::IntoPollIo;
+        match self.into_poll_io() {
+            Ok(poll) => Some(Box::new(poll)),
+            Err(e) => {
+                tracing::debug!("cannot switch the connection to poll-based I/O: {e}");
+                None
+            }
+        }
     }
 }
 

@@ -73,6 +73,8 @@ pub(crate) struct ServerFile {
     pub uring_taskrun: Option<UringTaskrunFile>,
     /// Capacity of the shards → control thread observation channel. Default 4096.
     pub observation_queue: Option<u64>,
+    /// `h2 = { … }`: HTTP/2 towards clients (keys in `h2.rs`).
+    pub h2: Option<super::h2::H2File>,
 }
 
 /// WorkersFile is `workers = "auto"` or `workers = N` as written (N is range-checked later).

@@ -10,6 +10,7 @@ mod balance;
 mod cpus;
 mod failover;
 pub(crate) mod file;
+mod h2;
 mod health;
 mod locate;
 mod log;
@@ -26,6 +27,7 @@ pub(crate) use crate::balance::{Algorithm, BalanceParams, HashKey};
 pub(crate) use crate::failover::{BreakerConfig, RetryPolicy};
 pub use cpus::allowed_cpus;
 pub(crate) use cpus::format_cpu_list;
+pub use h2::H2Config;
 pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
@@ -99,6 +101,8 @@ pub struct ServerConfig {
     /// Capacity of the one bounded channel shards report request outcomes to the control
     /// thread on (`try_send`: a full channel drops the report and counts it). Default 4096.
     pub observation_queue: usize,
+    /// The `h2` table: HTTP/2 towards clients (h2c, SETTINGS, abuse limits).
+    pub h2: H2Config,
 }
 
 /// UringTaskrun is when the kernel runs the completion work ("task work") of a shard's ring.
@@ -741,7 +745,7 @@ upstream = "static"
             "ringlb.toml: key `server.foo`: unknown field `foo`, expected one of `listen`, \
              `workers`, `cpus`, `numa_node`, `admin`, `admin_token`, `shutdown_timeout_ms`, `backlog`, \
              `driver`, `max_connections`, `uring_entries`, `uring_taskrun`, \
-             `observation_queue` (line 2)"
+             `observation_queue`, `h2` (line 2)"
         );
         let e = Config::from_toml_str(
             "[[upstream]]\nname = \"a\"\npeers = [{ address = \"10.0.0.1\" }]\n",

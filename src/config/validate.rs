@@ -250,6 +250,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         uring_entries,
         observation_queue: super::health::observation_queue(f.observation_queue)
             .map_err(|(k, r)| cx.err(k, r))?,
+        h2: super::h2::h2(f.h2.as_ref()).map_err(|(k, r)| cx.err(k, r))?,
         uring_taskrun: match f.uring_taskrun {
             None | Some(UringTaskrunFile::Defer) => UringTaskrun::Defer,
             Some(UringTaskrunFile::Coop) => UringTaskrun::Coop,

@@ -123,8 +123,8 @@ pub(crate) struct ShardCtx {
     control: Receiver<ControlMsg>,
     /// Set once shutdown began: connections finish their request and close.
     shutting_down: Cell<bool>,
-    /// Notified when shutdown begins, and by the shard when a connection closes or an accept
-    /// loop ends.
+    /// Notified when shutdown begins, when a reload was applied, and by the shard when a
+    /// connection closes or an accept loop ends.
     changed: Notify,
     /// Cancels every accept and idle keep-alive read at shutdown.
     canceller: RefCell<Canceller>,
@@ -211,6 +211,8 @@ impl ShardCtx {
             "configuration applied"
         );
         *self.live.borrow_mut() = Rc::new(next);
+        // HTTP/2 connections wait on this to send GOAWAY (their settings are per connection).
+        self.changed.notify_all();
     }
 
     fn begin_shutdown(&self) {

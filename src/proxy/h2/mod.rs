@@ -1,0 +1,212 @@
+//! HTTP/2 towards clients, on the `h2` crate (framing, HPACK, flow control, stream states)
+//! over monoio's poll-based streams.
+//!
+//! [`serve_connection`] runs one client connection: the handshake with ringlb's SETTINGS
+//! (`[server] h2`), then every stream the client opens as one request through the HTTP/1.1
+//! request path (`stream.rs`: the stream is a [`Transport`](crate::io::Transport) that
+//! speaks HTTP/1.1), all in the connection's one task: the streams are futures polled
+//! together with the connection (no task per stream, nothing crosses the shard). A cleartext
+//! connection comes here from the first read of `proxy::serve` when it opens with the
+//! connection preface (prior knowledge, RFC 9113 §3.3); a TLS connection whose ALPN chose
+//! `h2` calls [`serve_connection`] itself, with its stream as a [`PollStream`].
+//!
+//! Limits: the `h2` crate answers an over-long header list with 431 (HPACK bombs) and ends a
+//! CONTINUATION flood with GOAWAY; `meter.rs` counts RST_STREAM, PING and SETTINGS frames
+//! per second and past a limit the connection gets GOAWAY (ENHANCE_YOUR_CALM) and closes.
+//! A stream the client resets stops its request at once (its upstream try is dropped), so
+//! resets cannot pile up work behind the stream limit.
+//!
+//! Shutdown and reload: the connection sends GOAWAY (graceful: the streams in flight finish,
+//! new ones are refused) and closes when they are done. A connection without streams for
+//! `client_idle_ms` closes the same way.
+
+mod meter;
+mod stream;
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+
+use super::ShardCtx;
+use crate::io::PollStream;
+pub(crate) use meter::PREFACE;
+use meter::{Abuse, Metered};
+use stream::{Reply, StreamIo};
+
+/// How long a connection that is closing (GOAWAY sent) may take to finish its streams and
+/// flush before it is dropped. Shutdown's own drain time bounds it further.
+const CLOSING_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether `buf` (a cleartext connection's first bytes, which did not parse as HTTP/1.1)
+/// starts the HTTP/2 connection preface.
+pub(crate) fn is_preface(buf: &[u8]) -> bool {
+    let n = buf.len().min(PREFACE.len());
+    n >= 14 && buf[..n] == PREFACE[..n]
+}
+
+/// What woke the connection's driver.
+enum Event {
+    /// A new stream.
+    Stream(Box<(http::Request<RecvStream>, SendResponse<Bytes>)>),
+    /// The connection is closed (or failed): finish the streams and stop.
+    Closed,
+    /// The shard changed state (shutdown began, a reload arrived).
+    Changed,
+    /// A limit tripped.
+    Abuse,
+    /// No stream for `client_idle_ms`.
+    Idle,
+}
+
+/// Serves one HTTP/2 client connection on `io` until it closes. `replay` holds the bytes
+/// already read from it (the connection preface first: a cleartext connection's first read);
+/// empty when nothing was read yet.
+pub(crate) async fn serve_connection(
+    ctx: &ShardCtx,
+    io: Box<dyn PollStream>,
+    replay: Vec<u8>,
+    addr: SocketAddr,
+) {
+    let live = ctx.live();
+    let cfg = live.config.server.h2;
+    let timeouts = live.config.timeouts;
+    let abuse = Abuse::new(&cfg);
+    let io = Metered::new(io, replay, &abuse);
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .initial_window_size(cfg.initial_window)
+        .initial_connection_window_size(cfg.connection_window())
+        .max_frame_size(cfg.max_frame_size)
+        .max_header_list_size(cfg.max_header_list_size)
+        // What a stream may queue beyond the client's window: one relay buffer.
+        .max_send_buffer_size(super::STREAM_BUF);
+    let handshake = builder.handshake::<_, Bytes>(io);
+    let mut conn = match monoio::time::timeout(timeouts.request_header, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %addr, "HTTP/2 handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %addr, "HTTP/2 handshake timed out");
+            return;
+        }
+    };
+    let generation = live.generation;
+    drop(live);
+    let mut streams: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + '_>>> =
+        FuturesUnordered::new();
+    let mut closing = false;
+    loop {
+        let idle = timeouts.client_idle;
+        let no_streams = streams.is_empty() && !closing;
+        let event = {
+            let drive = poll_fn(|cx| {
+                abuse.register(cx.waker());
+                if !closing && abuse.tripped().is_some() {
+                    return Poll::Ready(Event::Abuse);
+                }
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok(s))) => return Poll::Ready(Event::Stream(Box::new(s))),
+                    Poll::Ready(Some(Err(e))) => {
+                        tracing::debug!(client = %addr, "HTTP/2 connection error: {e}");
+                        return Poll::Ready(Event::Closed);
+                    }
+                    Poll::Ready(None) => return Poll::Ready(Event::Closed),
+                    Poll::Pending => {}
+                }
+                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+                Poll::Pending
+            });
+            monoio::select! {
+                ev = drive => ev,
+                _ = ctx.changed().notified() => Event::Changed,
+                _ = sleep_if(no_streams, idle) => Event::Idle,
+            }
+        };
+        match event {
+            Event::Stream(s) => {
+                let (req, respond) = *s;
+                streams.push(Box::pin(serve_stream(ctx, req, respond, addr)));
+            }
+            Event::Closed => {
+                // The streams end on their own now (their I/O fails); bounded anyway.
+                let finish = poll_fn(|cx| loop {
+                    match streams.poll_next_unpin(cx) {
+                        Poll::Ready(Some(())) => continue,
+                        Poll::Ready(None) => return Poll::Ready(()),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                });
+                let _ = monoio::time::timeout(CLOSING_GRACE, finish).await;
+                return;
+            }
+            Event::Changed => {
+                let reloaded = ctx.live().generation != generation;
+                if !closing && (ctx.is_shutting_down() || reloaded) {
+                    tracing::debug!(client = %addr, reloaded, "HTTP/2: GOAWAY, draining");
+                    conn.graceful_shutdown();
+                    closing = true;
+                }
+            }
+            Event::Abuse => {
+                tracing::info!(
+                    client = %addr,
+                    "HTTP/2 client over its limit ({:?}): GOAWAY",
+                    abuse.tripped()
+                );
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                // Its streams are dropped with it; the GOAWAY is flushed by polling on.
+                streams.clear();
+                let flush = poll_fn(|cx| conn.poll_closed(cx));
+                let _ = monoio::time::timeout(Duration::from_secs(1), flush).await;
+                return;
+            }
+            Event::Idle => {
+                if !closing {
+                    conn.graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps `wait` when `on`, else never completes.
+async fn sleep_if(on: bool, wait: Duration) {
+    if on {
+        monoio::time::sleep(wait).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs one stream's request through the request path; a reset by the client ends it at once.
+async fn serve_stream(
+    ctx: &ShardCtx,
+    req: http::Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    addr: SocketAddr,
+) {
+    let (parts, body) = req.into_parts();
+    let reply = Rc::new(RefCell::new(Reply::Waiting(respond)));
+    let io = StreamIo::new(&parts, body, reply.clone());
+    let serve = super::serve(ctx, io, addr);
+    let reset = poll_fn(|cx| reply.borrow_mut().poll_reset(cx));
+    monoio::select! {
+        _ = serve => {}
+        _ = reset => {
+            tracing::debug!(client = %addr, "HTTP/2 stream reset by the client");
+        }
+    }
+}
