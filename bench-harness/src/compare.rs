@@ -59,6 +59,17 @@ pub struct CompareArgs {
     /// Print the tables as Markdown.
     #[arg(long)]
     markdown: bool,
+
+    /// Load with h2load over HTTP/2 with prior knowledge instead of wrk (nginx `listen …
+    /// http2`, HAProxy `bind … proto h2`, ringlb's default h2c); upstreams stay HTTP/1.1. No
+    /// baseline run (the backends speak HTTP/1.1 only). The latency columns then hold h2load's
+    /// mean and maximum request time.
+    #[arg(long)]
+    h2: bool,
+
+    /// With `--h2`: concurrent streams per connection (h2load `-m`).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    streams: u32,
 }
 
 /// Runs `compare`.
@@ -81,8 +92,9 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             threads: args.threads,
             warmup: args.warmup,
             max_conns: 0,
-            baseline: true,
+            baseline: !args.h2,
             tag: "compare",
+            h2_streams: args.h2.then_some(args.streams),
         },
     )?;
     let report = Report {
@@ -121,6 +133,8 @@ pub struct Rounds {
     pub baseline: bool,
     /// Names the wrk report files.
     pub tag: &'static str,
+    /// Load with h2load over h2c, this many streams per connection, instead of wrk.
+    pub h2_streams: Option<u32>,
 }
 
 /// Runs `shape.rounds` rounds; in round r the proxies go in [`rotation`] order, and each run
@@ -146,6 +160,7 @@ pub fn run_rounds(
         backends,
         scratch: &lab.scratch,
         proxy_cpu: setup.proxy_cpu,
+        h2_streams: shape.h2_streams,
     };
     let baseline = if shape.baseline {
         // The load side alone, straight at one backend.
@@ -162,18 +177,18 @@ pub fn run_rounds(
     for round in 1..=shape.rounds {
         for i in rotation(n, round) {
             check_interrupted()?;
-            let mut p = lab.start(i, &addrs, shape.max_conns)?;
+            let mut p = lab.start_h2(i, &addrs, shape.max_conns, shape.h2_streams.is_some())?;
             let label = p.kind().name();
             if shape.warmup > 0 {
                 eprintln!("warm-up: {label} for {} s", shape.warmup);
                 let out = lab.file(&format!("wrk-{}-warmup-{label}-{round}.txt", shape.tag));
-                load.run(&p.url(), shape.warmup, &out)?;
+                bench.load_run(&p.url(), shape.warmup, &out)?;
             }
-            eprintln!(
-                "round {round}/{}: {label}: {}",
-                shape.rounds,
-                load.command_line(shape.duration, &p.url())
-            );
+            let command = match shape.h2_streams {
+                Some(m) => load.h2load_command_line(m, shape.duration, &p.url()),
+                None => load.command_line(shape.duration, &p.url()),
+            };
+            eprintln!("round {round}/{}: {label}: {command}", shape.rounds);
             let row = bench.measure(&p.url(), Some(p.pid()), label, round, shape.tag)?;
             eprintln!("  {}", one_line(&row));
             p.check_alive()?;
@@ -196,9 +211,24 @@ struct Bench<'a> {
     scratch: &'a ScratchDir,
     /// The proxies' core, to see how busy it was.
     proxy_cpu: usize,
+    /// h2load over h2c with this many streams per connection instead of wrk.
+    h2_streams: Option<u32>,
 }
 
 impl Bench<'_> {
+    /// One load run (wrk, or h2load with `h2_streams`).
+    fn load_run(
+        &self,
+        url: &str,
+        seconds: u64,
+        out: &std::path::Path,
+    ) -> Result<(crate::wrk::WrkResult, f64)> {
+        match self.h2_streams {
+            Some(m) => self.load.run_h2load(m, url, seconds, out),
+            None => self.load.run(url, seconds, out),
+        }
+    }
+
     /// One wrk run against `url`, with the CPU time of the proxy's process tree (rooted at
     /// `pid`) sampled around it.
     fn measure(
@@ -219,7 +249,7 @@ impl Bench<'_> {
             .scratch
             .path()
             .join(format!("wrk-{tag}-{label}-{round}.txt"));
-        let (wrk, wrk_cpu) = load.run(url, self.seconds, &out)?;
+        let (wrk, wrk_cpu) = self.load_run(url, self.seconds, &out)?;
         let cpu_after = pid.map(tree_cpu_seconds);
         let backends_cpu_after = backends_cpu();
         let cores_after = (CoreTicks::read(self.proxy_cpu), CoreTicks::read(load.cpu));
@@ -277,6 +307,13 @@ fn settings(args: &CompareArgs, tools: &Tools) -> Vec<(String, String)> {
         ("rounds", args.rounds.to_string()),
         ("connections", args.connections.to_string()),
         ("wrk_threads", args.threads.to_string()),
+        (
+            "load",
+            match args.h2 {
+                true => format!("h2load h2c -m{} (latency columns: mean, max)", args.streams),
+                false => "wrk HTTP/1.1".to_string(),
+            },
+        ),
         ("warmup_s", args.warmup.to_string()),
         ("proxy_cpu", s.proxy_cpu.to_string()),
         ("load_cpu", s.load_cpu.to_string()),

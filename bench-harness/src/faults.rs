@@ -173,6 +173,7 @@ pub fn run(args: &FaultsArgs) -> Result<()> {
         upgrade: false,
         ringlb_admin: "",
         max_conns: 0,
+        h2: false,
     };
     let mut proxy = RunningProxy::start(&spec)?;
     proxy.wait_ready(Duration::from_secs(15))?;

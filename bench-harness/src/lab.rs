@@ -78,6 +78,17 @@ impl<'a> Lab<'a> {
         backends: &[SocketAddr],
         max_conns: u32,
     ) -> Result<RunningProxy> {
+        self.start_h2(index, backends, max_conns, false)
+    }
+
+    /// [`Lab::start`], with clients speaking HTTP/2 with prior knowledge when `h2`.
+    pub fn start_h2(
+        &self,
+        index: usize,
+        backends: &[SocketAddr],
+        max_conns: u32,
+        h2: bool,
+    ) -> Result<RunningProxy> {
         let (kind, program) = &self.tools.proxies[index];
         let spec = ProxySpec {
             kind: *kind,
@@ -92,6 +103,7 @@ impl<'a> Lab<'a> {
             upgrade: false,
             ringlb_admin: "",
             max_conns,
+            h2,
         };
         let mut p = RunningProxy::start(&spec)?;
         p.wait_ready(Duration::from_secs(15))?;

@@ -80,6 +80,10 @@ pub struct ProxySpec<'a> {
     /// (65536 per shard) already covers any N the fd limit allows. The proxies inherit the
     /// harness's open-files limit (raised to the hard limit by `conns` and `idle`).
     pub max_conns: u32,
+    /// Clients speak HTTP/2 with prior knowledge (`compare --h2`): nginx gets
+    /// `listen … http2`, HAProxy `bind … proto h2`; ringlb takes h2c on its listener by
+    /// default. Upstreams stay HTTP/1.1 for all three.
+    pub h2: bool,
 }
 
 /// RunningProxy is a started proxy; dropping it stops its whole process group.
@@ -94,6 +98,8 @@ pub struct RunningProxy {
     dir: PathBuf,
     /// The command line, as a human would type it.
     command_line: String,
+    /// It serves HTTP/2 with prior knowledge only (probe with the preface).
+    h2: bool,
 }
 
 impl RunningProxy {
@@ -139,6 +145,7 @@ impl RunningProxy {
             child,
             dir: spec.dir.clone(),
             command_line,
+            h2: spec.h2,
         })
     }
 
@@ -177,7 +184,8 @@ impl RunningProxy {
                     self.log_tail()
                 );
             }
-            let last = match probe(addr) {
+            let answer = if self.h2 { probe_h2(addr) } else { probe(addr) };
+            let last = match answer {
                 Ok(200) => return Ok(()),
                 Ok(code) => format!("answered {code}"),
                 Err(e) => e.to_string(),
@@ -346,6 +354,24 @@ fn probe(addr: SocketAddr) -> std::io::Result<u16> {
         })
 }
 
+/// Sends the HTTP/2 connection preface and an empty SETTINGS; `Ok(200)` when the server
+/// answers with a SETTINGS frame (it speaks h2c).
+fn probe_h2(addr: SocketAddr) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")?;
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head)?;
+    if head[3] == 0x4 {
+        Ok(200)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("first frame is of type {}, not SETTINGS", head[3]),
+        ))
+    }
+}
+
 /// Writes the proxy's config file(s) into `spec.dir`; returns the proxy's arguments.
 fn write_config(spec: &ProxySpec<'_>) -> Result<Vec<String>> {
     let dir = &spec.dir;
@@ -463,7 +489,7 @@ fn nginx_config(spec: &ProxySpec<'_>) -> Result<String> {
          \x20   }}\n\
          \n\
          \x20   server {{\n\
-         \x20       listen 127.0.0.1:{port};\n\
+         \x20       listen 127.0.0.1:{port}{http2};\n\
          \x20       location / {{\n\
          \x20           proxy_pass http://b;\n\
          \x20           proxy_http_version 1.1;\n\
@@ -472,6 +498,7 @@ fn nginx_config(spec: &ProxySpec<'_>) -> Result<String> {
          \x20   }}\n\
          }}\n",
         port = spec.port,
+        http2 = if spec.h2 { " http2" } else { "" },
         connection = if spec.upgrade {
             "            proxy_set_header Upgrade $http_upgrade;\n\
              \x20           proxy_set_header Connection \"upgrade\";\n\
@@ -536,13 +563,14 @@ fn haproxy_config(spec: &ProxySpec<'_>) -> String {
          \x20   http-reuse always\n\
          \n\
          frontend fe\n\
-         \x20   bind 127.0.0.1:{port}\n\
+         \x20   bind 127.0.0.1:{port}{proto}\n\
          \x20   default_backend be\n\
          \n\
          backend be\n\
          \x20   balance roundrobin\n\
          {servers}",
         port = spec.port,
+        proto = if spec.h2 { " proto h2" } else { "" },
         tunnel = if spec.upgrade {
             "    timeout tunnel 3600s\n"
         } else {
@@ -584,6 +612,7 @@ mod tests {
             ringlb_admin: "",
             upgrade: false,
             max_conns: 0,
+            h2: false,
         }
     }
 

@@ -237,6 +237,7 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
         upgrade: false,
         ringlb_admin: &admin,
         max_conns: 0,
+        h2: false,
     };
     let config_path = spec.dir.join(RINGLB_CONFIG_FILE);
     let mut proxy = RunningProxy::start(&spec)?;
@@ -772,6 +773,7 @@ mod tests {
             upgrade: false,
             ringlb_admin: "127.0.0.1:9900",
             max_conns: 0,
+            h2: false,
         }
     }
 
