@@ -145,6 +145,22 @@ fn h2c_can_be_turned_off_and_the_preface_is_then_a_bad_http1_request() {
 }
 
 #[test]
+fn upgrade_to_h2c_is_refused_and_the_request_answered_as_http1() {
+    let a = Backend::with_handler("a", |r| {
+        Reply::ok(format!("upgrade={}", r.header("upgrade").unwrap_or("-")))
+    });
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    let r = proxy.client().roundtrip(
+        b"GET /u HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), "upgrade=-");
+    let req = a.only_request();
+    assert_eq!(req.header("http2-settings"), None);
+}
+
+#[test]
 fn translation_authority_cookies_te_and_hop_by_hop_fields() {
     let a = Backend::with_handler("a", |_| {
         Reply::ok("fine")
@@ -757,5 +773,347 @@ impl RawH2 {
                 Err(e) => panic!("read: {e}"),
             }
         }
+    }
+}
+
+/// H2Request is one request as an HTTP/2 backend received it.
+#[derive(Debug, Clone)]
+struct H2Request {
+    method: String,
+    path: String,
+    authority: String,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+    conn: usize,
+}
+
+/// H2Answer is what an HTTP/2 backend answers: status, fields, body, trailers; or a reset.
+struct H2Answer {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    trailers: Vec<(&'static str, &'static str)>,
+    delay: Duration,
+    reset: Option<h2::Reason>,
+}
+
+impl H2Answer {
+    fn ok(body: impl Into<Vec<u8>>) -> H2Answer {
+        H2Answer {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into(),
+            trailers: Vec::new(),
+            delay: Duration::ZERO,
+            reset: None,
+        }
+    }
+}
+
+type H2Handler = dyn Fn(&H2Request) -> H2Answer + Send + Sync;
+
+/// H2Backend is an HTTP/2 (h2c, prior knowledge) origin on a thread of its own.
+struct H2Backend {
+    addr: SocketAddr,
+    accepts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<H2Request>>>,
+}
+
+impl H2Backend {
+    /// Starts one; `max_streams` is its SETTINGS_MAX_CONCURRENT_STREAMS, `goaway_after` makes
+    /// it send GOAWAY after that many streams on a connection.
+    fn start(
+        max_streams: u32,
+        goaway_after: Option<usize>,
+        handler: impl Fn(&H2Request) -> H2Answer + Send + Sync + 'static,
+    ) -> H2Backend {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<H2Handler> = Arc::new(handler);
+        let (acc, reqs) = (accepts.clone(), requests.clone());
+        std::thread::spawn(move || {
+            run(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let conn_no = acc.fetch_add(1, Ordering::SeqCst);
+                    let (handler, reqs) = (handler.clone(), reqs.clone());
+                    tokio::spawn(async move {
+                        let mut b = h2::server::Builder::new();
+                        b.max_concurrent_streams(max_streams);
+                        let Ok(mut conn) = b.handshake::<_, Bytes>(tcp).await else {
+                            return;
+                        };
+                        let mut served = 0;
+                        while let Some(Ok((req, mut respond))) = conn.accept().await {
+                            served += 1;
+                            if Some(served) == goaway_after {
+                                conn.graceful_shutdown();
+                            }
+                            let (handler, reqs) = (handler.clone(), reqs.clone());
+                            tokio::spawn(async move {
+                                let (parts, mut body) = req.into_parts();
+                                let mut data = Vec::new();
+                                while let Some(Ok(c)) = body.data().await {
+                                    let _ = body.flow_control().release_capacity(c.len());
+                                    data.extend_from_slice(&c);
+                                }
+                                let r = H2Request {
+                                    method: parts.method.to_string(),
+                                    path: parts.uri.path().to_string(),
+                                    authority: parts
+                                        .uri
+                                        .authority()
+                                        .map(|a| a.to_string())
+                                        .unwrap_or_default(),
+                                    headers: parts.headers,
+                                    body: data,
+                                    conn: conn_no,
+                                };
+                                reqs.lock().unwrap().push(r.clone());
+                                let a = handler(&r);
+                                tokio::time::sleep(a.delay).await;
+                                if let Some(reason) = a.reset {
+                                    respond.send_reset(reason);
+                                    return;
+                                }
+                                let mut resp = http::Response::builder().status(a.status);
+                                for (n, v) in &a.headers {
+                                    resp = resp.header(*n, v);
+                                }
+                                let end = a.body.is_empty() && a.trailers.is_empty();
+                                let Ok(mut s) = respond.send_response(resp.body(()).unwrap(), end)
+                                else {
+                                    return;
+                                };
+                                if !a.body.is_empty() {
+                                    let _ = s.send_data(Bytes::from(a.body), a.trailers.is_empty());
+                                }
+                                if !a.trailers.is_empty() {
+                                    let mut t = http::HeaderMap::new();
+                                    for (n, v) in a.trailers {
+                                        t.insert(n, v.parse().unwrap());
+                                    }
+                                    let _ = s.send_trailers(t);
+                                }
+                            });
+                        }
+                    });
+                }
+            });
+        });
+        H2Backend {
+            addr,
+            accepts,
+            requests,
+        }
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> Vec<H2Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// A proxy whose upstream `app` speaks h2c to `peers` (resets retried).
+fn h2c_upstream(peers: &[SocketAddr]) -> Proxy {
+    let list: Vec<Peer> = peers.iter().map(|a| peer(*a)).collect();
+    ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &[
+                "protocol = \"h2c\"",
+                "retry = { on = [\"reset\", \"connect_failure\"] }",
+            ],
+            &list,
+        )
+        .start()
+}
+
+#[test]
+fn upstream_h2c_multiplexes_http1_and_h2_clients_onto_one_connection() {
+    let b = H2Backend::start(100, None, |r| {
+        H2Answer::ok(format!(
+            "{} {} {} {}",
+            r.method,
+            r.path,
+            r.authority,
+            r.body.len()
+        ))
+    });
+    let proxy = h2c_upstream(&[b.addr]);
+    // HTTP/1.1 clients, one after another, on separate connections.
+    for i in 0..3 {
+        let r = proxy.client().roundtrip(
+            format!("POST /h1/{i} HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 5\r\n\r\nhello")
+                .as_bytes(),
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("POST /h1/{i} svc.test 5"));
+    }
+    // HTTP/2 clients: concurrent streams.
+    run(async {
+        let send = connect(proxy.addr).await;
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let mut s = send.clone();
+            tasks.push(tokio::spawn(async move {
+                let (parts, body, _) = roundtrip(&mut s, get(&format!("/h2/{i}")), b"").await;
+                assert_eq!(parts.status, StatusCode::OK);
+                assert_eq!(
+                    String::from_utf8_lossy(&body),
+                    format!("GET /h2/{i} example.test 0")
+                );
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert_eq!(
+        b.accepts(),
+        1,
+        "one multiplexed connection per peer and shard"
+    );
+    assert_eq!(b.requests().len(), 13);
+    assert!(b.requests().iter().all(|r| r.conn == 0));
+}
+
+#[test]
+fn upstream_h2c_opens_another_connection_at_the_peers_stream_limit() {
+    let b = H2Backend::start(2, None, |_| {
+        let mut a = H2Answer::ok("slow");
+        a.delay = Duration::from_millis(300);
+        a
+    });
+    let proxy = h2c_upstream(&[b.addr]);
+    run(async {
+        let send = connect(proxy.addr).await;
+        // Let the upstream connection exist first, so its limit is known.
+        let (parts, _, _) = roundtrip(&mut send.clone(), get("/first"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let mut s = send.clone();
+            tasks.push(tokio::spawn(async move {
+                let (parts, body, _) = roundtrip(&mut s, get(&format!("/{i}")), b"").await;
+                assert_eq!(parts.status, StatusCode::OK);
+                assert_eq!(body, b"slow");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert!(
+        b.accepts() >= 3,
+        "6 streams at 2 per connection: {} connections",
+        b.accepts()
+    );
+}
+
+#[test]
+fn grpc_passes_through_an_h2c_upstream_with_te_and_trailers() {
+    let b = H2Backend::start(100, None, |r| {
+        let te = r
+            .headers
+            .get("te")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let mut a = H2Answer::ok(r.body.clone());
+        a.headers = vec![
+            ("content-type", "application/grpc".to_string()),
+            ("x-te", te),
+        ];
+        a.trailers = vec![("grpc-status", "0"), ("grpc-message", "fine")];
+        a
+    });
+    let proxy = h2c_upstream(&[b.addr]);
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let frame = b"\x00\x00\x00\x00\x05hello";
+        let req = Request::post("http://grpc.test/pkg.Service/Method")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (parts, body, trailers) = roundtrip(&mut send, req, frame).await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.headers["content-type"], "application/grpc");
+        assert_eq!(
+            parts.headers["x-te"], "trailers",
+            "te: trailers reached the upstream"
+        );
+        assert_eq!(body, frame);
+        let trailers = trailers.expect("trailers relayed");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "fine");
+    });
+    let r = &b.requests()[0];
+    assert_eq!(r.path, "/pkg.Service/Method");
+    assert_eq!(r.authority, "grpc.test");
+}
+
+#[test]
+fn upstream_goaway_drains_and_the_next_request_reconnects() {
+    let b = H2Backend::start(100, Some(2), |r| H2Answer::ok(r.path.clone()));
+    let proxy = h2c_upstream(&[b.addr]);
+    for i in 0..5 {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET /g{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body_str(), format!("/g{i}"));
+    }
+    assert!(b.accepts() >= 2, "a new connection after the GOAWAY");
+    assert_eq!(b.requests().len(), 5);
+}
+
+#[test]
+fn an_upstream_stream_reset_is_a_reset_failure_and_retried_on_the_next_peer() {
+    let bad = H2Backend::start(100, None, |_| {
+        let mut a = H2Answer::ok("never");
+        a.reset = Some(h2::Reason::INTERNAL_ERROR);
+        a
+    });
+    let good = H2Backend::start(100, None, |_| H2Answer::ok("good"));
+    let proxy = h2c_upstream(&[bad.addr, good.addr]);
+    for i in 0..4 {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET /x{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body_str(), "good");
+    }
+    assert!(!bad.requests().is_empty(), "the resetting peer was tried");
+    // With no other peer: ringlb's own 502.
+    let only_bad = h2c_upstream(&[bad.addr]);
+    let r = only_bad
+        .client()
+        .roundtrip(b"GET /y HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 502);
+}
+
+#[test]
+fn an_unreachable_h2c_peer_is_a_connect_failure() {
+    let good = H2Backend::start(100, None, |_| H2Answer::ok("good"));
+    let proxy = h2c_upstream(&[refusing_addr(), good.addr]);
+    for _ in 0..4 {
+        let r = proxy
+            .client()
+            .roundtrip(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), "good");
     }
 }

@@ -235,6 +235,8 @@ pub(crate) struct UpstreamFile {
     pub when_all_down: Option<String>,
     /// `upgrade = { allow = ["websocket"] }`: protocol upgrades tunnelled to this upstream.
     pub upgrade: Option<UpgradeFile>,
+    /// `protocol = "http1" | "h2c" | "h2" | "auto"` (checked in `protocol.rs`).
+    pub protocol: Option<String>,
 }
 
 /// UpgradeFile is an upstream's `upgrade = { … }`.

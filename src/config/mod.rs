@@ -14,6 +14,7 @@ mod h2;
 mod health;
 mod locate;
 mod log;
+mod protocol;
 mod validate;
 mod warnings;
 pub(crate) use validate::MAX_WEIGHT;
@@ -33,6 +34,7 @@ pub use health::{
     WhenAllDown,
 };
 pub use log::{AccessFormat, AccessTarget, LogConfig};
+pub use protocol::UpstreamProtocol;
 pub use warnings::ConfigWarning;
 
 crate::balance::index_newtype!(
@@ -264,6 +266,8 @@ pub struct UpstreamConfig {
     /// Which protocol upgrades (`Upgrade: websocket`, …) are tunnelled to this upstream
     /// (`upgrade = { allow = [...] }`). Default: `websocket` only.
     pub upgrade: UpgradeAllow,
+    /// The HTTP version spoken to the peers (`protocol`). Default HTTP/1.1.
+    pub protocol: UpstreamProtocol,
 }
 
 /// UpgradeAllow is an upstream's `upgrade = { allow = [...] }`: the protocol tokens a client

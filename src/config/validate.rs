@@ -567,6 +567,8 @@ fn upstream(
         local_region: h.local_region,
         when_all_down: h.when_all_down,
         upgrade: upgrade(cx, i, f.upgrade.as_ref())?,
+        protocol: super::protocol::protocol(i, f.protocol.as_deref())
+            .map_err(|(k, r)| cx.err(k, r))?,
     })
 }
 

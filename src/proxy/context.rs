@@ -140,6 +140,8 @@ pub(crate) struct ShardCtx {
     tunnels_ending: Cell<bool>,
     /// Notified when `tunnels_ending` is set (the tunnels wait on it).
     tunnels_end: Notify,
+    /// This shard's HTTP/2 connections to upstream peers (`protocol = "h2c"`).
+    pub h2_upstreams: super::h2::H2Upstreams,
 }
 
 impl ShardCtx {
@@ -167,6 +169,7 @@ impl ShardCtx {
             health,
             tunnels_ending: Cell::new(false),
             tunnels_end: Notify::default(),
+            h2_upstreams: Default::default(),
         }
     }
 

@@ -22,6 +22,7 @@
 
 mod meter;
 mod stream;
+mod upstream;
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -41,6 +42,7 @@ use crate::io::PollStream;
 pub(crate) use meter::PREFACE;
 use meter::{Abuse, Metered};
 use stream::{Reply, StreamIo};
+pub(crate) use upstream::{H2Call, H2Upstreams, UpstreamIo};
 
 /// How long a connection that is closing (GOAWAY sent) may take to finish its streams and
 /// flush before it is dropped. Shutdown's own drain time bounds it further.

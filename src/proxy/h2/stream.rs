@@ -460,7 +460,7 @@ impl Drop for StreamIo {
 }
 
 /// Appends `name: value\r\n`.
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -468,14 +468,14 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Appends `n` in hex (a chunk size).
-fn push_hex(out: &mut Vec<u8>, n: usize) {
+pub(super) fn push_hex(out: &mut Vec<u8>, n: usize) {
     let digits = format!("{n:x}");
     out.extend_from_slice(digits.as_bytes());
 }
 
 /// Whether an HTTP/1.1 response field must not appear in an HTTP/2 response (RFC 9113
 /// §8.2.2).
-fn is_hop_by_hop(name: &[u8]) -> bool {
+pub(super) fn is_hop_by_hop(name: &[u8]) -> bool {
     const FIELDS: [&[u8]; 6] = [
         b"connection",
         b"keep-alive",
@@ -489,7 +489,7 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 
 /// The trailer fields at the end of a chunked body: `tail` holds what followed the last chunk
 /// data (its CRLF, the last chunk, the trailer section). `None` when there are none.
-fn parse_trailers(tail: &[u8]) -> Option<HeaderMap> {
+pub(super) fn parse_trailers(tail: &[u8]) -> Option<HeaderMap> {
     let tail = tail.strip_prefix(b"\r\n").unwrap_or(tail);
     let eol = tail.windows(2).position(|w| w == b"\r\n")?;
     let section = &tail[eol + 2..];
