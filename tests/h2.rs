@@ -1117,3 +1117,26 @@ fn an_unreachable_h2c_peer_is_a_connect_failure() {
         assert_eq!(r.body_str(), "good");
     }
 }
+
+#[test]
+fn a_connection_without_streams_for_client_idle_is_closed_with_goaway() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let proxy = ProxyConfig::with_backends(&[&a])
+        .timeout("client_idle_ms", 300)
+        .start();
+    run(async {
+        let (mut send, conn) = connect_watched(proxy.addr, h2::client::Builder::new()).await;
+        // Busy for longer than the idle time: not closed.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(700) {
+            let (parts, _, _) = roundtrip(&mut send, get("/busy"), b"").await;
+            assert_eq!(parts.status, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Then idle: GOAWAY and close.
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("closed when idle");
+        assert!(ended.is_ok());
+    });
+}

@@ -57,8 +57,6 @@ pub(crate) fn is_preface(buf: &[u8]) -> bool {
 
 /// What woke the connection's driver.
 enum Event {
-    /// A new stream.
-    Stream(Box<(http::Request<RecvStream>, SendResponse<Bytes>)>),
     /// The connection is closed (or failed): finish the streams and stop.
     Closed,
     /// The shard changed state (shutdown began, a reload arrived).
@@ -109,38 +107,52 @@ pub(crate) async fn serve_connection(
     let mut streams: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + '_>>> =
         FuturesUnordered::new();
     let mut closing = false;
+    // Streams accepted so far: the idle close only fires when none came (and none is open)
+    // for a whole `client_idle_ms`.
+    let mut accepted = 0u64;
     loop {
         let idle = timeouts.client_idle;
-        let no_streams = streams.is_empty() && !closing;
+        let accepted_before = accepted;
+        // New streams are taken inside the driver, so that the wait below (and its
+        // registrations) is set up once per rare event, not once per stream.
         let event = {
             let drive = poll_fn(|cx| {
                 abuse.register(cx.waker());
-                if !closing && abuse.tripped().is_some() {
-                    return Poll::Ready(Event::Abuse);
-                }
-                match conn.poll_accept(cx) {
-                    Poll::Ready(Some(Ok(s))) => return Poll::Ready(Event::Stream(Box::new(s))),
-                    Poll::Ready(Some(Err(e))) => {
-                        tracing::debug!(client = %addr, "HTTP/2 connection error: {e}");
-                        return Poll::Ready(Event::Closed);
+                loop {
+                    if !closing && abuse.tripped().is_some() {
+                        return Poll::Ready(Event::Abuse);
                     }
-                    Poll::Ready(None) => return Poll::Ready(Event::Closed),
-                    Poll::Pending => {}
+                    match conn.poll_accept(cx) {
+                        Poll::Ready(Some(Ok((req, respond)))) => {
+                            accepted += 1;
+                            streams.push(Box::pin(serve_stream(ctx, req, respond, addr)));
+                            continue;
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            tracing::debug!(client = %addr, "HTTP/2 connection error: {e}");
+                            return Poll::Ready(Event::Closed);
+                        }
+                        Poll::Ready(None) => return Poll::Ready(Event::Closed),
+                        Poll::Pending => {}
+                    }
+                    let mut ended = false;
+                    while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+                        ended = true;
+                    }
+                    // A stream that ended may have queued frames or freed a slot: the
+                    // connection is polled again before sleeping.
+                    if !ended {
+                        return Poll::Pending;
+                    }
                 }
-                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-                Poll::Pending
             });
             monoio::select! {
                 ev = drive => ev,
                 _ = ctx.changed().notified() => Event::Changed,
-                _ = sleep_if(no_streams, idle) => Event::Idle,
+                _ = sleep_if(!closing, idle) => Event::Idle,
             }
         };
         match event {
-            Event::Stream(s) => {
-                let (req, respond) = *s;
-                streams.push(Box::pin(serve_stream(ctx, req, respond, addr)));
-            }
             Event::Closed => {
                 // The streams end on their own now (their I/O fails); bounded anyway.
                 let finish = poll_fn(|cx| loop {
@@ -175,7 +187,7 @@ pub(crate) async fn serve_connection(
                 return;
             }
             Event::Idle => {
-                if !closing {
+                if !closing && streams.is_empty() && accepted == accepted_before {
                     conn.graceful_shutdown();
                     closing = true;
                 }
