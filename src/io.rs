@@ -35,13 +35,14 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
     fn shutdown_write(&mut self) -> bool;
 
     /// This transport as a poll-based byte stream ([`PollStream`]), for the HTTP/2 codec,
-    /// which is written against tokio's I/O traits. `None` when it cannot be one (the
-    /// transport is then dropped): the default.
-    fn into_poll_stream(self) -> Option<Box<dyn PollStream>>
+    /// which is written against tokio's I/O traits, when it can be one natively; `Err(self)`
+    /// (the default) when not: the HTTP/2 code then wraps it in an adapter over its
+    /// owned-buffer reads and writes.
+    fn into_poll_stream(self) -> Result<Box<dyn PollStream>, Self>
     where
         Self: Sized,
     {
-        None
+        Err(self)
     }
 }
 
@@ -60,13 +61,12 @@ impl Transport for TcpStream {
         unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_WR) == 0 }
     }
 
-    fn into_poll_stream(self) -> Option<Box<dyn PollStream>> {
-        use monoio::io::IntoPollIo;
-        match self.into_poll_io() {
-            Ok(poll) => Some(Box::new(poll)),
-            Err(e) => {
+    fn into_poll_stream(self) -> Result<Box<dyn PollStream>, Self> {
+        match self.try_into_poll_io() {
+            Ok(poll) => Ok(Box::new(poll)),
+            Err((e, tcp)) => {
                 tracing::debug!("cannot switch the connection to poll-based I/O: {e}");
-                None
+                Err(tcp)
             }
         }
     }

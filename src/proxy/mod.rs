@@ -62,7 +62,7 @@ const UPSTREAM_BUF: usize = 16 * 1024;
 const STREAM_BUF: usize = 64 * 1024;
 
 /// Serves one downstream connection until it closes.
-pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
+pub(crate) async fn serve<C: Transport + 'static>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
     let mut conn = Conn {
         ctx,
         live: ctx.live(),
@@ -98,9 +98,7 @@ pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr)
                 // preface, which never parses as HTTP/1.1, so the check costs HTTP/1.1
                 // nothing.
                 let Conn { io, rbuf, .. } = conn;
-                if let Some(io) = io.into_poll_stream() {
-                    Box::pin(h2::serve_connection(ctx, io, rbuf, addr)).await;
-                }
+                Box::pin(h2::serve_connection(ctx, h2::poll_stream(io), rbuf, addr)).await;
                 return;
             }
             Err(err) => {

@@ -20,6 +20,7 @@
 //! new ones are refused) and closes when they are done. A connection without streams for
 //! `client_idle_ms` closes the same way.
 
+mod compat;
 mod meter;
 mod stream;
 mod upstream;
@@ -47,6 +48,15 @@ pub(crate) use upstream::{H2Call, H2Upstreams, UpstreamIo};
 /// How long a connection that is closing (GOAWAY sent) may take to finish its streams and
 /// flush before it is dropped. Shutdown's own drain time bounds it further.
 const CLOSING_GRACE: Duration = Duration::from_secs(30);
+
+/// `io` as the poll-based stream the `h2` crate runs on: natively when the transport can be
+/// one, else through [`compat::RentPoll`] over its owned-buffer I/O (a TLS stream).
+pub(crate) fn poll_stream<C: crate::io::Transport + 'static>(io: C) -> Box<dyn PollStream> {
+    match io.into_poll_stream() {
+        Ok(stream) => stream,
+        Err(io) => Box::new(compat::RentPoll::new(io)),
+    }
+}
 
 /// Whether `buf` (a cleartext connection's first bytes, which did not parse as HTTP/1.1)
 /// starts the HTTP/2 connection preface.

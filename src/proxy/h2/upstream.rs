@@ -122,9 +122,7 @@ impl H2Upstreams {
 async fn connect(addr: SocketAddr, idle: Duration) -> io::Result<Rc<Client>> {
     let tcp = TcpStream::connect_addr(addr).await?;
     let _ = tcp.set_nodelay(true);
-    let Some(io) = tcp.into_poll_stream() else {
-        return Err(io::Error::other("cannot switch to poll-based I/O"));
-    };
+    let io = super::poll_stream(tcp);
     let (send, conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
