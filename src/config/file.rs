@@ -74,6 +74,8 @@ pub(crate) struct ServerFile {
     pub uring_taskrun: Option<UringTaskrunFile>,
     /// Capacity of the shards → control thread observation channel. Default 4096.
     pub observation_queue: Option<u64>,
+    /// `h2 = { … }`: HTTP/2 towards clients (keys in `h2.rs`).
+    pub h2: Option<super::h2::H2File>,
 }
 
 /// WorkersFile is `workers = "auto"` or `workers = N` as written (N is range-checked later).
@@ -237,6 +239,8 @@ pub(crate) struct UpstreamFile {
     /// `tls = { enabled = true, sni, verify, ca, client_cert, client_key, alpn }`: speak TLS
     /// to every peer (see `tls.rs`).
     pub tls: Option<super::tls::UpstreamTlsFile>,
+    /// `protocol = "http1" | "h2c" | "h2" | "auto"` (checked in `protocol.rs`).
+    pub protocol: Option<String>,
 }
 
 /// UpgradeFile is an upstream's `upgrade = { … }`.

@@ -10,9 +10,11 @@ mod balance;
 mod cpus;
 mod failover;
 pub(crate) mod file;
+mod h2;
 mod health;
 mod locate;
 mod log;
+mod protocol;
 mod tls;
 mod validate;
 mod warnings;
@@ -27,11 +29,13 @@ pub(crate) use crate::balance::{Algorithm, BalanceParams, HashKey};
 pub(crate) use crate::failover::{BreakerConfig, RetryPolicy};
 pub use cpus::allowed_cpus;
 pub(crate) use cpus::format_cpu_list;
+pub use h2::H2Config;
 pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
 };
 pub use log::{AccessFormat, AccessTarget, LogConfig};
+pub use protocol::UpstreamProtocol;
 pub use warnings::ConfigWarning;
 
 crate::balance::index_newtype!(
@@ -103,6 +107,8 @@ pub struct ServerConfig {
     /// Capacity of the one bounded channel shards report request outcomes to the control
     /// thread on (`try_send`: a full channel drops the report and counts it). Default 4096.
     pub observation_queue: usize,
+    /// The `h2` table: HTTP/2 towards clients (h2c, SETTINGS, abuse limits).
+    pub h2: H2Config,
 }
 
 /// UringTaskrun is when the kernel runs the completion work ("task work") of a shard's ring.
@@ -264,6 +270,8 @@ pub struct UpstreamConfig {
     /// Which protocol upgrades (`Upgrade: websocket`, …) are tunnelled to this upstream
     /// (`upgrade = { allow = [...] }`). Default: `websocket` only.
     pub upgrade: UpgradeAllow,
+    /// The HTTP version spoken to the peers (`protocol`). Default HTTP/1.1.
+    pub protocol: UpstreamProtocol,
 }
 
 /// UpgradeAllow is an upstream's `upgrade = { allow = [...] }`: the protocol tokens a client
@@ -760,7 +768,7 @@ upstream = "static"
             "ringlb.toml: key `server.foo`: unknown field `foo`, expected one of `listen`, \
              `workers`, `cpus`, `numa_node`, `admin`, `admin_token`, `shutdown_timeout_ms`, `backlog`, \
              `driver`, `max_connections`, `uring_entries`, `uring_taskrun`, \
-             `observation_queue` (line 2)"
+             `observation_queue`, `h2` (line 2)"
         );
         let e = Config::from_toml_str(
             "[[upstream]]\nname = \"a\"\npeers = [{ address = \"10.0.0.1\" }]\n",

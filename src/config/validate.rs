@@ -255,6 +255,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         uring_entries,
         observation_queue: super::health::observation_queue(f.observation_queue)
             .map_err(|(k, r)| cx.err(k, r))?,
+        h2: super::h2::h2(f.h2.as_ref()).map_err(|(k, r)| cx.err(k, r))?,
         uring_taskrun: match f.uring_taskrun {
             None | Some(UringTaskrunFile::Defer) => UringTaskrun::Defer,
             Some(UringTaskrunFile::Coop) => UringTaskrun::Coop,
@@ -588,6 +589,8 @@ fn upstream(
         local_region: h.local_region,
         when_all_down: h.when_all_down,
         upgrade: upgrade(cx, i, f.upgrade.as_ref())?,
+        protocol: super::protocol::protocol(i, f.protocol.as_deref())
+            .map_err(|(k, r)| cx.err(k, r))?,
     })
 }
 

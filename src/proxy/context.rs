@@ -140,8 +140,8 @@ pub(crate) struct ShardCtx {
     control: Receiver<ControlMsg>,
     /// Set once shutdown began: connections finish their request and close.
     shutting_down: Cell<bool>,
-    /// Notified when shutdown begins, and by the shard when a connection closes or an accept
-    /// loop ends.
+    /// Notified when shutdown begins, when a reload was applied, and by the shard when a
+    /// connection closes or an accept loop ends.
     changed: Notify,
     /// Cancels every accept and idle keep-alive read at shutdown.
     canceller: RefCell<Canceller>,
@@ -157,6 +157,8 @@ pub(crate) struct ShardCtx {
     tunnels_ending: Cell<bool>,
     /// Notified when `tunnels_ending` is set (the tunnels wait on it).
     tunnels_end: Notify,
+    /// This shard's HTTP/2 connections to upstream peers (`protocol = "h2c"`).
+    pub h2_upstreams: super::h2::H2Upstreams,
 }
 
 impl ShardCtx {
@@ -184,6 +186,7 @@ impl ShardCtx {
             health,
             tunnels_ending: Cell::new(false),
             tunnels_end: Notify::default(),
+            h2_upstreams: Default::default(),
         }
     }
 
@@ -228,6 +231,8 @@ impl ShardCtx {
             "configuration applied"
         );
         *self.live.borrow_mut() = Rc::new(next);
+        // HTTP/2 connections wait on this to send GOAWAY (their settings are per connection).
+        self.changed.notify_all();
     }
 
     fn begin_shutdown(&self) {

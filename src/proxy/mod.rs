@@ -26,6 +26,7 @@ mod body;
 mod client;
 mod context;
 mod exchange;
+pub(crate) mod h2;
 mod log;
 mod picker;
 mod relay;
@@ -61,7 +62,7 @@ const UPSTREAM_BUF: usize = 16 * 1024;
 const STREAM_BUF: usize = 64 * 1024;
 
 /// Serves one downstream connection until it closes.
-pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
+pub(crate) async fn serve<C: Transport + 'static>(ctx: &ShardCtx, io: C, addr: SocketAddr) {
     let proto = proto_of(&io);
     let mut conn = Conn {
         ctx,
@@ -93,6 +94,14 @@ pub(crate) async fn serve<C: Transport>(ctx: &ShardCtx, io: C, addr: SocketAddr)
         match conn.read_request_head(first).await {
             Ok(true) => {}
             Ok(false) => break,
+            Err(_) if first && conn.live.config.server.h2.h2c && h2::is_preface(&conn.rbuf) => {
+                // Prior-knowledge HTTP/2 (RFC 9113 §3.3): the first bytes are the connection
+                // preface, which never parses as HTTP/1.1, so the check costs HTTP/1.1
+                // nothing.
+                let Conn { io, rbuf, .. } = conn;
+                Box::pin(h2::serve_connection(ctx, h2::poll_stream(io), rbuf, addr)).await;
+                return;
+            }
             Err(err) => {
                 let started = Instant::now();
                 conn.begin_log(false);

@@ -169,6 +169,8 @@ pub(crate) struct UpstreamGroup {
     pub ewma_decay: Duration,
     /// The protocol upgrades tunnelled to this group (`upgrade = { allow = [...] }`).
     pub upgrade: UpgradeAllow,
+    /// The HTTP version spoken to the peers (`protocol`).
+    pub protocol: crate::config::UpstreamProtocol,
 }
 
 /// Admit is whether a peer's circuit breaker lets a request through.
@@ -266,6 +268,7 @@ impl UpstreamGroup {
             hash_key: cfg.hash_key.clone(),
             ewma_decay: cfg.balance.ewma_decay,
             upgrade: cfg.upgrade.clone(),
+            protocol: cfg.protocol,
         }
     }
 

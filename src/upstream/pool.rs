@@ -49,6 +49,11 @@ impl Pool {
         }
     }
 
+    /// How long a connection may stay idle (`pool.idle_timeout_ms`).
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     /// Takes the most recent idle connection to `peer` that has not expired and is still
     /// quiet ([`is_quiet`]); the expired and dead ones met on the way are closed.
     pub fn take(&self, peer: PeerId, now: Instant) -> Option<Connection> {
