@@ -57,7 +57,26 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
     fn sni(&self) -> Option<&str> {
         None
     }
+
+    /// This transport as a poll-based byte stream ([`PollStream`]), for the HTTP/2 codec,
+    /// which is written against tokio's I/O traits, when it can be one natively; `Err(self)`
+    /// (the default) when not: the HTTP/2 code then wraps it in an adapter over its
+    /// owned-buffer reads and writes.
+    fn into_poll_stream(self) -> Result<Box<dyn PollStream>, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
 }
+
+/// PollStream is a byte stream with poll-based (tokio) reads and writes: what the HTTP/2
+/// codec (the `h2` crate) runs a connection over. A [`Transport`] becomes one with
+/// [`Transport::into_poll_stream`] (plain TCP through monoio's `poll-io`: readiness-driven
+/// `recv`/`send` on the same runtime); a TLS stream that is one already is boxed as it is.
+pub trait PollStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> PollStream for T {}
 
 impl Transport for TcpStream {
     fn shutdown_write(&mut self) -> bool {
@@ -69,6 +88,16 @@ impl Transport for TcpStream {
     fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
         // Not relaxed: on the epoll driver a stale readiness is re-checked with poll(2).
         TcpStream::readable(self, false)
+    }
+
+    fn into_poll_stream(self) -> Result<Box<dyn PollStream>, Self> {
+        match self.try_into_poll_io() {
+            Ok(poll) => Ok(Box::new(poll)),
+            Err((e, tcp)) => {
+                tracing::debug!("cannot switch the connection to poll-based I/O: {e}");
+                Err(tcp)
+            }
+        }
     }
 }
 

@@ -336,24 +336,123 @@ fn sni_selects_the_certificate_and_unknown_names_get_the_default() {
 }
 
 #[test]
-fn alpn_agrees_on_http11_and_refuses_a_client_that_wants_only_h2() {
+fn alpn_prefers_h2_then_http11_and_refuses_a_client_with_neither() {
     let backend = Backend::start("app");
     let ca = Ca::new("test ca");
     let files = ca.leaf(&["localhost"]).write();
     let proxy = Proxy::start(&tls_proxy_toml(&single(&files), 1, "", &[&backend]));
-    let both = client_config(&ca, &[b"h2", b"http/1.1"]);
+    let both = client_config(&ca, &[b"http/1.1", b"h2"]);
     let t = tls_connect(proxy.addr, &both, "localhost");
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let h1 = client_config(&ca, &[b"http/1.1"]);
+    let mut t = tls_connect(proxy.addr, &h1, "localhost");
     assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let r = roundtrip(&mut t, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.status, 200);
     let none = client_config(&ca, &[]);
     let t = tls_connect(proxy.addr, &none, "localhost");
     assert_eq!(t.conn.alpn_protocol(), None);
     drop(t);
     let h2 = client_config(&ca, &[b"h2"]);
-    let err = try_tls_connect(proxy.addr, &h2, "localhost").err();
-    assert!(err.is_some(), "a client offering only h2 must be refused");
+    let t = tls_connect(proxy.addr, &h2, "localhost");
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+    drop(t);
+    let other = client_config(&ca, &[b"spdy/3.1"]);
+    let err = try_tls_connect(proxy.addr, &other, "localhost").err();
+    assert!(
+        err.is_some(),
+        "a client offering neither h2 nor http/1.1 must be refused"
+    );
     eventually("the refusal is counted", || {
         handshake_failures(&proxy, "incompatible") == 1
     });
+    proxy.shutdown();
+}
+
+/// Relays a local cleartext socket through `tls` (one thread, short read timeouts on both
+/// sides), so that a tokio-based h2 client can run over a rustls client connection. Returns
+/// the local address to connect to.
+fn tls_bridge(mut tls: Tls) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut plain, _)) = listener.accept() else {
+            return;
+        };
+        let tick = Some(Duration::from_millis(5));
+        let _ = plain.set_read_timeout(tick);
+        let _ = tls.sock.set_read_timeout(tick);
+        let mut buf = vec![0u8; 64 * 1024];
+        let idle = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        };
+        loop {
+            match plain.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tls.write_all(&buf[..n]).and_then(|_| tls.flush()).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if idle(&e) => {}
+                Err(_) => return,
+            }
+            match tls.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if plain.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if idle(&e) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_h2_client_over_tls_with_alpn_h2_gets_the_backends_bytes() {
+    let backend = Backend::start("app-over-h2-tls");
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["localhost"]).write();
+    let proxy = Proxy::start(&tls_proxy_toml(&single(&files), 1, "", &[&backend]));
+    let cfg = client_config(&ca, &[b"h2"]);
+    let t = tls_connect(proxy.addr, &cfg, "localhost");
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let local = tls_bridge(t);
+    let (status, body) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(local).await.expect("bridge");
+            let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            tokio::spawn(conn);
+            let mut send = send.ready().await.expect("ready");
+            let req = http::Request::get("https://localhost/")
+                .body(())
+                .expect("request");
+            let (resp, _) = send.send_request(req, true).expect("send");
+            let resp = tokio::time::timeout(IO_TIMEOUT, resp)
+                .await
+                .expect("response in time")
+                .expect("response");
+            let (parts, mut recv) = resp.into_parts();
+            let mut data = Vec::new();
+            while let Some(chunk) = recv.data().await {
+                let chunk = chunk.expect("body chunk");
+                let _ = recv.flow_control().release_capacity(chunk.len());
+                data.extend_from_slice(&chunk);
+            }
+            (parts.status, data)
+        });
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(body, b"app-over-h2-tls");
     proxy.shutdown();
 }
 

@@ -143,6 +143,7 @@ pub fn run(args: &BodyArgs) -> Result<()> {
                 max_conns: 0,
                 baseline: false,
                 tag: "body",
+                h2_streams: None,
             },
         )?;
         out.push((bytes, table(&runs, bytes)));

@@ -63,8 +63,19 @@ pub struct CompareArgs {
     /// HTTPS: every proxy terminates TLS with the same certificate (ECDSA P-256, made with
     /// openssl) and the same TLS 1.3 suites; two series: keep-alive HTTPS, then a new TLS
     /// connection (a full handshake) per request (`-H 'Connection: close'`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "h2")]
     tls: bool,
+
+    /// Load with h2load over HTTP/2 with prior knowledge instead of wrk (nginx `listen …
+    /// http2`, HAProxy `bind … proto h2`, ringlb's default h2c); upstreams stay HTTP/1.1. No
+    /// baseline run (the backends speak HTTP/1.1 only). The latency columns then hold h2load's
+    /// mean and maximum request time.
+    #[arg(long)]
+    h2: bool,
+
+    /// With `--h2`: concurrent streams per connection (h2load `-m`).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    streams: u32,
 }
 
 /// Runs `compare`.
@@ -106,10 +117,11 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                 threads: args.threads,
                 warmup: args.warmup,
                 max_conns: 0,
-                baseline: i == 0,
+                baseline: i == 0 && !args.h2,
                 tag: if i == 0 { "compare" } else { "compare-close" },
                 headers,
                 tls: tls.clone(),
+                h2_streams: args.h2.then_some(args.streams),
             },
         )?;
         let mut settings = settings(args, &lab.tools);
@@ -164,6 +176,8 @@ pub struct Rounds {
     pub headers: Vec<String>,
     /// The proxies terminate TLS with this certificate (`compare --tls`).
     pub tls: Option<TlsFiles>,
+    /// Load with h2load over h2c, this many streams per connection, instead of wrk.
+    pub h2_streams: Option<u32>,
 }
 
 /// Runs `shape.rounds` rounds; in round r the proxies go in [`rotation`] order, and each run
@@ -190,6 +204,7 @@ pub fn run_rounds(
         backends,
         scratch: &lab.scratch,
         proxy_cpu: setup.proxy_cpu,
+        h2_streams: shape.h2_streams,
     };
     let baseline = if shape.baseline {
         // The load side alone, straight at one backend.
@@ -206,18 +221,24 @@ pub fn run_rounds(
     for round in 1..=shape.rounds {
         for i in rotation(n, round) {
             check_interrupted()?;
-            let mut p = lab.start_tls(i, &addrs, shape.max_conns, shape.tls.as_ref())?;
+            let mut p = lab.start_with(
+                i,
+                &addrs,
+                shape.max_conns,
+                shape.tls.as_ref(),
+                shape.h2_streams.is_some(),
+            )?;
             let label = p.kind().name();
             if shape.warmup > 0 {
                 eprintln!("warm-up: {label} for {} s", shape.warmup);
                 let out = lab.file(&format!("wrk-{}-warmup-{label}-{round}.txt", shape.tag));
-                load.run(&p.url(), shape.warmup, &out)?;
+                bench.load_run(&p.url(), shape.warmup, &out)?;
             }
-            eprintln!(
-                "round {round}/{}: {label}: {}",
-                shape.rounds,
-                load.command_line(shape.duration, &p.url())
-            );
+            let command = match shape.h2_streams {
+                Some(m) => load.h2load_command_line(m, shape.duration, &p.url()),
+                None => load.command_line(shape.duration, &p.url()),
+            };
+            eprintln!("round {round}/{}: {label}: {command}", shape.rounds);
             let row = bench.measure(&p.url(), Some(p.pid()), label, round, shape.tag)?;
             eprintln!("  {}", one_line(&row));
             p.check_alive()?;
@@ -240,9 +261,24 @@ struct Bench<'a> {
     scratch: &'a ScratchDir,
     /// The proxies' core, to see how busy it was.
     proxy_cpu: usize,
+    /// h2load over h2c with this many streams per connection instead of wrk.
+    h2_streams: Option<u32>,
 }
 
 impl Bench<'_> {
+    /// One load run (wrk, or h2load with `h2_streams`).
+    fn load_run(
+        &self,
+        url: &str,
+        seconds: u64,
+        out: &std::path::Path,
+    ) -> Result<(crate::wrk::WrkResult, f64)> {
+        match self.h2_streams {
+            Some(m) => self.load.run_h2load(m, url, seconds, out),
+            None => self.load.run(url, seconds, out),
+        }
+    }
+
     /// One wrk run against `url`, with the CPU time of the proxy's process tree (rooted at
     /// `pid`) sampled around it.
     fn measure(
@@ -263,7 +299,7 @@ impl Bench<'_> {
             .scratch
             .path()
             .join(format!("wrk-{tag}-{label}-{round}.txt"));
-        let (wrk, wrk_cpu) = load.run(url, self.seconds, &out)?;
+        let (wrk, wrk_cpu) = self.load_run(url, self.seconds, &out)?;
         let cpu_after = pid.map(tree_cpu_seconds);
         let backends_cpu_after = backends_cpu();
         let cores_after = (CoreTicks::read(self.proxy_cpu), CoreTicks::read(load.cpu));
@@ -321,6 +357,13 @@ fn settings(args: &CompareArgs, tools: &Tools) -> Vec<(String, String)> {
         ("rounds", args.rounds.to_string()),
         ("connections", args.connections.to_string()),
         ("wrk_threads", args.threads.to_string()),
+        (
+            "load",
+            match args.h2 {
+                true => format!("h2load h2c -m{} (latency columns: mean, max)", args.streams),
+                false => "wrk HTTP/1.1".to_string(),
+            },
+        ),
         ("warmup_s", args.warmup.to_string()),
         ("proxy_cpu", s.proxy_cpu.to_string()),
         ("load_cpu", s.load_cpu.to_string()),

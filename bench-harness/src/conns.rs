@@ -82,6 +82,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
             max_conns: n,
             baseline: false,
             tag: "conns",
+            h2_streams: None,
         },
     )?;
     let report = Report {

@@ -174,6 +174,7 @@ pub fn run(args: &FaultsArgs) -> Result<()> {
         ringlb_admin: "",
         tls: None,
         max_conns: 0,
+        h2: false,
     };
     let mut proxy = RunningProxy::start(&spec)?;
     proxy.wait_ready(Duration::from_secs(15))?;

@@ -78,16 +78,18 @@ impl<'a> Lab<'a> {
         backends: &[SocketAddr],
         max_conns: u32,
     ) -> Result<RunningProxy> {
-        self.start_tls(index, backends, max_conns, None)
+        self.start_with(index, backends, max_conns, None, false)
     }
 
-    /// Like [`Lab::start`], the listener terminating TLS with `tls` when given.
-    pub fn start_tls(
+    /// Like [`Lab::start`], the listener terminating TLS with `tls` when given, and clients
+    /// speaking HTTP/2 with prior knowledge when `h2`.
+    pub fn start_with(
         &self,
         index: usize,
         backends: &[SocketAddr],
         max_conns: u32,
         tls: Option<&TlsFiles>,
+        h2: bool,
     ) -> Result<RunningProxy> {
         let (kind, program) = &self.tools.proxies[index];
         let spec = ProxySpec {
@@ -104,6 +106,7 @@ impl<'a> Lab<'a> {
             ringlb_admin: "",
             tls,
             max_conns,
+            h2,
         };
         let mut p = RunningProxy::start(&spec)?;
         p.wait_ready(Duration::from_secs(15))?;

@@ -83,6 +83,10 @@ pub struct ProxySpec<'a> {
     /// Terminate TLS on the listener with this certificate (`compare --tls`); `None` =
     /// cleartext.
     pub tls: Option<&'a TlsFiles>,
+    /// Clients speak HTTP/2 with prior knowledge (`compare --h2`): nginx gets
+    /// `listen … http2`, HAProxy `bind … proto h2`; ringlb takes h2c on its listener by
+    /// default. Upstreams stay HTTP/1.1 for all three.
+    pub h2: bool,
 }
 
 /// TlsFiles is the certificate every proxy serves in a TLS run: one self-signed ECDSA P-256
@@ -160,6 +164,8 @@ pub struct RunningProxy {
     command_line: String,
     /// It listens with TLS (`https://` URL, readiness probed with curl).
     tls: bool,
+    /// It serves HTTP/2 with prior knowledge only (probe with the preface).
+    h2: bool,
 }
 
 impl RunningProxy {
@@ -206,6 +212,7 @@ impl RunningProxy {
             dir: spec.dir.clone(),
             command_line,
             tls: spec.tls.is_some(),
+            h2: spec.h2,
         })
     }
 
@@ -245,12 +252,14 @@ impl RunningProxy {
                     self.log_tail()
                 );
             }
-            let probed = if self.tls {
+            let answer = if self.tls {
                 probe_tls(addr)
+            } else if self.h2 {
+                probe_h2(addr)
             } else {
                 probe(addr)
             };
-            let last = match probed {
+            let last = match answer {
                 Ok(200) => return Ok(()),
                 Ok(code) => format!("answered {code}"),
                 Err(e) => e.to_string(),
@@ -431,6 +440,24 @@ fn probe_tls(addr: SocketAddr) -> std::io::Result<u16> {
         .map_err(|_| std::io::Error::other("curl: no status"))
 }
 
+/// Sends the HTTP/2 connection preface and an empty SETTINGS; `Ok(200)` when the server
+/// answers with a SETTINGS frame (it speaks h2c).
+fn probe_h2(addr: SocketAddr) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")?;
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head)?;
+    if head[3] == 0x4 {
+        Ok(200)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("first frame is of type {}, not SETTINGS", head[3]),
+        ))
+    }
+}
+
 /// Writes the proxy's config file(s) into `spec.dir`; returns the proxy's arguments.
 fn write_config(spec: &ProxySpec<'_>) -> Result<Vec<String>> {
     let dir = &spec.dir;
@@ -556,7 +583,7 @@ fn nginx_config(spec: &ProxySpec<'_>) -> Result<String> {
          \x20   }}\n\
          \n\
          \x20   server {{\n\
-         \x20       listen 127.0.0.1:{port}{ssl};\n\
+         \x20       listen 127.0.0.1:{port}{ssl}{http2};\n\
          {ssl_conf}\
          \x20       location / {{\n\
          \x20           proxy_pass http://b;\n\
@@ -580,6 +607,7 @@ fn nginx_config(spec: &ProxySpec<'_>) -> Result<String> {
                 path_str(&t.key)?
             ),
         },
+        http2 = if spec.h2 { " http2" } else { "" },
         connection = if spec.upgrade {
             "            proxy_set_header Upgrade $http_upgrade;\n\
              \x20           proxy_set_header Connection \"upgrade\";\n\
@@ -645,13 +673,14 @@ fn haproxy_config(spec: &ProxySpec<'_>) -> String {
          \x20   http-reuse always\n\
          \n\
          frontend fe\n\
-         \x20   bind 127.0.0.1:{port}{ssl}\n\
+         \x20   bind 127.0.0.1:{port}{ssl}{proto}\n\
          \x20   default_backend be\n\
          \n\
          backend be\n\
          \x20   balance roundrobin\n\
          {servers}",
         port = spec.port,
+        proto = if spec.h2 { " proto h2" } else { "" },
         tunnel = if spec.upgrade {
             "    timeout tunnel 3600s\n"
         } else {
@@ -753,6 +782,7 @@ mod tests {
             tls: None,
             upgrade: false,
             max_conns: 0,
+            h2: false,
         }
     }
 

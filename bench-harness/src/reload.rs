@@ -238,6 +238,7 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
         ringlb_admin: &admin,
         tls: None,
         max_conns: 0,
+        h2: false,
     };
     let config_path = spec.dir.join(RINGLB_CONFIG_FILE);
     let mut proxy = RunningProxy::start(&spec)?;
@@ -775,6 +776,7 @@ mod tests {
             ringlb_admin: "127.0.0.1:9900",
             tls: None,
             max_conns: 0,
+            h2: false,
         }
     }
 

@@ -81,9 +81,6 @@ impl Load {
     /// returns the CPU seconds wrk used. Polls for Ctrl-C and kills wrk then; gives up if wrk
     /// overruns by 30 s.
     pub fn run(&self, url: &str, seconds: u64, out: &Path) -> Result<(WrkResult, f64)> {
-        let stdout =
-            std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
-        let stderr = stdout.try_clone()?;
         let mut cmd = Command::new(&self.taskset);
         cmd.arg("-c")
             .arg(self.cpu.to_string())
@@ -93,14 +90,63 @@ impl Load {
             .arg(format!("-d{seconds}s"))
             .arg("--latency")
             .args(self.headers.iter().flat_map(|h| ["-H", h.as_str()]))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+            .arg(url);
+        let (text, cpu) = self.run_tool(cmd, "wrk", seconds, out)?;
+        let result = parse(&text).with_context(|| format!("cannot parse wrk output:\n{text}"))?;
+        Ok((result, cpu))
+    }
+
+    /// The command line of an h2load run (HTTP/2 with prior knowledge, `streams` concurrent
+    /// streams per connection), for printing.
+    pub fn h2load_command_line(&self, streams: u32, seconds: u64, url: &str) -> String {
+        format!(
+            "taskset -c {} h2load -t{} -c{} -m{streams} -D{seconds} {url}",
+            self.cpu, self.threads, self.connections
+        )
+    }
+
+    /// Runs h2load against `url` for `seconds` (`-m streams`), like [`Load::run`]. h2load
+    /// reports no percentiles: the result's `p50_us` holds its mean request time and `p99_us`
+    /// its maximum.
+    pub fn run_h2load(
+        &self,
+        streams: u32,
+        url: &str,
+        seconds: u64,
+        out: &Path,
+    ) -> Result<(WrkResult, f64)> {
+        let mut cmd = Command::new(&self.taskset);
+        cmd.arg("-c")
+            .arg(self.cpu.to_string())
+            .arg("h2load")
+            .arg(format!("-t{}", self.threads))
+            .arg(format!("-c{}", self.connections))
+            .arg(format!("-m{streams}"))
+            .arg(format!("-D{seconds}"))
+            .arg(url);
+        let (text, cpu) = self.run_tool(cmd, "h2load", seconds, out)?;
+        let result =
+            parse_h2load(&text).with_context(|| format!("cannot parse h2load output:\n{text}"))?;
+        Ok((result, cpu))
+    }
+
+    /// Runs a load tool to completion, its output into `out`; returns the output and the CPU
+    /// seconds the tool used.
+    fn run_tool(
+        &self,
+        mut cmd: Command,
+        name: &str,
+        seconds: u64,
+        out: &Path,
+    ) -> Result<(String, f64)> {
+        let stdout =
+            std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
+        let stderr = stdout.try_clone()?;
+        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         kill_with_parent(&mut cmd);
-        // wrk is the only child reaped while it runs (proxies are reaped when stopped).
+        // The tool is the only child reaped while it runs (proxies are reaped when stopped).
         let reaped_before = reaped_children_cpu_seconds();
-        let mut child = cmd.spawn().context("start wrk")?;
+        let mut child = cmd.spawn().with_context(|| format!("start {name}"))?;
         let deadline = Instant::now() + Duration::from_secs(seconds + 30);
         let status = loop {
             if let Some(status) = child.try_wait()? {
@@ -110,18 +156,64 @@ impl Load {
                 let _ = child.kill();
                 let _ = child.wait();
                 check_interrupted()?;
-                bail!("wrk did not finish within {} s", seconds + 30);
+                bail!("{name} did not finish within {} s", seconds + 30);
             }
             std::thread::sleep(Duration::from_millis(50));
         };
         let cpu = (reaped_children_cpu_seconds() - reaped_before).max(0.0);
         let text = std::fs::read_to_string(out).unwrap_or_default();
         if !status.success() {
-            bail!("wrk failed ({status}):\n{text}");
+            bail!("{name} failed ({status}):\n{text}");
         }
-        let result = parse(&text).with_context(|| format!("cannot parse wrk output:\n{text}"))?;
-        Ok((result, cpu))
+        Ok((text, cpu))
     }
+}
+
+/// Parses h2load's summary: `finished in 5.00s, 1234.5 req/s, …`, `requests: N total, …, N
+/// succeeded, N failed, N errored, N timeout`, `status codes: …` and `time for request: min
+/// max mean sd …`.
+pub fn parse_h2load(text: &str) -> Result<WrkResult> {
+    let mut r = WrkResult::default();
+    let (mut saw_rps, mut saw_requests, mut saw_time) = (false, false, false);
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["finished", "in", t, rps, "req/s,", ..] => {
+                r.seconds = duration_us(t.trim_end_matches(','))? / 1e6;
+                r.req_per_s = rps.parse().context("req/s")?;
+                saw_rps = true;
+            }
+            ["requests:", total, "total,", rest @ ..] => {
+                let _ = total;
+                let mut it = rest.chunks(2);
+                for pair in &mut it {
+                    if let [n, kind] = pair {
+                        let n: u64 = n.parse().context("request counts")?;
+                        match kind.trim_end_matches(',') {
+                            "succeeded" => r.requests = n,
+                            "failed" | "errored" | "timeout" => r.socket_errors += n,
+                            _ => {}
+                        }
+                    }
+                }
+                saw_requests = true;
+            }
+            ["status", "codes:", _, _, _, _, c4, _, c5, _] => {
+                r.bad_status = c4.parse::<u64>().unwrap_or(0)
+                    + c5.trim_end_matches(',').parse::<u64>().unwrap_or(0);
+            }
+            ["time", "for", "request:", _min, max, mean, ..] => {
+                r.p50_us = duration_us(mean)?;
+                r.p99_us = duration_us(max)?;
+                saw_time = true;
+            }
+            _ => {}
+        }
+    }
+    if !(saw_rps && saw_requests && saw_time) {
+        bail!("missing `finished in`, `requests:` or `time for request:` lines");
+    }
+    Ok(r)
 }
 
 /// Parses wrk 4.x output run with `--latency`.
@@ -204,6 +296,27 @@ fn duration_us(v: &str) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_h2load_summary() {
+        let text = "starting benchmark...\n\
+finished in 5.00s, 41234.60 req/s, 9.05MB/s\n\
+requests: 206173 total, 206173 started, 206173 done, 206170 succeeded, 3 failed, 3 errored, 0 timeout\n\
+status codes: 206170 2xx, 0 3xx, 2 4xx, 1 5xx\n\
+traffic: 45.26MB (47455040) total, 2.36MB (2474076) headers (space savings 92.53%), 19.66MB (20617000) data\n\
+                     min         max         mean         sd        +/- sd\n\
+time for request:      220us     15.92ms      1.53ms       402us    75.30%\n\
+time for connect:      158us      1.03ms       555us       291us    57.81%\n";
+        let r = parse_h2load(text).unwrap();
+        assert_eq!(r.requests, 206_170);
+        assert!((r.req_per_s - 41_234.6).abs() < 1e-6);
+        assert!((r.seconds - 5.0).abs() < 1e-9);
+        assert_eq!(r.socket_errors, 6);
+        assert_eq!(r.bad_status, 3);
+        assert!((r.p50_us - 1530.0).abs() < 1e-6, "{}", r.p50_us);
+        assert!((r.p99_us - 15_920.0).abs() < 1e-6);
+        assert!(parse_h2load("nothing").is_err());
+    }
 
     const SAMPLE: &str = "Running 10s test @ http://127.0.0.1:8080/
   1 threads and 64 connections

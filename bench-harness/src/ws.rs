@@ -77,6 +77,7 @@ pub fn run(args: &WsArgs) -> Result<()> {
             ringlb_extra: "",
             ringlb_log_level: "warn",
             max_conns: 0,
+            h2: false,
             ringlb_admin: "",
             tls: None,
             upgrade: true,

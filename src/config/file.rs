@@ -76,6 +76,8 @@ pub(crate) struct ServerFile {
     pub observation_queue: Option<u64>,
     /// `tcp = { … }`: socket options of every listener (see `protect.rs`).
     pub tcp: Option<super::protect::TcpFile>,
+    /// `h2 = { … }`: HTTP/2 towards clients (keys in `h2.rs`).
+    pub h2: Option<super::h2::H2File>,
 }
 
 /// WorkersFile is `workers = "auto"` or `workers = N` as written (N is range-checked later).
@@ -264,6 +266,8 @@ pub(crate) struct UpstreamFile {
     /// `tls = { enabled = true, sni, verify, ca, client_cert, client_key, alpn }`: speak TLS
     /// to every peer (see `tls.rs`).
     pub tls: Option<super::tls::UpstreamTlsFile>,
+    /// `protocol = "http1" | "h2c" | "h2" | "auto"` (checked in `protocol.rs`).
+    pub protocol: Option<String>,
 }
 
 /// UpgradeFile is an upstream's `upgrade = { … }`.

@@ -11,10 +11,12 @@ mod cpus;
 mod discovery;
 mod failover;
 pub(crate) mod file;
+mod h2;
 mod health;
 mod locate;
 mod log;
 mod protect;
+mod protocol;
 mod tls;
 mod validate;
 mod warnings;
@@ -30,6 +32,7 @@ pub(crate) use crate::failover::{BreakerConfig, RetryPolicy};
 pub use cpus::allowed_cpus;
 pub(crate) use cpus::format_cpu_list;
 pub use discovery::{AllowRule, Discovery, DnsDiscovery, DnsType, DockerDiscovery, Transparent};
+pub use h2::H2Config;
 pub use health::{
     CheckKind, HealthCheck, HttpCheck, PassiveHealth, ProbeMethod, StartState, StatusSet,
     WhenAllDown,
@@ -39,6 +42,7 @@ pub use protect::{
     Cidr, ClientKey, ClientRate, Keepalive, PeerLimits, QueueConfig, RateConfig, RegionFrom,
     RegionPolicy, TcpOptions,
 };
+pub use protocol::UpstreamProtocol;
 pub use warnings::ConfigWarning;
 
 crate::balance::index_newtype!(
@@ -113,6 +117,8 @@ pub struct ServerConfig {
     /// `tcp = { … }`: socket options of every listener (each listener takes its own copy,
     /// so a per-listener table can override it). Default: the kernel's.
     pub tcp: TcpOptions,
+    /// The `h2` table: HTTP/2 towards clients (h2c, SETTINGS, abuse limits).
+    pub h2: H2Config,
 }
 
 /// UringTaskrun is when the kernel runs the completion work ("task work") of a shard's ring.
@@ -281,6 +287,8 @@ pub struct UpstreamConfig {
     /// Which protocol upgrades (`Upgrade: websocket`, …) are tunnelled to this upstream
     /// (`upgrade = { allow = [...] }`). Default: `websocket` only.
     pub upgrade: UpgradeAllow,
+    /// The HTTP version spoken to the peers (`protocol`). Default HTTP/1.1.
+    pub protocol: UpstreamProtocol,
     /// What a peer found by discovery (or transparent mode) gets: the upstream's
     /// `max_conns` and `slow_start_ms` defaults.
     pub peer_limits: PeerLimits,
@@ -825,7 +833,7 @@ upstream = "static"
             "ringlb.toml: key `server.foo`: unknown field `foo`, expected one of `listen`, \
              `workers`, `cpus`, `numa_node`, `admin`, `admin_token`, `shutdown_timeout_ms`, `backlog`, \
              `driver`, `max_connections`, `uring_entries`, `uring_taskrun`, \
-             `observation_queue`, `tcp` (line 2)"
+             `observation_queue`, `tcp`, `h2` (line 2)"
         );
         let e = Config::from_toml_str(
             "[[upstream]]\nname = \"a\"\npeers = [{ address = \"10.0.0.1\" }]\n",

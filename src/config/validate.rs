@@ -255,6 +255,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         uring_entries,
         observation_queue: super::health::observation_queue(f.observation_queue)
             .map_err(|(k, r)| cx.err(k, r))?,
+        h2: super::h2::h2(f.h2.as_ref()).map_err(|(k, r)| cx.err(k, r))?,
         uring_taskrun: match f.uring_taskrun {
             None | Some(UringTaskrunFile::Defer) => UringTaskrun::Defer,
             Some(UringTaskrunFile::Coop) => UringTaskrun::Coop,
@@ -675,6 +676,8 @@ fn upstream(
         client_rate: p.client_rate,
         regions: p.regions,
         tcp: p.tcp,
+        protocol: super::protocol::protocol(i, f.protocol.as_deref())
+            .map_err(|(k, r)| cx.err(k, r))?,
     })
 }
 

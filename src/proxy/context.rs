@@ -146,8 +146,8 @@ pub(crate) struct ShardCtx {
     control: Receiver<ControlMsg>,
     /// Set once shutdown began: connections finish their request and close.
     shutting_down: Cell<bool>,
-    /// Notified when shutdown begins, and by the shard when a connection closes or an accept
-    /// loop ends.
+    /// Notified when shutdown begins, when a reload was applied, and by the shard when a
+    /// connection closes or an accept loop ends.
     changed: Notify,
     /// Cancels every accept and idle keep-alive read at shutdown.
     canceller: RefCell<Canceller>,
@@ -173,6 +173,8 @@ pub(crate) struct ShardCtx {
     spares: RefCell<Vec<Spare>>,
     /// Connections awake now (holding a spare).
     awake: Cell<usize>,
+    /// This shard's HTTP/2 connections to upstream peers (`protocol = "h2c"`).
+    pub h2_upstreams: super::h2::H2Upstreams,
 }
 
 /// Connections that may wait warm (with a read and its buffer in flight) at once per shard;
@@ -221,6 +223,7 @@ impl ShardCtx {
             parking: Parking::default(),
             spares: RefCell::new(Vec::new()),
             awake: Cell::new(0),
+            h2_upstreams: Default::default(),
         }
     }
 
@@ -265,6 +268,8 @@ impl ShardCtx {
             "configuration applied"
         );
         *self.live.borrow_mut() = Rc::new(next);
+        // HTTP/2 connections wait on this to send GOAWAY (their settings are per connection).
+        self.changed.notify_all();
     }
 
     fn begin_shutdown(&self) {

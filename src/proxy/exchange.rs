@@ -11,9 +11,11 @@ use monoio::io::Canceller;
 use monoio::net::{TcpConnectOpts, TcpStream};
 
 use super::body::BodyProgress;
+use super::h2::{H2Call, UpstreamIo};
 use super::tries::replay_on_fresh;
 use super::{Conn, STREAM_BUF, UPSTREAM_BUF};
 use crate::balance::PeerId;
+use crate::config::UpstreamProtocol;
 use crate::control::Outcome;
 use crate::failover::Failure;
 use crate::http::{parse_response, rewrite_response, ParseStatus, Version};
@@ -70,8 +72,8 @@ pub(super) enum TryFail {
 /// Held is an upstream connection whose final response head is parsed in `Conn::resp` and
 /// not relayed yet.
 pub(super) struct Held {
-    /// The connection.
-    pub up: Connection,
+    /// The connection (or HTTP/2 stream).
+    pub up: UpstreamIo,
     /// The upstream refused an `Expect: 100-continue` body, which was never sent.
     pub body_unsent: bool,
     /// The request body was read completely from the client.
@@ -118,33 +120,30 @@ impl<C: Transport> Conn<'_, C> {
         // selectors and attracts every request meanwhile.
         let _active = ActiveGuard::new(group, peer_id);
         let pm = &*group.peer(peer_id).metrics;
+        let h2 = group.protocol == UpstreamProtocol::H2c;
+        let mut expect = expect;
+        if h2 && expect {
+            // An HTTP/2 stream carries the body at once: ask the client for it now.
+            if !self.send_continue().await {
+                return TryResult::Broken { fault: None };
+            }
+            expect = false;
+        }
         let mut fresh_only = false;
         let mut stale_replayed = false;
         loop {
-            let pooled = if fresh_only {
-                None
-            } else {
-                group.take_idle(peer_id, Instant::now())
-            };
-            let from_pool = pooled.is_some();
-            let mut up = match pooled {
-                Some(up) => {
-                    pm.connections_reused.inc();
-                    up
+            let (mut up, from_pool) = match self
+                .upstream_for(group, peer_id, h2, fresh_only, try_deadline)
+                .await
+            {
+                Ok(x) => x,
+                Err(failure) => {
+                    return TryResult::Failed {
+                        failure,
+                        sent: false,
+                        held: None,
+                    }
                 }
-                None => match connect(group, peer_id, try_deadline).await {
-                    Ok(up) => {
-                        pm.connections_new.inc();
-                        up
-                    }
-                    Err(failure) => {
-                        return TryResult::Failed {
-                            failure,
-                            sent: false,
-                            held: None,
-                        }
-                    }
-                },
             };
             let sent_at = Instant::now();
             let res = self
@@ -228,6 +227,43 @@ impl<C: Transport> Conn<'_, C> {
                 }
             }
         }
+    }
+
+    /// The connection for one attempt of a try: a pooled HTTP/1.1 connection or a new one
+    /// (`fresh_only`: a new one), or a stream on a multiplexed HTTP/2 connection (`h2`). The
+    /// bool says whether it was taken from what was open already.
+    async fn upstream_for(
+        &self,
+        group: &UpstreamGroup,
+        peer_id: PeerId,
+        h2: bool,
+        fresh_only: bool,
+        try_deadline: Option<Instant>,
+    ) -> Result<(UpstreamIo, bool), Failure> {
+        let pm = &*group.peer(peer_id).metrics;
+        if h2 {
+            let (client, new) = self
+                .ctx
+                .h2_upstreams
+                .get(group, peer_id, try_deadline, fresh_only)
+                .await?;
+            if new {
+                pm.connections_new.inc();
+            } else {
+                pm.connections_reused.inc();
+            }
+            let call = H2Call::new(client, self.live.config.limits);
+            return Ok((UpstreamIo::H2(Box::new(call)), !new));
+        }
+        if !fresh_only {
+            if let Some(up) = group.take_idle(peer_id, Instant::now()) {
+                pm.connections_reused.inc();
+                return Ok((UpstreamIo::H1(up), true));
+            }
+        }
+        let up = connect(group, peer_id, try_deadline).await?;
+        pm.connections_new.inc();
+        Ok((UpstreamIo::H1(up), false))
     }
 
     /// Sends the request on `up` (head, then the body) and reads the final response head
@@ -599,7 +635,7 @@ async fn connect(
 }
 
 /// The shorter of `timeout` and the time left until `deadline`.
-fn within(timeout: Duration, deadline: Option<Instant>) -> Duration {
+pub(super) fn within(timeout: Duration, deadline: Option<Instant>) -> Duration {
     match deadline {
         Some(d) => timeout.min(d.saturating_duration_since(Instant::now())),
         None => timeout,

@@ -26,6 +26,7 @@ mod body;
 mod client;
 mod context;
 mod exchange;
+pub(crate) mod h2;
 mod log;
 mod park;
 mod picker;
@@ -85,7 +86,7 @@ const STREAM_BUF: usize = 64 * 1024;
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn serve<C, S>(shard: S, mut io: C, addr: SocketAddr) -> impl Future<Output = ()>
 where
-    C: Transport,
+    C: Transport + 'static,
     S: Deref<Target = ShardCtx>,
 {
     async move {
@@ -146,7 +147,7 @@ enum Awake<C> {
 /// Serves requests on `io` until the connection closes or parks. `first` is the first
 /// request's head deadline (from accept) while no request has begun; `woken`: readiness
 /// woke the parked connection.
-async fn serve_awake<C: Transport>(
+async fn serve_awake<C: Transport + 'static>(
     ctx: &ShardCtx,
     io: C,
     addr: SocketAddr,
@@ -166,6 +167,20 @@ async fn serve_awake<C: Transport>(
                 let (io, spare) = conn.into_parts();
                 ctx.put_spare(spare);
                 return Awake::Parked { io, until, first };
+            }
+            Err(_)
+                if first.is_some()
+                    && conn.live.config.server.h2.h2c
+                    && h2::is_preface(&conn.rbuf) =>
+            {
+                // Prior-knowledge HTTP/2 (RFC 9113 §3.3): the first bytes are the connection
+                // preface, which never parses as HTTP/1.1, so the check costs HTTP/1.1
+                // nothing.
+                let rbuf = std::mem::take(&mut conn.rbuf);
+                let (io, spare) = conn.into_parts();
+                ctx.put_spare(spare);
+                Box::pin(h2::serve_connection(ctx, h2::poll_stream(io), rbuf, addr)).await;
+                return Awake::Closed;
             }
             Err(err) => {
                 let started = Instant::now();

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::body::BodyProgress;
 use super::exchange::{Held, TryResult};
+use super::h2::UpstreamIo;
 use super::{Conn, STREAM_BUF};
 use crate::balance::PeerId;
 use crate::control::Outcome;
@@ -165,7 +166,10 @@ impl<C: Transport> Conn<'_, C> {
             }
         }
         if reuse_upstream && resp_body != BodyKind::UntilClose {
-            group.put_idle(peer_id, up, Instant::now());
+            // (An HTTP/2 stream is done; its connection stays with the shard's h2 clients.)
+            if let UpstreamIo::H1(up) = up {
+                group.put_idle(peer_id, up, Instant::now());
+            }
         }
         TryResult::Relayed { keep_client }
     }

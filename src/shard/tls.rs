@@ -36,8 +36,17 @@ pub(super) async fn serve_tls(
         }
     };
     match tls.alpn() {
-        // The hook for HTTP/2: an `h2` connection (once `SERVER_ALPN` offers it) goes to the
-        // HTTP/2 server here; `http/1.1` or no ALPN runs the HTTP/1.1 request loop.
+        // `h2` goes to the HTTP/2 server (the TLS stream under the h2 codec through its
+        // owned-buffer adapter); `http/1.1` or no ALPN runs the HTTP/1.1 request loop.
+        Some(b"h2") => {
+            Box::pin(proxy::h2::serve_connection(
+                ctx,
+                proxy::h2::poll_stream(tls),
+                Vec::new(),
+                addr,
+            ))
+            .await
+        }
         Some(b"http/1.1") | None => proxy::serve(ctx, tls, addr).await,
         Some(other) => {
             tracing::debug!(

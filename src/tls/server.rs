@@ -18,11 +18,10 @@ use rustls::ServerConnection;
 
 use super::stream::TlsStream;
 
-/// The protocols a TLS listener offers in ALPN, most preferred first. HTTP/2 adds `b"h2"`
-/// in front once it lands; [`accept`]'s caller reads the choice from
-/// [`ServerTlsStream::alpn`] and hands an `h2` connection to the HTTP/2 server instead of
-/// `proxy::serve`.
-pub const SERVER_ALPN: &[&[u8]] = &[b"http/1.1"];
+/// The protocols a TLS listener offers in ALPN, most preferred first: HTTP/2, then
+/// HTTP/1.1. [`accept`]'s caller reads the choice from [`ServerTlsStream::alpn`] and hands an
+/// `h2` connection to the HTTP/2 server instead of `proxy::serve`.
+pub const SERVER_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Sessions a shard's cache keeps for TLS 1.2 session-id resumption (a TLS 1.3 client
 /// resumes with a ticket instead, which needs no server state).

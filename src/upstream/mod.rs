@@ -196,6 +196,8 @@ pub(crate) struct UpstreamGroup {
     clients: Option<(ClientBuckets, HashKey)>,
     /// Socket options of connections to the peers (`tcp = { … }`).
     pub tcp: crate::config::TcpOptions,
+    /// The HTTP version spoken to the peers (`protocol`).
+    pub protocol: crate::config::UpstreamProtocol,
 }
 
 /// Admit is whether a peer's circuit breaker lets a request through.
@@ -362,6 +364,7 @@ impl UpstreamGroup {
                 (ClientBuckets::new(c.rate, c.max_keys, share), key)
             }),
             tcp: cfg.tcp,
+            protocol: cfg.protocol,
         }
     }
 

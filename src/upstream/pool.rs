@@ -100,6 +100,11 @@ impl Pool {
         }
     }
 
+    /// How long a connection to `peer` may stay idle (its `pool.idle_timeout_ms`).
+    pub fn idle_timeout(&self, peer: PeerId) -> std::time::Duration {
+        self.cfg(peer.index()).idle_timeout
+    }
+
     /// Takes the most recent idle connection to `peer` that has not expired and is still
     /// quiet ([`is_quiet`]); the expired and dead ones met on the way are closed.
     pub fn take(&self, peer: PeerId, now: Instant) -> Option<Connection> {

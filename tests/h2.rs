@@ -1,0 +1,1142 @@
+//! HTTP/2 towards clients: prior-knowledge h2c on the cleartext listener, each stream one
+//! request through the HTTP/1.1 request path, the translation rules, flow control, GOAWAY,
+//! RST_STREAM and the abuse limits. The client is the `h2` crate's (on a tokio runtime in the
+//! test thread); the backends are the suite's HTTP/1.1 ones.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use h2::client::SendRequest;
+use http::{Request, StatusCode};
+use tokio::net::TcpStream;
+
+/// The TOML of `cfg` with `[server] h2 = { <h2> }`.
+fn with_h2(cfg: &ProxyConfig, h2: &str) -> String {
+    cfg.toml()
+        .replacen("[server]\n", &format!("[server]\nh2 = {{ {h2} }}\n"), 1)
+}
+
+/// Runs `f` on a fresh current-thread tokio runtime.
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// An h2c connection with prior knowledge; the connection task runs in the background.
+async fn connect(addr: SocketAddr) -> SendRequest<Bytes> {
+    connect_with(addr, h2::client::Builder::new()).await
+}
+
+async fn connect_with(addr: SocketAddr, builder: h2::client::Builder) -> SendRequest<Bytes> {
+    connect_watched(addr, builder).await.0
+}
+
+/// An h2c connection whose connection task's end (its error, e.g. a GOAWAY) can be awaited.
+async fn connect_watched(
+    addr: SocketAddr,
+    builder: h2::client::Builder,
+) -> (
+    SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
+    let (send, conn) = builder.handshake(tcp).await.expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+/// A GET for `path` with `authority` as `:authority`.
+fn get(path: &str) -> Request<()> {
+    Request::get(format!("http://example.test{path}"))
+        .body(())
+        .expect("request")
+}
+
+/// Sends `req` with `body` (none when empty) and reads the whole response.
+async fn roundtrip(
+    send: &mut SendRequest<Bytes>,
+    req: Request<()>,
+    body: &[u8],
+) -> (http::response::Parts, Vec<u8>, Option<http::HeaderMap>) {
+    let mut send = send.clone().ready().await.expect("ready");
+    let (resp, mut stream) = send.send_request(req, body.is_empty()).expect("send");
+    if !body.is_empty() {
+        stream
+            .send_data(Bytes::copy_from_slice(body), true)
+            .expect("send body");
+    }
+    let resp = tokio::time::timeout(IO_TIMEOUT, resp)
+        .await
+        .expect("response in time")
+        .expect("response");
+    let (parts, mut recv) = resp.into_parts();
+    let mut data = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.expect("body chunk");
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = recv.trailers().await.expect("trailers");
+    (parts, data, trailers)
+}
+
+#[test]
+fn h2c_and_http1_share_the_port_and_streams_are_balanced() {
+    let a = Backend::with_handler("a", |r| {
+        Reply::ok(format!("a {} {}", r.method, r.target)).header("X-Origin", "a")
+    });
+    let b = Backend::with_handler("b", |r| {
+        Reply::ok(format!("b {} {}", r.method, r.target)).header("X-Origin", "b")
+    });
+    let proxy = ProxyConfig::with_backends(&[&a, &b]).start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let mut origins = Vec::new();
+        for i in 0..4 {
+            let (parts, body, _) = roundtrip(&mut send, get(&format!("/p/{i}?q=1")), b"").await;
+            assert_eq!(parts.status, StatusCode::OK);
+            assert_eq!(parts.version, http::Version::HTTP_2);
+            let origin = parts.headers["x-origin"].to_str().unwrap().to_string();
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                format!("{origin} GET /p/{i}?q=1")
+            );
+            assert!(parts.headers.get("connection").is_none());
+            origins.push(origin);
+        }
+        origins.sort();
+        assert_eq!(origins, ["a", "a", "b", "b"], "round robin per stream");
+    });
+    // HTTP/1.1 on the same port still works.
+    let r = proxy
+        .client()
+        .roundtrip(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200);
+    // The backends saw HTTP/1.1 requests with the authority as Host.
+    let req = a.requests().into_iter().next().expect("a request");
+    assert_eq!(req.version, "HTTP/1.1");
+    assert_eq!(req.header("host"), Some("example.test"));
+}
+
+#[test]
+fn h2c_can_be_turned_off_and_the_preface_is_then_a_bad_http1_request() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let proxy = Proxy::start(&with_h2(&ProxyConfig::with_backends(&[&a]), "h2c = false"));
+    let mut s = StdTcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.1 5"),
+        "{text}"
+    );
+    assert_eq!(a.request_count(), 0);
+}
+
+#[test]
+fn upgrade_to_h2c_is_refused_and_the_request_answered_as_http1() {
+    let a = Backend::with_handler("a", |r| {
+        Reply::ok(format!("upgrade={}", r.header("upgrade").unwrap_or("-")))
+    });
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    let r = proxy.client().roundtrip(
+        b"GET /u HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), "upgrade=-");
+    let req = a.only_request();
+    assert_eq!(req.header("http2-settings"), None);
+}
+
+#[test]
+fn translation_authority_cookies_te_and_hop_by_hop_fields() {
+    let a = Backend::with_handler("a", |_| {
+        Reply::ok("fine")
+            .header("Connection", "X-Private")
+            .header("X-Private", "secret")
+            .header("Keep-Alive", "timeout=5")
+            .header("X-Kept", "yes")
+    });
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let req = Request::get("http://app.example:8443/c?x=1")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("te", "trailers")
+            .header("x-custom", "v")
+            .body(())
+            .unwrap();
+        let (parts, body, _) = roundtrip(&mut send, req, b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"fine");
+        assert_eq!(parts.headers["x-kept"], "yes");
+        for gone in ["connection", "x-private", "keep-alive", "transfer-encoding"] {
+            assert!(
+                parts.headers.get(gone).is_none(),
+                "{gone} must not be relayed"
+            );
+        }
+        assert_eq!(parts.headers["content-length"], "4");
+    });
+    let req = a.only_request();
+    assert_eq!(req.method, "GET");
+    assert_eq!(req.target, "/c?x=1");
+    assert_eq!(req.header("host"), Some("app.example:8443"));
+    assert_eq!(
+        req.headers_named("cookie"),
+        ["a=1; b=2"],
+        "cookies joined (RFC 9113 §8.2.3)"
+    );
+    assert_eq!(req.header("x-custom"), Some("v"));
+    assert_eq!(
+        req.header("te"),
+        None,
+        "te: trailers is not forwarded to HTTP/1.1"
+    );
+    assert_eq!(req.header("x-forwarded-for"), Some("127.0.0.1"));
+}
+
+#[test]
+fn a_te_other_than_trailers_and_connection_fields_are_malformed() {
+    // The h2 client refuses to send such fields, so this one is written by hand: HEADERS
+    // with `te: gzip` (literal fields, no Huffman).
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    let mut c = RawH2::connect(proxy.addr);
+    let mut block = vec![0x82, 0x86, 0x84]; // :method GET, :scheme http, :path /
+    block.extend(literal(b":authority", b"t"));
+    block.extend(literal(b"te", b"gzip"));
+    c.frame(0x1, 0x4 | 0x1, 1, &block);
+    let (kind, _, payload) = c.until(|k, _| k == 0x3 || k == 0x1 || k == 0x7);
+    assert_eq!(kind, 0x3, "RST_STREAM for a malformed request");
+    assert_eq!(
+        u32::from_be_bytes(payload[..4].try_into().unwrap()),
+        1,
+        "PROTOCOL_ERROR"
+    );
+    assert_eq!(a.request_count(), 0);
+}
+
+#[test]
+fn request_bodies_with_and_without_length_and_their_trailers() {
+    let a = Backend::with_handler("a", |r| {
+        let trailer = r
+            .trailers
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Reply::ok(format!(
+            "{} {} chunked={} len={} trailers={trailer}",
+            r.method,
+            r.body_len,
+            r.chunked,
+            r.header("content-length").unwrap_or("-")
+        ))
+    });
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        // With a content-length: forwarded with it.
+        let body = pattern_bytes(200_000);
+        let req = Request::post("http://t/up")
+            .header("content-length", body.len().to_string())
+            .body(())
+            .unwrap();
+        let (parts, got, _) = roundtrip(&mut send, req, &body).await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "POST 200000 chunked=false len=200000 trailers="
+        );
+        // Without one: chunked, the client's trailers as the chunked trailer section.
+        let mut ready = send.clone().ready().await.unwrap();
+        let req = Request::post("http://t/up").body(()).unwrap();
+        let (resp, mut stream) = ready.send_request(req, false).unwrap();
+        stream
+            .send_data(Bytes::from_static(b"hello "), false)
+            .unwrap();
+        stream
+            .send_data(Bytes::from_static(b"world"), false)
+            .unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        stream.send_trailers(trailers).unwrap();
+        let resp = resp.await.unwrap();
+        let (_, mut recv) = resp.into_parts();
+        let mut got = Vec::new();
+        while let Some(c) = recv.data().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "POST 11 chunked=true len=- trailers=x-checksum=abc"
+        );
+    });
+}
+
+#[test]
+fn response_trailers_are_relayed_as_a_trailing_headers_frame() {
+    let a = Backend::with_handler("a", |_| {
+        Reply::chunked(
+            &[b"part one, ", b"part two"],
+            &[("grpc-status", "0"), ("grpc-message", "ok")],
+        )
+        .header("content-type", "application/grpc")
+    });
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let (parts, body, trailers) = roundtrip(&mut send, get("/t"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"part one, part two");
+        let trailers = trailers.expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "ok");
+        assert_eq!(parts.headers["content-type"], "application/grpc");
+    });
+}
+
+#[test]
+fn content_length_that_does_not_match_the_data_is_a_stream_error() {
+    let a = Backend::with_handler("a", |r| Reply::ok(format!("got {}", r.body_len)));
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let mut ready = send.clone().ready().await.unwrap();
+        let req = Request::post("http://t/cl")
+            .header("content-length", "10")
+            .body(())
+            .unwrap();
+        let (resp, mut stream) = ready.send_request(req, false).unwrap();
+        stream
+            .send_data(Bytes::from_static(b"12345"), true)
+            .unwrap();
+        let err = tokio::time::timeout(IO_TIMEOUT, resp)
+            .await
+            .expect("an answer in time")
+            .expect_err("a stream error");
+        assert_eq!(err.reason(), Some(h2::Reason::PROTOCOL_ERROR), "{err:?}");
+        // The connection is still good for the next stream.
+        let (parts, body, _) = roundtrip(&mut send, get("/next"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"got 0");
+    });
+}
+
+#[test]
+fn retries_and_failover_apply_per_stream() {
+    let good = Backend::with_handler("good", |_| Reply::ok("good"));
+    let dead = refusing_addr();
+    let proxy = ProxyConfig::new()
+        .upstream("app", "round_robin", &[peer(dead), peer(good.addr())])
+        .start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        for i in 0..6 {
+            let (parts, body, _) = roundtrip(&mut send, get(&format!("/r{i}")), b"").await;
+            assert_eq!(parts.status, StatusCode::OK, "stream {i}");
+            assert_eq!(body, b"good");
+        }
+    });
+    assert_eq!(good.request_count(), 6);
+}
+
+#[test]
+fn no_upstream_answer_is_ringlbs_own_error_on_the_stream() {
+    let proxy = ProxyConfig::new()
+        .upstream("app", "round_robin", &[peer(refusing_addr())])
+        .start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let (parts, body, _) = roundtrip(&mut send, get("/x"), b"").await;
+        assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
+        assert!(!body.is_empty());
+    });
+}
+
+#[test]
+fn upstream_failing_mid_response_resets_the_stream() {
+    let a = Backend::with_handler("a", |r| {
+        if r.path() == "/broken" {
+            Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nonly this".to_vec())
+        } else {
+            Reply::ok("fine")
+        }
+    });
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let mut ready = send.clone().ready().await.unwrap();
+        let (resp, _) = ready.send_request(get("/broken"), true).unwrap();
+        let resp = resp.await.expect("the head arrives");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut recv = resp.into_body();
+        let mut got = Vec::new();
+        let err = loop {
+            match tokio::time::timeout(IO_TIMEOUT, recv.data())
+                .await
+                .expect("in time")
+            {
+                Some(Ok(c)) => got.extend_from_slice(&c),
+                Some(Err(e)) => break e,
+                None => panic!("the body must not end cleanly (got {} bytes)", got.len()),
+            }
+        };
+        assert_eq!(err.reason(), Some(h2::Reason::INTERNAL_ERROR), "{err:?}");
+        assert_eq!(got, b"only this");
+        // Other streams on the connection are unaffected.
+        let (parts, body, _) = roundtrip(&mut send, get("/ok"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"fine");
+    });
+}
+
+#[test]
+fn large_bodies_flow_both_ways_under_flow_control() {
+    let a = Backend::with_handler("a", |r| {
+        if r.method == "POST" {
+            Reply::ok(format!("{} {}", r.body_len, r.body_is_pattern))
+        } else {
+            Reply::pattern(3 << 20, Some(50_000))
+        }
+    });
+    let proxy = Proxy::start(&with_h2(
+        &ProxyConfig::with_backends(&[&a]),
+        "initial_window = 65535, max_concurrent_streams = 8",
+    ));
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let mut s = send.clone();
+            tasks.push(tokio::spawn(async move {
+                let (parts, body, _) = roundtrip(&mut s, get("/big"), b"").await;
+                assert_eq!(parts.status, StatusCode::OK);
+                assert_eq!(body.len(), 3 << 20);
+                assert_eq!(body, pattern_bytes(3 << 20));
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let up = pattern_bytes(2 << 20);
+        let req = Request::post("http://t/up").body(()).unwrap();
+        let (parts, body, _) = roundtrip(&mut send, req, &up).await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(String::from_utf8_lossy(&body), format!("{} true", 2 << 20));
+    });
+}
+
+#[test]
+fn a_zero_window_stall_is_cut_by_the_client_timeout() {
+    let a = Backend::with_handler("a", |_| Reply::pattern(1 << 20, None));
+    let proxy = Proxy::start(&with_h2(
+        &ProxyConfig::with_backends(&[&a]).timeout("client_idle_ms", 500),
+        "initial_window = 65535",
+    ));
+    run(async {
+        // The client never gives window back: after its first 64 KiB, nothing can be sent.
+        let mut builder = h2::client::Builder::new();
+        builder.initial_window_size(16_384);
+        let mut send = connect_with(proxy.addr, builder).await;
+        let mut ready = send.clone().ready().await.unwrap();
+        let (resp, _) = ready.send_request(get("/stall"), true).unwrap();
+        let resp = resp.await.expect("the head arrives");
+        let mut recv = resp.into_body();
+        let started = Instant::now();
+        let mut got = 0;
+        let err = loop {
+            match tokio::time::timeout(IO_TIMEOUT, recv.data())
+                .await
+                .expect("cut in time")
+            {
+                Some(Ok(c)) => got += c.len(), // not released
+                Some(Err(e)) => break e,
+                None => panic!("a stalled body cannot complete"),
+            }
+        };
+        assert!(got <= 65_535, "{got}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(err.reason(), Some(h2::Reason::INTERNAL_ERROR), "{err:?}");
+        // The connection itself goes on.
+        let _ = &mut send;
+    });
+}
+
+#[test]
+fn graceful_shutdown_sends_goaway_and_in_flight_streams_finish() {
+    let a = Backend::with_handler("a", |r| {
+        if r.path() == "/slow" {
+            Reply::ok("slow done").delay(Duration::from_millis(600))
+        } else {
+            Reply::ok("fast")
+        }
+    });
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    let stop = proxy.server().shutdown_handle();
+    run(async {
+        let (send, conn) = connect_watched(proxy.addr, h2::client::Builder::new()).await;
+        let mut ready = send.clone().ready().await.unwrap();
+        let (resp, _) = ready.send_request(get("/slow"), true).unwrap();
+        while a.heads_seen() < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.shutdown();
+        let resp = tokio::time::timeout(IO_TIMEOUT, resp)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut recv = resp.into_body();
+        let mut body = Vec::new();
+        while let Some(c) = recv.data().await {
+            body.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(body, b"slow done", "the in-flight stream finished");
+        // After the GOAWAY the connection closes; a new stream is refused.
+        let ended = tokio::time::timeout(IO_TIMEOUT, conn)
+            .await
+            .expect("closed");
+        assert!(ended.is_ok());
+        let refused = match send.ready().await {
+            Ok(mut s) => s.send_request(get("/fast"), true).is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "no new stream after GOAWAY");
+    });
+    assert_eq!(a.request_count(), 1);
+    proxy.shutdown();
+}
+
+#[test]
+fn a_reload_sends_goaway_and_the_next_connection_runs_on_the_new_config() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let b = Backend::with_handler("b", |_| Reply::ok("b"));
+    let cfg = ProxyConfig::with_backends(&[&a]);
+    let proxy = cfg.start();
+    run(async {
+        let (mut send, conn) = connect_watched(proxy.addr, h2::client::Builder::new()).await;
+        let (_, body, _) = roundtrip(&mut send, get("/1"), b"").await;
+        assert_eq!(body, b"a");
+        let next = config_from(ProxyConfig::with_backends(&[&b]).toml());
+        proxy.server().apply(next).expect("reload");
+        let ended = tokio::time::timeout(IO_TIMEOUT, conn)
+            .await
+            .expect("GOAWAY, then closed");
+        assert!(ended.is_ok());
+        let mut send = connect(proxy.addr).await;
+        let (_, body, _) = roundtrip(&mut send, get("/2"), b"").await;
+        assert_eq!(body, b"b");
+    });
+}
+
+#[test]
+fn rapid_reset_gets_goaway() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a").delay(Duration::from_millis(200)));
+    let proxy = Proxy::start(&with_h2(
+        &ProxyConfig::with_backends(&[&a]),
+        "max_resets_per_sec = 50",
+    ));
+    run(async {
+        let (send, conn) = connect_watched(proxy.addr, h2::client::Builder::new()).await;
+        for _ in 0..200 {
+            let Ok(mut ready) = send.clone().ready().await else {
+                break;
+            };
+            let Ok((_, mut stream)) = ready.send_request(get("/r"), true) else {
+                break;
+            };
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+        let ended = tokio::time::timeout(IO_TIMEOUT, conn)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        let err = ended.expect_err("GOAWAY");
+        assert!(err.is_go_away(), "{err:?}");
+        assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
+    });
+    assert!(a.request_count() < 200);
+}
+
+#[test]
+fn ping_flood_gets_goaway() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let proxy = Proxy::start(&with_h2(
+        &ProxyConfig::with_backends(&[&a]),
+        "max_pings_per_sec = 10",
+    ));
+    let mut c = RawH2::connect(proxy.addr);
+    for i in 0..50u8 {
+        c.frame(0x6, 0, 0, &[i; 8]);
+    }
+    let (_, _, payload) = c.until(|k, _| k == 0x7);
+    assert_eq!(
+        u32::from_be_bytes(payload[4..8].try_into().unwrap()),
+        11,
+        "ENHANCE_YOUR_CALM"
+    );
+}
+
+#[test]
+fn settings_flood_gets_goaway() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let proxy = Proxy::start(&with_h2(
+        &ProxyConfig::with_backends(&[&a]),
+        "max_settings_per_sec = 10",
+    ));
+    let mut c = RawH2::connect(proxy.addr);
+    for _ in 0..50 {
+        c.frame(0x4, 0, 0, &[]);
+    }
+    let (_, _, payload) = c.until(|k, _| k == 0x7);
+    assert_eq!(
+        u32::from_be_bytes(payload[4..8].try_into().unwrap()),
+        11,
+        "ENHANCE_YOUR_CALM"
+    );
+}
+
+#[test]
+fn continuation_flood_gets_goaway() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    let mut c = RawH2::connect(proxy.addr);
+    // HEADERS without END_HEADERS, then CONTINUATION frames that never end the block.
+    c.frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84]);
+    for _ in 0..2000 {
+        if !c.try_frame(0x9, 0, 1, &[0x84; 16]) {
+            break;
+        }
+    }
+    let (_, _, payload) = c.until(|k, _| k == 0x7);
+    let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+    assert!(
+        code == 11 || code == 1,
+        "GOAWAY ENHANCE_YOUR_CALM or PROTOCOL_ERROR, got {code}"
+    );
+    assert_eq!(a.request_count(), 0);
+}
+
+#[test]
+fn header_lists_over_the_limit_get_431_and_hpack_bombs_get_goaway() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let proxy = Proxy::start(&with_h2(
+        &ProxyConfig::with_backends(&[&a]),
+        "max_header_list_size = 16384",
+    ));
+    // A header list somewhat over the limit: 431, and the connection goes on.
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let mut req = get("/big-headers");
+        for i in 0..5 {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(format!("x-big-{i}").as_bytes()).unwrap(),
+                "v".repeat(4000).parse().unwrap(),
+            );
+        }
+        let (parts, _, _) = roundtrip(&mut send, req, b"").await;
+        assert_eq!(parts.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let (parts, body, _) = roundtrip(&mut send, get("/small"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"a");
+    });
+    assert_eq!(a.request_count(), 1);
+    // A bomb: one 4 KB field added to the dynamic table, then referenced again and again: a
+    // few bytes on the wire, far beyond the limit once decoded: GOAWAY.
+    let mut c = RawH2::connect(proxy.addr);
+    let mut block = vec![0x82, 0x86, 0x84];
+    block.extend(literal(b":authority", b"t"));
+    block.push(0x40); // literal with incremental indexing, new name
+    block.extend(hpack_string(b"x-bomb"));
+    block.extend(hpack_string(&[b'b'; 4000]));
+    block.extend(std::iter::repeat_n(0x80 | 62, 40)); // index 62: the field just added
+    c.frame(0x1, 0x4 | 0x1, 1, &block);
+    let (_, _, payload) = c.until(|k, _| k == 0x7);
+    assert_eq!(
+        u32::from_be_bytes(payload[4..8].try_into().unwrap()),
+        11,
+        "ENHANCE_YOUR_CALM"
+    );
+    assert_eq!(a.request_count(), 1);
+}
+
+/// An HPACK string literal without Huffman coding (RFC 7541 §5.2).
+fn hpack_string(s: &[u8]) -> Vec<u8> {
+    let mut out = hpack_int(s.len(), 7, 0);
+    out.extend_from_slice(s);
+    out
+}
+
+/// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1), `first` holding the high bits.
+fn hpack_int(mut v: usize, n: u32, first: u8) -> Vec<u8> {
+    let max = (1usize << n) - 1;
+    if v < max {
+        return vec![first | v as u8];
+    }
+    let mut out = vec![first | max as u8];
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128 + 128) as u8);
+        v /= 128;
+    }
+    out.push(v as u8);
+    out
+}
+
+/// A literal header field without indexing, new name (RFC 7541 §6.2.2).
+fn literal(name: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x00];
+    out.extend(hpack_string(name));
+    out.extend(hpack_string(value));
+    out
+}
+
+/// RawH2 writes frames by hand, for what the h2 client will not send.
+struct RawH2 {
+    s: StdTcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawH2 {
+    /// Connects and sends the preface and an empty SETTINGS.
+    fn connect(addr: SocketAddr) -> RawH2 {
+        let s = StdTcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut c = RawH2 { s, buf: Vec::new() };
+        c.s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        c.frame(0x4, 0, 0, &[]);
+        c
+    }
+
+    fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        assert!(
+            self.try_frame(kind, flags, stream, payload),
+            "write a frame"
+        );
+    }
+
+    /// Writes a frame; false once the proxy closed the connection.
+    fn try_frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> bool {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        self.s.write_all(&f).is_ok()
+    }
+
+    /// Reads frames until one for which `want(kind, flags)` holds (SETTINGS are acked).
+    fn until(&mut self, want: impl Fn(u8, u8) -> bool) -> (u8, u8, Vec<u8>) {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            assert!(Instant::now() < deadline, "no such frame in time");
+            while self.buf.len() >= 9 {
+                let len = (self.buf[0] as usize) << 16
+                    | (self.buf[1] as usize) << 8
+                    | self.buf[2] as usize;
+                if self.buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (self.buf[3], self.buf[4]);
+                let payload = self.buf[9..9 + len].to_vec();
+                self.buf.drain(..9 + len);
+                if kind == 0x4 && flags & 1 == 0 {
+                    let _ = self.try_frame(0x4, 1, 0, &[]);
+                }
+                if want(kind, flags) {
+                    return (kind, flags, payload);
+                }
+            }
+            let mut chunk = [0u8; 16384];
+            match self.s.read(&mut chunk) {
+                Ok(0) => panic!("connection closed before the frame"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+}
+
+/// H2Request is one request as an HTTP/2 backend received it.
+#[derive(Debug, Clone)]
+struct H2Request {
+    method: String,
+    path: String,
+    authority: String,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+    conn: usize,
+}
+
+/// H2Answer is what an HTTP/2 backend answers: status, fields, body, trailers; or a reset.
+struct H2Answer {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    trailers: Vec<(&'static str, &'static str)>,
+    delay: Duration,
+    reset: Option<h2::Reason>,
+}
+
+impl H2Answer {
+    fn ok(body: impl Into<Vec<u8>>) -> H2Answer {
+        H2Answer {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into(),
+            trailers: Vec::new(),
+            delay: Duration::ZERO,
+            reset: None,
+        }
+    }
+}
+
+type H2Handler = dyn Fn(&H2Request) -> H2Answer + Send + Sync;
+
+/// H2Backend is an HTTP/2 (h2c, prior knowledge) origin on a thread of its own.
+struct H2Backend {
+    addr: SocketAddr,
+    accepts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<H2Request>>>,
+}
+
+impl H2Backend {
+    /// Starts one; `max_streams` is its SETTINGS_MAX_CONCURRENT_STREAMS, `goaway_after` makes
+    /// it send GOAWAY after that many streams on a connection.
+    fn start(
+        max_streams: u32,
+        goaway_after: Option<usize>,
+        handler: impl Fn(&H2Request) -> H2Answer + Send + Sync + 'static,
+    ) -> H2Backend {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<H2Handler> = Arc::new(handler);
+        let (acc, reqs) = (accepts.clone(), requests.clone());
+        std::thread::spawn(move || {
+            run(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let conn_no = acc.fetch_add(1, Ordering::SeqCst);
+                    let (handler, reqs) = (handler.clone(), reqs.clone());
+                    tokio::spawn(async move {
+                        let mut b = h2::server::Builder::new();
+                        b.max_concurrent_streams(max_streams);
+                        let Ok(mut conn) = b.handshake::<_, Bytes>(tcp).await else {
+                            return;
+                        };
+                        let mut served = 0;
+                        while let Some(Ok((req, mut respond))) = conn.accept().await {
+                            served += 1;
+                            if Some(served) == goaway_after {
+                                conn.graceful_shutdown();
+                            }
+                            let (handler, reqs) = (handler.clone(), reqs.clone());
+                            tokio::spawn(async move {
+                                let (parts, mut body) = req.into_parts();
+                                let mut data = Vec::new();
+                                while let Some(Ok(c)) = body.data().await {
+                                    let _ = body.flow_control().release_capacity(c.len());
+                                    data.extend_from_slice(&c);
+                                }
+                                let r = H2Request {
+                                    method: parts.method.to_string(),
+                                    path: parts.uri.path().to_string(),
+                                    authority: parts
+                                        .uri
+                                        .authority()
+                                        .map(|a| a.to_string())
+                                        .unwrap_or_default(),
+                                    headers: parts.headers,
+                                    body: data,
+                                    conn: conn_no,
+                                };
+                                reqs.lock().unwrap().push(r.clone());
+                                let a = handler(&r);
+                                tokio::time::sleep(a.delay).await;
+                                if let Some(reason) = a.reset {
+                                    respond.send_reset(reason);
+                                    return;
+                                }
+                                let mut resp = http::Response::builder().status(a.status);
+                                for (n, v) in &a.headers {
+                                    resp = resp.header(*n, v);
+                                }
+                                let end = a.body.is_empty() && a.trailers.is_empty();
+                                let Ok(mut s) = respond.send_response(resp.body(()).unwrap(), end)
+                                else {
+                                    return;
+                                };
+                                if !a.body.is_empty() {
+                                    let _ = s.send_data(Bytes::from(a.body), a.trailers.is_empty());
+                                }
+                                if !a.trailers.is_empty() {
+                                    let mut t = http::HeaderMap::new();
+                                    for (n, v) in a.trailers {
+                                        t.insert(n, v.parse().unwrap());
+                                    }
+                                    let _ = s.send_trailers(t);
+                                }
+                            });
+                        }
+                    });
+                }
+            });
+        });
+        H2Backend {
+            addr,
+            accepts,
+            requests,
+        }
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> Vec<H2Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// A proxy whose upstream `app` speaks h2c to `peers` (resets retried).
+fn h2c_upstream(peers: &[SocketAddr]) -> Proxy {
+    let list: Vec<Peer> = peers.iter().map(|a| peer(*a)).collect();
+    ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &[
+                "protocol = \"h2c\"",
+                "retry = { on = [\"reset\", \"connect_failure\"] }",
+            ],
+            &list,
+        )
+        .start()
+}
+
+#[test]
+fn upstream_h2c_multiplexes_http1_and_h2_clients_onto_one_connection() {
+    let b = H2Backend::start(100, None, |r| {
+        H2Answer::ok(format!(
+            "{} {} {} {}",
+            r.method,
+            r.path,
+            r.authority,
+            r.body.len()
+        ))
+    });
+    let proxy = h2c_upstream(&[b.addr]);
+    // HTTP/1.1 clients, one after another, on separate connections.
+    for i in 0..3 {
+        let r = proxy.client().roundtrip(
+            format!("POST /h1/{i} HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 5\r\n\r\nhello")
+                .as_bytes(),
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("POST /h1/{i} svc.test 5"));
+    }
+    // HTTP/2 clients: concurrent streams.
+    run(async {
+        let send = connect(proxy.addr).await;
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let mut s = send.clone();
+            tasks.push(tokio::spawn(async move {
+                let (parts, body, _) = roundtrip(&mut s, get(&format!("/h2/{i}")), b"").await;
+                assert_eq!(parts.status, StatusCode::OK);
+                assert_eq!(
+                    String::from_utf8_lossy(&body),
+                    format!("GET /h2/{i} example.test 0")
+                );
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert_eq!(
+        b.accepts(),
+        1,
+        "one multiplexed connection per peer and shard"
+    );
+    assert_eq!(b.requests().len(), 13);
+    assert!(b.requests().iter().all(|r| r.conn == 0));
+}
+
+#[test]
+fn upstream_h2c_opens_another_connection_at_the_peers_stream_limit() {
+    let b = H2Backend::start(2, None, |_| {
+        let mut a = H2Answer::ok("slow");
+        a.delay = Duration::from_millis(300);
+        a
+    });
+    let proxy = h2c_upstream(&[b.addr]);
+    run(async {
+        let send = connect(proxy.addr).await;
+        // Let the upstream connection exist first, so its limit is known.
+        let (parts, _, _) = roundtrip(&mut send.clone(), get("/first"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let mut s = send.clone();
+            tasks.push(tokio::spawn(async move {
+                let (parts, body, _) = roundtrip(&mut s, get(&format!("/{i}")), b"").await;
+                assert_eq!(parts.status, StatusCode::OK);
+                assert_eq!(body, b"slow");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert!(
+        b.accepts() >= 3,
+        "6 streams at 2 per connection: {} connections",
+        b.accepts()
+    );
+}
+
+#[test]
+fn grpc_passes_through_an_h2c_upstream_with_te_and_trailers() {
+    let b = H2Backend::start(100, None, |r| {
+        let te = r
+            .headers
+            .get("te")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let mut a = H2Answer::ok(r.body.clone());
+        a.headers = vec![
+            ("content-type", "application/grpc".to_string()),
+            ("x-te", te),
+        ];
+        a.trailers = vec![("grpc-status", "0"), ("grpc-message", "fine")];
+        a
+    });
+    let proxy = h2c_upstream(&[b.addr]);
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let frame = b"\x00\x00\x00\x00\x05hello";
+        let req = Request::post("http://grpc.test/pkg.Service/Method")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (parts, body, trailers) = roundtrip(&mut send, req, frame).await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.headers["content-type"], "application/grpc");
+        assert_eq!(
+            parts.headers["x-te"], "trailers",
+            "te: trailers reached the upstream"
+        );
+        assert_eq!(body, frame);
+        let trailers = trailers.expect("trailers relayed");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "fine");
+    });
+    let r = &b.requests()[0];
+    assert_eq!(r.path, "/pkg.Service/Method");
+    assert_eq!(r.authority, "grpc.test");
+}
+
+#[test]
+fn upstream_goaway_drains_and_the_next_request_reconnects() {
+    let b = H2Backend::start(100, Some(2), |r| H2Answer::ok(r.path.clone()));
+    let proxy = h2c_upstream(&[b.addr]);
+    for i in 0..5 {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET /g{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body_str(), format!("/g{i}"));
+    }
+    assert!(b.accepts() >= 2, "a new connection after the GOAWAY");
+    assert_eq!(b.requests().len(), 5);
+}
+
+#[test]
+fn an_upstream_stream_reset_is_a_reset_failure_and_retried_on_the_next_peer() {
+    let bad = H2Backend::start(100, None, |_| {
+        let mut a = H2Answer::ok("never");
+        a.reset = Some(h2::Reason::INTERNAL_ERROR);
+        a
+    });
+    let good = H2Backend::start(100, None, |_| H2Answer::ok("good"));
+    let proxy = h2c_upstream(&[bad.addr, good.addr]);
+    for i in 0..4 {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET /x{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body_str(), "good");
+    }
+    assert!(!bad.requests().is_empty(), "the resetting peer was tried");
+    // With no other peer: ringlb's own 502.
+    let only_bad = h2c_upstream(&[bad.addr]);
+    let r = only_bad
+        .client()
+        .roundtrip(b"GET /y HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 502);
+}
+
+#[test]
+fn an_unreachable_h2c_peer_is_a_connect_failure() {
+    let good = H2Backend::start(100, None, |_| H2Answer::ok("good"));
+    let proxy = h2c_upstream(&[refusing_addr(), good.addr]);
+    for _ in 0..4 {
+        let r = proxy
+            .client()
+            .roundtrip(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), "good");
+    }
+}
+
+#[test]
+fn a_connection_without_streams_for_client_idle_is_closed_with_goaway() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let proxy = ProxyConfig::with_backends(&[&a])
+        .timeout("client_idle_ms", 300)
+        .start();
+    run(async {
+        let (mut send, conn) = connect_watched(proxy.addr, h2::client::Builder::new()).await;
+        // Busy for longer than the idle time: not closed.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(700) {
+            let (parts, _, _) = roundtrip(&mut send, get("/busy"), b"").await;
+            assert_eq!(parts.status, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Then idle: GOAWAY and close.
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("closed when idle");
+        assert!(ended.is_ok());
+    });
+}
