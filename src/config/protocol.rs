@@ -7,8 +7,8 @@
 //! protocol = "http1"   # "http1" (default) | "h2c" | "h2" | "auto"
 //! ```
 //!
-//! `"h2"` (HTTP/2 over TLS) and `"auto"` (ALPN over TLS) need upstream TLS, which this build
-//! does not have: they are refused with a message saying so.
+//! `"h2"` (HTTP/2 over TLS) and `"auto"` (ALPN over TLS) are not supported yet (upstream
+//! TLS connections speak HTTP/1.1 only): they are refused with a message saying so.
 
 use super::health::KeyError;
 
@@ -42,8 +42,8 @@ pub(crate) fn protocol(i: usize, v: Option<&str>) -> Result<UpstreamProtocol, Ke
         Some(p @ ("h2" | "auto")) => Err((
             key(),
             format!(
-                "\"{p}\" needs TLS to the upstream, which this build does not have; use \
-                 \"h2c\" (HTTP/2 without TLS) or \"http1\""
+                "\"{p}\" needs HTTP/2 over TLS to the upstream, which is not supported yet \
+                 (upstream TLS speaks HTTP/1.1); use \"h2c\" (HTTP/2 without TLS) or \"http1\""
             ),
         )),
         Some(other) => Err((
@@ -79,7 +79,7 @@ mod tests {
         for p in ["h2", "auto"] {
             let err = load(&format!("protocol = \"{p}\"")).unwrap_err();
             assert!(err.contains("upstream[0].protocol"), "{err}");
-            assert!(err.contains("needs TLS"), "{err}");
+            assert!(err.contains("not supported yet"), "{err}");
         }
         let err = load("protocol = \"spdy\"").unwrap_err();
         assert!(err.contains("unknown protocol \"spdy\""), "{err}");
