@@ -306,7 +306,7 @@ pub async fn accept(
     }
 }
 
-/// Answers a client that spoke cleartext HTTP to a TLS port with [`CLEARTEXT_ANSWER`],
+/// Answers a client that spoke cleartext HTTP to a TLS port with `CLEARTEXT_ANSWER` (a 400),
 /// half-closes, and reads what it still sends until it closes too (so that closing does not
 /// reset the answer away), within `timeout`.
 pub async fn reject_cleartext(tcp: TcpStream, timeout: Duration) {

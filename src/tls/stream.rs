@@ -50,7 +50,7 @@ const RBUF_KEEP: usize = 8 * 1024;
 const WBUF_KEEP: usize = 32 * 1024;
 
 /// TlsStream is a TLS connection (server side `C = rustls::ServerConnection`, client side
-/// `rustls::ClientConnection`) over a TCP stream. It implements [`Transport`], so the request
+/// `rustls::ClientConnection`) over a TCP stream. It implements `io::Transport`, so the request
 /// path runs over it unchanged.
 pub struct TlsStream<C> {
     /// The TCP stream the records travel on.
