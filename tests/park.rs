@@ -133,24 +133,6 @@ fn shutdown_closes_parked_and_waiting_connections_promptly() {
     }
 }
 
-/// Raises this process's open-files soft limit to its hard limit (children inherit it) and
-/// returns the limit.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    lim.rlim_cur
-}
-
 /// The real binary with 3 000 idle keep-alive clients (each sent one request, one after
 /// another): once parked they hold no buffer, so the RSS growth per idle client stays near the
 /// task and socket bookkeeping — printed, and bounded well below one 8 KiB read buffer. Every

@@ -699,24 +699,6 @@ fn a_reload_leaves_an_open_tunnel_on_its_peer() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// Raises this process's open-files soft limit to its hard limit (children inherit it) and
-/// returns the limit.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    lim.rlim_cur
-}
-
 /// 2 000 concurrent idle tunnels across 2 shards on the real binary (fewer if the open-files
 /// limit cannot hold them; said so): every one still echoes afterwards, and the memory per idle
 /// tunnel (VmRSS before and after) is printed and bounded loosely (the two 16 KiB buffers plus

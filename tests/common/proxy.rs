@@ -514,3 +514,21 @@ pub fn config_from(text: impl AsRef<str>) -> ringlb::Config {
     ringlb::Config::from_toml_str(text, "<test>")
         .unwrap_or_else(|e| panic!("config rejected: {e}\n--- config ---\n{text}"))
 }
+
+/// Raises this process's open-files soft limit to its hard limit (children inherit it) and
+/// returns the limit.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    lim.rlim_cur
+}
