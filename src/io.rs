@@ -101,6 +101,61 @@ impl Transport for TcpStream {
     }
 }
 
+/// Implements the owned-buffer I/O traits (`AsyncReadRent`, `CancelableAsyncReadRent`,
+/// `AsyncWriteRent`) for an enum of transports by forwarding every call to its variant: one
+/// match per call, no box. `delegate_io!(Connection { Plain, Tls })` for
+/// `enum Connection { Plain(A), Tls(B) }`.
+macro_rules! delegate_io {
+    ($ty:ident { $($v:ident),+ }) => {
+        impl ::monoio::io::AsyncReadRent for $ty {
+            async fn read<B: ::monoio::buf::IoBufMut>(&mut self, buf: B) -> ::monoio::BufResult<usize, B> {
+                match self { $($ty::$v(s) => s.read(buf).await,)+ }
+            }
+
+            async fn readv<B: ::monoio::buf::IoVecBufMut>(&mut self, buf: B) -> ::monoio::BufResult<usize, B> {
+                match self { $($ty::$v(s) => s.readv(buf).await,)+ }
+            }
+        }
+
+        impl ::monoio::io::CancelableAsyncReadRent for $ty {
+            async fn cancelable_read<B: ::monoio::buf::IoBufMut>(
+                &mut self,
+                buf: B,
+                c: ::monoio::io::CancelHandle,
+            ) -> ::monoio::BufResult<usize, B> {
+                match self { $($ty::$v(s) => s.cancelable_read(buf, c).await,)+ }
+            }
+
+            async fn cancelable_readv<B: ::monoio::buf::IoVecBufMut>(
+                &mut self,
+                buf: B,
+                c: ::monoio::io::CancelHandle,
+            ) -> ::monoio::BufResult<usize, B> {
+                match self { $($ty::$v(s) => s.cancelable_readv(buf, c).await,)+ }
+            }
+        }
+
+        impl ::monoio::io::AsyncWriteRent for $ty {
+            async fn write<B: ::monoio::buf::IoBuf>(&mut self, buf: B) -> ::monoio::BufResult<usize, B> {
+                match self { $($ty::$v(s) => s.write(buf).await,)+ }
+            }
+
+            async fn writev<B: ::monoio::buf::IoVecBuf>(&mut self, buf: B) -> ::monoio::BufResult<usize, B> {
+                match self { $($ty::$v(s) => s.writev(buf).await,)+ }
+            }
+
+            async fn flush(&mut self) -> ::std::io::Result<()> {
+                match self { $($ty::$v(s) => s.flush().await,)+ }
+            }
+
+            async fn shutdown(&mut self) -> ::std::io::Result<()> {
+                match self { $($ty::$v(s) => s.shutdown().await,)+ }
+            }
+        }
+    };
+}
+pub(crate) use delegate_io;
+
 /// ReadHalf is the read side of a transport borrowed by [`split`].
 pub struct ReadHalf<'a, T> {
     /// The transport; the [`WriteHalf`] of the same split only writes through it.

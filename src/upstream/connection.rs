@@ -2,10 +2,8 @@
 //! plain TCP or TLS, one `io::Transport` over both (a match per I/O call, no box on the
 //! plain path).
 
-use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent, Split};
+use monoio::io::Split;
 use monoio::net::TcpStream;
-use monoio::BufResult;
 
 use crate::io::Transport;
 use crate::tls::ClientTlsStream;
@@ -56,75 +54,7 @@ impl std::os::fd::AsRawFd for Connection {
 // the one stream inside it.
 unsafe impl Split for Connection {}
 
-impl AsyncReadRent for Connection {
-    async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
-        match self {
-            Connection::Plain(s) => s.read(buf).await,
-            Connection::Tls(s) => s.read(buf).await,
-        }
-    }
-
-    async fn readv<B: IoVecBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
-        match self {
-            Connection::Plain(s) => s.readv(buf).await,
-            Connection::Tls(s) => s.readv(buf).await,
-        }
-    }
-}
-
-impl CancelableAsyncReadRent for Connection {
-    async fn cancelable_read<B: IoBufMut>(
-        &mut self,
-        buf: B,
-        c: CancelHandle,
-    ) -> BufResult<usize, B> {
-        match self {
-            Connection::Plain(s) => s.cancelable_read(buf, c).await,
-            Connection::Tls(s) => s.cancelable_read(buf, c).await,
-        }
-    }
-
-    async fn cancelable_readv<B: IoVecBufMut>(
-        &mut self,
-        buf: B,
-        c: CancelHandle,
-    ) -> BufResult<usize, B> {
-        match self {
-            Connection::Plain(s) => s.cancelable_readv(buf, c).await,
-            Connection::Tls(s) => s.cancelable_readv(buf, c).await,
-        }
-    }
-}
-
-impl AsyncWriteRent for Connection {
-    async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
-        match self {
-            Connection::Plain(s) => s.write(buf).await,
-            Connection::Tls(s) => s.write(buf).await,
-        }
-    }
-
-    async fn writev<B: IoVecBuf>(&mut self, buf: B) -> BufResult<usize, B> {
-        match self {
-            Connection::Plain(s) => s.writev(buf).await,
-            Connection::Tls(s) => s.writev(buf).await,
-        }
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Connection::Plain(s) => s.flush().await,
-            Connection::Tls(s) => s.flush().await,
-        }
-    }
-
-    async fn shutdown(&mut self) -> std::io::Result<()> {
-        match self {
-            Connection::Plain(s) => s.shutdown().await,
-            Connection::Tls(s) => s.shutdown().await,
-        }
-    }
-}
+crate::io::delegate_io!(Connection { Plain, Tls });
 
 impl Transport for Connection {
     fn shutdown_write(&mut self) -> bool {

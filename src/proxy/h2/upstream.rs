@@ -581,75 +581,7 @@ pub(crate) enum UpstreamIo {
     H2(Box<H2Call>),
 }
 
-impl AsyncReadRent for UpstreamIo {
-    async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
-        match self {
-            UpstreamIo::H1(c) => c.read(buf).await,
-            UpstreamIo::H2(c) => c.read(buf).await,
-        }
-    }
-
-    async fn readv<B: IoVecBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
-        match self {
-            UpstreamIo::H1(c) => c.readv(buf).await,
-            UpstreamIo::H2(c) => c.readv(buf).await,
-        }
-    }
-}
-
-impl CancelableAsyncReadRent for UpstreamIo {
-    async fn cancelable_read<B: IoBufMut>(
-        &mut self,
-        buf: B,
-        c: CancelHandle,
-    ) -> BufResult<usize, B> {
-        match self {
-            UpstreamIo::H1(s) => s.cancelable_read(buf, c).await,
-            UpstreamIo::H2(s) => s.cancelable_read(buf, c).await,
-        }
-    }
-
-    async fn cancelable_readv<B: IoVecBufMut>(
-        &mut self,
-        buf: B,
-        c: CancelHandle,
-    ) -> BufResult<usize, B> {
-        match self {
-            UpstreamIo::H1(s) => s.cancelable_readv(buf, c).await,
-            UpstreamIo::H2(s) => s.cancelable_readv(buf, c).await,
-        }
-    }
-}
-
-impl AsyncWriteRent for UpstreamIo {
-    async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
-        match self {
-            UpstreamIo::H1(c) => c.write(buf).await,
-            UpstreamIo::H2(c) => c.write(buf).await,
-        }
-    }
-
-    async fn writev<B: IoVecBuf>(&mut self, buf: B) -> BufResult<usize, B> {
-        match self {
-            UpstreamIo::H1(c) => c.writev(buf).await,
-            UpstreamIo::H2(c) => c.writev(buf).await,
-        }
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        match self {
-            UpstreamIo::H1(c) => c.flush().await,
-            UpstreamIo::H2(c) => c.flush().await,
-        }
-    }
-
-    async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            UpstreamIo::H1(c) => c.shutdown().await,
-            UpstreamIo::H2(c) => c.shutdown().await,
-        }
-    }
-}
+crate::io::delegate_io!(UpstreamIo { H1, H2 });
 
 // SAFETY: both variants are `Split` (a TCP stream; `H2Call` above).
 unsafe impl Split for UpstreamIo {}
