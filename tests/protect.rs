@@ -79,7 +79,10 @@ fn a_full_queue_and_a_queue_timeout_answer_503_with_retry_after() {
         .upstream_with(
             "app",
             "round_robin",
-            &["max_conns = 1", "queue = { max = 1, timeout_ms = 300 }"],
+            &[
+                "max_conns = 1",
+                "queue = { max = 1, timeout_ms = 300, retry_after_s = 7 }",
+            ],
             &[peer(b.addr())],
         )
         .start();
@@ -102,7 +105,7 @@ fn a_full_queue_and_a_queue_timeout_answer_503_with_retry_after() {
     let [(full, _), (timed_out, waited)] = answers;
     for r in [&full, &timed_out] {
         r.assert_proxy_error(503);
-        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.header("retry-after"), Some("7"));
     }
     assert!(
         full.body_str().contains("queue is full"),
@@ -199,7 +202,8 @@ fn per_client_rate_answers_429_per_key() {
     assert_eq!(c.roundtrip(req("ann").as_bytes()).status, 200);
     let r = c.roundtrip(req("ann").as_bytes());
     r.assert_proxy_error(429);
-    assert_eq!(r.header("retry-after"), Some("1"));
+    // The bucket is empty: its next token is 1 / 0.5 s = 2 s away.
+    assert_eq!(r.header("retry-after"), Some("2"));
     // Another key has its own bucket; the connection stays usable after a 429.
     assert_eq!(c.roundtrip(req("bob").as_bytes()).status, 200);
     assert_eq!(b.request_count(), 3);

@@ -35,6 +35,9 @@ pub(crate) struct QueueFile {
     pub max: Option<u64>,
     /// How long a request waits at most. Default 5000.
     pub timeout_ms: Option<u64>,
+    /// `Retry-After` seconds on the 503 of a full queue or a queue timeout. Default: the
+    /// timeout in whole seconds, rounded up (1 with `max = 0`).
+    pub retry_after_s: Option<u64>,
 }
 
 /// RegionMapFile is one `[[upstream.region_map]]` entry: `cidr = "…", region = "…"`.
@@ -118,6 +121,8 @@ pub struct QueueConfig {
     pub max: usize,
     /// Longest wait. Default 5 s.
     pub timeout: Duration,
+    /// `Retry-After` of the queue's 503s, in seconds (at least 1).
+    pub retry_after_s: u32,
 }
 
 impl Default for QueueConfig {
@@ -125,6 +130,7 @@ impl Default for QueueConfig {
         QueueConfig {
             max: 1000,
             timeout: Duration::from_millis(5000),
+            retry_after_s: 5,
         }
     }
 }
@@ -567,7 +573,23 @@ pub(crate) fn check_queue(key: &str, f: Option<&QueueFile>) -> Result<QueueConfi
         }
         Some(ms) => Duration::from_millis(ms),
     };
-    Ok(QueueConfig { max, timeout })
+    let retry_after_s = match f.retry_after_s {
+        // A queue's requests are answered within its timeout; without a queue, at once.
+        None if max == 0 => 1,
+        None => timeout.as_millis().div_ceil(1000).clamp(1, 86_400) as u32,
+        Some(s @ 1..=86_400) => s as u32,
+        Some(s) => {
+            return Err(bad(
+                &format!("{key}.retry_after_s"),
+                format!("{s} is not between 1 and 86400"),
+            ))
+        }
+    };
+    Ok(QueueConfig {
+        max,
+        timeout,
+        retry_after_s,
+    })
 }
 
 /// Checks the region keys of an upstream at `prefix` (`upstream[0]`): `region_from`,
@@ -755,6 +777,27 @@ region = "eu-1"
 "#;
 
     #[test]
+    fn queue_retry_after_defaults_to_the_timeout_rounded_up() {
+        let q = |max: Option<u64>, timeout_ms: Option<u64>, retry_after_s: Option<u64>| {
+            let f = QueueFile {
+                max,
+                timeout_ms,
+                retry_after_s,
+            };
+            check_queue("upstream[0].queue", Some(&f)).map(|c| c.retry_after_s)
+        };
+        assert_eq!(q(None, None, None).unwrap(), 5);
+        assert_eq!(q(None, Some(2001), None).unwrap(), 3);
+        assert_eq!(q(Some(0), Some(9000), None).unwrap(), 1, "no queue");
+        assert_eq!(q(None, None, Some(30)).unwrap(), 30);
+        for wrong in [0, 86_401] {
+            let e = q(None, None, Some(wrong)).unwrap_err();
+            assert_eq!(e.0, "upstream[0].queue.retry_after_s", "{e:?}");
+        }
+        assert_eq!(QueueConfig::default().retry_after_s, 5);
+    }
+
+    #[test]
     fn every_key_parses_and_survives_get_config() {
         let c = crate::Config::from_toml_str(ALL_KEYS, "t.toml").unwrap();
         let again = crate::Config::from_toml_str(&c.to_toml(), "again.toml").unwrap();
@@ -762,6 +805,7 @@ region = "eu-1"
             let u = &c.upstreams[0];
             assert_eq!(u.queue.max, 5);
             assert_eq!(u.queue.timeout, Duration::from_millis(700));
+            assert_eq!(u.queue.retry_after_s, 1, "700 ms rounded up");
             assert!(u.rate.is_none());
             let cr = u.client_rate.as_ref().unwrap();
             assert_eq!(cr.key, ClientKey::Header("x-user".into()));

@@ -32,12 +32,16 @@ pub enum HttpError {
     /// 502: upstream connect failure or invalid upstream response.
     #[error("bad gateway: {0}")]
     BadGateway(&'static str),
-    /// 503: no eligible peer.
+    /// 503: no eligible peer (`Retry-After: 1`).
     #[error("service unavailable: {0}")]
     ServiceUnavailable(&'static str),
-    /// 429: the client's `rate` (an upstream's per-client rate limit) is spent.
+    /// 503 with `Retry-After` seconds: the upstream's queue is full or the wait in it ran out.
+    #[error("service unavailable: {0}")]
+    Overloaded(&'static str, u32),
+    /// 429 with `Retry-After` seconds: the client's `rate` (an upstream's per-client rate limit)
+    /// is spent until then.
     #[error("too many requests: {0}")]
-    TooManyRequests(&'static str),
+    TooManyRequests(&'static str, u32),
     /// 504: upstream timeout.
     #[error("gateway timeout: {0}")]
     GatewayTimeout(&'static str),
@@ -58,8 +62,8 @@ impl HttpError {
             HttpError::HeaderTooLarge => 431,
             HttpError::NotImplemented(_) => 501,
             HttpError::BadGateway(_) => 502,
-            HttpError::ServiceUnavailable(_) => 503,
-            HttpError::TooManyRequests(_) => 429,
+            HttpError::ServiceUnavailable(_) | HttpError::Overloaded(..) => 503,
+            HttpError::TooManyRequests(..) => 429,
             HttpError::GatewayTimeout(_) => 504,
             HttpError::Status(code) => *code,
         }
@@ -77,7 +81,8 @@ impl HttpError {
             | HttpError::NotImplemented(d)
             | HttpError::BadGateway(d)
             | HttpError::ServiceUnavailable(d)
-            | HttpError::TooManyRequests(d)
+            | HttpError::Overloaded(d, _)
+            | HttpError::TooManyRequests(d, _)
             | HttpError::GatewayTimeout(d) => Some(d),
             HttpError::NotFound
             | HttpError::Status(_)
@@ -85,6 +90,17 @@ impl HttpError {
             | HttpError::PayloadTooLarge
             | HttpError::UriTooLong
             | HttpError::HeaderTooLarge => None,
+        }
+    }
+
+    /// The `Retry-After` seconds sent with this error: 1 for a plain 503, the variant's own for
+    /// [`HttpError::Overloaded`] and [`HttpError::TooManyRequests`], none otherwise.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            HttpError::ServiceUnavailable(_) => Some(1),
+            HttpError::Overloaded(_, s) | HttpError::TooManyRequests(_, s) => Some(*s),
+            HttpError::Status(503 | 429) => Some(1),
+            _ => None,
         }
     }
 
@@ -101,7 +117,8 @@ impl HttpError {
                 | HttpError::Status(_)
                 | HttpError::BadGateway(_)
                 | HttpError::ServiceUnavailable(_)
-                | HttpError::TooManyRequests(_)
+                | HttpError::Overloaded(..)
+                | HttpError::TooManyRequests(..)
                 | HttpError::GatewayTimeout(_)
         )
     }
@@ -149,7 +166,8 @@ pub fn status_reason(code: u16) -> &'static str {
 ///
 /// The response is `HTTP/1.1 <code> <reason>`, a `text/plain` body such as
 /// `502 Bad Gateway: connect failed\n` with its `Content-Length`, `Connection: keep-alive` or
-/// `Connection: close` per `keep_alive`, and `Retry-After: 1` for 503 and 429. The caller decides
+/// `Connection: close` per `keep_alive`, and `Retry-After` for 503 and 429 (see
+/// [`HttpError::retry_after`]). The caller decides
 /// `keep_alive`; see [`HttpError::closes_connection`] for errors that forbid keeping it.
 ///
 /// The answer to a HEAD request (`head_request`) is the same head without the body (RFC 9110
@@ -185,8 +203,10 @@ pub fn write_error_response(
     } else {
         b"\r\nConnection: close\r\n".as_slice()
     });
-    if status == 503 || status == 429 {
-        out.extend_from_slice(b"Retry-After: 1\r\n");
+    if let Some(secs) = err.retry_after() {
+        out.extend_from_slice(b"Retry-After: ");
+        push_u64(out, u64::from(secs));
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     if head_request {

@@ -475,8 +475,10 @@ impl<C: Transport> Conn<'_, C> {
                 return keep;
             }
         }
-        if !group.take_client_token(&self.rbuf, &self.head, self.fwd.client_ip, start) {
-            let err = HttpError::TooManyRequests("client rate limit exceeded");
+        if let Err(secs) =
+            group.take_client_token(&self.rbuf, &self.head, self.fwd.client_ip, start)
+        {
+            let err = HttpError::TooManyRequests("client rate limit exceeded", secs);
             let keep = self.head.keep_alive && body.done();
             return self.reply_error(&err, keep).await;
         }

@@ -51,10 +51,11 @@ pub(super) async fn wait_turn<'a>(
 ) -> Result<(), HttpError> {
     let now = Instant::now();
     let timeout = group.queue.cfg.timeout;
+    let retry_after = group.queue.cfg.retry_after_s;
     if place.is_none() {
         let Some(waiter) = group.queue.join() else {
             group.metrics.queue_overflows.inc();
-            return Err(HttpError::ServiceUnavailable("upstream queue is full"));
+            return Err(HttpError::Overloaded("upstream queue is full", retry_after));
         };
         group.metrics.queue_length.set(group.queue.len() as u64);
         *place = Some(Place {
@@ -64,15 +65,16 @@ pub(super) async fn wait_turn<'a>(
         });
     }
     let Some(p) = place.as_ref() else {
-        return Err(HttpError::ServiceUnavailable("upstream queue is full"));
+        return Err(HttpError::Overloaded("upstream queue is full", retry_after));
     };
     let deadline = p.since + timeout;
     let left = deadline.saturating_duration_since(now);
     if left.is_zero() {
         group.metrics.queue_timeouts.inc();
         *place = None;
-        return Err(HttpError::ServiceUnavailable(
+        return Err(HttpError::Overloaded(
             "timed out in the upstream queue",
+            retry_after,
         ));
     }
     let wait = match group.queue.is_head(&p.waiter) {
@@ -88,8 +90,9 @@ pub(super) async fn wait_turn<'a>(
     if !woken && Instant::now() >= deadline {
         group.metrics.queue_timeouts.inc();
         *place = None;
-        return Err(HttpError::ServiceUnavailable(
+        return Err(HttpError::Overloaded(
             "timed out in the upstream queue",
+            retry_after,
         ));
     }
     Ok(())

@@ -613,25 +613,25 @@ impl UpstreamGroup {
         self.limited
     }
 
-    /// Takes a token from the client's bucket of the per-client `rate`; `false`: the
-    /// request gets 429. Always `true` without a per-client rate. A request without the key
-    /// (no such header) counts in one shared bucket.
+    /// Takes a token from the client's bucket of the per-client `rate`; `Err(seconds)`: the
+    /// request gets 429 with `Retry-After: seconds` (the wait for the client's next token,
+    /// rounded up, at least 1). Always `Ok` without a per-client rate. A request without the
+    /// key (no such header) counts in one shared bucket.
     pub fn take_client_token(
         &self,
         buf: &[u8],
         head: &RequestHead,
         client_ip: IpAddr,
         now: Instant,
-    ) -> bool {
+    ) -> Result<(), u32> {
         let Some((buckets, key)) = &self.clients else {
-            return true;
+            return Ok(());
         };
         let hash = hash_request(key, buf, head, client_ip).unwrap_or(0);
-        let ok = buckets.take(hash, now);
-        if !ok {
+        buckets.take(hash, now).map_err(|wait| {
             self.metrics.client_rate_limited.inc();
-        }
-        ok
+            wait.as_secs_f64().ceil().clamp(1.0, 86_400.0) as u32
+        })
     }
 
     /// The selection itself: see [`UpstreamGroup::select_from`].

@@ -315,17 +315,24 @@ impl ClientBuckets {
         }
     }
 
-    /// Takes a token for the client whose key hashes to `key`; `false` when its bucket is
-    /// empty (the request gets 429).
-    pub fn take(&self, key: u64, now: Instant) -> bool {
+    /// Takes a token for the client whose key hashes to `key`; when its bucket is empty (the
+    /// request gets 429), `Err` with how long until its next token.
+    pub fn take(&self, key: u64, now: Instant) -> Result<(), Duration> {
         let mut b = self.buckets.borrow_mut();
-        if let Some(bucket) = b.get(&key) {
-            return bucket.take(now);
+        let bucket = match b.get(&key) {
+            Some(bucket) => bucket,
+            None => {
+                b.put(
+                    key,
+                    TokenBucket::new(self.rate, self.share, key as usize, now),
+                );
+                b.get(&key).expect("just put")
+            }
+        };
+        match bucket.take(now) {
+            true => Ok(()),
+            false => Err(bucket.until_ready(now)),
         }
-        let bucket = TokenBucket::new(self.rate, self.share, key as usize, now);
-        let ok = bucket.take(now);
-        b.put(key, bucket);
-        ok
     }
 
     /// Keys tracked now.
@@ -383,6 +390,7 @@ mod tests {
         let q = Queue::new(QueueConfig {
             max: 2,
             timeout: Duration::from_secs(1),
+            retry_after_s: 1,
         });
         let a = q.join().unwrap();
         let b = q.join().unwrap();
@@ -404,13 +412,23 @@ mod tests {
             burst: 1,
         };
         let c = ClientBuckets::new(rate, 3, Share::SINGLE);
-        assert!(c.take(1, t0));
-        assert!(!c.take(1, t0), "key 1 spent its token");
+        assert_eq!(c.take(1, t0), Ok(()));
+        assert_eq!(
+            c.take(1, t0),
+            Err(Duration::from_secs(1)),
+            "key 1 spent its token; the next is 1 s away"
+        );
+        let half = t0 + Duration::from_millis(500);
+        assert_eq!(c.take(1, half), Err(Duration::from_millis(500)));
         for k in 2..100 {
-            assert!(c.take(k, t0));
+            assert_eq!(c.take(k, half), Ok(()));
         }
         assert_eq!(c.len(), 3);
-        assert!(c.take(1, t0), "key 1 was forgotten and starts full");
+        assert_eq!(
+            c.take(1, half),
+            Ok(()),
+            "key 1 was forgotten and starts full"
+        );
     }
 
     #[test]
