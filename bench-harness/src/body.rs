@@ -144,6 +144,7 @@ pub fn run(args: &BodyArgs) -> Result<()> {
                 baseline: false,
                 tag: "body",
                 h2_streams: None,
+                variants: Vec::new(),
             },
         )?;
         out.push((bytes, table(&runs, bytes)));

@@ -122,6 +122,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                 headers,
                 tls: tls.clone(),
                 h2_streams: args.h2.then_some(args.streams),
+                variants: Vec::new(),
             },
         )?;
         let mut settings = settings(args, &lab.tools);
@@ -178,6 +179,9 @@ pub struct Rounds {
     pub tls: Option<TlsFiles>,
     /// Load with h2load over h2c, this many streams per connection, instead of wrk.
     pub h2_streams: Option<u32>,
+    /// Instead of the lab's proxies: ringlb alone, once per variant in each round, labelled
+    /// and configured by the pair (label, lines added to its `[[upstream]]`).
+    pub variants: Vec<(String, String)>,
 }
 
 /// Runs `shape.rounds` rounds; in round r the proxies go in [`rotation`] order, and each run
@@ -217,18 +221,30 @@ pub fn run_rounds(
         None
     };
     let mut runs = Vec::new();
-    let n = lab.tools.proxies.len();
+    let n = match shape.variants.len() {
+        0 => lab.tools.proxies.len(),
+        v => v,
+    };
     for round in 1..=shape.rounds {
         for i in rotation(n, round) {
             check_interrupted()?;
-            let mut p = lab.start_with(
-                i,
+            let (index, extra, label) = match shape.variants.get(i) {
+                // ringlb is always the first of the lab's proxies.
+                Some((label, extra)) => (0, extra.as_str(), label.as_str()),
+                None => (i, lab.setup.ringlb_upstream.as_str(), ""),
+            };
+            let mut p = lab.start_extra(
+                index,
                 &addrs,
                 shape.max_conns,
                 shape.tls.as_ref(),
                 shape.h2_streams.is_some(),
+                extra,
             )?;
-            let label = p.kind().name();
+            let label = match label {
+                "" => p.kind().name(),
+                l => l,
+            };
             if shape.warmup > 0 {
                 eprintln!("warm-up: {label} for {} s", shape.warmup);
                 let out = lab.file(&format!("wrk-{}-warmup-{label}-{round}.txt", shape.tag));

@@ -83,6 +83,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
             baseline: false,
             tag: "conns",
             h2_streams: None,
+            variants: Vec::new(),
         },
     )?;
     let report = Report {

@@ -91,6 +91,21 @@ impl<'a> Lab<'a> {
         tls: Option<&TlsFiles>,
         h2: bool,
     ) -> Result<RunningProxy> {
+        let extra = &self.setup.ringlb_upstream;
+        self.start_extra(index, backends, max_conns, tls, h2, extra)
+    }
+
+    /// Like [`Lab::start_with`], with `ringlb_extra` as the lines added to ringlb's
+    /// `[[upstream]]` instead of `--ringlb-upstream` (the variants of `limits`).
+    pub fn start_extra(
+        &self,
+        index: usize,
+        backends: &[SocketAddr],
+        max_conns: u32,
+        tls: Option<&TlsFiles>,
+        h2: bool,
+        ringlb_extra: &str,
+    ) -> Result<RunningProxy> {
         let (kind, program) = &self.tools.proxies[index];
         let spec = ProxySpec {
             kind: *kind,
@@ -100,7 +115,7 @@ impl<'a> Lab<'a> {
             port: free_port()?,
             backends,
             dir: self.scratch.path().join(kind.name()),
-            ringlb_extra: &self.setup.ringlb_upstream,
+            ringlb_extra,
             ringlb_log_level: "warn",
             upgrade: false,
             ringlb_admin: "",

@@ -15,6 +15,8 @@
 //! - [`body`]: `body BYTES…`: large bodies, MB/s and CPU s/GB.
 //! - [`idle`]: `idle N`: RSS and CPU cost of N idle keep-alive clients.
 //! - [`latency`]: `latency RATE`: fixed-rate, coordinated-omission-corrected latency (oha).
+//! - [`limits`]: `limits`: the CPU cost of `max_conns` + `rate` on the request path, ringlb
+//!   plain vs limited in interleaved rounds.
 //! - [`faults`]: the `faults` subcommand: ringlb under load while backends are killed and
 //!   restarted (failover, retries, circuit breakers).
 //! - [`reload`]: the `reload` subcommand: ringlb under load while its config file is rewritten
@@ -32,6 +34,7 @@ mod faults;
 mod idle;
 mod lab;
 mod latency;
+mod limits;
 mod procstat;
 mod proxy;
 mod reload;
@@ -82,6 +85,10 @@ enum Command {
     /// Fixed-rate latency with oha (`-q RATE --latency-correction`) against ringlb, nginx and
     /// HAProxy in turn: p50/p90/p99/p99.9/max.
     Latency(latency::LatencyArgs),
+    /// What backend protection costs per request: ringlb plain vs with `max_conns`, `queue`
+    /// and `rate` (group, then per client) set too high to ever bite, interleaved rounds,
+    /// CPU µs/request ratios.
+    Limits(limits::LimitsArgs),
 }
 
 fn main() {
@@ -95,6 +102,7 @@ fn main() {
         Command::Body(args) => body::run(&args),
         Command::Idle(args) => idle::run(&args),
         Command::Latency(args) => latency::run(&args),
+        Command::Limits(args) => limits::run(&args),
     };
     if let Err(e) = result {
         eprintln!("bench-harness: error: {e:#}");
