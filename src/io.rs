@@ -68,6 +68,18 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
     {
         Err(self)
     }
+
+    /// Hands this transport, when it is plain TCP, to `rest`, which keeps a parked connection
+    /// with no task at all (the shard's dormant set) or gives the stream back. `Err(self)`:
+    /// not taken (the default: only plain TCP can rest that way); the connection then parks
+    /// in its own task.
+    fn rest_tcp(self, rest: impl FnOnce(TcpStream) -> Result<(), TcpStream>) -> Result<(), Self>
+    where
+        Self: Sized,
+    {
+        let _ = rest;
+        Err(self)
+    }
 }
 
 /// PollStream is a byte stream with poll-based (tokio) reads and writes: what the HTTP/2
@@ -88,6 +100,10 @@ impl Transport for TcpStream {
     fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
         // Not relaxed: on the epoll driver a stale readiness is re-checked with poll(2).
         TcpStream::readable(self, false)
+    }
+
+    fn rest_tcp(self, rest: impl FnOnce(TcpStream) -> Result<(), TcpStream>) -> Result<(), Self> {
+        rest(self)
     }
 
     fn into_poll_stream(self) -> Result<Box<dyn PollStream>, Self> {

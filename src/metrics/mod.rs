@@ -176,6 +176,8 @@ pub struct ShardMetrics {
     pub connections_accepted: Counter,
     /// Client connections open now.
     pub connections_active: Gauge,
+    /// Of those, parked ones resting in the shard's dormant set (no task, no buffer).
+    pub connections_dormant: Gauge,
     /// Requests read from clients.
     pub requests: Counter,
     /// Final responses sent to clients by exact status code, index `code - 100`; use
@@ -204,6 +206,7 @@ impl Default for ShardMetrics {
         Self {
             connections_accepted: Counter::new(),
             connections_active: Gauge::new(),
+            connections_dormant: Gauge::new(),
             requests: Counter::new(),
             responses: std::array::from_fn(|_| Counter::new()),
             request_duration_seconds: Histogram::new(),

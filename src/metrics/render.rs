@@ -499,7 +499,7 @@ fn render_upstreams(registry: &Registry, peers: &[PeerSum], out: &mut String) {
 
 fn render_downstream(registry: &Registry, out: &mut String) {
     type Field = fn(&super::ShardMetrics) -> u64;
-    let families: [(&str, &str, &str, Field); 3] = [
+    let families: [(&str, &str, &str, Field); 4] = [
         (
             "ringlb_downstream_connections_accepted_total",
             "Client connections accepted by the shard.",
@@ -511,6 +511,12 @@ fn render_downstream(registry: &Registry, out: &mut String) {
             "Client connections open on the shard.",
             "gauge",
             |m| m.connections_active.get(),
+        ),
+        (
+            "ringlb_downstream_connections_dormant",
+            "Client connections of the shard parked with no task and no buffer.",
+            "gauge",
+            |m| m.connections_dormant.get(),
         ),
         (
             "ringlb_downstream_requests_total",
@@ -942,7 +948,7 @@ mod tests {
                 assert_eq!(family, current, "sample outside its family: {line}");
             }
         }
-        assert_eq!(seen.len(), 43, "{seen:?}");
+        assert_eq!(seen.len(), 44, "{seen:?}");
     }
 
     /// Two shard threads write a known sequence; the scrape, read back by a real Prometheus
@@ -988,6 +994,7 @@ mod tests {
                         h.upstreams[1].peers[0].connections_reused.inc();
                     }
                     h.shard.connections_active.set(n);
+                    h.shard.connections_dormant.set(n - 1);
                 })
             })
             .collect();
@@ -1131,6 +1138,10 @@ mod tests {
                 value("ringlb_downstream_connections_active", &l),
                 Value::Gauge(n)
             );
+            assert_eq!(
+                value("ringlb_downstream_connections_dormant", &l),
+                Value::Gauge(n - 1.0)
+            );
         }
         assert_eq!(
             value("ringlb_downstream_responses_total", &[("code", "200")]),
@@ -1155,6 +1166,6 @@ mod tests {
             Value::Counter(0.0)
         );
         // Every family has its HELP text.
-        assert_eq!(scrape.docs.len(), 43);
+        assert_eq!(scrape.docs.len(), 44);
     }
 }

@@ -305,6 +305,13 @@ impl ShardCtx {
         self.awake.get() <= WARM_MAX
     }
 
+    /// Drops every pooled spare (before freed memory goes back to the OS: a kept spare's
+    /// buffers would pin the allocator pages around them). The pool refills as connections
+    /// wake.
+    pub fn drop_spares(&self) {
+        self.spares.borrow_mut().clear();
+    }
+
     /// Takes back the buffers of a connection that parked or closed.
     #[inline]
     pub(super) fn put_spare(&self, spare: Spare) {

@@ -73,31 +73,64 @@ const STREAM_BUF: usize = 64 * 1024;
 /// A connection alternates between *awake* and *parked*. Awake, it holds a [`Spare`] (its
 /// buffers and request state, from the shard's pool) inside a boxed future and serves
 /// requests; once it has waited `timeouts.client_park` for the next request with nothing
-/// arriving, it gives the spare back, drops the boxed future and parks: this frame then holds
-/// only the transport and a readiness wait (invariant 7). Readiness wakes it with a spare
-/// again. A busy keep-alive connection never parks, so the request path keeps one read per
-/// request.
+/// arriving, it gives the spare back, drops the boxed future and parks (invariant 7). A plain
+/// TCP connection of a shard that keeps a dormant set ([`Rest`]) then leaves its task
+/// altogether: its socket waits in the set, and readiness starts a new task
+/// ([`serve_woken`]). Any other connection parks in its own task: this frame then holds only
+/// the transport and a readiness wait. A busy keep-alive connection never parks, so the
+/// request path keeps one read per request.
 ///
 /// `shard` is what keeps the connection counted (the shard's guard); it derefs to the shard's
 /// context. The future is an `async move` block over the arguments rather than an `async fn`,
-/// which would keep a second copy of them: a parked connection's task is this future, so its
-/// size is most of what an idle connection costs.
-// An `async fn` would keep its arguments twice (see above): 200 bytes per idle connection.
-#[allow(clippy::manual_async_fn)]
-pub(crate) fn serve<C, S>(shard: S, mut io: C, addr: SocketAddr) -> impl Future<Output = ()>
+/// which would keep a second copy of them: a connection parked in its task is this future,
+/// so its size is most of what such a connection costs.
+pub(crate) fn serve<C, S>(shard: S, io: C, addr: SocketAddr) -> impl Future<Output = ()>
 where
     C: Transport + 'static,
-    S: Deref<Target = ShardCtx>,
+    S: Deref<Target = ShardCtx> + Rest,
+{
+    serve_from(shard, io, addr, None, false)
+}
+
+/// Serves a connection that rested in the shard's dormant set and is readable: like
+/// [`serve`], from the state it rested in (`first`: the first request's head deadline while
+/// no request has begun).
+pub(crate) fn serve_woken<C, S>(
+    shard: S,
+    io: C,
+    addr: SocketAddr,
+    first: Option<Instant>,
+) -> impl Future<Output = ()>
+where
+    C: Transport + 'static,
+    S: Deref<Target = ShardCtx> + Rest,
+{
+    serve_from(shard, io, addr, first, true)
+}
+
+// An `async fn` would keep its arguments twice (see `serve`): 200 bytes per parked connection.
+#[allow(clippy::manual_async_fn)]
+fn serve_from<C, S>(
+    shard: S,
+    io: C,
+    addr: SocketAddr,
+    first: Option<Instant>,
+    woken: bool,
+) -> impl Future<Output = ()>
+where
+    C: Transport + 'static,
+    S: Deref<Target = ShardCtx> + Rest,
 {
     async move {
-        let ctx: &ShardCtx = &shard;
-        let mut first = Some(Instant::now() + ctx.live().config.timeouts.request_header);
-        let mut woken = false;
+        let (mut shard, mut io, mut first, mut woken) = (shard, io, first, woken);
+        if !woken {
+            first = Some(Instant::now() + shard.live().config.timeouts.request_header);
+        }
         loop {
             // (in a block of its own: the awake stretch's result, and the boxed future with
-            // its memory, must be gone before the park's wait)
+            // its memory, must be gone before the park)
             let until = {
-                let awake = Box::pin(serve_awake(ctx, io, addr, first, woken)).await;
+                let awake = Box::pin(serve_awake(&shard, io, addr, first, woken)).await;
                 match awake {
                     Awake::Closed => return,
                     Awake::Parked {
@@ -111,11 +144,20 @@ where
                     }
                 }
             };
-            // Parked: wait, holding no buffer, until readable; close instead when the idle
-            // time passes, shutdown begins (it closes parking) or the socket fails.
-            if ctx.is_shutting_down() {
+            if shard.is_shutting_down() {
                 return;
             }
+            // Parked: rest in the shard's dormant set (this task ends), or else wait here,
+            // holding no buffer, until readable; close instead when the idle time passes,
+            // shutdown begins (it closes parking) or the socket fails.
+            match shard.rest(io, addr, first, until) {
+                Ok(()) => return,
+                Err((s, back)) => {
+                    shard = s;
+                    io = back;
+                }
+            }
+            let ctx: &ShardCtx = &shard;
             let readable = monoio::select! {
                 ready = io.wait_readable() => ready.is_ok(),
                 _ = ctx.parking.wait(until) => false,
@@ -127,6 +169,26 @@ where
         }
     }
 }
+
+/// Rest is how a shard keeps parked connections with no task: its connection guard hands the
+/// transport to the shard's dormant set. `Err` gives both back: the connection parks in its
+/// own task (the default, for contexts without a dormant set).
+pub(crate) trait Rest: Sized {
+    /// Keeps the parked `io` until it is readable (then serves it with [`serve_woken`]) or
+    /// `until` passes (then closes it); `first` as for [`serve_woken`].
+    fn rest<C: Transport>(
+        self,
+        io: C,
+        addr: SocketAddr,
+        first: Option<Instant>,
+        until: Instant,
+    ) -> Result<(), (Self, C)> {
+        let _ = (addr, first, until);
+        Err((self, io))
+    }
+}
+
+impl Rest for &ShardCtx {}
 
 /// Awake is how an awake stretch of a connection ended.
 enum Awake<C> {

@@ -79,7 +79,9 @@ impl Parking {
 
     /// The reaper: sleeps until the earliest filed deadline (or a filing earlier than that),
     /// then wakes every connection whose deadline passed. Returns once parking is closed.
-    pub async fn run(&self) {
+    /// `before_release` runs just before freed memory goes back to the OS (the shard drops
+    /// its pooled spares there: a kept spare's buffers would pin whole allocator pages).
+    pub async fn run(&self, before_release: impl Fn()) {
         while !self.closed.get() {
             let first = self.waiting.borrow().keys().next().map(|k| k.0);
             let first = match (first, self.release_at.get()) {
@@ -101,6 +103,7 @@ impl Parking {
             let now = Instant::now();
             if self.release_at.get().is_some_and(|at| at <= now) {
                 self.release_at.set(None);
+                before_release();
                 release_freed_memory();
             }
             let mut waiting = self.waiting.borrow_mut();
@@ -204,7 +207,7 @@ mod tests {
             let parking = Rc::new(Parking::default());
             let reaper = {
                 let p = parking.clone();
-                monoio::spawn(async move { p.run().await })
+                monoio::spawn(async move { p.run(|| {}).await })
             };
             let start = Instant::now();
             let ended = Rc::new(RefCell::new(Vec::new()));
@@ -244,7 +247,7 @@ mod tests {
             let parking = Rc::new(Parking::default());
             let reaper = {
                 let p = parking.clone();
-                monoio::spawn(async move { p.run().await })
+                monoio::spawn(async move { p.run(|| {}).await })
             };
             let far = Instant::now() + Duration::from_secs(3600);
             // A wait that is given up (the connection became readable) unfiles itself.

@@ -21,6 +21,7 @@ use crate::control::{Doorbell, ListenChange};
 use crate::process::RateLimit;
 use crate::proxy::{self, ShardCtx};
 
+mod dormant;
 mod tls;
 
 /// How often a shard drains its control channel when no request does it first.
@@ -50,6 +51,8 @@ struct Shard {
     ctx: ShardCtx,
     /// Open downstream connections.
     connections: Cell<usize>,
+    /// Parked plain-TCP connections kept with no task.
+    dormant: dormant::Dormant,
     /// Accept loops still running (they end at shutdown, dropping their listeners).
     accept_loops: Cell<usize>,
     /// What stops each accept loop, by the listen address as configured.
@@ -77,6 +80,7 @@ impl AcceptStop {
 impl Shard {
     fn new(ctx: ShardCtx) -> Shard {
         Shard {
+            dormant: dormant::Dormant::new(ctx.metrics.clone()),
             ctx,
             connections: Cell::new(0),
             accept_loops: Cell::new(0),
@@ -245,7 +249,12 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>, bel
     };
     // The parked connections' one timer (it ends at shutdown).
     let reaper = shard.clone();
-    monoio::spawn(async move { reaper.ctx.parking.run().await });
+    monoio::spawn(async move {
+        let ctx = &reaper.ctx;
+        ctx.parking.run(|| ctx.drop_spares()).await
+    });
+    // The dormant connections' task (it ends at shutdown).
+    monoio::spawn(dormant::run(shard.clone()));
     let configured = ctx.config().server.listen.clone();
     for (addr, l) in configured.into_iter().zip(listeners) {
         start_accept(&shard, addr, l);
@@ -260,6 +269,7 @@ async fn shard_main(shard: Rc<Shard>, listeners: Vec<std::net::TcpListener>, bel
             for (_, stop) in shard.accepts.borrow_mut().drain(..) {
                 stop.stop(false);
             }
+            shard.dormant.close();
             break;
         }
         // Woken by a control message; else a tick: every 5 ms while an access log has lines to
