@@ -58,11 +58,25 @@ pub struct Backend {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Raises a listener's accept backlog from std's 128 to the kernel's cap (`somaxconn`), as
+/// real servers configure it (nginx 511, HAProxy its `maxconn`): a proxy opening thousands of
+/// upstream connections at once (`conns`) must not find the backend's queue overflowing, SYNs
+/// dropped and its connects timing out, which would measure the harness's backend rather
+/// than the proxy. Calling listen(2) again on a listening socket only changes the backlog.
+fn deepen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen(2) on our own open socket; no memory is passed.
+    unsafe {
+        libc::listen(listener.as_raw_fd(), 65_535);
+    }
+}
+
 impl Backend {
     /// Starts a backend on 127.0.0.1:0 whose thread is pinned to `cpu`, answering every request
     /// with a `body_bytes`-byte body.
     pub fn start(name: &str, cpu: usize, body_bytes: usize) -> Result<Backend> {
         let listener = TcpListener::bind("127.0.0.1:0").context("bind backend")?;
+        deepen_backlog(&listener);
         let addr = listener.local_addr()?;
         let mut b = Backend {
             name: name.to_string(),
@@ -134,7 +148,10 @@ impl Backend {
         let deadline = Instant::now() + Duration::from_secs(2);
         let listener = loop {
             match TcpListener::bind(self.addr) {
-                Ok(l) => break l,
+                Ok(l) => {
+                    deepen_backlog(&l);
+                    break l;
+                }
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }

@@ -515,6 +515,11 @@ fn ringlb_config(spec: &ProxySpec<'_>) -> String {
 /// ringlb's config for `spec` with `algorithm` and `peers` (the inside of `peers = [ … ]`,
 /// TOML inline tables) instead of round robin over one unweighted peer per backend; `reload`
 /// rewrites the file with it.
+///
+/// The upstream connect timeout is HAProxy's `timeout connect 5s` of its config here (nginx
+/// waits 60 s): with ringlb's default of 1 s, a connect storm (`conns 10000` opens thousands of
+/// upstream connections at once) times connects out that the others wait for, and passive
+/// ejection then takes a backend out of the run.
 pub fn ringlb_config_text(spec: &ProxySpec<'_>, algorithm: &str, peers: &str) -> String {
     let listen = match spec.tls {
         None => format!("\"127.0.0.1:{}\"", spec.port),
@@ -538,6 +543,7 @@ pub fn ringlb_config_text(spec: &ProxySpec<'_>, algorithm: &str, peers: &str) ->
          algorithm = \"{algorithm}\"\n\
          peers = [ {peers} ]\n\
          pool = {{ max_idle_per_peer = 256 }}\n\
+         timeouts = {{ connect_ms = 5000 }}\n\
          {extra}",
         cpu = spec.cpu,
         admin = spec.ringlb_admin,
@@ -794,7 +800,7 @@ mod tests {
              workers = 1\ncpus = \"0\"\nadmin = \"\"\n\n[[upstream]]\nname = \"bench\"\n\
              algorithm = \"round_robin\"\npeers = [ { address = \"127.0.0.1:9001\" }, \
              { address = \"127.0.0.1:9002\" }, { address = \"127.0.0.1:9003\" } ]\n\
-             pool = { max_idle_per_peer = 256 }\n"
+             pool = { max_idle_per_peer = 256 }\ntimeouts = { connect_ms = 5000 }\n"
         );
     }
 
