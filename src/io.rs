@@ -217,6 +217,14 @@ impl<T: Transport> ReadHalf<'_, T> {
     }
 }
 
+impl<T: Transport> ReadHalf<'_, T> {
+    /// Waits until a read would not wait (see [`Transport::wait_readable`]): a tunnel
+    /// direction that went quiet waits here holding no buffer.
+    pub fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
+        self.io().wait_readable()
+    }
+}
+
 impl<T: Transport> WriteHalf<'_, T> {
     /// The transport, for a write.
     #[inline]

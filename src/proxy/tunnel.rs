@@ -5,6 +5,13 @@
 //! - Two bounded buffers of [`TUNNEL_BUF`] bytes, one per direction (the connection's two read
 //!   buffers, reused): a direction reads at most that much, writes it all, reads again, so a
 //!   slow reader on one side holds back only its own direction.
+//! - A direction that waited `timeouts.client_park_ms` for its next bytes *parks*, as an idle
+//!   client connection does: its read is cancelled (`io::read_warm`: bytes of a read that
+//!   completed meanwhile are forwarded as usual), its buffer is freed, and it waits for
+//!   readiness (`Transport::wait_readable`) holding none; readiness gives it a fresh buffer.
+//!   An idle tunnel then holds no buffer at all (the same knob as for client connections: it
+//!   trades one more ring operation per quiet spell for the memory, and a busy direction
+//!   never parks).
 //! - A FIN from one side is relayed as a half-close (`shutdown(SHUT_WR)`) toward the other;
 //!   the other direction keeps flowing until it ends too.
 //! - An error on either side (a reset, a failed write) ends both directions.
@@ -20,15 +27,16 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent};
+use monoio::io::{AsyncWriteRentExt, Canceller};
 
 use super::exchange::{Held, TryResult};
+use super::h2::UpstreamIo;
 use super::Conn;
 use crate::balance::PeerId;
 use crate::control::Outcome;
 use crate::failover::Failure;
 use crate::http::rewrite_switching;
-use crate::io::{read_append, split, write_all, Transport, WriteHalf};
+use crate::io::{read_append, read_warm, split, write_all, ReadHalf, Transport, Warm, WriteHalf};
 use crate::metrics::{Counter, UpstreamMetrics};
 use crate::upstream::UpstreamGroup;
 
@@ -142,27 +150,45 @@ impl<C: Transport> Conn<'_, C> {
 
         let last = Cell::new(Instant::now());
         let down_total = Cell::new(0u64);
-        let end = {
-            let (client_r, client_w) = split(&mut self.io);
-            let (up_r, up_w) = split(&mut up);
-            let to_up = pump(
-                client_r,
-                up_w,
-                &mut up_buf,
-                [&um.tunnel_bytes_upstream, &pm.bytes_sent],
-                &last,
-                None,
-            );
-            let to_down = pump(
-                up_r,
-                client_w,
-                &mut down_buf,
-                [&um.tunnel_bytes_downstream, &pm.bytes_received],
-                &last,
-                Some(&down_total),
-            );
-            let watch = watchdog(self.ctx, t.tunnel_idle, &last);
-            run(to_up, to_down, watch).await
+        let park = Park {
+            ctx: self.ctx,
+            after: self.live.config.timeouts.client_park,
+        };
+        let counters = Counters {
+            up: [&um.tunnel_bytes_upstream, &pm.bytes_sent],
+            down: [&um.tunnel_bytes_downstream, &pm.bytes_received],
+        };
+        let bufs = (&mut up_buf, &mut down_buf);
+        let watch = watchdog(self.ctx, t.tunnel_idle, &last);
+        let end = match &mut up {
+            // The connection itself, not the enum over it: its readiness is what a parked
+            // direction waits for.
+            UpstreamIo::H1(c) => {
+                copy_both(
+                    &mut self.io,
+                    c,
+                    bufs,
+                    counters,
+                    &last,
+                    &down_total,
+                    &park,
+                    watch,
+                )
+                .await
+            }
+            other => {
+                copy_both(
+                    &mut self.io,
+                    other,
+                    bufs,
+                    counters,
+                    &last,
+                    &down_total,
+                    &park,
+                    watch,
+                )
+                .await
+            }
         };
         down_bytes += down_total.get();
         if self.logging() {
@@ -179,6 +205,42 @@ impl<C: Transport> Conn<'_, C> {
         self.ubuf = Vec::new();
         TryResult::Relayed { keep_client: false }
     }
+}
+
+/// The counters each direction adds its bytes to.
+struct Counters<'a> {
+    /// Client to peer.
+    up: [&'a Counter; 2],
+    /// Peer to client.
+    down: [&'a Counter; 2],
+}
+
+/// Copies both ways between `client` and `up` (one [`pump`] each way, into `bufs.0` and
+/// `bufs.1`) until [`run`] ends the tunnel.
+#[allow(clippy::too_many_arguments)]
+async fn copy_both<C: Transport, U: Transport>(
+    client: &mut C,
+    up: &mut U,
+    bufs: (&mut Vec<u8>, &mut Vec<u8>),
+    counters: Counters<'_>,
+    last: &Cell<Instant>,
+    down_total: &Cell<u64>,
+    park: &Park<'_>,
+    watch: impl Future<Output = End>,
+) -> End {
+    let (client_r, client_w) = split(client);
+    let (up_r, up_w) = split(up);
+    let to_up = pump(client_r, up_w, bufs.0, counters.up, last, None, park);
+    let to_down = pump(
+        up_r,
+        client_w,
+        bufs.1,
+        counters.down,
+        last,
+        Some(down_total),
+        park,
+    );
+    run(to_up, to_down, watch).await
 }
 
 /// Runs both directions and the watchdog until both directions ended, one of them broke, or
@@ -214,24 +276,65 @@ async fn run(
     .await
 }
 
+/// When a tunnel direction parks (see the module docs).
+struct Park<'a> {
+    /// The shard (its allocator's freed pages are handed back after buffers are freed).
+    ctx: &'a super::ShardCtx,
+    /// How long a direction waits for bytes with a read (and its buffer) in flight before it
+    /// parks: `timeouts.client_park`. Zero: it always waits for readiness first.
+    after: Duration,
+}
+
 /// Copies one direction until end of stream (relayed as a half-close: true) or an error
 /// (false). Each read takes at most [`TUNNEL_BUF`] bytes; `counters` count them, `last` is
-/// when a byte last moved either way, `total` (if given) sums what was written.
+/// when a byte last moved either way, `total` (if given) sums what was written. A direction
+/// quiet for `park.after` parks: it frees its buffer and waits for readiness (module docs).
 async fn pump<R, W>(
-    mut from: R,
+    mut from: ReadHalf<'_, R>,
     mut to: WriteHalf<'_, W>,
     buf: &mut Vec<u8>,
     counters: [&Counter; 2],
     last: &Cell<Instant>,
     total: Option<&Cell<u64>>,
+    park: &Park<'_>,
 ) -> bool
 where
-    R: AsyncReadRent + CancelableAsyncReadRent,
+    R: Transport,
     W: Transport,
 {
+    let mut canceller = Canceller::new();
     loop {
+        if buf.capacity() == 0 {
+            buf.reserve_exact(TUNNEL_BUF);
+        }
         buf.clear();
-        match read_append(&mut from, buf, TUNNEL_BUF, TUNNEL_BUF, None).await {
+        let read = if park.after.is_zero() {
+            // Parks at once: wait for bytes before a buffer is lent.
+            *buf = Vec::new();
+            if from.wait_readable().await.is_err() {
+                return false;
+            }
+            buf.reserve_exact(TUNNEL_BUF);
+            read_append(&mut from, buf, TUNNEL_BUF, TUNNEL_BUF, None).await
+        } else {
+            // A woken direction reads warm too: readiness can be spurious (then it parks
+            // again after `park.after` instead of holding a buffer in a read).
+            let cold = monoio::time::sleep(park.after);
+            match read_warm(&mut from, buf, TUNNEL_BUF, cold, &mut canceller).await {
+                Ok(Warm::Read(n)) => Ok(n),
+                Ok(Warm::Cold) => {
+                    // Quiet: give the buffer up and wait for readiness holding none.
+                    *buf = Vec::new();
+                    park.ctx.parking.release_soon();
+                    if from.wait_readable().await.is_err() {
+                        return false;
+                    }
+                    continue;
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match read {
             Ok(0) => {
                 // End of stream: pass the half-close on; the other direction goes on.
                 return to.shutdown_write();

@@ -368,6 +368,54 @@ where
         Ok(total)
     }
 
+    /// Waits until a plaintext read would not wait on the socket (see
+    /// `Transport::wait_readable`): at once when rustls holds decrypted bytes, ciphertext we
+    /// read is not yet handed to it, or the stream ended; else it first writes what rustls
+    /// queued for the peer, gives up the buffers an idle connection does not need (the
+    /// consumed ciphertext read buffer, the write buffer, and rustls's deframer buffer is
+    /// shrunk to its 4 KiB floor), then waits for the socket's readability, lending no
+    /// buffer to the kernel.
+    async fn wait_readable_tls(&mut self) -> io::Result<()> {
+        if self.has_pending_input() {
+            return Ok(());
+        }
+        if self.conn.wants_write() && !self.writing {
+            self.flush_tls().await?;
+        }
+        if !self.writing {
+            self.wbuf = Vec::new();
+        }
+        self.rbuf = Vec::new();
+        self.rpos = 0;
+        self.shrink_deframer();
+        Transport::wait_readable(&mut self.io).await
+    }
+
+    /// Whether a read would return without reading the socket: decrypted bytes wait in
+    /// rustls, ciphertext in `rbuf`, or the stream ended.
+    fn has_pending_input(&mut self) -> bool {
+        if self.eof || self.rpos < self.rbuf.len() {
+            return true;
+        }
+        // `WouldBlock`: no plaintext and the session goes on; anything else (bytes, a
+        // close_notify, an error) is for a read to report.
+        !matches!(self.conn.reader().fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Shrinks rustls's ciphertext (deframer) buffer, which keeps the size of the largest
+    /// read since (up to a whole record, ~16.7 KiB) until its next read: a read from a source
+    /// with nothing to give (`WouldBlock`, not end of stream) makes rustls resize it to the
+    /// 4 KiB it reads at a time when it holds no partial record, and consumes nothing.
+    fn shrink_deframer(&mut self) {
+        struct Nothing;
+        impl io::Read for Nothing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        }
+        let _ = self.conn.read_tls(&mut Nothing);
+    }
+
     /// Sends close_notify and half-closes the TCP stream without waiting (best effort: the
     /// alert is a few dozen bytes the socket buffer takes at once).
     fn close_notify_now(&mut self) -> bool {
@@ -503,6 +551,10 @@ impl Transport for TlsStream<rustls::ServerConnection> {
         self.close_notify_now()
     }
 
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
+        self.wait_readable_tls()
+    }
+
     fn is_tls(&self) -> bool {
         true
     }
@@ -515,6 +567,10 @@ impl Transport for TlsStream<rustls::ServerConnection> {
 impl Transport for TlsStream<rustls::ClientConnection> {
     fn shutdown_write(&mut self) -> bool {
         self.close_notify_now()
+    }
+
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
+        self.wait_readable_tls()
     }
 
     fn is_tls(&self) -> bool {

@@ -64,6 +64,13 @@ impl Transport for Connection {
         }
     }
 
+    async fn wait_readable(&mut self) -> std::io::Result<()> {
+        match self {
+            Connection::Plain(s) => s.wait_readable().await,
+            Connection::Tls(s) => s.wait_readable().await,
+        }
+    }
+
     fn is_tls(&self) -> bool {
         matches!(self, Connection::Tls(_))
     }
