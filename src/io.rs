@@ -58,6 +58,13 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
         None
     }
 
+    /// Whether the request on this transport means nothing without its upgrade (an HTTP/2
+    /// extended CONNECT): a protocol the upstream does not tunnel is then refused instead of
+    /// sent on as a plain request. Default false.
+    fn upgrade_only(&self) -> bool {
+        false
+    }
+
     /// This transport as a poll-based byte stream ([`PollStream`]), for the HTTP/2 codec,
     /// which is written against tokio's I/O traits, when it can be one natively; `Err(self)`
     /// (the default) when not: the HTTP/2 code then wraps it in an adapter over its

@@ -427,6 +427,10 @@ impl<C: Transport> Conn<'_, C> {
                 .upgrade
                 .allows(&self.head.upgrade_protocols(&self.rbuf))
         {
+            if self.io.upgrade_only() {
+                let err = HttpError::NotImplemented("upgrade to this protocol");
+                return self.reply_error(&err, false).await;
+            }
             // A protocol this upstream does not tunnel: the request goes on as a plain one,
             // without its upgrade headers (the upstream answers it as HTTP).
             self.head.upgrade = false;
