@@ -1510,3 +1510,223 @@ fn expect_100_continue_gets_an_informational_100_before_the_final_response() {
         assert_eq!(read_rest(&mut resp.into_body()).await, b"got data");
     });
 }
+
+// --- HTTP/2 over TLS to upstreams (`protocol = "h2"` / `"auto"`) ---
+
+/// TlsFront terminates TLS (a self-signed certificate, the given ALPN list) and relays each
+/// connection's plaintext to `target`: in front of an [`H2Backend`] it is an HTTP/2-over-TLS
+/// origin, in front of a [`Backend`] an HTTP/1.1-over-TLS one. It records the protocol each
+/// handshake chose.
+struct TlsFront {
+    addr: SocketAddr,
+    chosen: std::sync::Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>>,
+}
+
+impl TlsFront {
+    fn start(alpn: &[&[u8]], target: SocketAddr) -> TlsFront {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = key.cert.der().clone();
+        let pkcs8 = PrivatePkcs8KeyDer::from(key.signing_key.serialize_der());
+        let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], PrivateKeyDer::Pkcs8(pkcs8))
+        .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let config = std::sync::Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let chosen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = chosen.clone();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let (config, log) = (config.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let _ = tls_relay(config, tcp, target, &log);
+                });
+            }
+        });
+        TlsFront { addr, chosen }
+    }
+
+    /// The ALPN choice of each handshake so far.
+    fn chosen(&self) -> Vec<Option<Vec<u8>>> {
+        self.chosen.lock().unwrap().clone()
+    }
+}
+
+fn tls_relay(
+    config: std::sync::Arc<rustls::ServerConfig>,
+    mut tcp: StdTcpStream,
+    target: SocketAddr,
+    log: &std::sync::Mutex<Vec<Option<Vec<u8>>>>,
+) -> std::io::Result<()> {
+    let mut conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    log.lock()
+        .unwrap()
+        .push(conn.alpn_protocol().map(|p| p.to_vec()));
+    let mut plain = StdTcpStream::connect(target)?;
+    let tick = Some(Duration::from_millis(2));
+    tcp.set_read_timeout(tick)?;
+    plain.set_read_timeout(tick)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut buf = vec![0u8; 64 * 1024];
+    let idle = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => plain.write_all(&buf[..n])?,
+            Err(e) if idle(&e) => {}
+            Err(e) => return Err(e),
+        }
+        match plain.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                tls.write_all(&buf[..n])?;
+                tls.flush()?;
+            }
+            Err(e) if idle(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A proxy whose upstream `app` has `protocol` over TLS (no verification: the fronts'
+/// certificates are self-signed) to `peer`.
+fn tls_upstream(protocol: &str, peer: SocketAddr, extra: &str) -> Proxy {
+    Proxy::start(
+        &ProxyConfig::new()
+            .upstream("app", "round_robin", &[common::peer(peer)])
+            .upstream_line(&format!("protocol = \"{protocol}\""))
+            .upstream_line("tls = { enabled = true, verify = false, sni = \"localhost\" }")
+            .upstream_line(extra)
+            .toml()
+            .replace("admin = \"\"", "admin = \"127.0.0.1:0\""),
+    )
+}
+
+#[test]
+fn upstream_h2_over_tls_multiplexes_requests_on_one_connection() {
+    let origin = H2Backend::start(100, None, |r| H2Answer::ok(format!("h2 {}", r.path)));
+    let front = TlsFront::start(&[b"h2", b"http/1.1"], origin.addr);
+    let proxy = tls_upstream("h2", front.addr, "");
+    for i in 0..3 {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET /n/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body_str());
+        assert_eq!(r.body_str(), format!("h2 /n/{i}"));
+    }
+    // An HTTP/2 client's streams go the same way.
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let (parts, body, _) = roundtrip(&mut send, get("/from-h2"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"h2 /from-h2");
+    });
+    // The origin speaks only HTTP/2: every request arrived over it, on one TLS connection
+    // that chose h2 by ALPN.
+    assert_eq!(origin.requests().len(), 4);
+    assert_eq!(origin.accepts(), 1);
+    assert_eq!(front.chosen(), [Some(b"h2".to_vec())]);
+}
+
+#[test]
+fn upstream_h2_against_an_http1_only_tls_peer_is_a_tls_failure() {
+    let origin = Backend::start("h1-only");
+    // One peer refuses the ALPN offer (no protocol in common: a TLS alert), the other one
+    // completes the handshake without choosing any protocol (no ALPN support).
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let front = TlsFront::start(alpn, origin.addr());
+        let proxy = tls_upstream("h2", front.addr, "retry = { max_retries = 0 }");
+        let r = proxy
+            .client()
+            .roundtrip(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(r.status, 502, "{}", r.body_str());
+        let admin = proxy.server().admin_addr().unwrap();
+        let text = Client::connect(admin)
+            .roundtrip(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+            .body_str();
+        let line = format!(
+            "ringlb_peer_failures_total{{upstream=\"app\",peer=\"{}\",kind=\"tls_failure\"}} 1\n",
+            front.addr
+        );
+        assert!(text.contains(&line), "{alpn:?}: {line} in {text}");
+    }
+    assert_eq!(origin.request_count(), 0, "nothing went over HTTP/1.1");
+}
+
+#[test]
+fn upstream_auto_speaks_what_the_peer_chose_by_alpn() {
+    // A peer that picks http/1.1: HTTP/1.1 over TLS, pooled.
+    let origin = Backend::with_handler("h1", |r| Reply::ok(format!("h1 {}", r.target)));
+    let front = TlsFront::start(&[b"http/1.1"], origin.addr());
+    let proxy = tls_upstream("auto", front.addr, "");
+    for i in 0..3 {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET /a/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("h1 /a/{i}"));
+    }
+    assert!(origin.requests().iter().all(|r| r.version == "HTTP/1.1"));
+    assert_eq!(
+        front.chosen(),
+        [Some(b"http/1.1".to_vec())],
+        "one pooled connection"
+    );
+    drop(proxy);
+    // A peer that picks h2: HTTP/2.
+    let h2origin = H2Backend::start(100, None, |r| H2Answer::ok(format!("h2 {}", r.path)));
+    let h2front = TlsFront::start(&[b"h2", b"http/1.1"], h2origin.addr);
+    let proxy = tls_upstream("auto", h2front.addr, "");
+    for i in 0..2 {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET /b/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("h2 /b/{i}"));
+    }
+    assert_eq!(h2origin.requests().len(), 2);
+    assert_eq!(h2front.chosen(), [Some(b"h2".to_vec())]);
+}
+
+#[test]
+fn upstream_h2_and_auto_need_tls_and_h2c_refuses_it() {
+    let b = Backend::start("b");
+    let base = ProxyConfig::with_backends(&[&b]);
+    let load = |lines: &[&str]| {
+        let mut cfg = base.clone();
+        for l in lines {
+            cfg = cfg.upstream_line(l);
+        }
+        ringlb::config::Config::from_toml_str(&cfg.toml(), "t.toml").map_err(|e| e.to_string())
+    };
+    for p in ["h2", "auto"] {
+        let err = load(&[&format!("protocol = \"{p}\"")]).unwrap_err();
+        assert!(err.contains("upstream[0].protocol"), "{err}");
+        assert!(err.contains("needs TLS"), "{err}");
+    }
+    let err = load(&["protocol = \"h2c\"", "tls = { enabled = true }"]).unwrap_err();
+    assert!(err.contains("\"h2c\" is HTTP/2 without TLS"), "{err}");
+    let err = load(&[
+        "protocol = \"h2\"",
+        "tls = { enabled = true, alpn = [\"http/1.1\"] }",
+    ])
+    .unwrap_err();
+    assert!(err.contains("upstream[0].tls.alpn"), "{err}");
+}

@@ -384,7 +384,8 @@ pub(crate) struct UpstreamTlsFile {
     pub client_cert: Option<String>,
     /// PEM private key of `client_cert`.
     pub client_key: Option<String>,
-    /// ALPN protocols to offer. Default `["http/1.1"]`.
+    /// ALPN protocols to offer. Default `["http/1.1"]` (`protocol = "h2"`: `["h2"]`,
+    /// `"auto"`: `["h2", "http/1.1"]`).
     pub alpn: Option<Vec<String>>,
 }
 
@@ -395,6 +396,7 @@ pub(crate) fn upstream_tls(
     key: &str,
     f: &UpstreamTlsFile,
     address: &str,
+    protocol: super::UpstreamProtocol,
     cache: &mut Vec<(String, Arc<rustls::ClientConfig>)>,
 ) -> Result<Option<Arc<UpstreamTls>>, KeyError> {
     if f.enabled == Some(false) {
@@ -409,10 +411,16 @@ pub(crate) fn upstream_tls(
         )
     })?;
     let verify = f.verify.unwrap_or(true);
-    let alpn: Vec<String> = f
-        .alpn
-        .clone()
-        .unwrap_or_else(|| vec!["http/1.1".to_string()]);
+    let alpn: Vec<String> = match &f.alpn {
+        Some(list) => {
+            super::protocol::check_alpn(&format!("{key}.alpn"), protocol, list)?;
+            list.clone()
+        }
+        None => super::protocol::default_alpn(protocol)
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+    };
     for (i, p) in alpn.iter().enumerate() {
         if p.is_empty() || p.len() > 255 {
             return Err((
