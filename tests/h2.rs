@@ -1730,3 +1730,34 @@ fn upstream_h2_and_auto_need_tls_and_h2c_refuses_it() {
     .unwrap_err();
     assert!(err.contains("upstream[0].tls.alpn"), "{err}");
 }
+
+#[test]
+fn a_cleartext_listener_with_h2_false_takes_no_preface_while_another_one_does() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let toml = ProxyConfig::with_backends(&[&a]).toml();
+    let toml = toml.replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [{ address = \"127.0.0.1:0\", h2 = false }, \"127.0.0.2:0\"]",
+        1,
+    );
+    assert!(toml.contains("h2 = false"), "{toml}");
+    let proxy = Proxy::start(&toml);
+    let addrs = proxy.server().listen_addrs();
+    let (off, on) = (addrs[0], addrs[1]);
+    let mut s = StdTcpStream::connect(off).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    // HTTP/1.1 on it works; the other listener still takes h2c.
+    let r = Client::connect(off).roundtrip(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200);
+    run(async {
+        let mut send = connect(on).await;
+        let (parts, body, _) = roundtrip(&mut send, get("/"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"a");
+    });
+}

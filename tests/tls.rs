@@ -1268,3 +1268,38 @@ fn websocket_over_h2_over_tls_echoes_and_half_closes() {
     assert_eq!(head_field(&head, "upgrade"), Some("websocket"), "{head}");
     proxy.shutdown();
 }
+
+#[test]
+fn a_listener_with_h2_false_negotiates_http11_and_serves_no_preface() {
+    let backend = Backend::start("app");
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["localhost"]).write();
+    let toml = tls_proxy_toml(&single(&files), 1, "", &[&backend]).replacen(
+        "tls = {",
+        "h2 = false, tls = {",
+        1,
+    );
+    assert!(toml.contains("h2 = false"), "{toml}");
+    let proxy = Proxy::start(&toml);
+    let both = client_config(&ca, &[b"h2", b"http/1.1"]);
+    let mut t = tls_connect(proxy.addr, &both, "localhost");
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let r = roundtrip(&mut t, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"app");
+    drop(t);
+    // A client that insists on h2 has no protocol in common with the listener.
+    let h2 = client_config(&ca, &[b"h2"]);
+    assert!(
+        try_tls_connect(proxy.addr, &h2, "localhost").is_err(),
+        "h2 only must be refused"
+    );
+    // The HTTP/2 preface over an http/1.1 TLS connection is not served as HTTP/2 either.
+    let mut t = tls_connect(proxy.addr, &both, "localhost");
+    t.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    t.flush().unwrap();
+    let r = read_response(&mut t);
+    assert_eq!(r.status, 400);
+    assert_eq!(backend.request_count(), 1);
+    proxy.shutdown();
+}

@@ -120,6 +120,15 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         Some(list) => super::tls::listeners(list, &listen).map_err(|(k, r)| cx.err(k, r))?,
         None => Vec::new(),
     };
+    let h2_off: Vec<SocketAddr> = match f.listen.as_deref() {
+        Some(list) => list
+            .iter()
+            .zip(&listen)
+            .filter(|(entry, _)| !entry.h2())
+            .map(|(_, addr)| *addr)
+            .collect(),
+        None => Vec::new(),
+    };
 
     let workers = match f.workers.unwrap_or(WorkersFile::Auto) {
         WorkersFile::Auto => Workers::Auto,
@@ -242,6 +251,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
     Ok(ServerConfig {
         listen,
         tls,
+        h2_off,
         workers,
         cpus,
         admin,

@@ -171,7 +171,8 @@ async fn serve_awake<C: Transport + 'static>(
             Err(_)
                 if first.is_some()
                     && conn.live.config.server.h2.h2c
-                    && h2::is_preface(&conn.rbuf) =>
+                    && h2::is_preface(&conn.rbuf)
+                    && conn.io.allows_h2c() =>
             {
                 // Prior-knowledge HTTP/2 (RFC 9113 §3.3): the first bytes are the connection
                 // preface, which never parses as HTTP/1.1, so the check costs HTTP/1.1
