@@ -1761,3 +1761,30 @@ fn a_cleartext_listener_with_h2_false_takes_no_preface_while_another_one_does() 
         assert_eq!(body, b"a");
     });
 }
+
+#[test]
+fn upstream_h2_connections_are_not_shared_between_different_tls_settings() {
+    let origin = H2Backend::start(100, None, |r| H2Answer::ok(format!("h2 {}", r.path)));
+    let front = TlsFront::start(&[b"h2"], origin.addr);
+    let tls = |sni: &str| format!("tls = {{ enabled = true, verify = false, sni = \"{sni}\" }}");
+    let proxy = ProxyConfig::new()
+        .upstream("a", "round_robin", &[common::peer(front.addr)])
+        .upstream_line("protocol = \"h2\"")
+        .upstream_line(&tls("a.test"))
+        .upstream("b", "round_robin", &[common::peer(front.addr)])
+        .upstream_line("protocol = \"h2\"")
+        .upstream_line(&tls("b.test"))
+        .route(&["path_prefix = \"/b/\""], "b")
+        .route(&[], "a")
+        .start();
+    for path in ["/a/1", "/b/1", "/a/2", "/b/2"] {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("h2 {path}"));
+    }
+    // One multiplexed connection per TLS identity, each reused.
+    assert_eq!(front.chosen().len(), 2);
+    assert_eq!(origin.accepts(), 2);
+}

@@ -275,7 +275,7 @@ impl<C: Transport> Conn<'_, C> {
         let auto = group.protocol == UpstreamProtocol::Auto;
         let limits = self.live.config.limits;
         if !fresh_only {
-            if let Some(client) = self.ctx.h2_upstreams.find(p.addr) {
+            if let Some(client) = self.ctx.h2_upstreams.find(p.addr, p.tls.as_ref()) {
                 pm.connections_reused.inc();
                 let call = H2Call::new(client, limits);
                 return Ok((UpstreamIo::H2(Box::new(call)), true));
@@ -310,7 +310,7 @@ impl<C: Transport> Conn<'_, C> {
         }
         let limit = within(p.timeouts.connect, try_deadline).saturating_sub(started.elapsed());
         let idle = group.pool.idle_timeout(peer_id);
-        let handshake = self.ctx.h2_upstreams.add(p.addr, up, idle);
+        let handshake = self.ctx.h2_upstreams.add(p.addr, p.tls.clone(), up, idle);
         let client = match monoio::time::timeout(limit, handshake).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {

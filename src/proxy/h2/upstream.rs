@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -40,6 +41,7 @@ use super::stream::{parse_trailers, push_field, push_hex};
 use crate::config::Limits;
 use crate::http::{parse_request, BodyKind, ChunkedDecoder, ParseStatus, RequestHead};
 use crate::io::{PollStream, Transport};
+use crate::tls::UpstreamTls;
 use crate::upstream::Connection;
 
 /// How often an upstream HTTP/2 connection is pinged.
@@ -63,6 +65,9 @@ pub(crate) struct Client {
     closed: Cell<bool>,
     /// When its last stream ended (for the idle close).
     last_used: Cell<Instant>,
+    /// The TLS settings it was made with (none: cleartext): peers of other upstreams at the
+    /// same address with other settings (another SNI) do not share it.
+    tls: Option<Arc<UpstreamTls>>,
 }
 
 /// H2Upstreams is a shard's HTTP/2 connections to upstream peers, by peer address.
@@ -73,13 +78,14 @@ pub(crate) struct H2Upstreams {
 }
 
 impl H2Upstreams {
-    /// An open connection to `addr` with room for another stream, if any.
-    pub fn find(&self, addr: SocketAddr) -> Option<Rc<Client>> {
+    /// An open connection to `addr` with the TLS settings `tls` and room for another stream,
+    /// if any.
+    pub fn find(&self, addr: SocketAddr, tls: Option<&Arc<UpstreamTls>>) -> Option<Rc<Client>> {
         let mut peers = self.peers.borrow_mut();
         let list = peers.get_mut(&addr)?;
         list.retain(|c| !c.closed.get());
         list.iter()
-            .find(|c| c.in_flight.get() < c.max_streams.get())
+            .find(|c| c.in_flight.get() < c.max_streams.get() && c.tls.as_ref() == tls)
             .cloned()
     }
 
@@ -89,6 +95,7 @@ impl H2Upstreams {
     pub async fn add(
         &self,
         addr: SocketAddr,
+        tls: Option<Arc<UpstreamTls>>,
         io: Connection,
         idle: Duration,
     ) -> io::Result<Rc<Client>> {
@@ -105,6 +112,7 @@ impl H2Upstreams {
             max_streams: Cell::new(conn.max_concurrent_send_streams()),
             closed: Cell::new(false),
             last_used: Cell::new(Instant::now()),
+            tls,
         });
         monoio::spawn(drive(conn, client.clone(), idle));
         self.peers
