@@ -58,6 +58,20 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
         None
     }
 
+    /// Whether a connection that opens with the HTTP/2 preface may be served as h2c (prior
+    /// knowledge). False for [`Http1Only`] (a listener with `h2 = false`). Default true (and
+    /// `[server] h2.h2c` decides).
+    fn allows_h2c(&self) -> bool {
+        true
+    }
+
+    /// Whether the request on this transport means nothing without its upgrade (an HTTP/2
+    /// extended CONNECT): a protocol the upstream does not tunnel is then refused instead of
+    /// sent on as a plain request. Default false.
+    fn upgrade_only(&self) -> bool {
+        false
+    }
+
     /// This transport as a poll-based byte stream ([`PollStream`]), for the HTTP/2 codec,
     /// which is written against tokio's I/O traits, when it can be one natively; `Err(self)`
     /// (the default) when not: the HTTP/2 code then wraps it in an adapter over its
@@ -171,6 +185,86 @@ macro_rules! delegate_io {
     };
 }
 pub(crate) use delegate_io;
+
+/// Http1Only is a transport of a listener with `h2 = false`: HTTP/1.1 only (no h2c preface
+/// detection); everything else is the inner transport's.
+pub struct Http1Only<T>(pub T);
+
+impl<T: Transport> AsyncReadRent for Http1Only<T> {
+    fn read<B: IoBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
+        self.0.read(buf)
+    }
+
+    fn readv<B: IoVecBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
+        self.0.readv(buf)
+    }
+}
+
+impl<T: Transport> CancelableAsyncReadRent for Http1Only<T> {
+    fn cancelable_read<B: IoBufMut>(
+        &mut self,
+        buf: B,
+        c: CancelHandle,
+    ) -> impl Future<Output = BufResult<usize, B>> {
+        self.0.cancelable_read(buf, c)
+    }
+
+    fn cancelable_readv<B: IoVecBufMut>(
+        &mut self,
+        buf: B,
+        c: CancelHandle,
+    ) -> impl Future<Output = BufResult<usize, B>> {
+        self.0.cancelable_readv(buf, c)
+    }
+}
+
+impl<T: Transport> AsyncWriteRent for Http1Only<T> {
+    fn write<B: IoBuf>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
+        self.0.write(buf)
+    }
+
+    fn writev<B: IoVecBuf>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
+        self.0.writev(buf)
+    }
+
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> {
+        self.0.flush()
+    }
+
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> {
+        self.0.shutdown()
+    }
+}
+
+// SAFETY: a read and a write on the wrapper are a read and a write on the inner transport,
+// which is `Split`.
+unsafe impl<T: Transport> Split for Http1Only<T> {}
+
+impl<T: Transport> Transport for Http1Only<T> {
+    fn shutdown_write(&mut self) -> bool {
+        self.0.shutdown_write()
+    }
+
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
+        self.0.wait_readable()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.0.is_tls()
+    }
+
+    fn sni(&self) -> Option<&str> {
+        self.0.sni()
+    }
+
+    fn allows_h2c(&self) -> bool {
+        false
+    }
+
+    fn upgrade_only(&self) -> bool {
+        self.0.upgrade_only()
+    }
+}
 
 /// ReadHalf is the read side of a transport borrowed by [`split`].
 pub struct ReadHalf<'a, T> {

@@ -1140,3 +1140,651 @@ fn a_connection_without_streams_for_client_idle_is_closed_with_goaway() {
         assert!(ended.is_ok());
     });
 }
+
+// --- WebSocket over HTTP/2 (RFC 8441 extended CONNECT) ---
+
+/// Waits until the proxy's SETTINGS allowing extended CONNECT reached the client.
+async fn wait_extended_connect(send: &SendRequest<Bytes>) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !send.is_extended_connect_protocol_enabled() {
+        assert!(
+            Instant::now() < deadline,
+            "SETTINGS_ENABLE_CONNECT_PROTOCOL never came"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An extended CONNECT for `path` with `:protocol` = `protocol`.
+fn extended_connect(path: &str, protocol: &str) -> Request<()> {
+    Request::builder()
+        .method("CONNECT")
+        .uri(format!("http://example.test{path}"))
+        .header("sec-websocket-version", "13")
+        // A key the client has no business sending (RFC 8441 §5): not passed on.
+        .header("sec-websocket-key", "Y2xpZW50LWtleS0xMjM0NQ==")
+        .extension(h2::ext::Protocol::from(protocol))
+        .body(())
+        .expect("request")
+}
+
+/// Opens an extended CONNECT stream: the response head, the send side, the receive side.
+async fn open_ws(
+    send: &mut SendRequest<Bytes>,
+    path: &str,
+) -> (http::response::Parts, h2::SendStream<Bytes>, h2::RecvStream) {
+    wait_extended_connect(send).await;
+    let mut send = send.clone().ready().await.expect("ready");
+    let (resp, stream) = send
+        .send_request(extended_connect(path, "websocket"), false)
+        .expect("send extended CONNECT");
+    let resp = tokio::time::timeout(IO_TIMEOUT, resp)
+        .await
+        .expect("response in time")
+        .expect("response");
+    let (parts, recv) = resp.into_parts();
+    (parts, stream, recv)
+}
+
+/// Reads exactly `n` bytes of DATA from `recv`.
+async fn read_n(recv: &mut h2::RecvStream, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let chunk = tokio::time::timeout(IO_TIMEOUT, recv.data())
+            .await
+            .expect("data in time")
+            .expect("stream ended early")
+            .expect("data");
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got.len(), n, "no more than asked for");
+    got
+}
+
+/// Reads DATA until the stream's end.
+async fn read_rest(recv: &mut h2::RecvStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(IO_TIMEOUT, recv.data())
+            .await
+            .expect("data or the end in time");
+        let Some(chunk) = chunk else { return got };
+        let chunk = chunk.expect("data");
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+}
+
+/// Sends all of `data`, waiting for window as needed.
+async fn send_all(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let n = std::future::poll_fn(|cx| stream.poll_capacity(cx))
+            .await
+            .expect("capacity")
+            .expect("capacity");
+        let chunk = data.split_to(n.min(data.len()));
+        stream.send_data(chunk, false).expect("send data");
+    }
+}
+
+fn ws_proxy(b: &WsEcho) -> ProxyConfig {
+    ProxyConfig::new().upstream("app", "least_connections", &[peer(b.addr)])
+}
+
+/// Frames both ways byte-exact, then the client's END_STREAM is the half-close: the origin
+/// answers it and the stream ends.
+async fn ws_echo_session(send: &mut SendRequest<Bytes>) {
+    let (parts, mut up, mut down) = open_ws(send, "/chat?room=1").await;
+    assert_eq!(parts.status, StatusCode::OK, "101 becomes 200");
+    assert_eq!(parts.headers["x-origin"], "ws-echo");
+    for f in ["sec-websocket-accept", "upgrade", "connection"] {
+        assert!(parts.headers.get(f).is_none(), "{f} in {:?}", parts.headers);
+    }
+    for (i, n) in [5usize, 125, 126, 4000, 70_000, 200_000]
+        .into_iter()
+        .enumerate()
+    {
+        let payload: Vec<u8> = (0..n).map(|j| (j * 31 + i) as u8).collect();
+        let frame = ws_client_frame(2, &payload, [1, 2, 3, i as u8]);
+        send_all(&mut up, Bytes::from(frame.clone())).await;
+        let back = read_n(&mut down, frame.len()).await;
+        assert!(back == frame, "frame {i} of {n} bytes echoed byte-exact");
+    }
+    // Half-close: the origin sees the end, still answers, then ends its side.
+    up.send_data(Bytes::new(), true).expect("END_STREAM");
+    assert_eq!(read_n(&mut down, 3).await, b"bye");
+    assert_eq!(
+        read_rest(&mut down).await,
+        b"",
+        "the stream ends after the origin's close"
+    );
+}
+
+#[test]
+fn websocket_over_h2_extended_connect_is_a_tunnel_to_an_http1_upgrade() {
+    let b = WsEcho::start();
+    let toml = ws_proxy(&b)
+        .toml()
+        .replace("admin = \"\"", "admin = \"127.0.0.1:0\"");
+    let proxy = Proxy::start(&toml);
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        ws_echo_session(&mut send).await;
+        // The connection still carries ordinary streams.
+        let (parts, body, _) = roundtrip(&mut send, get("/after"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"plain");
+    });
+    let head = b.heads()[0].clone();
+    assert!(head.starts_with("GET /chat?room=1 HTTP/1.1\r\n"), "{head}");
+    assert_eq!(head_field(&head, "upgrade"), Some("websocket"), "{head}");
+    assert!(
+        head_field(&head, "connection").is_some_and(|c| c.to_ascii_lowercase().contains("upgrade")),
+        "{head}"
+    );
+    assert_eq!(head_field(&head, "sec-websocket-version"), Some("13"));
+    let key = head_field(&head, "sec-websocket-key").expect("a key for the HTTP/1.1 side");
+    assert_ne!(key, "Y2xpZW50LWtleS0xMjM0NQ==", "the proxy's own key");
+    assert_eq!(key.len(), 24, "{key}");
+    assert_eq!(
+        head.matches("ec-WebSocket-Key").count() + head.matches("ec-websocket-key").count(),
+        1,
+        "{head}"
+    );
+    // The tunnel counts as one in the tunnel metrics.
+    let admin = proxy.server().admin_addr().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let r = Client::connect(admin).roundtrip(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+        let text = r.body_str();
+        if text.contains("ringlb_tunnels_active{upstream=\"app\"} 0") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        text.contains("ringlb_tunnels_total{upstream=\"app\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ringlb_tunnels_active{upstream=\"app\"} 0\n"),
+        "{text}"
+    );
+    let frames: usize = [5usize, 125, 126, 4000, 70_000, 200_000]
+        .iter()
+        .map(|n| {
+            n + 2
+                + 4
+                + if *n < 126 {
+                    0
+                } else if *n <= 0xffff {
+                    2
+                } else {
+                    8
+                }
+        })
+        .sum();
+    for (dir, n) in [("upstream", frames), ("downstream", frames + 3)] {
+        let line =
+            format!("ringlb_tunnel_bytes_total{{upstream=\"app\",direction=\"{dir}\"}} {n}\n");
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+}
+
+#[test]
+fn websocket_over_h2_refused_by_the_upstream_is_its_normal_response() {
+    let b = WsEcho::start();
+    let proxy = ws_proxy(&b).start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let (parts, _up, mut down) = open_ws(&mut send, "/refuse").await;
+        assert_eq!(parts.status, StatusCode::BAD_REQUEST);
+        assert_eq!(read_n(&mut down, 7).await, b"refused");
+        assert_eq!(
+            read_rest(&mut down).await,
+            b"",
+            "the response ends the stream"
+        );
+    });
+    // An origin that ignores the upgrade and answers 200: not a tunnel, so not a 2xx.
+    let plain = Backend::with_handler("plain", |_| Reply::ok("not a websocket"));
+    let proxy = ProxyConfig::with_backends(&[&plain]).start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let (parts, _up, _down) = open_ws(&mut send, "/x").await;
+        assert_eq!(
+            parts.status,
+            StatusCode::BAD_GATEWAY,
+            "a 200 without a switch would read as an open tunnel"
+        );
+    });
+}
+
+#[test]
+fn websocket_over_h2_honours_the_upgrade_allow_list_and_plain_connect_stays_501() {
+    let b = WsEcho::start();
+    let proxy = ws_proxy(&b)
+        .upstream_line("upgrade = { allow = [\"chat-v2\"] }")
+        .start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let (parts, _up, _down) = open_ws(&mut send, "/chat").await;
+        assert_eq!(parts.status, StatusCode::NOT_IMPLEMENTED);
+        // A protocol on the list goes through as an upgrade (the origin wants websocket's
+        // key, so it answers a plain 200, which is not a tunnel).
+        wait_extended_connect(&send).await;
+        let mut s = send.clone().ready().await.unwrap();
+        let (resp, _stream) = s
+            .send_request(extended_connect("/chat", "chat-v2"), false)
+            .unwrap();
+        let resp = tokio::time::timeout(IO_TIMEOUT, resp)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        // CONNECT without :protocol: ringlb is no forward proxy.
+        let req = Request::builder()
+            .method("CONNECT")
+            .uri("example.com:443")
+            .body(())
+            .unwrap();
+        let mut s = send.clone().ready().await.unwrap();
+        let (resp, _stream) = s.send_request(req, false).unwrap();
+        let resp = tokio::time::timeout(IO_TIMEOUT, resp)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
+    });
+    let heads = b.heads();
+    assert_eq!(
+        heads.len(),
+        1,
+        "only the allowed protocol reached the origin: {heads:?}"
+    );
+    assert_eq!(head_field(&heads[0], "upgrade"), Some("chat-v2"));
+    assert!(head_field(&heads[0], "sec-websocket-key").is_none());
+}
+
+#[test]
+fn an_idle_websocket_over_h2_is_closed_after_tunnel_idle() {
+    let b = WsEcho::start();
+    let proxy = ws_proxy(&b).timeout("tunnel_idle_ms", 300).start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let (parts, mut up, mut down) = open_ws(&mut send, "/idle").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        send_all(&mut up, Bytes::from_static(b"ping")).await;
+        assert_eq!(read_n(&mut down, 4).await, b"ping");
+        let start = Instant::now();
+        // The proxy ends the stream (END_STREAM or a reset) once nothing moved for 300 ms.
+        let rest = tokio::time::timeout(IO_TIMEOUT, async {
+            let mut got = Vec::new();
+            while let Some(Ok(chunk)) = down.data().await {
+                got.extend_from_slice(&chunk);
+            }
+            got
+        })
+        .await
+        .expect("the idle tunnel ends");
+        let took = start.elapsed();
+        assert!(rest.is_empty(), "{rest:?}");
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    });
+}
+
+#[test]
+fn interim_responses_are_relayed_as_informational_headers() {
+    let a = Backend::with_handler("a", |_| {
+        Reply::ok("final")
+            .interim(103, &[("link", "</style.css>; rel=preload")])
+            .interim(103, &[("link", "</app.js>; rel=preload")])
+    });
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    run(async {
+        let send = connect(proxy.addr).await;
+        let mut send = send.ready().await.expect("ready");
+        let (mut resp, _) = send.send_request(get("/hints"), true).expect("send");
+        let mut hints = Vec::new();
+        loop {
+            let next = tokio::time::timeout(
+                IO_TIMEOUT,
+                std::future::poll_fn(|cx| resp.poll_informational(cx)),
+            )
+            .await
+            .expect("interim or the final head in time");
+            match next {
+                Some(Ok(r)) => {
+                    assert_eq!(r.status(), StatusCode::EARLY_HINTS);
+                    hints.push(r.headers()["link"].to_str().unwrap().to_string());
+                }
+                Some(Err(e)) => panic!("{e}"),
+                None => break,
+            }
+        }
+        assert_eq!(
+            hints,
+            ["</style.css>; rel=preload", "</app.js>; rel=preload"]
+        );
+        let resp = tokio::time::timeout(IO_TIMEOUT, resp)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        assert_eq!(read_rest(&mut body).await, b"final");
+    });
+}
+
+#[test]
+fn expect_100_continue_gets_an_informational_100_before_the_final_response() {
+    let a = Backend::with_handler("a", |r| Reply::ok(format!("got {}", r.body_str())));
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    run(async {
+        let send = connect(proxy.addr).await;
+        let mut send = send.ready().await.expect("ready");
+        let req = Request::post("http://example.test/up")
+            .header("expect", "100-continue")
+            .header("content-length", "4")
+            .body(())
+            .unwrap();
+        let (mut resp, mut body) = send.send_request(req, false).expect("send");
+        let first = tokio::time::timeout(
+            IO_TIMEOUT,
+            std::future::poll_fn(|cx| resp.poll_informational(cx)),
+        )
+        .await
+        .expect("a 100 before the body was sent");
+        assert_eq!(first.unwrap().unwrap().status(), StatusCode::CONTINUE);
+        body.send_data(Bytes::from_static(b"data"), true).unwrap();
+        let resp = tokio::time::timeout(IO_TIMEOUT, resp)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(read_rest(&mut resp.into_body()).await, b"got data");
+    });
+}
+
+// --- HTTP/2 over TLS to upstreams (`protocol = "h2"` / `"auto"`) ---
+
+/// TlsFront terminates TLS (a self-signed certificate, the given ALPN list) and relays each
+/// connection's plaintext to `target`: in front of an [`H2Backend`] it is an HTTP/2-over-TLS
+/// origin, in front of a [`Backend`] an HTTP/1.1-over-TLS one. It records the protocol each
+/// handshake chose.
+struct TlsFront {
+    addr: SocketAddr,
+    chosen: std::sync::Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>>,
+}
+
+impl TlsFront {
+    fn start(alpn: &[&[u8]], target: SocketAddr) -> TlsFront {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = key.cert.der().clone();
+        let pkcs8 = PrivatePkcs8KeyDer::from(key.signing_key.serialize_der());
+        let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], PrivateKeyDer::Pkcs8(pkcs8))
+        .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let config = std::sync::Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let chosen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = chosen.clone();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let (config, log) = (config.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let _ = tls_relay(config, tcp, target, &log);
+                });
+            }
+        });
+        TlsFront { addr, chosen }
+    }
+
+    /// The ALPN choice of each handshake so far.
+    fn chosen(&self) -> Vec<Option<Vec<u8>>> {
+        self.chosen.lock().unwrap().clone()
+    }
+}
+
+fn tls_relay(
+    config: std::sync::Arc<rustls::ServerConfig>,
+    mut tcp: StdTcpStream,
+    target: SocketAddr,
+    log: &std::sync::Mutex<Vec<Option<Vec<u8>>>>,
+) -> std::io::Result<()> {
+    let mut conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    log.lock()
+        .unwrap()
+        .push(conn.alpn_protocol().map(|p| p.to_vec()));
+    let mut plain = StdTcpStream::connect(target)?;
+    let tick = Some(Duration::from_millis(2));
+    tcp.set_read_timeout(tick)?;
+    plain.set_read_timeout(tick)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut buf = vec![0u8; 64 * 1024];
+    let idle = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => plain.write_all(&buf[..n])?,
+            Err(e) if idle(&e) => {}
+            Err(e) => return Err(e),
+        }
+        match plain.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                tls.write_all(&buf[..n])?;
+                tls.flush()?;
+            }
+            Err(e) if idle(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A proxy whose upstream `app` has `protocol` over TLS (no verification: the fronts'
+/// certificates are self-signed) to `peer`.
+fn tls_upstream(protocol: &str, peer: SocketAddr, extra: &str) -> Proxy {
+    Proxy::start(
+        &ProxyConfig::new()
+            .upstream("app", "round_robin", &[common::peer(peer)])
+            .upstream_line(&format!("protocol = \"{protocol}\""))
+            .upstream_line("tls = { enabled = true, verify = false, sni = \"localhost\" }")
+            .upstream_line(extra)
+            .toml()
+            .replace("admin = \"\"", "admin = \"127.0.0.1:0\""),
+    )
+}
+
+#[test]
+fn upstream_h2_over_tls_multiplexes_requests_on_one_connection() {
+    let origin = H2Backend::start(100, None, |r| H2Answer::ok(format!("h2 {}", r.path)));
+    let front = TlsFront::start(&[b"h2", b"http/1.1"], origin.addr);
+    let proxy = tls_upstream("h2", front.addr, "");
+    for i in 0..3 {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET /n/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body_str());
+        assert_eq!(r.body_str(), format!("h2 /n/{i}"));
+    }
+    // An HTTP/2 client's streams go the same way.
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let (parts, body, _) = roundtrip(&mut send, get("/from-h2"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"h2 /from-h2");
+    });
+    // The origin speaks only HTTP/2: every request arrived over it, on one TLS connection
+    // that chose h2 by ALPN.
+    assert_eq!(origin.requests().len(), 4);
+    assert_eq!(origin.accepts(), 1);
+    assert_eq!(front.chosen(), [Some(b"h2".to_vec())]);
+}
+
+#[test]
+fn upstream_h2_against_an_http1_only_tls_peer_is_a_tls_failure() {
+    let origin = Backend::start("h1-only");
+    // One peer refuses the ALPN offer (no protocol in common: a TLS alert), the other one
+    // completes the handshake without choosing any protocol (no ALPN support).
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let front = TlsFront::start(alpn, origin.addr());
+        let proxy = tls_upstream("h2", front.addr, "retry = { max_retries = 0 }");
+        let r = proxy
+            .client()
+            .roundtrip(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(r.status, 502, "{}", r.body_str());
+        let admin = proxy.server().admin_addr().unwrap();
+        let text = Client::connect(admin)
+            .roundtrip(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+            .body_str();
+        let line = format!(
+            "ringlb_peer_failures_total{{upstream=\"app\",peer=\"{}\",kind=\"tls_failure\"}} 1\n",
+            front.addr
+        );
+        assert!(text.contains(&line), "{alpn:?}: {line} in {text}");
+    }
+    assert_eq!(origin.request_count(), 0, "nothing went over HTTP/1.1");
+}
+
+#[test]
+fn upstream_auto_speaks_what_the_peer_chose_by_alpn() {
+    // A peer that picks http/1.1: HTTP/1.1 over TLS, pooled.
+    let origin = Backend::with_handler("h1", |r| Reply::ok(format!("h1 {}", r.target)));
+    let front = TlsFront::start(&[b"http/1.1"], origin.addr());
+    let proxy = tls_upstream("auto", front.addr, "");
+    for i in 0..3 {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET /a/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("h1 /a/{i}"));
+    }
+    assert!(origin.requests().iter().all(|r| r.version == "HTTP/1.1"));
+    assert_eq!(
+        front.chosen(),
+        [Some(b"http/1.1".to_vec())],
+        "one pooled connection"
+    );
+    drop(proxy);
+    // A peer that picks h2: HTTP/2.
+    let h2origin = H2Backend::start(100, None, |r| H2Answer::ok(format!("h2 {}", r.path)));
+    let h2front = TlsFront::start(&[b"h2", b"http/1.1"], h2origin.addr);
+    let proxy = tls_upstream("auto", h2front.addr, "");
+    for i in 0..2 {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET /b/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("h2 /b/{i}"));
+    }
+    assert_eq!(h2origin.requests().len(), 2);
+    assert_eq!(h2front.chosen(), [Some(b"h2".to_vec())]);
+}
+
+#[test]
+fn upstream_h2_and_auto_need_tls_and_h2c_refuses_it() {
+    let b = Backend::start("b");
+    let base = ProxyConfig::with_backends(&[&b]);
+    let load = |lines: &[&str]| {
+        let mut cfg = base.clone();
+        for l in lines {
+            cfg = cfg.upstream_line(l);
+        }
+        ringlb::config::Config::from_toml_str(&cfg.toml(), "t.toml").map_err(|e| e.to_string())
+    };
+    for p in ["h2", "auto"] {
+        let err = load(&[&format!("protocol = \"{p}\"")]).unwrap_err();
+        assert!(err.contains("upstream[0].protocol"), "{err}");
+        assert!(err.contains("needs TLS"), "{err}");
+    }
+    let err = load(&["protocol = \"h2c\"", "tls = { enabled = true }"]).unwrap_err();
+    assert!(err.contains("\"h2c\" is HTTP/2 without TLS"), "{err}");
+    let err = load(&[
+        "protocol = \"h2\"",
+        "tls = { enabled = true, alpn = [\"http/1.1\"] }",
+    ])
+    .unwrap_err();
+    assert!(err.contains("upstream[0].tls.alpn"), "{err}");
+}
+
+#[test]
+fn a_cleartext_listener_with_h2_false_takes_no_preface_while_another_one_does() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let toml = ProxyConfig::with_backends(&[&a]).toml();
+    let toml = toml.replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [{ address = \"127.0.0.1:0\", h2 = false }, \"127.0.0.2:0\"]",
+        1,
+    );
+    assert!(toml.contains("h2 = false"), "{toml}");
+    let proxy = Proxy::start(&toml);
+    let addrs = proxy.server().listen_addrs();
+    let (off, on) = (addrs[0], addrs[1]);
+    let mut s = StdTcpStream::connect(off).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    // HTTP/1.1 on it works; the other listener still takes h2c.
+    let r = Client::connect(off).roundtrip(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200);
+    run(async {
+        let mut send = connect(on).await;
+        let (parts, body, _) = roundtrip(&mut send, get("/"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"a");
+    });
+}
+
+#[test]
+fn upstream_h2_connections_are_not_shared_between_different_tls_settings() {
+    let origin = H2Backend::start(100, None, |r| H2Answer::ok(format!("h2 {}", r.path)));
+    let front = TlsFront::start(&[b"h2"], origin.addr);
+    let tls = |sni: &str| format!("tls = {{ enabled = true, verify = false, sni = \"{sni}\" }}");
+    let proxy = ProxyConfig::new()
+        .upstream("a", "round_robin", &[common::peer(front.addr)])
+        .upstream_line("protocol = \"h2\"")
+        .upstream_line(&tls("a.test"))
+        .upstream("b", "round_robin", &[common::peer(front.addr)])
+        .upstream_line("protocol = \"h2\"")
+        .upstream_line(&tls("b.test"))
+        .route(&["path_prefix = \"/b/\""], "b")
+        .route(&[], "a")
+        .start();
+    for path in ["/a/1", "/b/1", "/a/2", "/b/2"] {
+        let r = proxy
+            .client()
+            .roundtrip(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("h2 {path}"));
+    }
+    // One multiplexed connection per TLS identity, each reused.
+    assert_eq!(front.chosen().len(), 2);
+    assert_eq!(origin.accepts(), 2);
+}

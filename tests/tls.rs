@@ -1304,3 +1304,123 @@ fn idle_tls_clients_hold_no_buffers() {
         get(t, &format!("/again{i}"));
     }
 }
+
+#[test]
+fn websocket_over_h2_over_tls_echoes_and_half_closes() {
+    let ws = WsEcho::start();
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["localhost"]).write();
+    let toml = format!(
+        "[server]\nlisten = [{{ address = \"127.0.0.1:0\", tls = {{ {} }} }}]\n\
+         workers = 1\nshutdown_timeout_ms = 2000\n\
+         [[upstream]]\nname = \"app\"\npeers = [{{ address = \"{}\" }}]\n",
+        single(&files),
+        ws.addr
+    );
+    let proxy = Proxy::start(&toml);
+    let t = tls_connect(proxy.addr, &client_config(&ca, &[b"h2"]), "localhost");
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let local = tls_bridge(t);
+    let frame = ws_client_frame(1, &[b'x'; 40_000], [9, 8, 7, 6]);
+    let (status, echoed, rest) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(async {
+            let tcp = tokio::net::TcpStream::connect(local).await.expect("bridge");
+            let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            tokio::spawn(conn);
+            let mut send = send.ready().await.expect("ready");
+            let deadline = Instant::now() + IO_TIMEOUT;
+            while !send.is_extended_connect_protocol_enabled() {
+                assert!(Instant::now() < deadline, "no extended CONNECT");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let req = http::Request::builder()
+                .method("CONNECT")
+                .uri("https://localhost/ws")
+                .header("sec-websocket-version", "13")
+                .extension(h2::ext::Protocol::from("websocket"))
+                .body(())
+                .unwrap();
+            let (resp, mut up) = send.send_request(req, false).expect("send");
+            let resp = tokio::time::timeout(IO_TIMEOUT, resp)
+                .await
+                .expect("response in time")
+                .expect("response");
+            let (parts, mut down) = resp.into_parts();
+            let mut data = bytes::Bytes::from(frame.clone());
+            while !data.is_empty() {
+                up.reserve_capacity(data.len());
+                let n = std::future::poll_fn(|cx| up.poll_capacity(cx))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                up.send_data(data.split_to(n.min(data.len())), false)
+                    .unwrap();
+            }
+            let mut echoed = Vec::new();
+            while echoed.len() < frame.len() {
+                let chunk = tokio::time::timeout(IO_TIMEOUT, down.data())
+                    .await
+                    .expect("echo in time")
+                    .expect("more data")
+                    .expect("data");
+                let _ = down.flow_control().release_capacity(chunk.len());
+                echoed.extend_from_slice(&chunk);
+            }
+            up.send_data(bytes::Bytes::new(), true).unwrap();
+            let mut rest = Vec::new();
+            while let Some(chunk) = tokio::time::timeout(IO_TIMEOUT, down.data())
+                .await
+                .expect("the end in time")
+            {
+                rest.extend_from_slice(&chunk.expect("data"));
+            }
+            (parts.status, echoed, rest)
+        });
+    assert_eq!(status, http::StatusCode::OK);
+    assert!(echoed == frame, "byte-exact echo over TLS");
+    assert_eq!(
+        rest, b"bye",
+        "the half-close reached the origin, its answer came back"
+    );
+    let head = ws.heads()[0].clone();
+    assert_eq!(head_field(&head, "upgrade"), Some("websocket"), "{head}");
+    proxy.shutdown();
+}
+
+#[test]
+fn a_listener_with_h2_false_negotiates_http11_and_serves_no_preface() {
+    let backend = Backend::start("app");
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["localhost"]).write();
+    let toml = tls_proxy_toml(&single(&files), 1, "", &[&backend]).replacen(
+        "tls = {",
+        "h2 = false, tls = {",
+        1,
+    );
+    assert!(toml.contains("h2 = false"), "{toml}");
+    let proxy = Proxy::start(&toml);
+    let both = client_config(&ca, &[b"h2", b"http/1.1"]);
+    let mut t = tls_connect(proxy.addr, &both, "localhost");
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let r = roundtrip(&mut t, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"app");
+    drop(t);
+    // A client that insists on h2 has no protocol in common with the listener.
+    let h2 = client_config(&ca, &[b"h2"]);
+    assert!(
+        try_tls_connect(proxy.addr, &h2, "localhost").is_err(),
+        "h2 only must be refused"
+    );
+    // The HTTP/2 preface over an http/1.1 TLS connection is not served as HTTP/2 either.
+    let mut t = tls_connect(proxy.addr, &both, "localhost");
+    t.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    t.flush().unwrap();
+    let r = read_response(&mut t);
+    assert_eq!(r.status, 400);
+    assert_eq!(backend.request_count(), 1);
+    proxy.shutdown();
+}

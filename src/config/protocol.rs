@@ -7,8 +7,10 @@
 //! protocol = "http1"   # "http1" (default) | "h2c" | "h2" | "auto"
 //! ```
 //!
-//! `"h2"` (HTTP/2 over TLS) and `"auto"` (ALPN over TLS) are not supported yet (upstream
-//! TLS connections speak HTTP/1.1 only): they are refused with a message saying so.
+//! `"h2"` (HTTP/2 over TLS, ALPN `h2` required) and `"auto"` (ALPN offers `h2` and
+//! `http/1.1`, the peer picks) need `tls` on every peer; [`default_alpn`] is what their TLS
+//! offers when `tls.alpn` is not set, and [`check_alpn`] refuses an `alpn` list that
+//! contradicts them.
 
 use super::health::KeyError;
 
@@ -21,6 +23,10 @@ pub enum UpstreamProtocol {
     /// HTTP/2 over cleartext TCP with prior knowledge: one multiplexed connection per peer and
     /// shard (another one when the peer's stream limit is reached).
     H2c,
+    /// HTTP/2 over TLS (ALPN `h2`, which the peer must choose), multiplexed like `H2c`.
+    H2,
+    /// TLS offering ALPN `h2` and `http/1.1`: each new connection speaks what the peer chose.
+    Auto,
 }
 
 impl UpstreamProtocol {
@@ -29,8 +35,41 @@ impl UpstreamProtocol {
         match self {
             UpstreamProtocol::Http1 => "http1",
             UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::Auto => "auto",
         }
     }
+
+    /// Whether the protocol needs TLS to the peers.
+    pub fn needs_tls(self) -> bool {
+        matches!(self, UpstreamProtocol::H2 | UpstreamProtocol::Auto)
+    }
+}
+
+/// The ALPN list a peer's TLS offers when its `tls.alpn` is not set.
+pub(crate) fn default_alpn(p: UpstreamProtocol) -> &'static [&'static str] {
+    match p {
+        UpstreamProtocol::H2 => &["h2"],
+        UpstreamProtocol::Auto => &["h2", "http/1.1"],
+        UpstreamProtocol::Http1 | UpstreamProtocol::H2c => &["http/1.1"],
+    }
+}
+
+/// Checks an explicit `tls.alpn` list (at `key`) against protocol `p`.
+pub(crate) fn check_alpn(key: &str, p: UpstreamProtocol, alpn: &[String]) -> Result<(), KeyError> {
+    let has = |name: &str| alpn.iter().any(|a| a == name);
+    let missing = match p {
+        UpstreamProtocol::H2 if !has("h2") => "\"h2\"",
+        UpstreamProtocol::Auto if !(has("h2") && has("http/1.1")) => "\"h2\" and \"http/1.1\"",
+        _ => return Ok(()),
+    };
+    Err((
+        key.to_string(),
+        format!(
+            "protocol = \"{}\" needs {missing} in the ALPN list (leave `alpn` out for the default)",
+            p.name()
+        ),
+    ))
 }
 
 /// Checks upstream `i`'s `protocol`.
@@ -39,13 +78,8 @@ pub(crate) fn protocol(i: usize, v: Option<&str>) -> Result<UpstreamProtocol, Ke
     match v {
         None | Some("http1") => Ok(UpstreamProtocol::Http1),
         Some("h2c") => Ok(UpstreamProtocol::H2c),
-        Some(p @ ("h2" | "auto")) => Err((
-            key(),
-            format!(
-                "\"{p}\" needs HTTP/2 over TLS to the upstream, which is not supported yet \
-                 (upstream TLS speaks HTTP/1.1); use \"h2c\" (HTTP/2 without TLS) or \"http1\""
-            ),
-        )),
+        Some("h2") => Ok(UpstreamProtocol::H2),
+        Some("auto") => Ok(UpstreamProtocol::Auto),
         Some(other) => Err((
             key(),
             format!(
@@ -79,7 +113,24 @@ mod tests {
         for p in ["h2", "auto"] {
             let err = load(&format!("protocol = \"{p}\"")).unwrap_err();
             assert!(err.contains("upstream[0].protocol"), "{err}");
-            assert!(err.contains("not supported yet"), "{err}");
+            assert!(err.contains("needs TLS"), "{err}");
+            let c = load(&format!(
+                "protocol = \"{p}\"\ntls = {{ enabled = true, verify = false }}"
+            ))
+            .unwrap();
+            assert_eq!(c.upstreams[0].protocol.name(), p);
+            let tls = c.upstreams[0].peers[0].tls.as_ref().unwrap();
+            let want: &[&[u8]] = if p == "h2" {
+                &[b"h2"]
+            } else {
+                &[b"h2", b"http/1.1"]
+            };
+            assert_eq!(tls.config.alpn_protocols, want);
+            let err = load(&format!(
+                "protocol = \"{p}\"\ntls = {{ enabled = true, alpn = [\"http/1.1\"] }}"
+            ))
+            .unwrap_err();
+            assert!(err.contains("upstream[0].tls.alpn"), "{err}");
         }
         let err = load("protocol = \"spdy\"").unwrap_err();
         assert!(err.contains("unknown protocol \"spdy\""), "{err}");

@@ -62,6 +62,14 @@ impl ListenFile {
             ListenFile::Table(t) => t.tls.as_ref(),
         }
     }
+
+    /// Whether the entry allows HTTP/2 (`h2`, default true).
+    pub fn h2(&self) -> bool {
+        match self {
+            ListenFile::Address(_) => true,
+            ListenFile::Table(t) => t.h2 != Some(false),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for ListenFile {
@@ -99,6 +107,9 @@ pub(crate) struct ListenTableFile {
     pub address: String,
     /// `tls = { cert, key }` or `tls = { certificates = [...] }`: terminate TLS here.
     pub tls: Option<ServerTlsFile>,
+    /// `h2 = false`: no HTTP/2 on this listener (TLS: ALPN offers only `http/1.1`;
+    /// cleartext: no prior-knowledge h2c). Default true.
+    pub h2: Option<bool>,
 }
 
 /// ServerTlsFile is a listener's `tls = { … }`: one certificate (`cert` + `key`) or several
@@ -128,7 +139,7 @@ pub(crate) struct CertFile {
 
 /// Checks one listener's `tls` table (at `key`, e.g. `server.listen[1].tls`) and builds its
 /// rustls configuration.
-pub(crate) fn server_tls(key: &str, f: &ServerTlsFile) -> Result<ServerTls, KeyError> {
+pub(crate) fn server_tls(key: &str, f: &ServerTlsFile, h2: bool) -> Result<ServerTls, KeyError> {
     let entries: Vec<(String, &str, &str, Option<&Vec<String>>)> =
         match (&f.cert, &f.key, &f.certificates) {
             (Some(cert), Some(key_file), None) => {
@@ -209,7 +220,9 @@ pub(crate) fn server_tls(key: &str, f: &ServerTlsFile) -> Result<ServerTls, KeyE
         .map_err(|e| (key.to_string(), format!("TLS setup: {e}")))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
+    // `h2 = false` on the listener: HTTP/1.1 only.
+    let alpn = if h2 { SERVER_ALPN } else { &SERVER_ALPN[1..] };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.ticketer = crate::tls::ticketer().map_err(|r| (key.to_string(), r))?;
     Ok(ServerTls {
         config: Arc::new(config),
@@ -325,7 +338,11 @@ pub(crate) fn listeners(
         if let Some(tls) = entry.tls() {
             out.push((
                 *addr,
-                Arc::new(server_tls(&format!("server.listen[{i}].tls"), tls)?),
+                Arc::new(server_tls(
+                    &format!("server.listen[{i}].tls"),
+                    tls,
+                    entry.h2(),
+                )?),
             ));
         }
     }
@@ -384,7 +401,8 @@ pub(crate) struct UpstreamTlsFile {
     pub client_cert: Option<String>,
     /// PEM private key of `client_cert`.
     pub client_key: Option<String>,
-    /// ALPN protocols to offer. Default `["http/1.1"]`.
+    /// ALPN protocols to offer. Default `["http/1.1"]` (`protocol = "h2"`: `["h2"]`,
+    /// `"auto"`: `["h2", "http/1.1"]`).
     pub alpn: Option<Vec<String>>,
 }
 
@@ -395,6 +413,7 @@ pub(crate) fn upstream_tls(
     key: &str,
     f: &UpstreamTlsFile,
     address: &str,
+    protocol: super::UpstreamProtocol,
     cache: &mut Vec<(String, Arc<rustls::ClientConfig>)>,
 ) -> Result<Option<Arc<UpstreamTls>>, KeyError> {
     if f.enabled == Some(false) {
@@ -409,10 +428,16 @@ pub(crate) fn upstream_tls(
         )
     })?;
     let verify = f.verify.unwrap_or(true);
-    let alpn: Vec<String> = f
-        .alpn
-        .clone()
-        .unwrap_or_else(|| vec!["http/1.1".to_string()]);
+    let alpn: Vec<String> = match &f.alpn {
+        Some(list) => {
+            super::protocol::check_alpn(&format!("{key}.alpn"), protocol, list)?;
+            list.clone()
+        }
+        None => super::protocol::default_alpn(protocol)
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+    };
     for (i, p) in alpn.iter().enumerate() {
         if p.is_empty() || p.len() > 255 {
             return Err((

@@ -120,6 +120,15 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         Some(list) => super::tls::listeners(list, &listen).map_err(|(k, r)| cx.err(k, r))?,
         None => Vec::new(),
     };
+    let h2_off: Vec<SocketAddr> = match f.listen.as_deref() {
+        Some(list) => list
+            .iter()
+            .zip(&listen)
+            .filter(|(entry, _)| !entry.h2())
+            .map(|(_, addr)| *addr)
+            .collect(),
+        None => Vec::new(),
+    };
 
     let workers = match f.workers.unwrap_or(WorkersFile::Auto) {
         WorkersFile::Auto => Workers::Auto,
@@ -242,6 +251,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
     Ok(ServerConfig {
         listen,
         tls,
+        h2_off,
         workers,
         cpus,
         admin,
@@ -593,6 +603,8 @@ fn upstream(
              is not known from the config); list the peers, or use cleartext",
         ));
     }
+    let protocol =
+        super::protocol::protocol(i, f.protocol.as_deref()).map_err(|(k, r)| cx.err(k, r))?;
     let mut peers: Vec<PeerConfig> = Vec::with_capacity(f.peers.len());
     let mut tls_configs = Vec::new();
     for (j, p) in f.peers.iter().enumerate() {
@@ -603,8 +615,29 @@ fn upstream(
             (None, None) => (String::new(), None),
         };
         if let Some(t) = tls {
-            peer.tls = super::tls::upstream_tls(&tls_key, t, &p.address, &mut tls_configs)
-                .map_err(|(k, r)| cx.err(k, r))?;
+            peer.tls =
+                super::tls::upstream_tls(&tls_key, t, &p.address, protocol, &mut tls_configs)
+                    .map_err(|(k, r)| cx.err(k, r))?;
+        }
+        if protocol.needs_tls() && peer.tls.is_none() {
+            return Err(cx.err(
+                key("protocol"),
+                format!(
+                    "\"{}\" is HTTP/2 chosen by ALPN and needs TLS to every peer (`tls = {{ \
+                     enabled = true, … }}`; peers[{j}] has none); use \"h2c\" for HTTP/2 \
+                     without TLS",
+                    protocol.name()
+                ),
+            ));
+        }
+        if protocol == super::UpstreamProtocol::H2c && peer.tls.is_some() {
+            return Err(cx.err(
+                key("protocol"),
+                format!(
+                    "\"h2c\" is HTTP/2 without TLS, and peers[{j}] has `tls`; use \"h2\" \
+                     (HTTP/2 over TLS) or \"auto\" (what the peer picks by ALPN)"
+                ),
+            ));
         }
         if let Some(k) = peers
             .iter()
@@ -619,6 +652,16 @@ fn upstream(
             ));
         }
         peers.push(peer);
+    }
+    if protocol.needs_tls() && peers.is_empty() {
+        return Err(cx.err(
+            key("protocol"),
+            format!(
+                "\"{}\" needs TLS to the peers, which discovered and transparent peers do not \
+                 have yet; use \"h2c\" or \"http1\"",
+                protocol.name()
+            ),
+        ));
     }
     if !peers.is_empty() && peers.iter().all(|p| p.backup) {
         return Err(cx.err(
@@ -676,8 +719,7 @@ fn upstream(
         client_rate: p.client_rate,
         regions: p.regions,
         tcp: p.tcp,
-        protocol: super::protocol::protocol(i, f.protocol.as_deref())
-            .map_err(|(k, r)| cx.err(k, r))?,
+        protocol,
     })
 }
 

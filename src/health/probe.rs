@@ -64,6 +64,17 @@ impl Probe {
     ) -> Probe {
         if self.check.tls {
             self.tls = Some(match peer_tls {
+                // A peer reached over HTTP/2 (`protocol = "h2"`/`"auto"`) offers `h2`; the
+                // probe speaks HTTP/1.1 and offers only that.
+                Some(t) if t.config.alpn_protocols.iter().any(|p| p == b"h2") => {
+                    let mut config = (*t.config).clone();
+                    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    Ok(std::sync::Arc::new(UpstreamTls {
+                        config: std::sync::Arc::new(config),
+                        server_name: t.server_name.clone(),
+                        settings: t.settings.clone(),
+                    }))
+                }
                 Some(t) => Ok(t.clone()),
                 None => {
                     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
@@ -224,6 +235,28 @@ mod tests {
             start: StartState::Unknown,
             tls: false,
         }
+    }
+
+    #[test]
+    fn a_tls_probe_offers_only_http11_even_when_the_peer_is_reached_over_h2() {
+        let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n[[upstream]]\nname = \"u\"\n\
+                    protocol = \"auto\"\ntls = { enabled = true, verify = false }\n\
+                    peers = [{ address = \"127.0.0.1:1\" }]\n";
+        let cfg = crate::config::Config::from_toml_str(text, "t.toml").unwrap();
+        let peer_tls = cfg.upstreams[0].peers[0].tls.clone().unwrap();
+        assert!(peer_tls.config.alpn_protocols.iter().any(|p| p == b"h2"));
+        let check = HealthCheck {
+            tls: true,
+            ..http_check("200", None, ProbeMethod::Get)
+        };
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let probe =
+            Probe::new(&check, addr, "127.0.0.1:1").with_tls(Some(&peer_tls), "127.0.0.1:1");
+        let Some(Ok(tls)) = &probe.tls else {
+            panic!("a TLS probe")
+        };
+        assert_eq!(tls.config.alpn_protocols, [b"http/1.1".to_vec()]);
+        assert_eq!(tls.server_name, peer_tls.server_name);
     }
 
     fn tcp_check() -> HealthCheck {

@@ -120,7 +120,8 @@ impl<C: Transport> Conn<'_, C> {
         // selectors and attracts every request meanwhile.
         let _active = ActiveGuard::new(group, peer_id);
         let pm = &*group.peer(peer_id).metrics;
-        let h2 = group.protocol == UpstreamProtocol::H2c;
+        // Whether the try may run on HTTP/2 (for "auto" only if the peer picks it).
+        let h2 = group.protocol != UpstreamProtocol::Http1;
         let mut expect = expect;
         if h2 && expect {
             // An HTTP/2 stream carries the body at once: ask the client for it now.
@@ -230,8 +231,9 @@ impl<C: Transport> Conn<'_, C> {
     }
 
     /// The connection for one attempt of a try: a pooled HTTP/1.1 connection or a new one
-    /// (`fresh_only`: a new one), or a stream on a multiplexed HTTP/2 connection (`h2`). The
-    /// bool says whether it was taken from what was open already.
+    /// (`fresh_only`: a new one), or a stream on a multiplexed HTTP/2 connection (`h2`: the
+    /// group's protocol is not plain HTTP/1.1). The bool says whether it was taken from what
+    /// was open already.
     async fn upstream_for(
         &self,
         group: &UpstreamGroup,
@@ -242,18 +244,9 @@ impl<C: Transport> Conn<'_, C> {
     ) -> Result<(UpstreamIo, bool), Failure> {
         let pm = &*group.peer(peer_id).metrics;
         if h2 {
-            let (client, new) = self
-                .ctx
-                .h2_upstreams
-                .get(group, peer_id, try_deadline, fresh_only)
-                .await?;
-            if new {
-                pm.connections_new.inc();
-            } else {
-                pm.connections_reused.inc();
-            }
-            let call = H2Call::new(client, self.live.config.limits);
-            return Ok((UpstreamIo::H2(Box::new(call)), !new));
+            return self
+                .h2_upstream_for(group, peer_id, fresh_only, try_deadline)
+                .await;
         }
         if !fresh_only {
             if let Some(up) = group.take_idle(peer_id, Instant::now()) {
@@ -261,9 +254,76 @@ impl<C: Transport> Conn<'_, C> {
                 return Ok((UpstreamIo::H1(up), true));
             }
         }
-        let up = connect(group, peer_id, try_deadline).await?;
+        let up = connect(group, peer_id, try_deadline, true).await?;
         pm.connections_new.inc();
         Ok((UpstreamIo::H1(up), false))
+    }
+
+    /// [`Self::upstream_for`] of a group whose protocol is `h2c`, `h2` or `auto`: a stream on
+    /// an open HTTP/2 connection to the peer with room, else (`auto`) a pooled HTTP/1.1 one,
+    /// else a new connection: HTTP/2 for `h2c`; for `h2` when the peer chose `h2` by ALPN (any
+    /// other choice is a `tls_failure`); for `auto` what the peer chose.
+    async fn h2_upstream_for(
+        &self,
+        group: &UpstreamGroup,
+        peer_id: PeerId,
+        fresh_only: bool,
+        try_deadline: Option<Instant>,
+    ) -> Result<(UpstreamIo, bool), Failure> {
+        let p = group.peer(peer_id);
+        let pm = &*p.metrics;
+        let auto = group.protocol == UpstreamProtocol::Auto;
+        let limits = self.live.config.limits;
+        if !fresh_only {
+            if let Some(client) = self.ctx.h2_upstreams.find(p.addr, p.tls.as_ref()) {
+                pm.connections_reused.inc();
+                let call = H2Call::new(client, limits);
+                return Ok((UpstreamIo::H2(Box::new(call)), true));
+            }
+            if auto {
+                if let Some(up) = group.take_idle(peer_id, Instant::now()) {
+                    pm.connections_reused.inc();
+                    return Ok((UpstreamIo::H1(up), true));
+                }
+            }
+        }
+        let started = Instant::now();
+        let up = connect(group, peer_id, try_deadline, false).await?;
+        pm.connections_new.inc();
+        let chose_h2 = up.alpn() == Some(&b"h2"[..]);
+        match group.protocol {
+            UpstreamProtocol::H2 if !chose_h2 => {
+                tracing::debug!(
+                    group = %group.name,
+                    peer = %p.address,
+                    alpn = ?up.alpn().map(String::from_utf8_lossy),
+                    "protocol \"h2\": the peer did not choose h2 by ALPN"
+                );
+                return Err(Failure::TlsFailure);
+            }
+            UpstreamProtocol::Auto if !chose_h2 => {
+                // HTTP/1.1 it is: this connection is pooled like any other.
+                group.pool.opened(peer_id, &up, Instant::now());
+                return Ok((UpstreamIo::H1(up), false));
+            }
+            _ => {}
+        }
+        let limit = within(p.timeouts.connect, try_deadline).saturating_sub(started.elapsed());
+        let idle = group.pool.idle_timeout(peer_id);
+        let handshake = self.ctx.h2_upstreams.add(p.addr, p.tls.clone(), up, idle);
+        let client = match monoio::time::timeout(limit, handshake).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(group = %group.name, peer = %p.address, "HTTP/2 handshake failed: {e}");
+                return Err(Failure::ConnectFailure);
+            }
+            Err(_) => {
+                tracing::debug!(group = %group.name, peer = %p.address, "HTTP/2 handshake timed out");
+                return Err(Failure::ConnectTimeout);
+            }
+        };
+        let call = H2Call::new(client, limits);
+        Ok((UpstreamIo::H2(Box::new(call)), false))
     }
 
     /// Sends the request on `up` (head, then the body) and reads the final response head
@@ -580,11 +640,13 @@ pub(super) fn fault_kind(fault: Outcome) -> Option<FailureKind> {
 }
 
 /// Connects to a peer within the group's connect timeout (the TLS handshake included, for a
-/// peer with `tls`: a failed one is [`Failure::TlsFailure`]).
+/// peer with `tls`: a failed one is [`Failure::TlsFailure`]). `pooled`: the connection will
+/// go back to the HTTP/1.1 pool (its age is tracked for rotation).
 async fn connect(
     group: &UpstreamGroup,
     peer: PeerId,
     try_deadline: Option<Instant>,
+    pooled: bool,
 ) -> Result<Connection, Failure> {
     let p = group.peer(peer);
     let limit = within(p.timeouts.connect, try_deadline);
@@ -601,7 +663,9 @@ async fn connect(
                 // Checked at startup; a kernel that changed its mind since only costs the option.
                 tracing::debug!(group = %group.name, "tcp.{key}: {e}");
             }
-            group.pool.opened(peer, &stream, Instant::now());
+            if pooled {
+                group.pool.opened(peer, &stream, Instant::now());
+            }
             stream
         }
         Ok(Err(e)) => {

@@ -233,7 +233,8 @@ async fn serve_awake<C: Transport + 'static>(
             Err(_)
                 if first.is_some()
                     && conn.live.config.server.h2.h2c
-                    && h2::is_preface(&conn.rbuf) =>
+                    && h2::is_preface(&conn.rbuf)
+                    && conn.io.allows_h2c() =>
             {
                 // Prior-knowledge HTTP/2 (RFC 9113 §3.3): the first bytes are the connection
                 // preface, which never parses as HTTP/1.1, so the check costs HTTP/1.1
@@ -489,6 +490,10 @@ impl<C: Transport> Conn<'_, C> {
                 .upgrade
                 .allows(&self.head.upgrade_protocols(&self.rbuf))
         {
+            if self.io.upgrade_only() {
+                let err = HttpError::NotImplemented("upgrade to this protocol");
+                return self.reply_error(&err, false).await;
+            }
             // A protocol this upstream does not tunnel: the request goes on as a plain one,
             // without its upgrade headers (the upstream answers it as HTTP).
             self.head.upgrade = false;

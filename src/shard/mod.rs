@@ -513,6 +513,10 @@ fn spawn_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr, local: Sock
                 tls::serve_tls(&guard.0.ctx, config, stream, addr, timeout).await;
             });
         }
+        None if live.config.server.h2_off.contains(&local) => {
+            drop(live);
+            monoio::spawn(proxy::serve(guard, crate::io::Http1Only(stream), addr));
+        }
         None => {
             drop(live);
             monoio::spawn(proxy::serve(guard, stream, addr));

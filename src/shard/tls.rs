@@ -18,6 +18,7 @@ pub(super) async fn serve_tls(
     addr: SocketAddr,
     timeout: Duration,
 ) {
+    let h2 = config.alpn_protocols.iter().any(|p| p == b"h2");
     let tls = match accept(config, stream, timeout).await {
         Ok(tls) => tls,
         Err(failed) => {
@@ -47,6 +48,8 @@ pub(super) async fn serve_tls(
             ))
             .await
         }
+        // A listener with `h2 = false` (ALPN without `h2`): no h2c preface either.
+        Some(b"http/1.1") | None if !h2 => proxy::serve(ctx, crate::io::Http1Only(tls), addr).await,
         Some(b"http/1.1") | None => proxy::serve(ctx, tls, addr).await,
         Some(other) => {
             tracing::debug!(

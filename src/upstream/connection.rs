@@ -29,6 +29,14 @@ impl From<ClientTlsStream> for Connection {
 }
 
 impl Connection {
+    /// The protocol the peer chose by ALPN (TLS only).
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Connection::Plain(_) => None,
+            Connection::Tls(s) => s.conn().alpn_protocol(),
+        }
+    }
+
     /// Whether this idle connection is still open and has nothing to read (see
     /// [`super::is_quiet`]): for TLS, the socket must be quiet and rustls must hold no
     /// unread bytes either (a record that arrived with the last response).

@@ -8,6 +8,7 @@
 //! - [`proxy`]: the proxy under test ([`ProxyConfig`], [`Proxy`] in-process, [`ProxyProcess`]
 //!   the real binary).
 //! - [`pattern`]: deterministic test data checked on the fly, and `sha256_hex`.
+//! - [`ws`]: [`WsEcho`], a WebSocket origin that echoes its tunnel's bytes.
 //!
 //! Every item is re-exported here, so a test file says `mod common; use common::*;`.
 //!
@@ -28,10 +29,12 @@ pub mod pattern;
 pub mod proxy;
 #[allow(dead_code)]
 pub mod wire;
+#[allow(dead_code)]
+pub mod ws;
 
 // A re-export a test file does not use is not an error either.
 #[allow(unused_imports)]
-pub use {backend::*, faults::*, pattern::*, proxy::*, wire::*};
+pub use {backend::*, faults::*, pattern::*, proxy::*, wire::*, ws::*};
 
 /// IO_TIMEOUT bounds every single socket read and write of the test side.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);

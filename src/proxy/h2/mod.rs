@@ -99,7 +99,9 @@ pub(crate) async fn serve_connection(
         .max_frame_size(cfg.max_frame_size)
         .max_header_list_size(cfg.max_header_list_size)
         // What a stream may queue beyond the client's window: one relay buffer.
-        .max_send_buffer_size(super::STREAM_BUF);
+        .max_send_buffer_size(super::STREAM_BUF)
+        // RFC 8441: WebSocket (and other upgrades) over a stream.
+        .enable_connect_protocol();
     let handshake = builder.handshake::<_, Bytes>(io);
     let mut conn = match monoio::time::timeout(timeouts.request_header, handshake).await {
         Ok(Ok(conn)) => conn,

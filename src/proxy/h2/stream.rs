@@ -18,8 +18,15 @@
 //!   stream error, PROTOCOL_ERROR) and forwarded; without one a body goes chunked, the
 //!   client's trailers as the chunked trailer section;
 //! - the response loses the HTTP/1.1 hop-by-hop fields (`connection`, `keep-alive`,
-//!   `proxy-connection`, `transfer-encoding`, `upgrade`, `te`), interim 1xx responses are not
-//!   relayed, a chunked response's trailer section becomes a trailing HEADERS frame.
+//!   `proxy-connection`, `transfer-encoding`, `upgrade`, `te`), interim 1xx responses go out
+//!   as informational HEADERS frames, a chunked response's trailer section becomes a trailing
+//!   HEADERS frame;
+//! - an extended CONNECT (RFC 8441, `:protocol`) becomes the HTTP/1.1 upgrade request
+//!   `GET :path` with `Upgrade: <:protocol>`, `Connection: upgrade` (for `websocket` a
+//!   `Sec-WebSocket-Key` of ringlb's own, §5); the upstream's `101` becomes `200` without its
+//!   `Sec-WebSocket-Accept` and the stream carries the tunnel (`proxy::tunnel` runs over it
+//!   unchanged: DATA both ways, END_STREAM as the half-close); a `2xx` without the switch is
+//!   answered `502`, since the client would take it for an open tunnel.
 //!
 //! Flow control: a read takes one DATA frame at a time and gives its window back once the
 //! bytes were handed to the request path; a write waits until the client's window has room
@@ -91,6 +98,17 @@ enum OutBody {
     Done,
 }
 
+/// Where an extended CONNECT (RFC 8441: `:method CONNECT` with a `:protocol`) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connect {
+    /// An ordinary request.
+    No,
+    /// Sent on as an HTTP/1.1 upgrade request; no final response yet.
+    Pending,
+    /// The upstream switched protocols: the stream is a tunnel.
+    Open,
+}
+
 /// StreamIo is one HTTP/2 stream as an HTTP/1.1 byte stream (see the module doc).
 pub(crate) struct StreamIo {
     /// Request bytes not handed out yet: the head, then the current DATA frame's bytes.
@@ -111,6 +129,8 @@ pub(crate) struct StreamIo {
     resp: ResponseHead,
     /// Where the response body is.
     out: OutBody,
+    /// Whether the stream is an extended CONNECT.
+    connect: Connect,
 }
 
 impl StreamIo {
@@ -121,19 +141,29 @@ impl StreamIo {
         reply: Rc<RefCell<Reply>>,
     ) -> StreamIo {
         let mut input = Vec::with_capacity(512);
+        // RFC 8441: CONNECT with a `:protocol` is an upgrade request on the stream; to an
+        // HTTP/1.1 upstream it is a GET with `Upgrade: <protocol>`.
+        let protocol = match parts.method {
+            http::Method::CONNECT => parts.extensions.get::<h2::ext::Protocol>(),
+            _ => None,
+        };
         let method = match parts.method {
             http::Method::HEAD => Method::Head,
-            http::Method::CONNECT => Method::Connect,
+            http::Method::CONNECT if protocol.is_none() => Method::Connect,
             _ => Method::Get,
         };
-        input.extend_from_slice(parts.method.as_str().as_bytes());
-        input.push(b' ');
         let target = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        if parts.method == http::Method::CONNECT {
+        if protocol.is_some() {
+            input.extend_from_slice(b"GET ");
+        } else {
+            input.extend_from_slice(parts.method.as_str().as_bytes());
+            input.push(b' ');
+        }
+        if method == Method::Connect {
             let authority = parts.uri.authority().map(|a| a.as_str()).unwrap_or("");
             input.extend_from_slice(authority.as_bytes());
         } else {
@@ -161,12 +191,27 @@ impl StreamIo {
                 }
                 // Framing is re-emitted below; `te: trailers` means nothing to HTTP/1.1.
                 "content-length" | "transfer-encoding" | "te" => continue,
+                // RFC 8441 §5: the key is the HTTP/1.1 side's own (made below).
+                "sec-websocket-key" if protocol.is_some() => continue,
                 _ => {}
             }
             push_field(&mut input, name.as_str().as_bytes(), value.as_bytes());
         }
         if !cookies.is_empty() {
             push_field(&mut input, b"cookie", &cookies);
+        }
+        if let Some(protocol) = protocol {
+            push_field(&mut input, b"upgrade", protocol.as_str().as_bytes());
+            push_field(&mut input, b"connection", b"upgrade");
+            if protocol.as_str().eq_ignore_ascii_case("websocket") {
+                push_field(&mut input, b"sec-websocket-key", &websocket_key());
+                if !parts.headers.contains_key("sec-websocket-version") {
+                    push_field(&mut input, b"sec-websocket-version", b"13");
+                }
+            }
+            // The DATA frames are the tunnel's bytes, not a request body.
+            input.extend_from_slice(b"\r\n");
+            return StreamIo::with_input(input, recv, false, reply, method, Connect::Pending);
         }
         let length = parts
             .headers
@@ -183,6 +228,19 @@ impl StreamIo {
             None => {}
         }
         input.extend_from_slice(b"\r\n");
+        StreamIo::with_input(input, recv, chunked, reply, method, Connect::No)
+    }
+
+    /// The stream whose request head is `input`.
+    fn with_input(
+        input: Vec<u8>,
+        recv: RecvStream,
+        chunked: bool,
+        reply: Rc<RefCell<Reply>>,
+        method: Method,
+        connect: Connect,
+    ) -> StreamIo {
+        let ended = recv.is_end_stream();
         StreamIo {
             input,
             in_pos: 0,
@@ -193,6 +251,7 @@ impl StreamIo {
             head: Vec::new(),
             resp: ResponseHead::default(),
             out: OutBody::Head,
+            connect,
         }
     }
 
@@ -204,6 +263,11 @@ impl StreamIo {
         }
         self.input.clear();
         self.in_pos = 0;
+        if self.connect == Connect::Pending && matches!(self.out, OutBody::Done) {
+            // An extended CONNECT answered without a tunnel: its DATA is nobody's, and the
+            // request path looking for a next request finds the end.
+            return Ok(());
+        }
         while let Some(recv) = self.recv.as_mut() {
             match poll_fn(|cx| recv.poll_data(cx)).await {
                 Some(Ok(data)) => {
@@ -279,28 +343,26 @@ impl StreamIo {
                 Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad response")),
             }
             let status = self.resp.status;
+            if status == 101 && self.connect == Connect::Pending {
+                return self.open_tunnel(head).await;
+            }
             if (100..200).contains(&status) {
+                self.send_interim(head)?;
                 head.drain(..self.resp.head_len);
                 continue;
             }
             let mut response = Response::new(());
             *response.status_mut() =
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let headers = response.headers_mut();
-            for h in &self.resp.headers {
-                let name = h.name(head);
-                if is_hop_by_hop(name) {
-                    continue;
-                }
-                let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(name),
-                    HeaderValue::from_bytes(h.value(head)),
-                ) else {
-                    continue;
-                };
-                headers.append(name, value);
+            *response.headers_mut() = self.response_fields(head);
+            let mut body = self.resp.body;
+            if self.connect == Connect::Pending && (200..300).contains(&status) {
+                // A 2xx to an extended CONNECT means "tunnel open" (RFC 8441 §4), which an
+                // upstream that did not switch protocols did not say.
+                *response.status_mut() = StatusCode::BAD_GATEWAY;
+                response.headers_mut().clear();
+                body = BodyKind::None;
             }
-            let body = self.resp.body;
             let empty = matches!(body, BodyKind::None | BodyKind::Length(0));
             {
                 let reply = &mut *self.reply.borrow_mut();
@@ -324,6 +386,65 @@ impl StreamIo {
             let rest = head.split_off(self.resp.head_len);
             return self.body(&rest).await;
         }
+    }
+
+    /// The fields of the response head in `head` that an HTTP/2 response may carry.
+    fn response_fields(&self, head: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for h in &self.resp.headers {
+            let name = h.name(head);
+            if is_hop_by_hop(name) {
+                continue;
+            }
+            // RFC 8441 §5: the accept answers the HTTP/1.1 side's key, not the client's.
+            if self.connect != Connect::No && name.eq_ignore_ascii_case(b"sec-websocket-accept") {
+                continue;
+            }
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_bytes(h.value(head)),
+            ) else {
+                continue;
+            };
+            headers.append(name, value);
+        }
+        headers
+    }
+
+    /// Relays the interim (1xx) response in `head` as an informational HEADERS frame.
+    fn send_interim(&mut self, head: &[u8]) -> io::Result<()> {
+        let mut response = Response::new(());
+        *response.status_mut() =
+            StatusCode::from_u16(self.resp.status).unwrap_or(StatusCode::CONTINUE);
+        *response.headers_mut() = self.response_fields(head);
+        match &mut *self.reply.borrow_mut() {
+            Reply::Waiting(respond) => respond
+                .send_informational(response)
+                .map_err(io::Error::other),
+            _ => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+        }
+    }
+
+    /// The upstream's `101` (head in `head`) to an extended CONNECT: the client gets `200`
+    /// and the stream carries the tunnel's bytes from here, the ones after the head first.
+    async fn open_tunnel(&mut self, head: &mut Vec<u8>) -> io::Result<()> {
+        let mut response = Response::new(());
+        *response.headers_mut() = self.response_fields(head);
+        {
+            let reply = &mut *self.reply.borrow_mut();
+            let Reply::Waiting(mut respond) = std::mem::replace(reply, Reply::Done) else {
+                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+            };
+            let stream = respond
+                .send_response(response, false)
+                .map_err(io::Error::other)?;
+            *reply = Reply::Body(stream);
+        }
+        self.connect = Connect::Open;
+        // Until either side ends it (a half-close is END_STREAM, see `finish`).
+        self.out = OutBody::UntilClose;
+        let rest = head.split_off(self.resp.head_len);
+        self.body(&rest).await
     }
 
     /// Sends response body bytes (in HTTP/1.1 framing) as DATA, trailers as HEADERS.
@@ -459,6 +580,25 @@ impl Drop for StreamIo {
     }
 }
 
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
+fn websocket_key() -> [u8; 24] {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw = fastrand::u128(..).to_be_bytes();
+    let mut out = [b'='; 24];
+    for (i, group) in raw.chunks(3).enumerate() {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for j in 0..=group.len() {
+            out[i * 4 + j] = ALPHABET[(n >> (18 - 6 * j) & 63) as usize];
+        }
+    }
+    out
+}
+
 /// Appends `name: value\r\n`.
 pub(super) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -585,16 +725,22 @@ impl AsyncWriteRent for StreamIo {
 }
 
 // SAFETY: `StreamIo` keeps no state that a read and a write in flight at once could both
-// touch unsynchronised: reads use `input`/`recv`, writes the response fields, and the
-// `RefCell` they share is borrowed only between awaits. (The request path never does both at
-// once on a stream anyway: tunnels are HTTP/1.1 only.)
+// touch unsynchronised: reads use `input`/`recv` (and look at `connect`/`out` before they
+// wait), writes the response fields, and the `RefCell` they share is borrowed only between
+// awaits. Both run at once only in a tunnel (an extended CONNECT), on one thread.
 unsafe impl Split for StreamIo {}
 
 impl Transport for StreamIo {
     fn shutdown_write(&mut self) -> bool {
-        // The stream's end is its own signal: nothing to linger for.
+        // The stream's end is its own signal: nothing to linger for. In a tunnel it is the
+        // half-close (END_STREAM), which succeeded.
+        let tunnel = self.connect == Connect::Open && matches!(self.out, OutBody::UntilClose);
         self.finish();
-        false
+        tunnel
+    }
+
+    fn upgrade_only(&self) -> bool {
+        self.connect != Connect::No
     }
 }
 
@@ -625,5 +771,16 @@ mod tests {
         }
         assert!(!is_hop_by_hop(b"content-length"));
         assert!(!is_hop_by_hop(b"trailer"));
+    }
+
+    #[test]
+    fn websocket_keys_are_base64_of_16_bytes_and_differ() {
+        let a = websocket_key();
+        let b = websocket_key();
+        assert_ne!(a, b);
+        assert_eq!(&a[22..], b"==");
+        assert!(a[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/'));
     }
 }

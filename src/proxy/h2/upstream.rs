@@ -1,4 +1,5 @@
-//! HTTP/2 towards upstreams (`protocol = "h2c"`): per shard, one multiplexed connection per
+//! HTTP/2 towards upstreams (`protocol = "h2c"`, and `"h2"`/`"auto"` over TLS when the
+//! peer chose `h2` by ALPN; the connection comes from the exchange's connect): per shard, one multiplexed connection per
 //! peer ([`H2Upstreams`]), another one when the peer's `SETTINGS_MAX_CONCURRENT_STREAMS` is
 //! reached; each connection's driver task pings it for liveness (no PONG in time: the
 //! connection is dropped) and closes it when idle for the pool's `idle_timeout_ms`. A
@@ -24,6 +25,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -33,16 +35,14 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Uri};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent, Split};
-use monoio::net::TcpStream;
 use monoio::BufResult;
 
 use super::stream::{parse_trailers, push_field, push_hex};
-use crate::balance::PeerId;
 use crate::config::Limits;
-use crate::failover::Failure;
 use crate::http::{parse_request, BodyKind, ChunkedDecoder, ParseStatus, RequestHead};
 use crate::io::{PollStream, Transport};
-use crate::upstream::{Connection, UpstreamGroup};
+use crate::tls::UpstreamTls;
+use crate::upstream::Connection;
 
 /// How often an upstream HTTP/2 connection is pinged.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -65,6 +65,9 @@ pub(crate) struct Client {
     closed: Cell<bool>,
     /// When its last stream ended (for the idle close).
     last_used: Cell<Instant>,
+    /// The TLS settings it was made with (none: cleartext): peers of other upstreams at the
+    /// same address with other settings (another SNI) do not share it.
+    tls: Option<Arc<UpstreamTls>>,
 }
 
 /// H2Upstreams is a shard's HTTP/2 connections to upstream peers, by peer address.
@@ -75,69 +78,50 @@ pub(crate) struct H2Upstreams {
 }
 
 impl H2Upstreams {
-    /// A connection to `peer` with room for another stream (`fresh`: a new one in any case);
-    /// connects one when none has room. The bool says whether it was opened for this call.
-    pub async fn get(
+    /// An open connection to `addr` with the TLS settings `tls` and room for another stream,
+    /// if any.
+    pub fn find(&self, addr: SocketAddr, tls: Option<&Arc<UpstreamTls>>) -> Option<Rc<Client>> {
+        let mut peers = self.peers.borrow_mut();
+        let list = peers.get_mut(&addr)?;
+        list.retain(|c| !c.closed.get());
+        list.iter()
+            .find(|c| c.in_flight.get() < c.max_streams.get() && c.tls.as_ref() == tls)
+            .cloned()
+    }
+
+    /// Runs the HTTP/2 handshake on `io`, a new connection to `addr` (cleartext for `h2c`,
+    /// TLS that chose `h2` by ALPN), starts its driver task (closing it after `idle` without
+    /// streams) and keeps it for the shard's next requests.
+    pub async fn add(
         &self,
-        group: &UpstreamGroup,
-        peer: PeerId,
-        deadline: Option<Instant>,
-        fresh: bool,
-    ) -> Result<(Rc<Client>, bool), Failure> {
-        let p = group.peer(peer);
-        if !fresh {
-            let mut peers = self.peers.borrow_mut();
-            let list = peers.entry(p.addr).or_default();
-            list.retain(|c| !c.closed.get());
-            if let Some(c) = list
-                .iter()
-                .find(|c| c.in_flight.get() < c.max_streams.get())
-            {
-                return Ok((c.clone(), false));
-            }
-        }
-        let limit = crate::proxy::exchange::within(p.timeouts.connect, deadline);
-        let idle = group.pool.idle_timeout(peer);
-        let client = match monoio::time::timeout(limit, connect(p.addr, idle)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::debug!(group = %group.name, peer = %p.address, "h2c connect failed: {e}");
-                return Err(Failure::ConnectFailure);
-            }
-            Err(_) => {
-                tracing::debug!(group = %group.name, peer = %p.address, "h2c connect timed out");
-                return Err(Failure::ConnectTimeout);
-            }
-        };
+        addr: SocketAddr,
+        tls: Option<Arc<UpstreamTls>>,
+        io: Connection,
+        idle: Duration,
+    ) -> io::Result<Rc<Client>> {
+        let io = super::poll_stream(io);
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake::<Box<dyn PollStream>, Bytes>(io)
+            .await
+            .map_err(io::Error::other)?;
+        let client = Rc::new(Client {
+            send,
+            in_flight: Cell::new(0),
+            max_streams: Cell::new(conn.max_concurrent_send_streams()),
+            closed: Cell::new(false),
+            last_used: Cell::new(Instant::now()),
+            tls,
+        });
+        monoio::spawn(drive(conn, client.clone(), idle));
         self.peers
             .borrow_mut()
-            .entry(p.addr)
+            .entry(addr)
             .or_default()
             .push(client.clone());
-        Ok((client, true))
+        Ok(client)
     }
-}
-
-/// Connects to `addr`, does the HTTP/2 handshake and starts the connection's driver task.
-async fn connect(addr: SocketAddr, idle: Duration) -> io::Result<Rc<Client>> {
-    let tcp = TcpStream::connect_addr(addr).await?;
-    let _ = tcp.set_nodelay(true);
-    let io = super::poll_stream(tcp);
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .handshake::<Box<dyn PollStream>, Bytes>(io)
-        .await
-        .map_err(io::Error::other)?;
-    let client = Rc::new(Client {
-        send,
-        in_flight: Cell::new(0),
-        max_streams: Cell::new(conn.max_concurrent_send_streams()),
-        closed: Cell::new(false),
-        last_used: Cell::new(Instant::now()),
-    });
-    monoio::spawn(drive(conn, client.clone(), idle));
-    Ok(client)
 }
 
 /// Runs one upstream connection until it ends, pinging it and closing it when idle.
