@@ -529,8 +529,13 @@ fn connect_stays_501() {
     assert_eq!(r.status, 501);
 }
 
+/// Held by the tests that time a tunnel's end and by the one that opens 2 000 tunnels: that
+/// one's 2 000 backend threads in this process starve the timed ones when they overlap.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn shutdown_ends_an_open_tunnel_within_the_shutdown_timeout() {
+    let _serial = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let b = WsBackend::start();
     let proxy = proxy_for(&b).shutdown_timeout_ms(600).start();
     let mut c = WsClient::connect(proxy.addr, "/echo");
@@ -710,6 +715,7 @@ fn a_reload_leaves_an_open_tunnel_on_its_peer() {
 /// awake future, 16 000 bytes), so the bound (28 KiB) fails if even one of them stays.
 #[test]
 fn two_thousand_idle_tunnels_across_two_shards() {
+    let _serial = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let limit = raise_nofile();
     // The test process holds a client and a backend socket per tunnel, ringlb two.
     let n = 2000usize.min((limit.saturating_sub(256) / 2) as usize);
