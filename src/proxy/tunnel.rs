@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncWriteRentExt, Canceller};
 
 use super::exchange::{Held, TryResult};
-use super::h2::UpstreamIo;
 use super::Conn;
 use crate::balance::PeerId;
 use crate::control::Outcome;
@@ -160,36 +159,17 @@ impl<C: Transport> Conn<'_, C> {
         };
         let bufs = (&mut up_buf, &mut down_buf);
         let watch = watchdog(self.ctx, t.tunnel_idle, &last);
-        let end = match &mut up {
-            // The connection itself, not the enum over it: its readiness is what a parked
-            // direction waits for.
-            UpstreamIo::H1(c) => {
-                copy_both(
-                    &mut self.io,
-                    c,
-                    bufs,
-                    counters,
-                    &last,
-                    &down_total,
-                    &park,
-                    watch,
-                )
-                .await
-            }
-            other => {
-                copy_both(
-                    &mut self.io,
-                    other,
-                    bufs,
-                    counters,
-                    &last,
-                    &down_total,
-                    &park,
-                    watch,
-                )
-                .await
-            }
-        };
+        let end = copy_both(
+            &mut self.io,
+            &mut up,
+            bufs,
+            counters,
+            &last,
+            &down_total,
+            &park,
+            watch,
+        )
+        .await;
         down_bytes += down_total.get();
         if self.logging() {
             self.log.body_bytes = down_bytes;

@@ -577,4 +577,12 @@ impl Transport for UpstreamIo {
             UpstreamIo::H2(c) => c.shutdown_write(),
         }
     }
+
+    async fn wait_readable(&mut self) -> std::io::Result<()> {
+        match self {
+            // An HTTP/1.1 connection waits for its socket (a parked tunnel direction).
+            UpstreamIo::H1(c) => c.wait_readable().await,
+            UpstreamIo::H2(c) => c.wait_readable().await,
+        }
+    }
 }
