@@ -201,6 +201,12 @@ impl Dormant {
         Some((fd, slot.addr, slot.first, guard))
     }
 
+    /// Empties every occupied slot (shutdown, or the epoll instance broke).
+    fn take_all(&self) -> Vec<(RawFd, SocketAddr, Option<Instant>, ConnGuard)> {
+        let indices: Vec<u32> = self.deadlines.borrow().iter().map(|&(_, i)| i).collect();
+        indices.into_iter().filter_map(|i| self.take(i)).collect()
+    }
+
     /// Serves every dormant connection the epoll instance reports readable.
     fn wake_ready(&self) {
         let Some(epoll) = &self.epoll else { return };
@@ -256,12 +262,9 @@ impl Dormant {
         if self.closed.replace(true) {
             return;
         }
-        let indices: Vec<u32> = self.deadlines.borrow().iter().map(|&(_, i)| i).collect();
-        for index in indices {
-            if let Some((fd, ..)) = self.take(index) {
-                // SAFETY: as in `reap`.
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
+        for (fd, ..) in self.take_all() {
+            // SAFETY: as in `reap`.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
         }
         self.changed.notify_all();
     }
@@ -333,11 +336,8 @@ impl Dormant {
         if self.closed.replace(true) {
             return;
         }
-        let indices: Vec<u32> = self.deadlines.borrow().iter().map(|&(_, i)| i).collect();
-        for index in indices {
-            if let Some((fd, addr, first, guard)) = self.take(index) {
-                wake(fd, addr, first, guard);
-            }
+        for (fd, addr, first, guard) in self.take_all() {
+            wake(fd, addr, first, guard);
         }
     }
 }
