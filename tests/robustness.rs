@@ -84,7 +84,8 @@ impl Ringlb {
                     self.log_text()
                 );
             }
-            if let Some(port) = listening_port(self.child.id()) {
+            let toml = std::fs::read_to_string(&self.config).unwrap_or_default();
+            if let Some(port) = listening_port_except(self.child.id(), admin_port(&toml)) {
                 return SocketAddr::from(([127, 0, 0, 1], port));
             }
             assert!(

@@ -370,7 +370,7 @@ impl ProxyProcess {
                     p.log_text()
                 );
             }
-            if let Some(port) = listening_port(p.child.id()) {
+            if let Some(port) = listening_port_except(p.child.id(), admin_port(toml)) {
                 p.addr = SocketAddr::from(([127, 0, 0, 1], port));
                 return p;
             }
@@ -454,6 +454,20 @@ pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
 
 /// The TCP port `pid` listens on (its first listening socket), from /proc.
 pub fn listening_port(pid: u32) -> Option<u16> {
+    listening_port_except(pid, None)
+}
+
+/// The admin port a config text names (`server.admin = "host:port"`), if any: the port a
+/// proxy listens on besides its `listen` addresses.
+pub fn admin_port(toml_text: &str) -> Option<u16> {
+    let v: toml::Value = toml::from_str(toml_text).ok()?;
+    let admin = v.get("server")?.get("admin")?.as_str()?;
+    admin.parse::<SocketAddr>().ok().map(|a| a.port())
+}
+
+/// The TCP port `pid` listens on, from /proc: its first listening socket whose port is not
+/// `skip` (the admin port, which may be bound first).
+pub fn listening_port_except(pid: u32, skip: Option<u16>) -> Option<u16> {
     let mut inodes = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
         if let Ok(target) = std::fs::read_link(e.path()) {
@@ -470,8 +484,10 @@ pub fn listening_port(pid: u32) -> Option<u16> {
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
-                let port = f[1].rsplit(':').next()?;
-                return u16::from_str_radix(port, 16).ok();
+                let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+                if Some(port) != skip {
+                    return Some(port);
+                }
             }
         }
     }
