@@ -351,6 +351,13 @@ fn one_line(r: &RunRow) -> String {
         r.wrk.p99_us,
         r.wrk.errors()
     );
+    let k = &r.wrk.socket_error_kinds;
+    if r.wrk.errors() > 0 {
+        s.push_str(&format!(
+            " (connect {}, read {}, write {}, timeout {}, status >= 400 {})",
+            k.connect, k.read, k.write, k.timeout, r.wrk.bad_status
+        ));
+    }
     if let (Some(us), Some(pct)) = (r.cpu_us_per_req(), r.cpu_percent()) {
         s.push_str(&format!(", proxy CPU {us:.2} µs/req ({pct:.0} %)"));
     }
