@@ -404,3 +404,32 @@ fn without_the_events_stream_the_listing_is_polled_every_refresh_ms() {
     }
     assert_eq!(answers(&proxy, 2), BTreeMap::from([("b2".to_string(), 2)]));
 }
+
+#[test]
+fn a_container_is_spoken_to_over_tls_named_by_its_container_name() {
+    let engine = Engine::start();
+    let ca = Ca::new("upstream ca");
+    let backend = TlsBackend::start(&ca.leaf(&["api-1"]), None);
+    engine.set_containers(vec![container(
+        "c1",
+        "api-1",
+        labels(backend.addr.port()),
+        "bridge",
+        "127.0.0.1",
+    )]);
+    let toml = format!(
+        "{}tls = {{ ca = \"{}\" }}\n",
+        config(&engine, 100),
+        ca.write().display()
+    );
+    let proxy = Proxy::start(&toml);
+    let start = Instant::now();
+    while peer_addrs(&proxy) != [backend.addr.to_string()] {
+        assert!(start.elapsed() < Duration::from_secs(5), "not discovered");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let r = proxy.client().roundtrip(&get("/c"));
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    // The container's name (without Docker's leading `/`) was sent and verified.
+    assert_eq!(r.body_str(), "sni=api-1 client_cert=no path=/c");
+}

@@ -311,6 +311,10 @@ pub struct UpstreamConfig {
     /// `algorithm = "transparent"`: every request goes to the host its `Host` names, within
     /// `allow` (`peers` is empty then).
     pub transparent: Option<Transparent>,
+    /// The upstream's `tls` table without a server name: what the peers the config does not
+    /// name (discovered, transparent) are given with theirs ([`crate::tls::TlsTemplate::for_name`]).
+    /// `None`: `tls` absent or `enabled = false` (cleartext to them).
+    pub tls: Option<crate::tls::TlsTemplate>,
 }
 
 impl UpstreamConfig {
@@ -653,6 +657,17 @@ impl Config {
                     write!(out, "  tls {}", tls.settings)?;
                 }
                 writeln!(out)?;
+            }
+            if let Some(t) = &u.tls {
+                let (whose, own) = if u.transparent.is_some() {
+                    ("transparent", "<the request's Host>")
+                } else {
+                    ("discovered", "<the discovered name>")
+                };
+                if u.transparent.is_some() || u.discovery.is_some() {
+                    let sni = t.sni.as_deref().unwrap_or(own);
+                    writeln!(out, "  tls        {whose} peers: sni={sni};{}", t.rest)?;
+                }
             }
             writeln!(
                 out,

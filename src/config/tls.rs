@@ -32,7 +32,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::health::KeyError;
 use crate::tls::{
-    system_roots, CertInfo, CertResolver, NoVerify, ServerTls, UpstreamTls, SERVER_ALPN,
+    system_roots, CertInfo, CertResolver, NoVerify, ServerTls, TlsTemplate, UpstreamTls,
+    SERVER_ALPN,
 };
 
 /// ListenFile is one entry of `server.listen`: `"ip:port"`, or a table with an address and
@@ -416,17 +417,36 @@ pub(crate) fn upstream_tls(
     protocol: super::UpstreamProtocol,
     cache: &mut Vec<(String, Arc<rustls::ClientConfig>)>,
 ) -> Result<Option<Arc<UpstreamTls>>, KeyError> {
+    let Some(template) = upstream_tls_template(key, f, protocol, cache)? else {
+        return Ok(None);
+    };
+    let tls = template
+        .for_name(peer_host(address))
+        .map_err(|r| (format!("{key}.sni"), r))?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Checks a `tls` table (`key` is its path) and builds its settings without a server name:
+/// the template listed peers are made from, and what discovered and transparent peers get
+/// with their own name (`TlsTemplate::for_name`). `None` when TLS is off. `cache` shares one
+/// rustls configuration between tables with the same settings.
+pub(crate) fn upstream_tls_template(
+    key: &str,
+    f: &UpstreamTlsFile,
+    protocol: super::UpstreamProtocol,
+    cache: &mut Vec<(String, Arc<rustls::ClientConfig>)>,
+) -> Result<Option<TlsTemplate>, KeyError> {
     if f.enabled == Some(false) {
         return Ok(None);
     }
-    let host = peer_host(address);
-    let sni = f.sni.clone().unwrap_or_else(|| host.to_string());
-    let server_name = ServerName::try_from(sni.clone()).map_err(|_| {
-        (
-            format!("{key}.sni"),
-            format!("`{sni}` is not a DNS name or an IP address"),
-        )
-    })?;
+    if let Some(sni) = &f.sni {
+        ServerName::try_from(sni.clone()).map_err(|_| {
+            (
+                format!("{key}.sni"),
+                format!("`{sni}` is not a DNS name or an IP address"),
+            )
+        })?;
+    }
     let verify = f.verify.unwrap_or(true);
     let alpn: Vec<String> = match &f.alpn {
         Some(list) => {
@@ -446,31 +466,27 @@ pub(crate) fn upstream_tls(
             ));
         }
     }
-    let settings = format!(
-        "sni={sni};verify={verify};ca={};cert={};key={};alpn={}",
+    // The rustls configuration does not depend on the server name: peers share it.
+    let rest = format!(
+        "verify={verify};ca={};cert={};key={};alpn={}",
         f.ca.as_deref().unwrap_or("-"),
         f.client_cert.as_deref().unwrap_or("-"),
         f.client_key.as_deref().unwrap_or("-"),
         alpn.join(",")
     );
-    // The rustls configuration does not depend on the server name: peers share it.
-    let config_key = settings
-        .split_once(';')
-        .map_or("", |(_, rest)| rest)
-        .to_string();
-    let config = match cache.iter().find(|(k, _)| *k == config_key) {
+    let config = match cache.iter().find(|(k, _)| *k == rest) {
         Some((_, c)) => c.clone(),
         None => {
             let c = Arc::new(client_config(key, f, verify, &alpn)?);
-            cache.push((config_key, c.clone()));
+            cache.push((rest.clone(), c.clone()));
             c
         }
     };
-    Ok(Some(Arc::new(UpstreamTls {
+    Ok(Some(TlsTemplate {
         config,
-        server_name,
-        settings,
-    })))
+        sni: f.sni.clone(),
+        rest,
+    }))
 }
 
 /// The host part of a peer address (`api.internal:8443` → `api.internal`, `[::1]:443` →

@@ -596,17 +596,41 @@ fn upstream(
             "must list at least one peer (or find them with `discovery = { … }`)",
         ));
     }
-    if f.tls.is_some() && (is_transparent || f.discovery.is_some()) {
-        return Err(cx.err(
-            key("tls"),
-            "TLS to discovered or transparent peers is not supported yet (their server name \
-             is not known from the config); list the peers, or use cleartext",
-        ));
-    }
     let protocol =
         super::protocol::protocol(i, f.protocol.as_deref()).map_err(|(k, r)| cx.err(k, r))?;
-    let mut peers: Vec<PeerConfig> = Vec::with_capacity(f.peers.len());
     let mut tls_configs = Vec::new();
+    // Checked for every upstream (the same errors as a listed peer's), used by the peers the
+    // config does not name.
+    let tls_template = match &f.tls {
+        Some(t) => super::tls::upstream_tls_template(&key("tls"), t, protocol, &mut tls_configs)
+            .map_err(|(k, r)| cx.err(k, r))?,
+        None => None,
+    };
+    let unnamed_peers = is_transparent || f.discovery.is_some();
+    if unnamed_peers && protocol.needs_tls() && tls_template.is_none() {
+        return Err(cx.err(
+            key("protocol"),
+            format!(
+                "\"{}\" is HTTP/2 chosen by ALPN and needs TLS to every peer; {} peers get \
+                 the upstream's `tls = {{ … }}`, and it has none; use \"h2c\" for HTTP/2 \
+                 without TLS",
+                protocol.name(),
+                if is_transparent {
+                    "transparent"
+                } else {
+                    "discovered"
+                }
+            ),
+        ));
+    }
+    if unnamed_peers && protocol == super::UpstreamProtocol::H2c && tls_template.is_some() {
+        return Err(cx.err(
+            key("protocol"),
+            "\"h2c\" is HTTP/2 without TLS, and the upstream has `tls`; use \"h2\" (HTTP/2 \
+             over TLS) or \"auto\" (what the peer picks by ALPN)",
+        ));
+    }
+    let mut peers: Vec<PeerConfig> = Vec::with_capacity(f.peers.len());
     for (j, p) in f.peers.iter().enumerate() {
         let mut peer = peer(cx, &format!("upstream[{i}].peers[{j}]"), p)?;
         let (tls_key, tls) = match (&p.tls, &f.tls) {
@@ -653,16 +677,6 @@ fn upstream(
         }
         peers.push(peer);
     }
-    if protocol.needs_tls() && peers.is_empty() {
-        return Err(cx.err(
-            key("protocol"),
-            format!(
-                "\"{}\" needs TLS to the peers, which discovered and transparent peers do not \
-                 have yet; use \"h2c\" or \"http1\"",
-                protocol.name()
-            ),
-        ));
-    }
     if !peers.is_empty() && peers.iter().all(|p| p.backup) {
         return Err(cx.err(
             key("peers"),
@@ -707,6 +721,7 @@ fn upstream(
         upgrade: upgrade(cx, i, f.upgrade.as_ref())?,
         discovery,
         transparent,
+        tls: tls_template,
         peer_limits: super::PeerLimits {
             max_conns: super::protect::check_max_conns(&key("max_conns"), f.max_conns)
                 .map_err(|(k, r)| cx.err(k, r))?,

@@ -60,14 +60,25 @@ pub(crate) fn resolver(spec: &DnsDiscovery) -> Result<TokioResolver, String> {
 pub(crate) async fn lookup(r: &TokioResolver, spec: &DnsDiscovery) -> Answer {
     let port = spec.port.unwrap_or(0);
     match spec.record_type {
-        DnsType::A => addresses(r.lookup(spec.name.as_str(), RecordType::A).await, port),
-        DnsType::Aaaa => addresses(r.lookup(spec.name.as_str(), RecordType::AAAA).await, port),
+        DnsType::A => addresses(
+            r.lookup(spec.name.as_str(), RecordType::A).await,
+            port,
+            &spec.name,
+        ),
+        DnsType::Aaaa => addresses(
+            r.lookup(spec.name.as_str(), RecordType::AAAA).await,
+            port,
+            &spec.name,
+        ),
         DnsType::Any => {
             let (a, aaaa) = tokio::join!(
                 r.lookup(spec.name.as_str(), RecordType::A),
                 r.lookup(spec.name.as_str(), RecordType::AAAA)
             );
-            match (addresses(a, port), addresses(aaaa, port)) {
+            match (
+                addresses(a, port, &spec.name),
+                addresses(aaaa, port, &spec.name),
+            ) {
                 (Answer::Failed(e), _) | (_, Answer::Failed(e)) => Answer::Failed(e),
                 (Answer::Empty, other) | (other, Answer::Empty) => other,
                 (
@@ -122,8 +133,13 @@ fn classify(e: &NetError) -> Result<(), String> {
     }
 }
 
-/// The A/AAAA records of one lookup as peers on `port`.
-fn addresses(result: Result<hickory_resolver::lookup::Lookup, NetError>, port: u16) -> Answer {
+/// The A/AAAA records of one lookup of `name` as peers on `port`, named `name`.
+fn addresses(
+    result: Result<hickory_resolver::lookup::Lookup, NetError>,
+    port: u16,
+    name: &str,
+) -> Answer {
+    let name = name.trim_end_matches('.');
     let lookup = match result {
         Ok(l) => l,
         Err(e) => {
@@ -146,6 +162,7 @@ fn addresses(result: Result<hickory_resolver::lookup::Lookup, NetError>, port: u
             weight: 1,
             backup: false,
             record: format!("{} {kind} {ip} ttl {}", record.name, record.ttl),
+            name: name.to_string(),
         });
     }
     if found.is_empty() {
@@ -278,6 +295,8 @@ pub(crate) fn srv_peers(targets: &[SrvTarget]) -> Vec<Found> {
                     "SRV {} {} {} {} -> {ip}",
                     t.priority, t.weight, t.port, t.target
                 ),
+                // RFC 2782 and RFC 6125 practice: the certificate names the target.
+                name: t.target.trim_end_matches('.').to_string(),
             });
         }
     }

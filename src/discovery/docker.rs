@@ -259,6 +259,7 @@ fn peers(
             weight: 1,
             backup: false,
             record: format!("container {short} {name} on {} {ip}:{port}", d.network),
+            name: name.to_string(),
         });
     }
     out

@@ -13,7 +13,8 @@
 //!
 //! Discovered peers come after an upstream's listed `peers`, are named by their socket address
 //! (`10.0.0.1:8080`, `[::1]:8080`), and take the upstream's defaults: weight 1 (SRV: the record's
-//! weight), its health check, pool, breaker and timeouts.
+//! weight), its health check, pool, breaker and timeouts, and its `tls` (the template, with the
+//! server name `tls.sni`, else the name the peer was found by: [`Found::name`]).
 
 mod dns;
 mod docker;
@@ -21,6 +22,7 @@ mod lookup;
 mod set;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -285,6 +287,21 @@ impl Discovered {
                 if u.peers.iter().any(|p| p.addr == f.addr) {
                     continue;
                 }
+                // The upstream's `tls`, with the peer's own server name (a name rustls cannot
+                // use leaves the peer out rather than speaking cleartext to it).
+                let tls = match u.tls.as_ref().map(|t| t.for_name(&f.name)) {
+                    None => None,
+                    Some(Ok(t)) => Some(Arc::new(t)),
+                    Some(Err(why)) => {
+                        tracing::warn!(
+                            upstream = %u.name,
+                            "discovery: {} ({}) left out: no TLS server name: {why}",
+                            f.addr,
+                            f.record
+                        );
+                        continue;
+                    }
+                };
                 u.peers.push(PeerConfig {
                     address: f.addr.to_string(),
                     addr: f.addr,
@@ -292,7 +309,7 @@ impl Discovered {
                     backup: f.backup,
                     region: None,
                     drain: false,
-                    tls: None,
+                    tls,
                     limits: u.peer_limits,
                     timeouts: u.timeouts,
                     pool: u.pool,

@@ -28,6 +28,10 @@ pub struct Found {
     /// The record it came from, for logs and `/status` (`A 10.0.0.1 ttl 30`,
     /// `SRV 10 5 8080 api-1.example. -> 10.0.0.1`, `container 3f2a… web-1`).
     pub record: String,
+    /// The name it is known by, without a trailing dot: the server name (SNI and the name its
+    /// certificate is checked for) it gets from its upstream's `tls`. The discovery's `name`
+    /// for A/AAAA, the record's target for SRV, the container's name for Docker.
+    pub name: String,
 }
 
 /// Answer is the outcome of one lookup.
@@ -176,6 +180,17 @@ impl PeerSet {
                     );
                     changed = true;
                 }
+                Some(old) if old.name != f.name => {
+                    tracing::info!(
+                        upstream = %self.upstream,
+                        "discovery: {} is now named {} (was {}) ({})",
+                        f.addr,
+                        f.name,
+                        old.name,
+                        f.record
+                    );
+                    changed = true;
+                }
                 Some(_) => {}
             }
             next.push(f);
@@ -268,6 +283,7 @@ mod tests {
             weight,
             backup: false,
             record: format!("A {addr}"),
+            name: "api.test".to_string(),
         }
     }
 
@@ -283,6 +299,23 @@ mod tests {
 
     fn addrs(s: &PeerSet) -> Vec<String> {
         s.peers().iter().map(|f| f.addr.to_string()).collect()
+    }
+
+    #[test]
+    fn a_new_name_for_a_known_address_is_a_change() {
+        let mut s = PeerSet::new("api", timing());
+        let t0 = Instant::now();
+        let named = |name: &str| Answer::Records {
+            found: vec![Found {
+                name: name.to_string(),
+                ..found("10.0.0.1:80", 1)
+            }],
+            ttl: Some(30),
+        };
+        assert_eq!(s.observe(named("a.test"), t0).0, Outcome::Changed);
+        assert_eq!(s.observe(named("a.test"), t0).0, Outcome::Unchanged);
+        assert_eq!(s.observe(named("b.test"), t0).0, Outcome::Changed);
+        assert_eq!(s.peers()[0].name, "b.test");
     }
 
     #[test]

@@ -16,6 +16,12 @@
 //!   settings: timeouts, retry, breaker, pool), so connections are pooled per address and
 //!   the try loop, exchange and relay run unchanged. At most [`MAX_TARGETS`] addresses are
 //!   kept per shard; beyond that the table starts over (their idle connections close).
+//! - With the upstream's `tls`, the peer's server name (SNI, and the name its certificate is
+//!   checked for) is `tls.sni`, else the `Host` name without its port (an address literal: the
+//!   address). The one-peer groups are then kept per (address, server name): a connection made
+//!   for one name is never pooled for another at the same address (and neither is an HTTP/2
+//!   one, `H2Upstreams` matching the TLS settings). A `Host` name rustls cannot use as a server
+//!   name is a 400.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -28,7 +34,8 @@ use crate::config::{PeerConfig, Transparent, UpstreamConfig};
 use crate::http::HttpError;
 use crate::upstream::{Share, UpstreamGroup};
 
-/// The most resolved addresses (one-peer groups) a shard keeps per generation.
+/// The most one-peer groups (resolved addresses, per server name with `tls`) a shard keeps per
+/// generation.
 pub(crate) const MAX_TARGETS: usize = 1024;
 /// The most names a shard's cache keeps per generation.
 const MAX_NAMES: usize = 4096;
@@ -98,12 +105,17 @@ struct Cached {
     next: Cell<usize>,
 }
 
+/// A one-peer group's key: the address and, when the server name follows the `Host`, that name.
+type TargetKey = (SocketAddr, Option<String>);
+
 /// TransparentState is one shard's transparent-mode state for one generation: the name cache
 /// and the one-peer group of every address forwarded to.
 #[derive(Default)]
 pub(crate) struct TransparentState {
     names: RefCell<HashMap<String, Cached>>,
-    groups: RefCell<HashMap<SocketAddr, Rc<UpstreamGroup>>>,
+    /// By address and, when the server name follows the `Host` (`tls` without `sni`), that
+    /// name.
+    groups: RefCell<HashMap<TargetKey, Rc<UpstreamGroup>>>,
 }
 
 impl TransparentState {
@@ -119,8 +131,10 @@ impl TransparentState {
             "missing or invalid Host for transparent forwarding",
         ))?;
         let forbidden = HttpError::Status(403);
-        let ip = match host {
-            Host::Ip(ip) if t.allows_ip(ip) => ip,
+        // The server name comes from the Host only with `tls` and without `tls.sni`.
+        let named_by_host = cfg.tls.as_ref().is_some_and(|t| t.sni.is_none());
+        let (ip, server_name) = match host {
+            Host::Ip(ip) if t.allows_ip(ip) => (ip, named_by_host.then(|| ip.to_string())),
             Host::Ip(_) => return Err(forbidden),
             Host::Name(name) => {
                 let by_name = t.allows_name(&name);
@@ -144,18 +158,18 @@ impl TransparentState {
                 let Some(first) = ips.first().copied() else {
                     return Err(forbidden);
                 };
-                let names = self.names.borrow();
-                match names.get(&name) {
+                let ip = match self.names.borrow().get(&name) {
                     Some(c) => {
                         let i = c.next.get();
                         c.next.set(i.wrapping_add(1));
                         ips[i % ips.len()]
                     }
                     None => first,
-                }
+                };
+                (ip, named_by_host.then_some(name))
             }
         };
-        Ok(self.group(cfg, SocketAddr::new(ip, port)))
+        self.group(cfg, SocketAddr::new(ip, port), server_name)
     }
 
     /// The addresses of `name`, from the cache or the lookup thread.
@@ -213,11 +227,30 @@ impl TransparentState {
         result
     }
 
-    /// The one-peer group of `addr` (built on first use from `cfg`).
-    fn group(&self, cfg: &UpstreamConfig, addr: SocketAddr) -> Rc<UpstreamGroup> {
-        if let Some(g) = self.groups.borrow().get(&addr) {
-            return g.clone();
+    /// The one-peer group of `addr` for the server name `server_name` (`None`: cleartext, or
+    /// `tls.sni`), built on first use from `cfg`.
+    fn group(
+        &self,
+        cfg: &UpstreamConfig,
+        addr: SocketAddr,
+        server_name: Option<String>,
+    ) -> Result<Rc<UpstreamGroup>, HttpError> {
+        let key = (addr, server_name);
+        if let Some(g) = self.groups.borrow().get(&key) {
+            return Ok(g.clone());
         }
+        let tls = match &cfg.tls {
+            None => None,
+            Some(template) => {
+                // Without a Host-derived name, `tls.sni` names every peer.
+                let name = key.1.as_deref().unwrap_or_default();
+                let tls = template.for_name(name).map_err(|why| {
+                    tracing::debug!("transparent: no TLS server name for {addr}: {why}");
+                    HttpError::BadRequest("the Host is not usable as a TLS server name")
+                })?;
+                Some(Arc::new(tls))
+            }
+        };
         let mut one = cfg.clone();
         one.transparent = None;
         one.peers = vec![PeerConfig {
@@ -227,7 +260,7 @@ impl TransparentState {
             backup: false,
             region: None,
             drain: false,
-            tls: None,
+            tls,
             limits: cfg.peer_limits,
             timeouts: cfg.timeouts,
             pool: cfg.pool,
@@ -240,8 +273,8 @@ impl TransparentState {
             }
             groups.clear();
         }
-        groups.insert(addr, g.clone());
-        g
+        groups.insert(key, g.clone());
+        Ok(g)
     }
 }
 

@@ -43,6 +43,44 @@ impl PartialEq for UpstreamTls {
     }
 }
 
+/// TlsTemplate is an upstream's TLS settings without the server name: what a peer whose name
+/// the config does not know (a discovered or a transparent one) is given, with its name, by
+/// [`TlsTemplate::for_name`]. Every peer made from it shares its one rustls configuration
+/// (and so its session cache, which rustls keys by server name).
+#[derive(Clone)]
+pub struct TlsTemplate {
+    /// The client configuration (roots or no verification, client certificate, ALPN).
+    pub config: Arc<rustls::ClientConfig>,
+    /// `tls.sni`: the name every peer gets instead of its own.
+    pub sni: Option<String>,
+    /// The settings without the server name (`verify=…;ca=…;…`), for [`UpstreamTls::settings`].
+    pub rest: String,
+}
+
+impl fmt::Debug for TlsTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsTemplate")
+            .field("sni", &self.sni)
+            .field("settings", &self.rest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsTemplate {
+    /// The settings of a peer named `name` (a DNS name or an IP address): SNI and
+    /// certificate verification use `tls.sni` when it is set, else `name`.
+    pub fn for_name(&self, name: &str) -> Result<UpstreamTls, String> {
+        let sni = self.sni.as_deref().unwrap_or(name);
+        let server_name = ServerName::try_from(sni.to_string())
+            .map_err(|_| format!("`{sni}` is not a DNS name or an IP address"))?;
+        Ok(UpstreamTls {
+            config: self.config.clone(),
+            server_name,
+            settings: format!("sni={sni};{}", self.rest),
+        })
+    }
+}
+
 /// Runs the client handshake on a connected TCP stream (the caller bounds it with the
 /// connect timeout).
 pub async fn connect(tcp: TcpStream, tls: &UpstreamTls) -> io::Result<ClientTlsStream> {

@@ -5,7 +5,8 @@
 //! - `server`: downstream TLS: certificates by SNI ([`CertResolver`]), a listener's settings
 //!   ([`ServerTls`]) and their per-shard copy ([`ShardTls`], with the shard's session cache),
 //!   the handshake ([`accept`]) and why one failed ([`HandshakeFailure`]).
-//! - `client`: upstream TLS: a peer's settings ([`UpstreamTls`]), the handshake
+//! - `client`: upstream TLS: a peer's settings ([`UpstreamTls`]), an upstream's settings
+//!   without a server name for the peers the config does not name ([`TlsTemplate`]), the handshake
 //!   ([`connect`]), the system roots, what counts as a TLS failure.
 //!
 //! Everything that reads files (certificates, keys, CA bundles) runs while a config is
@@ -17,7 +18,9 @@ mod client;
 mod server;
 mod stream;
 
-pub use client::{connect, is_tls_failure, system_roots, ClientTlsStream, NoVerify, UpstreamTls};
+pub use client::{
+    connect, is_tls_failure, system_roots, ClientTlsStream, NoVerify, TlsTemplate, UpstreamTls,
+};
 pub use server::{
     accept, reject_cleartext, ticketer, AcceptError, CertInfo, CertResolver, HandshakeFailure,
     ServerTls, ServerTlsStream, ShardTls, SERVER_ALPN, SESSION_CACHE_PER_SHARD,

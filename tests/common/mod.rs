@@ -9,6 +9,9 @@
 //!   the real binary).
 //! - [`pattern`]: deterministic test data checked on the fly, and `sha256_hex`.
 //! - [`ws`]: [`WsEcho`], a WebSocket origin that echoes its tunnel's bytes.
+//! - [`certs`]: test TLS material ([`Ca`], [`Leaf`]) and [`TlsBackend`], an HTTPS origin that
+//!   reports the SNI it received.
+//! - [`dns`]: [`DnsServer`], a real DNS server answering from a zone the test sets.
 //!
 //! Every item is re-exported here, so a test file says `mod common; use common::*;`.
 //!
@@ -22,6 +25,10 @@ use std::time::Duration;
 #[allow(dead_code)]
 pub mod backend;
 #[allow(dead_code)]
+pub mod certs;
+#[allow(dead_code)]
+pub mod dns;
+#[allow(dead_code)]
 pub mod faults;
 #[allow(dead_code)]
 pub mod pattern;
@@ -34,7 +41,7 @@ pub mod ws;
 
 // A re-export a test file does not use is not an error either.
 #[allow(unused_imports)]
-pub use {backend::*, faults::*, pattern::*, proxy::*, wire::*, ws::*};
+pub use {backend::*, certs::*, dns::*, faults::*, pattern::*, proxy::*, wire::*, ws::*};
 
 /// IO_TIMEOUT bounds every single socket read and write of the test side.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
