@@ -1788,3 +1788,432 @@ fn upstream_h2_connections_are_not_shared_between_different_tls_settings() {
     assert_eq!(front.chosen().len(), 2);
     assert_eq!(origin.accepts(), 2);
 }
+
+// --- Upgrades toward an HTTP/2 upstream (RFC 8441 extended CONNECT sent by ringlb) ---
+
+/// A CONNECT as an extended-CONNECT backend received it.
+#[derive(Debug, Clone)]
+struct WsSeen {
+    method: String,
+    protocol: Option<String>,
+    path: String,
+    authority: String,
+    headers: http::HeaderMap,
+}
+
+/// H2WsOrigin is an h2c origin for upgrades: with `enable` it sends
+/// SETTINGS_ENABLE_CONNECT_PROTOCOL. An extended CONNECT is answered `200` with
+/// `x-origin: ws-echo` and every DATA byte is echoed back; after the client's END_STREAM it
+/// sends `bye` and ends its side. `/forbid` is answered `403 forbidden`; any other request
+/// `200 plain`. `max_streams` is its SETTINGS_MAX_CONCURRENT_STREAMS.
+struct H2WsOrigin {
+    addr: SocketAddr,
+    accepts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<WsSeen>>>,
+    /// Tunnels whose END_STREAM from the proxy arrived.
+    ended: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl H2WsOrigin {
+    fn start(enable: bool, max_streams: u32) -> H2WsOrigin {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (acc, seen2, ended2) = (accepts.clone(), seen.clone(), ended.clone());
+        std::thread::spawn(move || {
+            run(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    acc.fetch_add(1, Ordering::SeqCst);
+                    let (seen, ended) = (seen2.clone(), ended2.clone());
+                    tokio::spawn(async move {
+                        let mut b = h2::server::Builder::new();
+                        b.max_concurrent_streams(max_streams);
+                        if enable {
+                            b.enable_connect_protocol();
+                        }
+                        let Ok(mut conn) = b.handshake::<_, Bytes>(tcp).await else {
+                            return;
+                        };
+                        while let Some(Ok((req, respond))) = conn.accept().await {
+                            let (seen, ended) = (seen.clone(), ended.clone());
+                            tokio::spawn(ws_origin_stream(req, respond, seen, ended));
+                        }
+                    });
+                }
+            });
+        });
+        H2WsOrigin {
+            addr,
+            accepts,
+            seen,
+            ended,
+        }
+    }
+
+    fn seen(&self) -> Vec<WsSeen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn ended(&self) -> usize {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One stream of [`H2WsOrigin`].
+async fn ws_origin_stream(
+    req: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<WsSeen>>>,
+    ended: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let (parts, mut body) = req.into_parts();
+    let protocol = parts
+        .extensions
+        .get::<h2::ext::Protocol>()
+        .map(|p| p.as_str().to_string());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(WsSeen {
+        method: parts.method.to_string(),
+        protocol: protocol.clone(),
+        path: path.clone(),
+        authority: parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers,
+    });
+    let answer = |status: u16, text: &str| {
+        http::Response::builder()
+            .status(status)
+            .header("content-length", text.len())
+            .body(())
+            .unwrap()
+    };
+    if path == "/forbid" {
+        if let Ok(mut s) = respond.send_response(answer(403, "forbidden"), false) {
+            let _ = s.send_data(Bytes::from_static(b"forbidden"), true);
+        }
+        return;
+    }
+    if parts.method != http::Method::CONNECT || protocol.is_none() {
+        while let Some(Ok(c)) = body.data().await {
+            let _ = body.flow_control().release_capacity(c.len());
+        }
+        if let Ok(mut s) = respond.send_response(answer(200, "plain"), false) {
+            let _ = s.send_data(Bytes::from_static(b"plain"), true);
+        }
+        return;
+    }
+    let resp = http::Response::builder()
+        .status(200)
+        .header("x-origin", "ws-echo")
+        .body(())
+        .unwrap();
+    let Ok(mut out) = respond.send_response(resp, false) else {
+        return;
+    };
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else { return };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        send_all(&mut out, chunk).await;
+    }
+    ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    send_all(&mut out, Bytes::from_static(b"bye")).await;
+    let _ = out.send_data(Bytes::new(), true);
+}
+
+/// A proxy whose upstream `app` speaks h2c to `origin` (with an admin listener).
+fn h2c_ws_proxy(origin: &H2WsOrigin) -> Proxy {
+    let toml = ProxyConfig::new()
+        .upstream_with(
+            "app",
+            "round_robin",
+            &["protocol = \"h2c\""],
+            &[peer(origin.addr)],
+        )
+        .toml()
+        .replace("admin = \"\"", "admin = \"127.0.0.1:0\"");
+    Proxy::start(&toml)
+}
+
+/// An HTTP/1.1 WebSocket handshake for `path` with `key`.
+fn ws_handshake(path: &str, key: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: svc.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Reads one response head (through the blank line) byte by byte, so nothing after it is
+/// consumed.
+fn read_raw_head(s: &mut StdTcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("read head"), 1, "closed in the head");
+        head.push(b[0]);
+    }
+    String::from_utf8(head).expect("ASCII head")
+}
+
+/// A connection to the proxy with the suite's timeouts.
+fn raw_client(addr: SocketAddr) -> StdTcpStream {
+    let s = StdTcpStream::connect(addr).expect("connect to the proxy");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Sends `frame` from a thread of its own (the echo comes back meanwhile) and reads as many
+/// bytes back.
+fn echo_round(s: &mut StdTcpStream, frame: Vec<u8>) -> Vec<u8> {
+    let mut w = s.try_clone().unwrap();
+    let n = frame.len();
+    let writer = std::thread::spawn(move || w.write_all(&frame).expect("send frame"));
+    let mut back = vec![0u8; n];
+    s.read_exact(&mut back).expect("echo");
+    writer.join().unwrap();
+    back
+}
+
+/// What every extended CONNECT the proxy sent must look like.
+fn assert_extended_connect(seen: &WsSeen, path: &str) {
+    assert_eq!(seen.method, "CONNECT", "{seen:?}");
+    assert_eq!(seen.protocol.as_deref(), Some("websocket"), "{seen:?}");
+    assert_eq!(seen.path, path, "{seen:?}");
+    assert_eq!(seen.authority, "svc.test", "{seen:?}");
+    assert!(
+        seen.headers.get("sec-websocket-key").is_none(),
+        "RFC 8441 §5: no key over HTTP/2: {seen:?}"
+    );
+    for f in ["upgrade", "connection", "host"] {
+        assert!(seen.headers.get(f).is_none(), "{f}: {seen:?}");
+    }
+    assert_eq!(seen.headers["sec-websocket-version"], "13", "{seen:?}");
+}
+
+#[test]
+fn an_http1_websocket_to_an_h2c_upstream_is_an_extended_connect_tunnel() {
+    // One stream per connection at the origin: a plain request while the tunnel is open
+    // needs a second connection, which shows the tunnel holds its stream.
+    let origin = H2WsOrigin::start(true, 1);
+    let proxy = h2c_ws_proxy(&origin);
+    let mut s = raw_client(proxy.addr);
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    s.write_all(ws_handshake("/chat?room=1", key).as_bytes())
+        .unwrap();
+    let head = read_raw_head(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    assert_eq!(
+        head_field(&head, "sec-websocket-accept"),
+        Some(ws_accept_key(key).as_str()),
+        "{head}"
+    );
+    assert_eq!(
+        head_field(&head, "sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "RFC 6455's example"
+    );
+    assert!(
+        head_field(&head, "upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")),
+        "{head}"
+    );
+    assert!(
+        head_field(&head, "connection").is_some_and(|c| c.eq_ignore_ascii_case("upgrade")),
+        "{head}"
+    );
+    assert_eq!(head_field(&head, "x-origin"), Some("ws-echo"), "{head}");
+    assert!(head_field(&head, "content-length").is_none(), "{head}");
+    assert!(head_field(&head, "transfer-encoding").is_none(), "{head}");
+
+    let mut sent = 0usize;
+    for i in 0..12u8 {
+        let n = match i {
+            0 => 0,
+            1 => 256 * 1024,
+            _ => fastrand::usize(1..=256 * 1024),
+        };
+        let payload: Vec<u8> = (0..n).map(|_| fastrand::u8(..)).collect();
+        let frame = ws_client_frame(2, &payload, fastrand::u32(..).to_be_bytes());
+        sent += frame.len();
+        let back = echo_round(&mut s, frame.clone());
+        assert!(back == frame, "frame {i} of {n} bytes echoed byte-exact");
+    }
+
+    // While the tunnel is open its stream is taken: a plain request opens another connection.
+    let r = proxy
+        .client()
+        .roundtrip(b"GET /plain HTTP/1.1\r\nHost: svc.test\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), "plain");
+    assert_eq!(origin.accepts(), 2, "the tunnel holds its stream");
+
+    let admin = proxy.server().admin_addr().unwrap();
+    let metrics = || {
+        Client::connect(admin)
+            .roundtrip(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+            .body_str()
+    };
+    let text = metrics();
+    assert!(
+        text.contains("ringlb_tunnels_active{upstream=\"app\"} 1\n"),
+        "{text}"
+    );
+
+    // Half-close ends it: the origin answers, then ends its side.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("the rest until the close");
+    assert_eq!(rest, b"bye");
+    assert_eq!(origin.ended(), 1);
+
+    let seen = origin.seen();
+    assert_extended_connect(&seen[0], "/chat?room=1");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = metrics();
+        if text.contains("ringlb_tunnels_active{upstream=\"app\"} 0\n") || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        text.contains("ringlb_tunnels_total{upstream=\"app\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ringlb_tunnels_active{upstream=\"app\"} 0\n"),
+        "{text}"
+    );
+    for (dir, n) in [("upstream", sent), ("downstream", sent + 3)] {
+        let line =
+            format!("ringlb_tunnel_bytes_total{{upstream=\"app\",direction=\"{dir}\"}} {n}\n");
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+}
+
+#[test]
+fn a_half_closed_tunnel_to_an_h2c_upstream_still_carries_the_origins_bytes() {
+    let origin = H2WsOrigin::start(true, 100);
+    let proxy = h2c_ws_proxy(&origin);
+    let mut s = raw_client(proxy.addr);
+    s.write_all(ws_handshake("/half", "x3JJHMbDL1EzLkh9GBhXDw==").as_bytes())
+        .unwrap();
+    let head = read_raw_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // The client's last bytes and its FIN together: the origin gets the bytes, then
+    // END_STREAM, and answers after it.
+    let frame = ws_client_frame(1, b"last words", [9, 8, 7, 6]);
+    s.write_all(&frame).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).expect("echo, bye, close");
+    let mut expected = frame.clone();
+    expected.extend_from_slice(b"bye");
+    assert_eq!(back, expected);
+    assert_eq!(origin.ended(), 1, "the origin saw END_STREAM");
+}
+
+#[test]
+fn an_h2_client_extended_connect_to_an_h2c_upstream_composes_end_to_end() {
+    let origin = H2WsOrigin::start(true, 100);
+    let proxy = h2c_ws_proxy(&origin);
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        // 200, frames echoed byte-exact, END_STREAM each way.
+        ws_echo_session(&mut send).await;
+        let (parts, body, _) = roundtrip(&mut send, get("/after"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"plain");
+    });
+    assert_eq!(origin.ended(), 1);
+    let seen = origin.seen();
+    let tunnel = &seen[0];
+    assert_eq!(tunnel.method, "CONNECT");
+    assert_eq!(tunnel.protocol.as_deref(), Some("websocket"));
+    assert_eq!(tunnel.path, "/chat?room=1");
+    assert_eq!(tunnel.authority, "example.test");
+    assert!(
+        tunnel.headers.get("sec-websocket-key").is_none(),
+        "{tunnel:?}"
+    );
+    assert_eq!(seen[1].method, "GET");
+}
+
+#[test]
+fn an_upgrade_to_an_h2c_upstream_without_extended_connect_is_502() {
+    let origin = H2WsOrigin::start(false, 100);
+    let proxy = h2c_ws_proxy(&origin);
+    // HTTP/1.1: ringlb's own 502, and the connection closes.
+    let mut c = proxy.client();
+    let r = c.roundtrip(ws_handshake("/chat", "dGhlIHNhbXBsZSBub25jZQ==").as_bytes());
+    r.assert_proxy_error(502);
+    assert!(
+        r.body_str().contains("upgrades over HTTP/2"),
+        "{}",
+        r.body_str()
+    );
+    assert_eq!(r.header("connection"), Some("close"));
+    c.expect_closed();
+    // HTTP/2: a 502 on the stream.
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let (parts, _up, _down) = open_ws(&mut send, "/chat").await;
+        assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
+    });
+    assert!(
+        origin.seen().is_empty(),
+        "nothing reached the origin: {:?}",
+        origin.seen()
+    );
+    // The peer is not blamed: plain requests go on to it.
+    for _ in 0..3 {
+        let r = proxy
+            .client()
+            .roundtrip(b"GET /plain HTTP/1.1\r\nHost: svc.test\r\n\r\n");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), "plain");
+    }
+    assert_eq!(origin.seen().len(), 3);
+}
+
+#[test]
+fn an_h2c_upstream_refusing_the_extended_connect_is_its_response_on_a_kept_connection() {
+    let origin = H2WsOrigin::start(true, 100);
+    let proxy = h2c_ws_proxy(&origin);
+    let mut c = proxy.client();
+    let r = c.roundtrip(ws_handshake("/forbid", "dGhlIHNhbXBsZSBub25jZQ==").as_bytes());
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.head));
+    assert_eq!(r.body_str(), "forbidden");
+    assert!(r.header("sec-websocket-accept").is_none());
+    assert!(r.header("upgrade").is_none());
+    // The same connection serves the next request.
+    let r = c.roundtrip(b"GET /next HTTP/1.1\r\nHost: svc.test\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), "plain");
+    let seen = origin.seen();
+    assert_extended_connect(&seen[0], "/forbid");
+    assert_eq!(seen[1].method, "GET");
+    assert_eq!(seen[1].path, "/next");
+}

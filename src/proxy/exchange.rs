@@ -11,14 +11,14 @@ use monoio::io::Canceller;
 use monoio::net::{TcpConnectOpts, TcpStream};
 
 use super::body::BodyProgress;
-use super::h2::{H2Call, UpstreamIo};
+use super::h2::{tunnels, H2Call, UpstreamIo};
 use super::tries::replay_on_fresh;
 use super::{Conn, STREAM_BUF, UPSTREAM_BUF};
 use crate::balance::PeerId;
 use crate::config::UpstreamProtocol;
 use crate::control::Outcome;
 use crate::failover::Failure;
-use crate::http::{parse_response, rewrite_response, ParseStatus, Version};
+use crate::http::{parse_response, rewrite_response, HttpError, ParseStatus, Version};
 use crate::io::{
     read_append, read_more, write_all, write_all_counted, write_range, IoFail, Transport,
 };
@@ -146,6 +146,14 @@ impl<C: Transport> Conn<'_, C> {
                     }
                 }
             };
+            if let UpstreamIo::H2(call) = &up {
+                if let Err(end) = self
+                    .h2_takes_upgrade(group, peer_id, call, try_deadline)
+                    .await
+                {
+                    return end;
+                }
+            }
             let sent_at = Instant::now();
             let res = self
                 .send_and_read_head(group, peer_id, &mut up, expect, body, try_deadline)
@@ -228,6 +236,47 @@ impl<C: Transport> Conn<'_, C> {
                 }
             }
         }
+    }
+
+    /// For an upgrade request on an HTTP/2 stream: whether the peer takes extended CONNECT
+    /// (RFC 8441), once its SETTINGS are known. One that does not is answered `502` (a clear
+    /// error rather than the request without its upgrade) and the client connection closes;
+    /// the peer is not blamed (no breaker or passive-health outcome): it is healthy, only not
+    /// configured for tunnels.
+    async fn h2_takes_upgrade(
+        &mut self,
+        group: &UpstreamGroup,
+        peer_id: PeerId,
+        call: &H2Call,
+        try_deadline: Option<Instant>,
+    ) -> Result<(), TryResult> {
+        if !tunnels(&self.head) {
+            return Ok(());
+        }
+        let p = group.peer(peer_id);
+        let wait = within(p.timeouts.upstream_read, try_deadline);
+        let failure = match monoio::time::timeout(wait, call.extended_connect()).await {
+            Ok(Some(true)) => return Ok(()),
+            Ok(Some(false)) => {
+                tracing::warn!(
+                    group = %group.name,
+                    peer = %p.address,
+                    "upgrade request answered 502: the HTTP/2 peer does not enable extended \
+                     CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL, RFC 8441)"
+                );
+                let err = HttpError::BadGateway("upstream does not take upgrades over HTTP/2");
+                self.reply_error(&err, false).await;
+                return Err(TryResult::Broken { fault: None });
+            }
+            // The connection ended before its settings came: as a reset before sending.
+            Ok(None) => Failure::Reset,
+            Err(_) => Failure::Timeout,
+        };
+        Err(TryResult::Failed {
+            failure,
+            sent: false,
+            held: None,
+        })
     }
 
     /// The connection for one attempt of a try: a pooled HTTP/1.1 connection or a new one

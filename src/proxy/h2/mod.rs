@@ -43,7 +43,7 @@ use crate::io::PollStream;
 pub(crate) use meter::PREFACE;
 use meter::{Abuse, Metered};
 use stream::{Reply, StreamIo};
-pub(crate) use upstream::{H2Call, H2Upstreams, UpstreamIo};
+pub(crate) use upstream::{tunnels, H2Call, H2Upstreams, UpstreamIo};
 
 /// How long a connection that is closing (GOAWAY sent) may take to finish its streams and
 /// flush before it is dropped. Shutdown's own drain time bounds it further.

@@ -581,19 +581,26 @@ impl Drop for StreamIo {
 }
 
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
-fn websocket_key() -> [u8; 24] {
+fn websocket_key() -> Vec<u8> {
+    base64(&fastrand::u128(..).to_be_bytes())
+}
+
+/// `data` in base64 (RFC 4648 §4, padded): the WebSocket handshake's key and accept.
+pub(super) fn base64(data: &[u8]) -> Vec<u8> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let raw = fastrand::u128(..).to_be_bytes();
-    let mut out = [b'='; 24];
-    for (i, group) in raw.chunks(3).enumerate() {
+    let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4);
+    for group in data.chunks(3) {
         let b = [
             group[0],
             *group.get(1).unwrap_or(&0),
             *group.get(2).unwrap_or(&0),
         ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for j in 0..=group.len() {
-            out[i * 4 + j] = ALPHABET[(n >> (18 - 6 * j) & 63) as usize];
+        for j in 0..4 {
+            out.push(match j <= group.len() {
+                true => ALPHABET[(n >> (18 - 6 * j) & 63) as usize],
+                false => b'=',
+            });
         }
     }
     out
@@ -774,10 +781,26 @@ mod tests {
     }
 
     #[test]
+    fn base64_of_the_rfc_4648_vectors() {
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(raw.as_bytes()), enc.as_bytes(), "{raw}");
+        }
+    }
+
+    #[test]
     fn websocket_keys_are_base64_of_16_bytes_and_differ() {
         let a = websocket_key();
         let b = websocket_key();
         assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
         assert_eq!(&a[22..], b"==");
         assert!(a[..22]
             .iter()

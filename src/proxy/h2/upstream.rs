@@ -16,6 +16,16 @@
 //!
 //! gRPC passes through: `te: trailers` goes upstream on a request whose `content-type` is
 //! `application/grpc…`, and the response's trailers come back as trailers.
+//!
+//! An upgrade request (WebSocket and the like, no body) goes out as an extended CONNECT
+//! (RFC 8441): `:method CONNECT`, `:protocol` the `Upgrade` token (the first one listed,
+//! lowercased), `:scheme`, `:path` and `:authority` as for any request, the other fields but
+//! the hop-by-hop ones and (for `websocket`, §5) `sec-websocket-key`. The exchange first asks
+//! [`H2Call::extended_connect`] whether the peer's SETTINGS enabled it. A 2xx answer comes
+//! back as `101 Switching Protocols` with `Upgrade`, `Connection: Upgrade` and, for
+//! `websocket`, the `Sec-WebSocket-Accept` of the client's key; the stream then carries the
+//! tunnel's bytes as DATA both ways (the half-close is END_STREAM each way, a reset ends the
+//! tunnel). Any other status is an ordinary response.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -37,8 +47,9 @@ use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent, Split};
 use monoio::BufResult;
 
-use super::stream::{parse_trailers, push_field, push_hex};
+use super::stream::{base64, parse_trailers, push_field, push_hex};
 use crate::config::Limits;
+use crate::control::Notify;
 use crate::http::{parse_request, BodyKind, ChunkedDecoder, ParseStatus, RequestHead};
 use crate::io::{PollStream, Transport};
 use crate::tls::UpstreamTls;
@@ -65,6 +76,11 @@ pub(crate) struct Client {
     closed: Cell<bool>,
     /// When its last stream ended (for the idle close).
     last_used: Cell<Instant>,
+    /// The peer's first SETTINGS were applied (the PONG to the driver's first PING came
+    /// after them), or the connection ended: what it allows is known.
+    settled: Cell<bool>,
+    /// Notified when `settled` is set.
+    settling: Notify,
     /// The TLS settings it was made with (none: cleartext): peers of other upstreams at the
     /// same address with other settings (another SNI) do not share it.
     tls: Option<Arc<UpstreamTls>>,
@@ -112,6 +128,8 @@ impl H2Upstreams {
             max_streams: Cell::new(conn.max_concurrent_send_streams()),
             closed: Cell::new(false),
             last_used: Cell::new(Instant::now()),
+            settled: Cell::new(false),
+            settling: Notify::default(),
             tls,
         });
         monoio::spawn(drive(conn, client.clone(), idle));
@@ -124,7 +142,18 @@ impl H2Upstreams {
     }
 }
 
-/// Runs one upstream connection until it ends, pinging it and closing it when idle.
+impl Client {
+    /// Marks what the peer allows as known and wakes the streams waiting for it.
+    fn settle(&self) {
+        self.settled.set(true);
+        self.settling.notify_all();
+    }
+}
+
+/// Runs one upstream connection until it ends, pinging it and closing it when idle. The
+/// first PING goes out at once: its PONG comes after the peer's SETTINGS (the first frame of
+/// its preface, applied before the next frame is read), so it tells when the peer's settings
+/// (`SETTINGS_ENABLE_CONNECT_PROTOCOL`) are known.
 async fn drive(
     mut conn: h2::client::Connection<Box<dyn PollStream>, Bytes>,
     client: Rc<Client>,
@@ -136,33 +165,60 @@ async fn drive(
         client.max_streams.set(conn.max_concurrent_send_streams());
         res
     }));
-    loop {
-        monoio::select! {
-            res = &mut run => {
-                if let Err(e) = res {
-                    tracing::debug!("upstream HTTP/2 connection ended: {e}");
+    let alive = match ping.as_mut() {
+        Some(p) => {
+            let pong = monoio::time::timeout(PING_TIMEOUT, p.ping(h2::Ping::opaque()));
+            monoio::select! {
+                res = &mut run => {
+                    if let Err(e) = res {
+                        tracing::debug!("upstream HTTP/2 connection ended: {e}");
+                    }
+                    false
                 }
-                break;
+                r = pong => {
+                    let ok = matches!(r, Ok(Ok(_)));
+                    if !ok {
+                        tracing::debug!("upstream HTTP/2 connection: no PONG in time; closing");
+                    }
+                    ok
+                }
             }
-            _ = monoio::time::sleep(PING_INTERVAL) => {}
         }
-        if client.in_flight.get() == 0 && client.last_used.get().elapsed() >= idle {
-            break;
-        }
-        let Some(p) = ping.as_mut() else { continue };
-        let pong = monoio::time::timeout(PING_TIMEOUT, p.ping(h2::Ping::opaque()));
-        monoio::select! {
-            _ = &mut run => break,
-            r = pong => match r {
-                Ok(Ok(_)) => {}
-                _ => {
-                    tracing::debug!("upstream HTTP/2 connection: no PONG in time; closing");
+        None => true,
+    };
+    if alive {
+        // Its settings are in: the connection takes streams of every kind.
+        client.settle();
+        loop {
+            monoio::select! {
+                res = &mut run => {
+                    if let Err(e) = res {
+                        tracing::debug!("upstream HTTP/2 connection ended: {e}");
+                    }
                     break;
                 }
-            },
+                _ = monoio::time::sleep(PING_INTERVAL) => {}
+            }
+            if client.in_flight.get() == 0 && client.last_used.get().elapsed() >= idle {
+                break;
+            }
+            let Some(p) = ping.as_mut() else { continue };
+            let pong = monoio::time::timeout(PING_TIMEOUT, p.ping(h2::Ping::opaque()));
+            monoio::select! {
+                _ = &mut run => break,
+                r = pong => match r {
+                    Ok(Ok(_)) => {}
+                    _ => {
+                        tracing::debug!("upstream HTTP/2 connection: no PONG in time; closing");
+                        break;
+                    }
+                },
+            }
         }
     }
+    // Closed first: a stream waiting for the settings learns that the connection ended.
     client.closed.set(true);
+    client.settle();
 }
 
 /// Out is how far the request written so far got.
@@ -173,8 +229,25 @@ enum Out {
     Length(SendStream<Bytes>, u64),
     /// A chunked body: the stream, the decoder, the bytes after the last chunk data.
     Chunked(SendStream<Bytes>, ChunkedDecoder, Vec<u8>),
+    /// An extended CONNECT: what the exchange writes is tunnel data.
+    Tunnel(SendStream<Bytes>),
     /// The request is sent.
     Done,
+}
+
+/// Whether an HTTP/1.1 request head goes out as an extended CONNECT (RFC 8441): an upgrade
+/// request without a body (a body has no place in front of a tunnel's bytes; such a request
+/// goes out as a plain one, without its upgrade).
+pub(crate) fn tunnels(head: &RequestHead) -> bool {
+    head.upgrade && matches!(head.body, BodyKind::None | BodyKind::Length(0))
+}
+
+/// Connect is what an extended CONNECT needs to answer the exchange's upgrade request.
+struct Connect {
+    /// The `:protocol` sent (the upgrade token, lowercased).
+    protocol: String,
+    /// For `websocket`: the client's `Sec-WebSocket-Key`, for the accept.
+    key: Option<Vec<u8>>,
 }
 
 /// H2Call is one request on an upstream HTTP/2 connection, as an HTTP/1.1 byte stream (see
@@ -202,6 +275,9 @@ pub(crate) struct H2Call {
     in_pos: usize,
     /// A stream was opened (counted in `in_flight`).
     opened: bool,
+    /// The request is an extended CONNECT (set when the stream opens, read by the response
+    /// head).
+    connect: Option<Connect>,
 }
 
 impl H2Call {
@@ -219,7 +295,25 @@ impl H2Call {
             input: Vec::new(),
             in_pos: 0,
             opened: false,
+            connect: None,
         }
+    }
+
+    /// Whether the peer takes extended CONNECT (`SETTINGS_ENABLE_CONNECT_PROTOCOL`, RFC 8441
+    /// §3), once its settings are known (on a new connection: after its preface); `None` when
+    /// the connection ended before that.
+    pub async fn extended_connect(&self) -> Option<bool> {
+        loop {
+            let notified = self.client.settling.notified();
+            if self.client.settled.get() {
+                break;
+            }
+            notified.await;
+        }
+        if self.client.closed.get() {
+            return None;
+        }
+        Some(self.client.send.is_extended_connect_protocol_enabled())
     }
 
     /// Takes request bytes the exchange wrote.
@@ -241,9 +335,32 @@ impl H2Call {
     /// Opens the stream with the request head in `head`.
     async fn open(&mut self, head: &[u8]) -> io::Result<()> {
         let p = &self.parsed;
+        let mut connect = None;
+        if tunnels(p) {
+            let token = upgrade_token(&p.upgrade_protocols(head))
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "upgrade token"))?;
+            if !self.client.send.is_extended_connect_protocol_enabled() {
+                // The exchange asked first (`extended_connect`); a peer that turned it off
+                // since takes no tunnel.
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the peer does not enable extended CONNECT",
+                ));
+            }
+            connect = Some(Connect {
+                protocol: token,
+                key: None,
+            });
+        }
+        let websocket = connect.as_ref().is_some_and(|c| c.protocol == "websocket");
         let mut authority = None;
         let mut grpc = false;
-        let mut req = Request::builder().method(p.method_range.get(head));
+        let mut req = match &connect {
+            Some(c) => Request::builder()
+                .method(http::Method::CONNECT)
+                .extension(h2::ext::Protocol::from(c.protocol.as_str())),
+            None => Request::builder().method(p.method_range.get(head)),
+        };
         let headers = req.headers_mut().expect("a fresh builder has headers");
         for h in &p.headers {
             let name = h.name(head);
@@ -253,6 +370,13 @@ impl H2Call {
                 continue;
             }
             if super::stream::is_hop_by_hop(name) {
+                continue;
+            }
+            if websocket && name.eq_ignore_ascii_case(b"sec-websocket-key") {
+                // RFC 8441 §5: no key over HTTP/2; the accept is computed from it here.
+                if let Some(c) = connect.as_mut() {
+                    c.key = Some(value.to_vec());
+                }
                 continue;
             }
             if name.eq_ignore_ascii_case(b"content-type") {
@@ -272,7 +396,7 @@ impl H2Call {
         let uri = Uri::try_from(uri).map_err(io::Error::other)?;
         let req = req.uri(uri).body(()).map_err(io::Error::other)?;
         let body = p.body;
-        let end = matches!(body, BodyKind::None | BodyKind::Length(0));
+        let end = connect.is_none() && matches!(body, BodyKind::None | BodyKind::Length(0));
         let send = poll_fn(|cx| {
             self.client
                 .send
@@ -296,7 +420,10 @@ impl H2Call {
         self.opened = true;
         self.client.in_flight.set(self.client.in_flight.get() + 1);
         self.response = Some(response);
+        let tunnel = connect.is_some();
+        self.connect = connect;
         self.out = match body {
+            _ if tunnel => Out::Tunnel(stream),
             _ if end => Out::Done,
             BodyKind::Length(n) => Out::Length(stream, n),
             _ => Out::Chunked(stream, ChunkedDecoder::new(), Vec::new()),
@@ -308,6 +435,7 @@ impl H2Call {
     async fn body(&mut self, data: &[u8]) -> io::Result<()> {
         match &mut self.out {
             Out::Head | Out::Done => Ok(()),
+            Out::Tunnel(stream) => send(stream, Bytes::copy_from_slice(data), false).await,
             Out::Length(stream, left) => {
                 let take = (*left).min(data.len() as u64) as usize;
                 *left -= take as u64;
@@ -360,7 +488,17 @@ impl H2Call {
         if let Some(response) = self.response.take() {
             let resp = response.await.map_err(reset)?;
             let (parts, recv) = resp.into_parts();
-            self.head_bytes(&parts, recv.is_end_stream());
+            if self.connect.is_some() && parts.status.is_success() {
+                self.switching_head(&parts);
+            } else {
+                if let Out::Tunnel(stream) = &mut self.out {
+                    // No tunnel: the request ends here (nothing is written meanwhile: the
+                    // exchange waits for this head).
+                    let _ = stream.send_data(Bytes::new(), true);
+                    self.out = Out::Done;
+                }
+                self.head_bytes(&parts, recv.is_end_stream());
+            }
             if !recv.is_end_stream() {
                 self.recv = Some(recv);
             }
@@ -427,6 +565,35 @@ impl H2Call {
         self.input.extend_from_slice(b"\r\n");
     }
 
+    /// Writes the `101 Switching Protocols` a 2xx to the extended CONNECT stands for into
+    /// `input`: `Upgrade`, `Connection: Upgrade`, for `websocket` the accept of the client's
+    /// key, then the response's own fields (no framing: the tunnel's bytes follow).
+    fn switching_head(&mut self, parts: &http::response::Parts) {
+        let Some(c) = &self.connect else { return };
+        self.input
+            .extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        push_field(&mut self.input, b"upgrade", c.protocol.as_bytes());
+        push_field(&mut self.input, b"connection", b"Upgrade");
+        if let Some(key) = &c.key {
+            push_field(
+                &mut self.input,
+                b"sec-websocket-accept",
+                &websocket_accept(key),
+            );
+        }
+        for (name, value) in &parts.headers {
+            let n = name.as_str().as_bytes();
+            if super::stream::is_hop_by_hop(n)
+                || n == b"content-length"
+                || n == b"sec-websocket-accept"
+            {
+                continue;
+            }
+            push_field(&mut self.input, n, value.as_bytes());
+        }
+        self.input.extend_from_slice(b"\r\n");
+    }
+
     /// Ends a chunked response body: the last chunk and the trailer section.
     fn end_chunked(&mut self, trailers: Option<&HeaderMap>) {
         self.input.extend_from_slice(b"0\r\n");
@@ -445,6 +612,28 @@ impl Drop for H2Call {
         }
         // A stream not finished is reset by the `h2` crate when its handles are dropped.
     }
+}
+
+/// The `:protocol` for an `Upgrade` field value: its first token, lowercased (RFC 8441 names
+/// one protocol; the client listed its preference first). `None` when there is none or it is
+/// not a token.
+fn upgrade_token(value: &[u8]) -> Option<String> {
+    let first = value.split(|b| *b == b',').next()?.trim_ascii();
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(b);
+    if first.is_empty() || !first.iter().all(token) {
+        return None;
+    }
+    Some(String::from_utf8_lossy(first).to_ascii_lowercase())
+}
+
+/// `Sec-WebSocket-Accept` for the client's `key` (RFC 6455 §4.2.2):
+/// base64(SHA-1(key + the protocol's GUID)), with ring's SHA-1 (rustls' crypto provider
+/// already links it).
+fn websocket_accept(key: &[u8]) -> Vec<u8> {
+    let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64(sha1.finish().as_ref())
 }
 
 /// An `h2` error as an I/O error of the request path (a reset).
@@ -552,7 +741,38 @@ unsafe impl Split for H2Call {}
 
 impl Transport for H2Call {
     fn shutdown_write(&mut self) -> bool {
-        false
+        // In a tunnel the half-close is END_STREAM; otherwise nothing to linger for.
+        let Out::Tunnel(stream) = &mut self.out else {
+            return false;
+        };
+        let ok = stream.send_data(Bytes::new(), true).is_ok();
+        self.out = Out::Done;
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_accept_of_the_rfc_6455_example() {
+        assert_eq!(
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn upgrade_tokens() {
+        assert_eq!(upgrade_token(b"WebSocket").as_deref(), Some("websocket"));
+        assert_eq!(
+            upgrade_token(b" foo/2 , websocket").as_deref(),
+            Some("foo/2")
+        );
+        assert_eq!(upgrade_token(b""), None);
+        assert_eq!(upgrade_token(b"a b"), None);
+        assert_eq!(upgrade_token(b",websocket"), None);
     }
 }
 
