@@ -780,6 +780,8 @@ impl RawH2 {
 #[derive(Debug, Clone)]
 struct H2Request {
     method: String,
+    /// `:scheme`.
+    scheme: String,
     path: String,
     authority: String,
     headers: http::HeaderMap,
@@ -867,6 +869,7 @@ impl H2Backend {
                                 }
                                 let r = H2Request {
                                     method: parts.method.to_string(),
+                                    scheme: parts.uri.scheme_str().unwrap_or_default().to_string(),
                                     path: parts.uri.path().to_string(),
                                     authority: parts
                                         .uri
@@ -988,6 +991,8 @@ fn upstream_h2c_multiplexes_http1_and_h2_clients_onto_one_connection() {
     );
     assert_eq!(b.requests().len(), 13);
     assert!(b.requests().iter().all(|r| r.conn == 0));
+    // Cleartext h2c: `:scheme http`.
+    assert!(b.requests().iter().all(|r| r.scheme == "http"));
 }
 
 #[test]
@@ -1631,6 +1636,9 @@ fn upstream_h2_over_tls_multiplexes_requests_on_one_connection() {
         assert_eq!(r.status, 200, "{}", r.body_str());
         assert_eq!(r.body_str(), format!("h2 /n/{i}"));
     }
+    // Reached over TLS: `:scheme https` (RFC 9113 §8.3.1).
+    let schemes: Vec<String> = origin.requests().iter().map(|r| r.scheme.clone()).collect();
+    assert_eq!(schemes, ["https", "https", "https"]);
     // An HTTP/2 client's streams go the same way.
     run(async {
         let mut send = connect(proxy.addr).await;

@@ -390,7 +390,14 @@ impl H2Call {
             headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
         let mut uri = Vec::with_capacity(64);
-        uri.extend_from_slice(b"http://");
+        // `:scheme` says how the peer was reached: `https` over TLS (`protocol = "h2"`, or
+        // "auto" when the peer chose h2), `http` for h2c.
+        let scheme: &[u8] = if self.client.tls.is_some() {
+            b"https://"
+        } else {
+            b"http://"
+        };
+        uri.extend_from_slice(scheme);
         uri.extend_from_slice(authority.unwrap_or(b"upstream"));
         uri.extend_from_slice(p.target.get(head));
         let uri = Uri::try_from(uri).map_err(io::Error::other)?;
