@@ -472,3 +472,31 @@ fn pool_reuses_the_most_recently_returned_connection() {
     );
     assert_eq!(b.accepts(), 2);
 }
+
+/// Client sockets are close-on-exec: a process started while a client is connected does not
+/// inherit its socket, so when ringlb closes the connection the client sees the end at once
+/// (and not when that process exits).
+#[test]
+fn a_closed_client_connection_is_not_held_open_by_a_child_process() {
+    let b = Backend::start("a");
+    let proxy = Proxy::start(&config("", &b, ""));
+    let mut c = Client::connect(proxy.addr);
+    assert_eq!(c.roundtrip(&get("/1")).status, 200);
+    // The child starts while the accepted socket is open in this process (the proxy runs
+    // in-process).
+    let mut child = Command::new("sleep").arg("5").spawn().expect("spawn sleep");
+    let t = Instant::now();
+    c.send(b"GET /2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    let mut rest = Vec::new();
+    c.stream()
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    let end = c.stream().read_to_end(&mut rest);
+    let took = t.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(end.is_ok(), "no end of stream within 4 s: {end:?}");
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+}

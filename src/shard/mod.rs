@@ -110,6 +110,16 @@ impl Drop for AcceptLoopGuard {
     }
 }
 
+/// Marks an accepted socket close-on-exec. io_uring's accept (as monoio submits it) takes no
+/// `SOCK_CLOEXEC`, so without this every client socket would be inherited by any process the
+/// embedding application (or a test) starts meanwhile, and a connection ringlb closes would
+/// stay open in the child until it exits.
+fn close_on_exec(stream: &monoio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl(2) on the open socket `stream` owns; it changes no memory of ours.
+    unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
 /// How long a stopping shard waits for its accept loops to end and its sockets to close.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -372,6 +382,7 @@ async fn accept_loop(
         match listener.cancelable_accept(handle).await {
             Ok((stream, addr)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
+                close_on_exec(&stream);
                 shard.connections.set(shard.connections.get() + 1);
                 ctx.metrics.connections_accepted.inc();
                 ctx.metrics.connections_active.inc();
