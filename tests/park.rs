@@ -245,3 +245,55 @@ fn parked_plain_connections_rest_dormant_and_wake_on_data() {
     wait_for("ringlb_downstream_connections_active", 0.0);
     proxy.shutdown();
 }
+
+/// More dormant connections turn readable at once than the dormant set wakes in one batch
+/// (64): every one is still served, with its own answer, in batches on later turns.
+#[test]
+fn a_crowd_of_dormant_connections_readable_at_once_is_served_whole() {
+    let b = Backend::with_handler("crowd", |r| Reply::ok(r.path().to_string()));
+    let toml = parking_proxy(&b, 0)
+        .workers(1)
+        .toml()
+        .replace("admin = \"\"", "admin = \"127.0.0.1:0\"");
+    let proxy = Proxy::start(&toml);
+    let admin = proxy.server().admin_addr().expect("admin is on");
+    let dormant = || -> f64 {
+        let r = Client::connect(admin).roundtrip(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+        let scrape =
+            prometheus_parse::Scrape::parse(r.body_str().lines().map(|l| Ok(l.to_string())))
+                .unwrap();
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "ringlb_downstream_connections_dormant")
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{other:?}"),
+            })
+            .sum()
+    };
+    let n = 300;
+    let mut clients: Vec<Client> = (0..n).map(|_| Client::connect(proxy.addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.roundtrip(&get(&format!("/a{i}"))).status, 200);
+    }
+    let t = Instant::now();
+    while dormant() != n as f64 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "dormant = {}",
+            dormant()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Every request goes out before any answer is read: all 300 are readable together.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(&get(&format!("/b{i}")));
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.response();
+        assert_eq!(r.status, 200);
+        assert!(r.body_str().contains(&format!("/b{i}")), "{r:?}");
+    }
+    proxy.shutdown();
+}

@@ -207,35 +207,31 @@ impl Dormant {
         indices.into_iter().filter_map(|i| self.take(i)).collect()
     }
 
-    /// Serves every dormant connection the epoll instance reports readable.
+    /// Serves the dormant connections the epoll instance reports readable, one batch of at
+    /// most [`BATCH`]: when more are ready, the epoll instance stays readable and [`run`]
+    /// takes the next batch on its next turn, after the ring's other completions (responses
+    /// of requests in flight) had theirs. Draining every ready connection at once would let
+    /// a crowd that turns readable together (10 000 clients) put all its requests in flight
+    /// at the same time, each on an upstream connection of its own.
     fn wake_ready(&self) {
         let Some(epoll) = &self.epoll else { return };
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
-        loop {
-            // SAFETY: `events` has room for BATCH entries; timeout 0 never blocks.
-            let n = unsafe {
-                libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), BATCH as i32, 0)
-            };
-            if n <= 0 {
-                return;
+        // SAFETY: `events` has room for BATCH entries; timeout 0 never blocks.
+        let n =
+            unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), BATCH as i32, 0) };
+        for ev in &events[..n.max(0) as usize] {
+            let data = ev.u64;
+            let (index, generation) = (data as u32, (data >> 32) as u32);
+            let current = self
+                .slots
+                .borrow()
+                .get(index as usize)
+                .is_some_and(|s| s.guard.is_some() && s.generation == generation);
+            if !current {
+                continue;
             }
-            for ev in &events[..n as usize] {
-                let data = ev.u64;
-                let (index, generation) = (data as u32, (data >> 32) as u32);
-                let current = self
-                    .slots
-                    .borrow()
-                    .get(index as usize)
-                    .is_some_and(|s| s.guard.is_some() && s.generation == generation);
-                if !current {
-                    continue;
-                }
-                if let Some((fd, addr, first, guard)) = self.take(index) {
-                    wake(fd, addr, first, guard);
-                }
-            }
-            if (n as usize) < BATCH {
-                return;
+            if let Some((fd, addr, first, guard)) = self.take(index) {
+                wake(fd, addr, first, guard);
             }
         }
     }
