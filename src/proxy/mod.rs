@@ -67,6 +67,9 @@ const CLIENT_BUF: usize = 8 * 1024;
 const UPSTREAM_BUF: usize = 16 * 1024;
 /// Capacity bodies stream through.
 const STREAM_BUF: usize = 64 * 1024;
+/// Capacity a response body longer than [`STREAM_BUF`] (by its `Content-Length`) streams
+/// through.
+const LARGE_BODY_BUF: usize = 256 * 1024;
 
 /// Serves one downstream connection until it closes.
 ///

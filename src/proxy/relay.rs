@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::body::BodyProgress;
 use super::exchange::{Held, TryResult};
 use super::h2::UpstreamIo;
-use super::{Conn, STREAM_BUF};
+use super::{Conn, LARGE_BODY_BUF, STREAM_BUF};
 use crate::balance::PeerId;
 use crate::control::Outcome;
 use crate::http::{rewrite_response, BodyKind, HttpError, Version};
@@ -103,12 +103,19 @@ impl<C: Transport> Conn<'_, C> {
 
         // The rest of the body streams through `ubuf`.
         if !rbody.done() {
-            if self.ubuf.capacity() < STREAM_BUF {
-                self.ubuf.reserve(STREAM_BUF - self.ubuf.len());
+            // A body known to be large streams through a larger buffer: a quarter of the
+            // reads and writes per byte. It goes back to `STREAM_BUF` afterwards, so a pooled
+            // spare never keeps more.
+            let buf = match resp_body {
+                BodyKind::Length(n) if n > STREAM_BUF as u64 => LARGE_BODY_BUF,
+                _ => STREAM_BUF,
+            };
+            if self.ubuf.capacity() < buf {
+                self.ubuf.reserve(buf - self.ubuf.len());
             }
             loop {
                 self.ubuf.clear();
-                match read_more(&mut up, &mut self.ubuf, t.upstream_read, None, STREAM_BUF).await {
+                match read_more(&mut up, &mut self.ubuf, t.upstream_read, None, buf).await {
                     Ok(0) if resp_body == BodyKind::UntilClose => break,
                     Ok(0) | Err(IoFail::Io(_)) => {
                         return TryResult::Broken {
@@ -162,6 +169,7 @@ impl<C: Transport> Conn<'_, C> {
                 }
             }
             if self.ubuf.capacity() > STREAM_BUF {
+                self.ubuf.clear();
                 self.ubuf.shrink_to(STREAM_BUF);
             }
         }
