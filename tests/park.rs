@@ -17,6 +17,23 @@ fn parking_proxy(b: &Backend, park_ms: u64) -> ProxyConfig {
     ProxyConfig::with_backends(&[b]).timeout("client_park_ms", park_ms)
 }
 
+/// The sum over shards of gauge `name`, scraped from the admin endpoint's `/metrics`.
+fn gauge_sum(admin: std::net::SocketAddr, name: &str) -> f64 {
+    let r = Client::connect(admin).roundtrip(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let text = r.body_str();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        })
+        .sum()
+}
+
 fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
 }
@@ -187,22 +204,7 @@ fn parked_plain_connections_rest_dormant_and_wake_on_data() {
         .replace("admin = \"\"", "admin = \"127.0.0.1:0\"");
     let proxy = Proxy::start(&toml);
     let admin = proxy.server().admin_addr().expect("admin is on");
-    let gauge = |name: &str| -> f64 {
-        let r = Client::connect(admin).roundtrip(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(r.status, 200);
-        let text = r.body_str();
-        let scrape =
-            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .map(|s| match s.value {
-                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-                ref other => panic!("{name}: {other:?}"),
-            })
-            .sum()
-    };
+    let gauge = |name: &str| gauge_sum(admin, name);
     let wait_for = |name: &str, want: f64| {
         let t = Instant::now();
         loop {
@@ -257,21 +259,7 @@ fn a_crowd_of_dormant_connections_readable_at_once_is_served_whole() {
         .replace("admin = \"\"", "admin = \"127.0.0.1:0\"");
     let proxy = Proxy::start(&toml);
     let admin = proxy.server().admin_addr().expect("admin is on");
-    let dormant = || -> f64 {
-        let r = Client::connect(admin).roundtrip(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
-        let scrape =
-            prometheus_parse::Scrape::parse(r.body_str().lines().map(|l| Ok(l.to_string())))
-                .unwrap();
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == "ringlb_downstream_connections_dormant")
-            .map(|s| match s.value {
-                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-                ref other => panic!("{other:?}"),
-            })
-            .sum()
-    };
+    let dormant = || gauge_sum(admin, "ringlb_downstream_connections_dormant");
     let n = 300;
     let mut clients: Vec<Client> = (0..n).map(|_| Client::connect(proxy.addr)).collect();
     for (i, c) in clients.iter_mut().enumerate() {
