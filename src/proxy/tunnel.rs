@@ -4,7 +4,9 @@
 //!
 //! - Two bounded buffers of [`TUNNEL_BUF`] bytes, one per direction (the connection's two read
 //!   buffers, reused): a direction reads at most that much, writes it all, reads again, so a
-//!   slow reader on one side holds back only its own direction.
+//!   slow reader on one side holds back only its own direction. A direction whose read filled
+//!   its buffer whole is moving bulk data: its buffer grows to [`TUNNEL_BULK_BUF`] (a quarter
+//!   of the reads and writes per MB) until a read would have fit the small one again.
 //! - A direction that waited `timeouts.client_park_ms` for its next bytes *parks*, as an idle
 //!   client connection does: its read is cancelled (`io::read_warm`: bytes of a read that
 //!   completed meanwhile are forwarded as usual), its buffer is freed, and it waits for
@@ -41,6 +43,10 @@ use crate::upstream::UpstreamGroup;
 
 /// Size of each of a tunnel's two buffers (one per direction).
 pub(super) const TUNNEL_BUF: usize = 16 * 1024;
+/// What a direction's buffer grows to once a read filled [`TUNNEL_BUF`] whole (a bulk
+/// transfer: fewer, larger reads and writes); it goes back to [`TUNNEL_BUF`] after a read
+/// that would have fit in it, and when the direction parks.
+pub(super) const TUNNEL_BULK_BUF: usize = 128 * 1024;
 
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +272,8 @@ struct Park<'a> {
 }
 
 /// Copies one direction until end of stream (relayed as a half-close: true) or an error
-/// (false). Each read takes at most [`TUNNEL_BUF`] bytes; `counters` count them, `last` is
+/// (false). Each read takes at most [`TUNNEL_BUF`] bytes ([`TUNNEL_BULK_BUF`] while reads
+/// keep filling that); `counters` count them, `last` is
 /// when a byte last moved either way, `total` (if given) sums what was written. A direction
 /// quiet for `park.after` parks: it frees its buffer and waits for readiness (module docs).
 async fn pump<R, W>(
@@ -283,9 +290,16 @@ where
     W: Transport,
 {
     let mut canceller = Canceller::new();
+    // How much the next read takes: TUNNEL_BUF, or TUNNEL_BULK_BUF in a bulk transfer.
+    let mut size = TUNNEL_BUF;
     loop {
-        if buf.capacity() == 0 {
-            buf.reserve_exact(TUNNEL_BUF);
+        if buf.capacity() < size {
+            buf.clear();
+            if buf.capacity() > 0 {
+                // Growing: nothing in it is kept, so no copy on the way.
+                *buf = Vec::new();
+            }
+            buf.reserve_exact(size);
         }
         buf.clear();
         let read = if park.after.is_zero() {
@@ -294,17 +308,18 @@ where
             if from.wait_readable().await.is_err() {
                 return false;
             }
-            buf.reserve_exact(TUNNEL_BUF);
-            read_append(&mut from, buf, TUNNEL_BUF, TUNNEL_BUF, None).await
+            buf.reserve_exact(size);
+            read_append(&mut from, buf, size, size, None).await
         } else {
             // A woken direction reads warm too: readiness can be spurious (then it parks
             // again after `park.after` instead of holding a buffer in a read).
             let cold = monoio::time::sleep(park.after);
-            match read_warm(&mut from, buf, TUNNEL_BUF, cold, &mut canceller).await {
+            match read_warm(&mut from, buf, size, cold, &mut canceller).await {
                 Ok(Warm::Read(n)) => Ok(n),
                 Ok(Warm::Cold) => {
                     // Quiet: give the buffer up and wait for readiness holding none.
                     *buf = Vec::new();
+                    size = TUNNEL_BUF;
                     park.ctx.parking.release_soon();
                     if from.wait_readable().await.is_err() {
                         return false;
@@ -330,6 +345,12 @@ where
         let n = buf.len();
         let (res, owned) = AsyncWriteRentExt::write_all(&mut to, std::mem::take(buf)).await;
         *buf = owned;
+        let next = next_read_size(n);
+        if next < size {
+            // Back to small messages: the bulk buffer goes before the next read.
+            *buf = Vec::new();
+        }
+        size = next;
         if res.is_err() {
             return false;
         }
@@ -337,6 +358,17 @@ where
         if let Some(t) = total {
             t.set(t.get() + n as u64);
         }
+    }
+}
+
+/// How much a tunnel direction's next read takes after one that returned `n` bytes: a read
+/// that filled [`TUNNEL_BUF`] (or more) means bulk data, [`TUNNEL_BULK_BUF`]; anything smaller,
+/// [`TUNNEL_BUF`].
+fn next_read_size(n: usize) -> usize {
+    if n >= TUNNEL_BUF {
+        TUNNEL_BULK_BUF
+    } else {
+        TUNNEL_BUF
     }
 }
 
@@ -359,5 +391,20 @@ async fn watchdog(ctx: &super::ShardCtx, idle: Duration, last: &Cell<Instant>) -
             _ = monoio::time::sleep(due - now) => {}
             _ = notified => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_that_fills_the_small_buffer_switches_to_the_bulk_one_and_back() {
+        assert_eq!(next_read_size(0), TUNNEL_BUF);
+        assert_eq!(next_read_size(1024), TUNNEL_BUF);
+        assert_eq!(next_read_size(TUNNEL_BUF - 1), TUNNEL_BUF);
+        assert_eq!(next_read_size(TUNNEL_BUF), TUNNEL_BULK_BUF);
+        assert_eq!(next_read_size(TUNNEL_BULK_BUF), TUNNEL_BULK_BUF);
+        assert_eq!(next_read_size(TUNNEL_BUF + 1), TUNNEL_BULK_BUF);
     }
 }
