@@ -5,8 +5,9 @@
 //! open one tunnel through the proxy and do echo round trips of `--message-bytes` (one
 //! write, then read until all of it came back) for `--duration` seconds. The proxies do not
 //! parse WebSocket frames, so the payload is raw bytes. Reported per proxy: round trips per
-//! second, MiB/s each way, the proxy's CPU seconds per 10 000 round trips, its RSS with the
-//! tunnels open.
+//! second, MiB/s each way, the proxy's CPU seconds per 10 000 round trips and its CPU
+//! milliseconds per MiB relayed (both directions counted), its RSS with the tunnels open;
+//! then each proxy's median CPU per MiB over the rounds and ringlb's ratio to the best peer.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,7 +19,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::procstat::{tree_cpu_seconds, tree_rss_kib};
-use crate::proxy::{ProxySpec, RunningProxy};
+use crate::proxy::{ProxyKind, ProxySpec, RunningProxy};
+use crate::report::median;
 use crate::setup::{
     check_interrupted, free_port, install_signal_handlers, pin_current_thread, ScratchDir,
     SetupArgs,
@@ -93,25 +95,53 @@ pub fn run(args: &WsArgs) -> Result<()> {
         proxies.push((p, spec.port));
     }
     println!(
-        "| proxy | round trips/s | MiB/s each way | proxy CPU s per 10k round trips | proxy RSS (MiB) |"
+        "| proxy | round trips/s | MiB/s each way | proxy CPU s per 10k round trips | proxy CPU ms per MiB | proxy RSS (MiB) |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    // CPU ms per MiB of each run, by proxy (in `proxies` order).
+    let mut per_mib: Vec<Vec<f64>> = vec![Vec::new(); proxies.len()];
     for round in 0..args.rounds {
-        for (p, port) in &mut proxies {
+        for (i, (p, port)) in proxies.iter_mut().enumerate() {
             check_interrupted()?;
             let addr = SocketAddr::from(([127, 0, 0, 1], *port));
             let r = measure(addr, args, setup.load_cpu, p.pid())
                 .with_context(|| format!("{} round {round}", p.kind().name()))?;
             p.check_alive()?;
+            let mib = r.round_trips.max(1) as f64 * 2.0 * args.message_bytes as f64 / 1048576.0;
+            let ms_per_mib = r.cpu_seconds * 1000.0 / mib;
+            per_mib[i].push(ms_per_mib);
             println!(
-                "| {} | {:.0} | {:.1} | {:.3} | {:.1} |",
+                "| {} | {:.0} | {:.1} | {:.3} | {:.3} | {:.1} |",
                 p.kind().name(),
                 r.round_trips as f64 / r.seconds,
                 (r.round_trips as f64 * args.message_bytes as f64) / r.seconds / 1048576.0,
                 r.cpu_seconds / (r.round_trips.max(1) as f64) * 10_000.0,
+                ms_per_mib,
                 r.rss_kib as f64 / 1024.0,
             );
         }
+    }
+    let medians: Vec<(ProxyKind, f64)> = proxies
+        .iter()
+        .zip(&per_mib)
+        .filter_map(|((p, _), v)| Some((p.kind(), median(v.iter().copied())?)))
+        .collect();
+    println!();
+    println!("Median proxy CPU ms per MiB over {} round(s):", args.rounds);
+    for (kind, m) in &medians {
+        println!("  {:<8} {m:.3}", kind.name());
+    }
+    let ours = medians.iter().find(|(k, _)| *k == ProxyKind::Ringlb);
+    let best_peer = medians
+        .iter()
+        .filter(|(k, _)| *k != ProxyKind::Ringlb)
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    if let (Some((_, ours)), Some((peer, best))) = (ours, best_peer) {
+        println!(
+            "  ringlb / best peer ({}): {:.2}x",
+            peer.name(),
+            ours / best
+        );
     }
     Ok(())
 }
