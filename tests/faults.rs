@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -1153,4 +1153,58 @@ fn breaker_opens_on_the_failure_rate() {
             assert_eq!(a.request_count(), 13, "{line}: a keeps its rotation share");
         }
     }
+}
+
+/// The answer an [`Fault::AnswerBeforeBody`] peer gives.
+const TOO_LARGE: &[u8] =
+    b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large";
+
+/// Waits until `peer` has answered `n` requests, and a little more for its reset to land.
+fn wait_answered(peer: &FaultPeer, n: usize) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while peer.hits() < n {
+        assert!(Instant::now() < deadline, "the peer never answered");
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(100));
+}
+
+#[test]
+fn an_answer_given_before_the_body_is_relayed_though_the_peer_then_reset() {
+    // The peer reads the head, answers 413 and closes with the body unread, so the kernel
+    // resets the connection and ringlb's next write of the body fails. The 413 sits in the
+    // socket ahead of the reset: it is the response (RFC 9112 §9.5), not ringlb's 502.
+    let a = FaultPeer::start(Fault::AnswerBeforeBody(TOO_LARGE.to_vec()));
+    let proxy = ProxyConfig::new()
+        .upstream("app", "round_robin", &[peer(a.addr())])
+        .start();
+    let total = 1 << 20;
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut c = proxy.client();
+    c.send(
+        format!("POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: {total}\r\n\r\n")
+            .as_bytes(),
+    );
+    c.send(&chunk);
+    wait_answered(&a, 1);
+    // The rest of the body: ringlb forwards it to a reset connection, then (having answered)
+    // reads and drops it while it lingers. A failed write here would only mean it stopped.
+    let mut sent = chunk.len();
+    while sent < total {
+        match c.stream().write(&chunk[..chunk.len().min(total - sent)]) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    let r = c.response();
+    assert_eq!(r.status, 413, "{}", show(&r.head));
+    assert_eq!(r.body, b"too large");
+    assert_eq!(r.header("connection"), Some("close"));
+    let _ = c.stream().shutdown(std::net::Shutdown::Write);
+    c.expect_closed();
+    assert_eq!(
+        (a.accepts(), a.hits()),
+        (1, 1),
+        "answered once, not retried"
+    );
 }

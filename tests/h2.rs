@@ -369,6 +369,56 @@ fn no_upstream_answer_is_ringlbs_own_error_on_the_stream() {
 }
 
 #[test]
+fn an_answer_given_before_the_body_is_the_streams_response() {
+    // The peer reads the head, answers 413 and resets the connection with the body unread;
+    // the stream gets the 413 (not a 502, not a reset), while its body is still being sent.
+    let a = FaultPeer::start(Fault::AnswerBeforeBody(
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
+            .to_vec(),
+    ));
+    let proxy = ProxyConfig::new()
+        .upstream("app", "round_robin", &[peer(a.addr())])
+        .start();
+    run(async {
+        let send = connect(proxy.addr).await;
+        let mut send = send.ready().await.expect("ready");
+        let req = Request::post("http://t/upload")
+            .header("content-length", (1u32 << 20).to_string())
+            .body(())
+            .unwrap();
+        let (resp, mut body) = send.send_request(req, false).expect("send");
+        body.send_data(Bytes::from(vec![b'x'; 64 * 1024]), false)
+            .expect("first part");
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while a.hits() < 1 {
+            assert!(Instant::now() < deadline, "the peer never answered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The rest goes out as the windows allow; ringlb may end the stream's body early.
+        let _ = body.send_data(Bytes::from(vec![b'x'; (1 << 20) - 64 * 1024]), true);
+        let resp = tokio::time::timeout(IO_TIMEOUT, resp)
+            .await
+            .expect("response in time")
+            .expect("a response, not a stream error");
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let mut recv = resp.into_body();
+        let mut data = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.expect("body chunk");
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        assert_eq!(data, b"too large");
+    });
+    assert_eq!(
+        (a.accepts(), a.hits()),
+        (1, 1),
+        "answered once, not retried"
+    );
+}
+
+#[test]
 fn upstream_failing_mid_response_resets_the_stream() {
     let a = Backend::with_handler("a", |r| {
         if r.path() == "/broken" {

@@ -427,8 +427,24 @@ impl<C: Transport> Conn<'_, C> {
             }
         }
         if !body.done() && !body_unsent {
-            self.stream_request_body(up, pm, body, t.upstream_write, try_deadline)
-                .await?;
+            match self
+                .stream_request_body(up, pm, body, t.upstream_write, try_deadline)
+                .await
+            {
+                Ok(()) => {}
+                // The peer stopped taking the body (it closed or reset the connection). A server
+                // may answer before it read the whole body and close then (RFC 9112 §9.5: a
+                // `413`, a `401`, a `501` for a method it does not serve), and its answer can
+                // still be read from the socket, even behind the reset: it is the response,
+                // relayed like any other; the rest of the body goes nowhere (`body_unsent`: the
+                // upstream connection is not reused, the client's closes after the response).
+                // No answer there: the read below fails and the try fails as a reset.
+                Err(TryFail::Failure {
+                    failure: Failure::Reset,
+                    sent: true,
+                }) => body_unsent = true,
+                Err(fail) => return Err(fail),
+            }
         }
 
         let method = self.head.method;

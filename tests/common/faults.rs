@@ -98,6 +98,11 @@ pub enum Fault {
     /// Accepts the connection and never reads from it (nor answers): a writer to it blocks
     /// once the socket buffers are full. Held open until the peer is dropped.
     Stall,
+    /// Reads only the request head, writes these bytes (a whole response, e.g. a `413`) and
+    /// closes with the body unread, as a server refusing a body does: the kernel answers
+    /// the body bytes with an RST (forced with SO_LINGER 0, so it does not depend on timing).
+    /// A hit is the head alone.
+    AnswerBeforeBody(Vec<u8>),
 }
 
 /// FaultShared is what a fault peer's threads and its handle share.
@@ -263,12 +268,24 @@ fn fault_serve(stream: TcpStream, sh: &FaultShared) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let mut wire = Wire::new(stream);
+    if let Fault::AnswerBeforeBody(bytes) = &sh.fault {
+        let Ok(head) = wire.read_head(1 << 20) else {
+            return;
+        };
+        let _ = wire.stream().write_all(bytes);
+        // (the answer is in the proxy's socket once the write returned, on loopback; the
+        // pause only keeps the reset from racing it on a loaded machine)
+        thread::sleep(Duration::from_millis(20));
+        let _ = socket2::SockRef::from(&*wire.stream()).set_linger(Some(Duration::ZERO));
+        sh.hits.lock().unwrap().push((Instant::now(), head));
+        return;
+    }
     let Ok(req) = read_one_request(&mut wire) else {
         return;
     };
     sh.hits.lock().unwrap().push((Instant::now(), req));
     match &sh.fault {
-        Fault::AcceptClose | Fault::Stall => {}
+        Fault::AcceptClose | Fault::Stall | Fault::AnswerBeforeBody(_) => {}
         Fault::ResetSecondRequest => {
             if wire
                 .stream()
