@@ -219,8 +219,9 @@ pub(crate) struct UpstreamFile {
     pub table_size: Option<u64>,
     /// peak_ewma decay time constant. Default 10000.
     pub ewma_decay_ms: Option<u64>,
-    /// `peers = [{ address = "…", weight = 1, backup = false, region = "…" }, …]`.
-    #[serde(default)]
+    /// `peers = [{ address = "…", weight = 1, backup = false, region = "…" }, …]`; a peer with
+    /// nothing but its address may be written as that string: `peers = ["10.0.0.1:80", …]`.
+    #[serde(default, deserialize_with = "peer_list")]
     pub peers: Vec<PeerFile>,
     /// Per-key overrides of the global `[timeouts]`.
     pub timeouts: Option<TimeoutsFile>,
@@ -278,7 +279,47 @@ pub(crate) struct UpgradeFile {
     pub allow: Option<Vec<String>>,
 }
 
-/// PeerFile is one inline table in an upstream's `peers`.
+/// Deserializes an upstream's `peers`: each entry an inline table ([`PeerFile`]) or, for a
+/// peer with no key but its address, the address string alone.
+fn peer_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<PeerFile>, D::Error> {
+    /// One entry of the list.
+    struct Entry(PeerFile);
+
+    impl<'de> Deserialize<'de> for Entry {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct EntryVisitor;
+
+            impl<'de> Visitor<'de> for EntryVisitor {
+                type Value = PeerFile;
+
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str(
+                        "a peer: an \"ip:port\" or \"host:port\" string, or a table \
+                         { address = \"…\", weight = …, … }",
+                    )
+                }
+
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<PeerFile, E> {
+                    Ok(PeerFile {
+                        address: v.to_string(),
+                        ..PeerFile::default()
+                    })
+                }
+
+                fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<PeerFile, A::Error> {
+                    PeerFile::deserialize(de::value::MapAccessDeserializer::new(map))
+                }
+            }
+
+            deserializer.deserialize_any(EntryVisitor).map(Entry)
+        }
+    }
+
+    let entries = Vec::<Entry>::deserialize(deserializer)?;
+    Ok(entries.into_iter().map(|e| e.0).collect())
+}
+
+/// PeerFile is one entry in an upstream's `peers`: an inline table, or its address alone.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PeerFile {

@@ -1357,6 +1357,47 @@ upstream = "static"
     }
 
     #[test]
+    fn a_peer_may_be_written_as_its_address_alone() {
+        let c = load(
+            "[[upstream]]\nname = \"a\"\npeers = [\"127.0.0.1:8001\", \
+             { address = \"127.0.0.1:8002\", weight = 3, backup = true }, \"127.0.0.1:8003\"]\n",
+        )
+        .unwrap();
+        let peers = &c.upstreams[0].peers;
+        let shape: Vec<_> = peers
+            .iter()
+            .map(|p| (p.address.as_str(), p.weight, p.backup))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("127.0.0.1:8001", 1, false),
+                ("127.0.0.1:8002", 3, true),
+                ("127.0.0.1:8003", 1, false),
+            ]
+        );
+        assert_eq!(peers[0].addr, "127.0.0.1:8001".parse().unwrap());
+        // The string form is checked like the table's `address`.
+        expect_err(
+            "[[upstream]]\nname = \"a\"\npeers = [\"no-port\"]\n",
+            "upstream[0].peers[0].address",
+            "no-port",
+        );
+        // Neither a string nor a table: the error says what a peer may be.
+        let e = load("[[upstream]]\nname = \"a\"\npeers = [8001]\n").unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("test.toml: "), "{shown}");
+        assert!(shown.contains("upstream[0].peers"), "{shown}");
+        assert!(shown.contains("a peer: an \"ip:port\""), "{shown}");
+        // A table keeps its unknown-key errors, with their path.
+        expect_err(
+            "[[upstream]]\nname = \"a\"\npeers = [\"127.0.0.1:8001\", { address = \"127.0.0.1:8002\", wieght = 2 }]\n",
+            "upstream[0].peers[1].wieght",
+            "unknown field `wieght`",
+        );
+    }
+
+    #[test]
     fn several_upstreams_without_routes_is_fine() {
         let text = format!(
             "{MIN}[[upstream]]\nname = \"b\"\npeers = [{{ address = \"127.0.0.1:8002\" }}]\n"
