@@ -418,6 +418,52 @@ fn an_answer_given_before_the_body_is_the_streams_response() {
     );
 }
 
+/// A raw HTTP/1.0 origin (as Python's `http.server` answers) that sends each response, head
+/// and `len` bytes of the test pattern, in one write and closes.
+fn http10_origin(len: usize) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut wire = Wire::new(s.try_clone().expect("clone"));
+                if wire.read_head(1 << 16).is_err() {
+                    return;
+                }
+                let mut response = format!(
+                    "HTTP/1.0 200 OK\r\nContent-type: application/octet-stream\r\n\
+                     Content-Length: {len}\r\n\r\n"
+                )
+                .into_bytes();
+                response.extend_from_slice(&pattern_bytes(len));
+                let _ = s.write_all(&response);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_first_read_holding_the_head_and_more_than_64_kib_of_body_is_relayed_whole() {
+    // Once a large response grew the shard's spare upstream buffer, the first read of the
+    // next response brings its head with ~64 KiB of body, and the request path hands both
+    // to the stream in one write: that is a complete head plus body, not a head too large.
+    let len = 300_000;
+    let proxy = ProxyConfig::new()
+        .upstream("app", "round_robin", &[peer(http10_origin(len))])
+        .start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        for i in 0..10 {
+            let (parts, body, _) = roundtrip(&mut send, get("/f"), b"").await;
+            assert_eq!(parts.status, StatusCode::OK, "request {i}");
+            assert_eq!(body.len(), len, "request {i}");
+            assert!(body == pattern_bytes(len), "request {i}: bytes differ");
+        }
+    });
+}
+
 #[test]
 fn upstream_failing_mid_response_resets_the_stream() {
     let a = Backend::with_handler("a", |r| {

@@ -313,19 +313,22 @@ impl StreamIo {
         Ok(())
     }
 
-    /// Takes response bytes the request path wrote: the head, then the body.
+    /// Takes response bytes the request path wrote: the head, then the body. One write may
+    /// carry the head and much body after it (the first read of a response fills the
+    /// upstream buffer, up to 256 KiB): only a head still incomplete counts against
+    /// `MAX_HEAD`.
     async fn take(&mut self, data: &[u8]) -> io::Result<()> {
         if let OutBody::Head = self.out {
-            if self.head.len() + data.len() > MAX_HEAD {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "response head too large",
-                ));
-            }
             self.head.extend_from_slice(data);
             let mut head = std::mem::take(&mut self.head);
             let res = self.start_response(&mut head).await;
-            if matches!(self.out, OutBody::Head) {
+            if matches!(self.out, OutBody::Head) && res.is_ok() {
+                if head.len() > MAX_HEAD {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "response head too large",
+                    ));
+                }
                 self.head = head; // still incomplete
             }
             return res;
