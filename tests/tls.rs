@@ -718,6 +718,91 @@ fn upstream_tls_verified_with_the_right_ca_and_pooled() {
 }
 
 #[test]
+fn a_self_signed_upstream_certificate_given_as_ca_is_trusted_for_its_names_and_dates() {
+    // `openssl req -x509` makes a self-signed certificate marked CA:TRUE, which webpki will
+    // not take as a server's own; given as the upstream's `ca`, it is the peer's pinned
+    // certificate (as OpenSSL, and so nginx, take it). Its names and dates still count.
+    let good = self_signed(&["backend.example"], |_| {});
+    let expired = self_signed(&["backend.example"], |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let check = |leaf: &Leaf, sni: &str| {
+        let backend = TlsBackend::start(leaf, None);
+        let ca_file = temp_path("tls-pinned", "pem");
+        std::fs::write(&ca_file, &leaf.cert_pem).unwrap();
+        let toml = plain_proxy_toml(
+            &format!(
+                "tls = {{ enabled = true, sni = \"{sni}\", ca = \"{}\" }}",
+                ca_file.display()
+            ),
+            &[format!("{{ address = \"{}\" }}", backend.addr)],
+        );
+        let proxy = Proxy::start(&toml);
+        let r = proxy
+            .client()
+            .roundtrip(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n");
+        let failures = peer_failures(&proxy, backend.addr, "tls_failure");
+        proxy.shutdown();
+        (r.status, r.body_str(), failures)
+    };
+    let (status, body, failures) = check(&good, "backend.example");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "sni=backend.example client_cert=no path=/p");
+    assert_eq!(failures, 0.0);
+    // Another name than the certificate's: refused.
+    let (status, _, failures) = check(&good, "other.example");
+    assert_eq!(status, 502);
+    assert!(failures >= 1.0, "{failures}");
+    // Expired: refused.
+    let (status, _, failures) = check(&expired, "backend.example");
+    assert_eq!(status, 502);
+    assert!(failures >= 1.0, "{failures}");
+}
+
+#[test]
+fn a_failing_upstream_tls_handshake_is_a_warning_at_most_once_a_second() {
+    // The binary at its default level (warn): the reason is in the log, once, not once per
+    // request and retry.
+    let ca = Ca::new("upstream ca");
+    let backend = TlsBackend::start(&ca.leaf(&["backend.example"]), None);
+    let ca_file = ca.write();
+    let toml = plain_proxy_toml(
+        &format!(
+            "tls = {{ enabled = true, sni = \"wrong.example\", ca = \"{}\" }}\n\
+             retry = {{ max_retries = 0 }}",
+            ca_file.display()
+        ),
+        &[format!("{{ address = \"{}\" }}", backend.addr)],
+    );
+    // (no admin endpoint: the process's only listening port is then the proxy's)
+    let toml = toml.replace("admin = \"127.0.0.1:0\"", "admin = \"\"");
+    let mut p = ProxyProcess::spawn_with_log_level(&toml, "warn");
+    let mut c = Client::connect(p.addr);
+    let started = Instant::now();
+    for _ in 0..5 {
+        let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 502);
+    }
+    p.signal(libc::SIGTERM);
+    p.wait_exit(IO_TIMEOUT).expect("exits");
+    let log = p.log_text();
+    let warned: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("TLS handshake with the peer failed"))
+        .collect();
+    // Five failed handshakes (no retries): one warning, unless the five took over a second.
+    let most = 1 + started.elapsed().as_secs() as usize;
+    assert!(!warned.is_empty() && warned.len() <= most, "{log}");
+    assert!(warned[0].contains("WARN"), "{}", warned[0]);
+    assert!(
+        warned[0].contains("not valid for name \"wrong.example\""),
+        "{}",
+        warned[0]
+    );
+}
+
+#[test]
 fn upstream_tls_with_the_wrong_ca_or_sni_is_a_tls_failure() {
     let ca = Ca::new("upstream ca");
     let other = Ca::new("someone else");

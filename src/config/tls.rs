@@ -32,8 +32,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::health::KeyError;
 use crate::tls::{
-    system_roots, CertInfo, CertResolver, NoVerify, ServerTls, TlsTemplate, UpstreamTls,
-    SERVER_ALPN,
+    system_roots, CertInfo, CertResolver, NoVerify, RootsOrPinned, ServerTls, TlsTemplate,
+    UpstreamTls, SERVER_ALPN,
 };
 
 /// ListenFile is one entry of `server.listen`: `"ip:port"`, or a table with an address and
@@ -520,23 +520,20 @@ fn client_config(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider.clone())))
     } else {
-        let roots = match &f.ca {
+        match &f.ca {
             Some(path) => {
+                // The file's certificates are roots, and each may also be the peer's own
+                // (a self-signed backend: see `RootsOrPinned`).
                 let certs = load_certs(path).map_err(|r| (format!("{key}.ca"), r))?;
-                let mut roots = rustls::RootCertStore::empty();
-                for c in certs {
-                    roots.add(c).map_err(|e| {
-                        (
-                            format!("{key}.ca"),
-                            format!("`{path}`: not a usable CA certificate: {e}"),
-                        )
-                    })?;
-                }
-                Arc::new(roots)
+                let verifier = RootsOrPinned::new(certs, provider.clone())
+                    .map_err(|r| (format!("{key}.ca"), format!("`{path}`: {r}")))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier))
             }
-            None => system_roots().map_err(|r| (format!("{key}.ca"), r))?,
-        };
-        builder.with_root_certificates(roots)
+            None => builder
+                .with_root_certificates(system_roots().map_err(|r| (format!("{key}.ca"), r))?),
+        }
     };
     let mut config = match (&f.client_cert, &f.client_key) {
         (None, None) => builder.with_no_client_auth(),

@@ -749,12 +749,25 @@ async fn connect(
     match monoio::time::timeout(left, crate::tls::connect(stream, tls)).await {
         Ok(Ok(stream)) => Ok(stream.into()),
         Ok(Err(e)) => {
-            tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake failed: {e}");
-            Err(if crate::tls::is_tls_failure(&e) {
-                Failure::TlsFailure
+            if crate::tls::is_tls_failure(&e) {
+                // A certificate that does not verify, an alert, no protocol in common: most
+                // often a setting to fix (`ca`, `sni`), so it is a warning, but at most one a
+                // second per shard (the rest at debug): every request would fail the same way.
+                if tls_warning_due() {
+                    tracing::warn!(
+                        group = %group.name,
+                        peer = %p.address,
+                        "TLS handshake with the peer failed: {e} (further failures within 1 s \
+                         are logged at debug)"
+                    );
+                } else {
+                    tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake failed: {e}");
+                }
+                Err(Failure::TlsFailure)
             } else {
-                Failure::ConnectFailure
-            })
+                tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake failed: {e}");
+                Err(Failure::ConnectFailure)
+            }
         }
         Err(_) => {
             tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake timed out");
@@ -769,4 +782,22 @@ pub(super) fn within(timeout: Duration, deadline: Option<Instant>) -> Duration {
         Some(d) => timeout.min(d.saturating_duration_since(Instant::now())),
         None => timeout,
     }
+}
+
+/// Whether an upstream TLS failure may be logged as a warning now: at most one a second per
+/// shard (thread).
+fn tls_warning_due() -> bool {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = Instant::now();
+    LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if due {
+            last.set(Some(now));
+        }
+        due
+    })
 }

@@ -204,3 +204,117 @@ impl ServerCertVerifier for NoVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// RootsOrPinned verifies a peer's certificate against the roots of a `ca` file and also
+/// accepts, as OpenSSL (and so nginx's `proxy_ssl_trusted_certificate`) does, a certificate
+/// that is itself one of that file's certificates: a backend's self-signed certificate. Such
+/// a certificate is often marked `CA:TRUE` (`openssl req -x509` does so), which webpki refuses
+/// as a server's own (`CaUsedAsEndEntity`). One that matches a `ca` certificate byte for byte
+/// is trusted as pinned; its names and validity period are still checked, and the handshake
+/// signature is checked against its key as for any other.
+#[derive(Debug)]
+pub struct RootsOrPinned {
+    /// Chain verification against the roots.
+    roots: Arc<rustls::client::WebPkiServerVerifier>,
+    /// The `ca` file's certificates, accepted as the peer's own.
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl RootsOrPinned {
+    /// A verifier trusting `pinned` as roots and as peer certificates.
+    pub fn new(
+        pinned: Vec<CertificateDer<'static>>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<RootsOrPinned, String> {
+        let mut roots = RootCertStore::empty();
+        for c in &pinned {
+            roots
+                .add(c.clone())
+                .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+        }
+        let roots =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| e.to_string())?;
+        Ok(RootsOrPinned { roots, pinned })
+    }
+}
+
+impl ServerCertVerifier for RootsOrPinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let refused = match self.roots.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if !self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return Err(refused);
+        }
+        pinned_is_valid(end_entity, server_name, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.roots.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.roots.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.roots.supported_verify_schemes()
+    }
+}
+
+/// The checks a pinned certificate still gets: it names `server_name` (its SANs, wildcards
+/// as webpki matches them) and `now` is within its validity period.
+fn pinned_is_valid(
+    cert: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    use rustls::CertificateError;
+    let bad = rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|_| bad.clone())?;
+    ee.verify_is_valid_for_subject_name(server_name)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|_| bad)?;
+    let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let validity = parsed.validity();
+    if secs < validity.not_before.timestamp() {
+        return Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYet,
+        ));
+    }
+    if secs > validity.not_after.timestamp() {
+        return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+    }
+    Ok(())
+}

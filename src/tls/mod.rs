@@ -19,7 +19,8 @@ mod server;
 mod stream;
 
 pub use client::{
-    connect, is_tls_failure, system_roots, ClientTlsStream, NoVerify, TlsTemplate, UpstreamTls,
+    connect, is_tls_failure, system_roots, ClientTlsStream, NoVerify, RootsOrPinned, TlsTemplate,
+    UpstreamTls,
 };
 pub use server::{
     accept, reject_cleartext, ticketer, AcceptError, CertInfo, CertResolver, HandshakeFailure,

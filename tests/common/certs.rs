@@ -70,6 +70,22 @@ impl Ca {
     }
 }
 
+/// A self-signed certificate for `names`, marked `CA:TRUE` as `openssl req -x509` makes it:
+/// a backend's own certificate with no CA behind it (`edit` adjusts it first).
+pub fn self_signed(names: &[&str], edit: impl FnOnce(&mut CertificateParams)) -> Leaf {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    edit(&mut params);
+    let cert = params.self_signed(&key).unwrap();
+    Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
 /// Leaf is a certificate (with its chain) and its key.
 pub struct Leaf {
     pub cert_pem: String,
