@@ -749,25 +749,25 @@ async fn connect(
     match monoio::time::timeout(left, crate::tls::connect(stream, tls)).await {
         Ok(Ok(stream)) => Ok(stream.into()),
         Ok(Err(e)) => {
-            if crate::tls::is_tls_failure(&e) {
-                // A certificate that does not verify, an alert, no protocol in common: most
-                // often a setting to fix (`ca`, `sni`), so it is a warning, but at most one a
-                // second per shard (the rest at debug): every request would fail the same way.
-                if tls_warning_due() {
-                    tracing::warn!(
-                        group = %group.name,
-                        peer = %p.address,
-                        "TLS handshake with the peer failed: {e} (further failures within 1 s \
-                         are logged at debug)"
-                    );
-                } else {
-                    tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake failed: {e}");
-                }
-                Err(Failure::TlsFailure)
+            let tls_failure = crate::tls::is_tls_failure(&e);
+            // A certificate that does not verify, an alert, no protocol in common: most often
+            // a setting to fix (`ca`, `sni`), so it is a warning, but at most one a second per
+            // shard (the rest at debug): every request would fail the same way.
+            if tls_failure && tls_warning_due() {
+                tracing::warn!(
+                    group = %group.name,
+                    peer = %p.address,
+                    "TLS handshake with the peer failed: {e} (further failures within 1 s are \
+                     logged at debug)"
+                );
             } else {
                 tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake failed: {e}");
-                Err(Failure::ConnectFailure)
             }
+            Err(if tls_failure {
+                Failure::TlsFailure
+            } else {
+                Failure::ConnectFailure
+            })
         }
         Err(_) => {
             tracing::debug!(group = %group.name, peer = %p.address, "TLS handshake timed out");
