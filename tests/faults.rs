@@ -1155,10 +1155,6 @@ fn breaker_opens_on_the_failure_rate() {
     }
 }
 
-/// The answer an [`Fault::AnswerBeforeBody`] peer gives.
-const TOO_LARGE: &[u8] =
-    b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large";
-
 /// Waits until `peer` has answered `n` requests, and a little more for its reset to land.
 fn wait_answered(peer: &FaultPeer, n: usize) {
     let deadline = Instant::now() + IO_TIMEOUT;

@@ -372,10 +372,7 @@ fn no_upstream_answer_is_ringlbs_own_error_on_the_stream() {
 fn an_answer_given_before_the_body_is_the_streams_response() {
     // The peer reads the head, answers 413 and resets the connection with the body unread;
     // the stream gets the 413 (not a 502, not a reset), while its body is still being sent.
-    let a = FaultPeer::start(Fault::AnswerBeforeBody(
-        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
-            .to_vec(),
-    ));
+    let a = FaultPeer::start(Fault::AnswerBeforeBody(TOO_LARGE.to_vec()));
     let proxy = ProxyConfig::new()
         .upstream("app", "round_robin", &[peer(a.addr())])
         .start();

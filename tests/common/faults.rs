@@ -105,6 +105,10 @@ pub enum Fault {
     AnswerBeforeBody(Vec<u8>),
 }
 
+/// A whole `413` response with the body `too large`, for a [`Fault::AnswerBeforeBody`] peer.
+pub const TOO_LARGE: &[u8] =
+    b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large";
+
 /// FaultShared is what a fault peer's threads and its handle share.
 struct FaultShared {
     fault: Fault,
