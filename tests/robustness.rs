@@ -556,6 +556,10 @@ fn cpu_ns(pid: u32) -> u64 {
 /// messages ring a doorbell), so two idle shards use well under a millisecond of CPU a second
 /// (it was about 10 ms a second with the 5 ms tick). It still reacts at once: a request after
 /// the idle period is answered.
+///
+/// The limit is 10 ms for the 3 s: a quiet machine measures 0.6–0.8 ms (the debug build's
+/// control thread waking a few times on its doubling backoff), a CI runner busy with the other
+/// tests of this binary measured 4 ms, and any polling tick costs tens of milliseconds.
 #[test]
 fn an_idle_proxy_uses_almost_no_cpu_and_still_answers() {
     let b = Backend::start("a");
@@ -566,7 +570,7 @@ fn an_idle_proxy_uses_almost_no_cpu_and_still_answers() {
     std::thread::sleep(Duration::from_secs(3));
     let used = cpu_ns(p.pid()) - before;
     assert!(
-        used < 3_000_000,
+        used < 10_000_000,
         "idle for 3 s, ringlb used {} µs of CPU",
         used / 1000
     );
