@@ -210,6 +210,63 @@ fn translation_authority_cookies_te_and_hop_by_hop_fields() {
 }
 
 #[test]
+fn response_heads_keep_their_framing_rules_on_a_stream() {
+    // What a relayed head becomes on a stream: the length of a body-less answer to HEAD and
+    // of a 304 stays, a 204 and a chunked body get none, proxy-hop fields stay behind.
+    let a = Backend::with_handler("a", |req| {
+        match (req.method.as_str(), req.target.as_str()) {
+        ("HEAD", _) => Reply::raw("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Head: 1\r\n\r\n"),
+        (_, "/204") => Reply::no_body(204).header("X-Empty", "1"),
+        (_, "/304") => Reply::raw(
+            "HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 7\r\n\r\n",
+        ),
+        _ => Reply::raw(
+            "HTTP/1.1 299 Custom\r\nTransfer-Encoding: chunked\r\nProxy-Authenticate: Basic\r\n\
+             Connection: close, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\n\r\n\
+             3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+        ),
+    }
+    });
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    run(async {
+        let mut send = connect(proxy.addr).await;
+        let head = Request::head("http://example.test/h").body(()).unwrap();
+        let (parts, body, _) = roundtrip(&mut send, head, b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.headers["content-length"], "5");
+        assert_eq!(parts.headers["x-head"], "1");
+        assert!(body.is_empty());
+
+        let (parts, body, _) = roundtrip(&mut send, get("/204"), b"").await;
+        assert_eq!(parts.status, StatusCode::NO_CONTENT);
+        assert_eq!(parts.headers["x-empty"], "1");
+        assert!(parts.headers.get("content-length").is_none());
+        assert!(body.is_empty());
+
+        let (parts, body, _) = roundtrip(&mut send, get("/304"), b"").await;
+        assert_eq!(parts.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(parts.headers["etag"], "\"v1\"");
+        assert_eq!(parts.headers["content-length"], "7");
+        assert!(body.is_empty());
+
+        let (parts, body, trailers) = roundtrip(&mut send, get("/chunked"), b"").await;
+        assert_eq!(parts.status.as_u16(), 299);
+        assert_eq!(body, b"abcdefg");
+        assert!(trailers.is_none());
+        assert_eq!(parts.headers["x-end"], "2");
+        for gone in [
+            "content-length",
+            "transfer-encoding",
+            "proxy-authenticate",
+            "connection",
+            "x-hop",
+        ] {
+            assert!(parts.headers.get(gone).is_none(), "{gone}: {parts:?}");
+        }
+    });
+}
+
+#[test]
 fn a_te_other_than_trailers_and_connection_fields_are_malformed() {
     // The h2 client refuses to send such fields, so this one is written by hand: HEADERS
     // with `te: gzip` (literal fields, no Huffman).

@@ -14,7 +14,10 @@ pub use chunked::{copy_without, ChunkedDecoder};
 pub use error::HttpError;
 pub(crate) use error::{status_reason, write_error_response};
 pub use parse::{parse_request, parse_response, ParseStatus};
-pub use rewrite::{rewrite_request, rewrite_response, rewrite_switching, ForwardInfo};
+pub use rewrite::{
+    client_content_length, end_to_end_fields, rewrite_request, rewrite_response, rewrite_switching,
+    ForwardInfo,
+};
 // The access log writes its numbers and addresses as the rewritten heads do.
 pub(crate) use rewrite::{push_ip, push_u64};
 

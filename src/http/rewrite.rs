@@ -365,6 +365,60 @@ pub fn rewrite_switching(buf: &[u8], head: &ResponseHead, out: &mut Vec<u8>) {
     out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
 }
 
+/// Whether a received response field `name` passes on to the client: not hop-by-hop, not
+/// named by a `Connection` option (`named`), not `Content-Length` (framing is re-emitted:
+/// [`client_content_length`]).
+#[inline]
+fn passes_on(named: &Option<ConnectionNamed<'_>>, name: &[u8]) -> bool {
+    match classify(name) {
+        k if k.is_hop_by_hop() => false,
+        KnownHeader::ContentLength => false,
+        _ => !is_named(named, name),
+    }
+}
+
+/// The received fields of the response `head` (parsed from `buf`) that pass on to the client,
+/// as `(name, value)` slices of `buf`: what [`rewrite_response`] copies, for a client side
+/// that frames the head itself (an HTTP/2 stream), with [`client_content_length`].
+pub fn end_to_end_fields<'a>(
+    buf: &'a [u8],
+    head: &'a ResponseHead,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    let named = ConnectionNamed::collect(buf, &head.headers);
+    head.headers.iter().filter_map(move |h| {
+        let name = h.name.get(buf);
+        passes_on(&named, name).then(|| (name, h.value.get(buf)))
+    })
+}
+
+/// The `Content-Length` the client's response head carries: the body's length when the
+/// framing gave one; for a response without a body (to HEAD, a 304) the upstream's, when it
+/// sent a valid one and the status allows it (RFC 9110 §8.6; 1xx and 204 never carry it);
+/// none for chunked and close-delimited bodies.
+pub fn client_content_length(buf: &[u8], head: &ResponseHead) -> Option<u64> {
+    match head.body {
+        BodyKind::Length(n) => Some(n),
+        BodyKind::None if !(100..200).contains(&head.status) && head.status != 204 => {
+            let mut n = None;
+            let mut any = false;
+            for h in &head.headers {
+                if classify(h.name.get(buf)) == KnownHeader::ContentLength {
+                    any = true;
+                    if !fold_content_length(h.value.get(buf), &mut n) {
+                        return None;
+                    }
+                }
+            }
+            if any {
+                n
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Writes the client response head for `head` (parsed from `buf`) to `out` (appending).
 ///
 /// The result is `HTTP/1.1 <status> <reason>` (RFC 9110 §2.5: a proxy sends its own version),
@@ -396,33 +450,22 @@ pub fn rewrite_response(
 
     let named = ConnectionNamed::collect(buf, &head.headers);
     let mut copier = LineCopier::default();
-    let mut content_length = false;
     for h in &head.headers {
-        let name = h.name.get(buf);
-        match classify(name) {
-            k if k.is_hop_by_hop() => continue,
-            KnownHeader::ContentLength => {
-                content_length = true;
-                continue;
-            }
-            _ => {
-                if is_named(&named, name) {
-                    continue;
-                }
-            }
+        if passes_on(&named, h.name.get(buf)) {
+            copier.push(out, buf, h);
         }
-        copier.push(out, buf, h);
     }
     copier.flush(out, buf);
 
     let interim = (100..200).contains(&head.status);
     let mut must_close = false;
+    if let Some(n) = client_content_length(buf, head) {
+        out.extend_from_slice(b"Content-Length: ");
+        push_u64(out, n);
+        out.extend_from_slice(b"\r\n");
+    }
     match head.body {
-        BodyKind::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            push_u64(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
+        BodyKind::Length(_) | BodyKind::None => {}
         BodyKind::Chunked => match client_version {
             Version::Http11 => {
                 out.extend_from_slice(b"Transfer-Encoding: ");
@@ -433,21 +476,6 @@ pub fn rewrite_response(
             }
             Version::Http10 => must_close = true,
         },
-        BodyKind::None => {
-            if content_length && !interim && head.status != 204 {
-                let mut n = None;
-                let valid = head
-                    .headers
-                    .iter()
-                    .filter(|h| classify(h.name.get(buf)) == KnownHeader::ContentLength)
-                    .all(|h| fold_content_length(h.value.get(buf), &mut n));
-                if let (true, Some(n)) = (valid, n) {
-                    out.extend_from_slice(b"Content-Length: ");
-                    push_u64(out, n);
-                    out.extend_from_slice(b"\r\n");
-                }
-            }
-        }
         BodyKind::UntilClose => {
             must_close = true;
             // Codings other than a final chunked (`chunked, gzip`) delimit nothing, but the

@@ -7,7 +7,7 @@ use super::{Conn, Head, CLIENT_BUF};
 use crate::http::{parse_request, write_error_response, BodyKind, HttpError, ParseStatus};
 use crate::io::{read_more, read_warm, write_all, IoFail, Transport, Warm};
 
-impl<C: Transport> Conn<'_, C> {
+impl<C: Transport + 'static> Conn<'_, C> {
     /// Reads until `rbuf[rpos..]` starts with a complete request head, parsed into `self.head`.
     ///
     /// [`Head::Close`]: the connection should close quietly (client closed, idle timeout,

@@ -102,7 +102,7 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-impl<C: Transport> Conn<'_, C> {
+impl<C: Transport + 'static> Conn<'_, C> {
     /// One try on one peer: a pooled or new connection, the request, the response head; then
     /// either the response is relayed, or the failure is handed back to the try loop (with the
     /// connection and its parsed head when the failure is a status listed in `retry.on`).

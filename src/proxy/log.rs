@@ -41,7 +41,7 @@ pub(super) struct RequestLog {
     pub upstream_time: Option<Duration>,
 }
 
-impl<C: Transport> Conn<'_, C> {
+impl<C: Transport + 'static> Conn<'_, C> {
     /// Whether this shard writes an access log.
     #[inline]
     pub(super) fn logging(&self) -> bool {

@@ -354,7 +354,7 @@ impl Spare {
     }
 }
 
-impl<'a, C: Transport> Conn<'a, C> {
+impl<'a, C: Transport + 'static> Conn<'a, C> {
     /// An awake connection on `io`, with `spare`'s buffers.
     fn new(ctx: &'a ShardCtx, io: C, addr: SocketAddr, spare: Spare) -> Self {
         let proto = proto_of(&io);
@@ -450,7 +450,7 @@ struct Conn<'a, C> {
     woken: bool,
 }
 
-impl<C: Transport> Conn<'_, C> {
+impl<C: Transport + 'static> Conn<'_, C> {
     /// Proxies the request in `self.head`; returns whether the client connection stays open.
     ///
     /// The try loop: select an eligible peer (breaker included), try it, and on a failure let

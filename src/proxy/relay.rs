@@ -2,11 +2,12 @@
 //! de-chunked for HTTP/1.0), stream its body through one bounded buffer, and return the
 //! upstream connection to the pool when it can carry another request.
 
+use std::any::Any;
 use std::time::Instant;
 
 use super::body::BodyProgress;
 use super::exchange::{Held, TryResult};
-use super::h2::UpstreamIo;
+use super::h2::{StreamIo, UpstreamIo};
 use super::{Conn, LARGE_BODY_BUF, STREAM_BUF};
 use crate::balance::PeerId;
 use crate::control::Outcome;
@@ -14,7 +15,7 @@ use crate::http::{rewrite_response, BodyKind, HttpError, Version};
 use crate::io::{read_more, write_all, write_range, IoFail, Transport};
 use crate::upstream::UpstreamGroup;
 
-impl<C: Transport> Conn<'_, C> {
+impl<C: Transport + 'static> Conn<'_, C> {
     /// Relays the final response whose head is in `self.resp` / `self.ubuf` to the client,
     /// streaming its body, and returns the upstream connection to the pool when reusable.
     pub(super) async fn relay_response(
@@ -56,13 +57,21 @@ impl<C: Transport> Conn<'_, C> {
             };
         }
         self.out.clear();
-        rewrite_response(
-            &self.ubuf,
-            &self.resp,
-            client_version,
-            keep_client,
-            &mut self.out,
-        );
+        // A client side that frames heads itself (an HTTP/2 stream) takes the parsed head:
+        // no HTTP/1.1 text to write and parse again.
+        // (`downcast_mut` is decided per transport type at compile time.)
+        let stream = (&mut self.io as &mut dyn Any).downcast_mut::<StreamIo>();
+        match stream.and_then(|s| s.take_response_head(&self.ubuf, &self.resp)) {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return TryResult::Broken { fault: None },
+            None => rewrite_response(
+                &self.ubuf,
+                &self.resp,
+                client_version,
+                keep_client,
+                &mut self.out,
+            ),
+        }
         let rhead_len = self.resp.head_len;
         let head_out = self.out.len();
         let mut rbody = BodyProgress::new(resp_body, None);
@@ -94,9 +103,10 @@ impl<C: Transport> Conn<'_, C> {
             self.log.status = self.resp.status;
             self.log.body_bytes = (self.out.len() - head_out) as u64;
         }
-        if write_all(&mut self.io, &mut self.out, client_idle)
-            .await
-            .is_err()
+        if !self.out.is_empty()
+            && write_all(&mut self.io, &mut self.out, client_idle)
+                .await
+                .is_err()
         {
             return TryResult::Broken { fault: None };
         }

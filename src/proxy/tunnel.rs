@@ -78,7 +78,7 @@ impl Drop for OpenTunnel<'_> {
     }
 }
 
-impl<C: Transport> Conn<'_, C> {
+impl<C: Transport + 'static> Conn<'_, C> {
     /// Relays the `101` whose head is in `self.resp` / `self.ubuf` and tunnels the connection
     /// to the peer until it ends. Called within the try, so the peer stays in flight.
     pub(super) async fn tunnel(

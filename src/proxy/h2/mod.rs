@@ -42,7 +42,8 @@ use super::ShardCtx;
 use crate::io::PollStream;
 pub(crate) use meter::PREFACE;
 use meter::{Abuse, Metered};
-use stream::{Reply, StreamIo};
+use stream::Reply;
+pub(crate) use stream::StreamIo;
 pub(crate) use upstream::{tunnels, H2Call, H2Upstreams, UpstreamIo};
 
 /// How long a connection that is closing (GOAWAY sent) may take to finish its streams and
