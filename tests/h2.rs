@@ -128,6 +128,37 @@ fn h2c_and_http1_share_the_port_and_streams_are_balanced() {
 }
 
 #[test]
+fn more_streams_in_flight_than_the_shard_keeps_warm_are_all_answered() {
+    // 2 × 200 streams at once, each waiting on its backend: more awake requests than the
+    // shard lets wait warm (256), which must not cost any stream its answer.
+    let a = Backend::with_handler("a", |r| {
+        Reply::ok(format!("a {}", r.target)).delay(Duration::from_millis(300))
+    });
+    let proxy = ProxyConfig::with_backends(&[&a]).start();
+    run(async {
+        let mut all = Vec::new();
+        for c in 0..2 {
+            let send = connect(proxy.addr).await;
+            for i in 0..200 {
+                let mut send = send.clone();
+                all.push(async move {
+                    let path = format!("/s/{c}/{i}");
+                    let (parts, body, _) = roundtrip(&mut send, get(&path), b"").await;
+                    (parts.status, body, path)
+                });
+            }
+        }
+        let answers = futures_util::future::join_all(all).await;
+        assert_eq!(answers.len(), 400);
+        for (status, body, path) in answers {
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(body, format!("a {path}").into_bytes());
+        }
+    });
+    assert_eq!(a.request_count(), 400);
+}
+
+#[test]
 fn h2c_can_be_turned_off_and_the_preface_is_then_a_bad_http1_request() {
     let a = Backend::with_handler("a", |_| Reply::ok("a"));
     let proxy = Proxy::start(&with_h2(&ProxyConfig::with_backends(&[&a]), "h2c = false"));

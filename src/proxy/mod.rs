@@ -223,6 +223,19 @@ pub(crate) fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(unsafe { slot.assume_init() })
 }
 
+/// Serves the one request of an HTTP/2 stream (`io`): the awake stretch alone, boxed once, with
+/// none of [`serve`]'s parking around it. The stream's request is there already, so it is read
+/// as a woken connection's is (at once: no warm wait, no park before it); after it the stream
+/// has nothing more to say, and whether that ends in a close or a park, the stream ends.
+pub(crate) fn serve_stream(
+    ctx: &ShardCtx,
+    io: h2::StreamIo,
+    addr: SocketAddr,
+) -> Pin<Box<impl Future<Output = impl Sized> + '_>> {
+    let first = Some(Instant::now() + ctx.live().config.timeouts.request_header);
+    boxed_in_place(|| serve_awake(ctx, io, addr, first, true))
+}
+
 /// Serves requests on `io` until the connection closes or parks. `first` is the first
 /// request's head deadline (from accept) while no request has begun; `woken`: readiness
 /// woke the parked connection.

@@ -228,9 +228,9 @@ async fn serve_stream(
     let (parts, body) = req.into_parts();
     let reply = Rc::new(RefCell::new(Reply::Waiting(respond)));
     let io = StreamIo::new(&parts, body, reply.clone());
-    // The request path's future is large: boxed once here, it is not copied again when this
-    // stream's (small) future is boxed into the connection's set and selected on.
-    let mut serve = Box::pin(super::serve(ctx, io, addr));
+    // The request path's future is large: boxed once, in place, it is not copied again when
+    // this stream's (small) future is boxed into the connection's set and selected on.
+    let mut serve = super::serve_stream(ctx, io, addr);
     let reset = poll_fn(|cx| reply.borrow_mut().poll_reset(cx));
     monoio::select! {
         _ = &mut serve => {}
