@@ -400,20 +400,14 @@ pub fn client_content_length(buf: &[u8], head: &ResponseHead) -> Option<u64> {
         BodyKind::Length(n) => Some(n),
         BodyKind::None if !(100..200).contains(&head.status) && head.status != 204 => {
             let mut n = None;
-            let mut any = false;
             for h in &head.headers {
-                if classify(h.name.get(buf)) == KnownHeader::ContentLength {
-                    any = true;
-                    if !fold_content_length(h.value.get(buf), &mut n) {
-                        return None;
-                    }
+                if classify(h.name.get(buf)) == KnownHeader::ContentLength
+                    && !fold_content_length(h.value.get(buf), &mut n)
+                {
+                    return None;
                 }
             }
-            if any {
-                n
-            } else {
-                None
-            }
+            n
         }
         _ => None,
     }

@@ -481,19 +481,9 @@ impl StreamIo {
     async fn open_tunnel(&mut self, head: &mut Vec<u8>) -> io::Result<()> {
         let mut response = Response::new(());
         *response.headers_mut() = self.response_fields(head);
-        {
-            let reply = &mut *self.reply.borrow_mut();
-            let Reply::Waiting(mut respond) = std::mem::replace(reply, Reply::Done) else {
-                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
-            };
-            let stream = respond
-                .send_response(response, false)
-                .map_err(io::Error::other)?;
-            *reply = Reply::Body(stream);
-        }
-        self.connect = Connect::Open;
         // Until either side ends it (a half-close is END_STREAM, see `finish`).
-        self.out = OutBody::UntilClose;
+        self.send_head(response, BodyKind::UntilClose)?;
+        self.connect = Connect::Open;
         let rest = head.split_off(self.resp.head_len);
         self.body(&rest).await
     }
