@@ -227,7 +227,7 @@ pub(crate) fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
 /// none of [`serve`]'s parking around it. The stream's request is there already, so it is read
 /// as a woken connection's is (at once: no warm wait, no park before it); after it the stream
 /// has nothing more to say, and whether that ends in a close or a park, the stream ends.
-pub(crate) fn serve_stream(
+pub(crate) fn serve_h2_request(
     ctx: &ShardCtx,
     io: h2::StreamIo,
     addr: SocketAddr,

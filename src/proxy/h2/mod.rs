@@ -230,7 +230,7 @@ async fn serve_stream(
     let io = StreamIo::new(&parts, body, reply.clone());
     // The request path's future is large: boxed once, in place, it is not copied again when
     // this stream's (small) future is boxed into the connection's set and selected on.
-    let mut serve = super::serve_stream(ctx, io, addr);
+    let mut serve = super::serve_h2_request(ctx, io, addr);
     let reset = poll_fn(|cx| reply.borrow_mut().poll_reset(cx));
     monoio::select! {
         _ = &mut serve => {}
