@@ -553,6 +553,125 @@ pub async fn write_range<S: AsyncWriteRent>(
     }
 }
 
+/// Up to this many body bytes are copied behind the head and written with it in one buffer;
+/// more go out as a second iovec of the same vectored write (copying them costs more than
+/// the iovec).
+pub const VECTORED_MIN: usize = 2048;
+
+/// Writes all of `head`, then `body[range]`, within `timeout`, without copying a large
+/// `range` behind `head`: one vectored write on transports that have one (each partial write
+/// continues where it stopped), a copy and a plain write on those that do not (an HTTP/2
+/// stream), or when `range` is under [`VECTORED_MIN`] bytes. Both buffers come back whole
+/// (on a timeout both are left empty, as with [`write_all`]); `head` may hold the copied
+/// body afterwards.
+pub async fn write_head_and_range<S: AsyncWriteRent>(
+    stream: &mut S,
+    head: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+    range: Range<usize>,
+    timeout: Duration,
+) -> Result<(), IoFail> {
+    if head.is_empty() {
+        return write_range(stream, body, range, timeout).await;
+    }
+    if range.len() < VECTORED_MIN {
+        head.extend_from_slice(&body[range]);
+        return write_all(stream, head, timeout).await;
+    }
+    let mut parts = HeadAndRange::new(std::mem::take(head), std::mem::take(body), range);
+    let write = async {
+        loop {
+            let (res, back) = stream.writev(parts).await;
+            parts = back;
+            match res {
+                Ok(0) => return (parts, Err(io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(n) => {
+                    if parts.advance(n) {
+                        return (parts, Ok(()));
+                    }
+                }
+                Err(e) => return (parts, Err(e)),
+            }
+        }
+    };
+    let (parts, res) = match monoio::time::timeout(timeout, write).await {
+        Ok(done) => done,
+        Err(_) => return Err(IoFail::Timeout),
+    };
+    let unsupported =
+        parts.written == 0 && matches!(&res, Err(e) if e.kind() == io::ErrorKind::Unsupported);
+    let range = parts.range.clone();
+    (*head, *body) = (parts.head, parts.body);
+    if unsupported {
+        head.extend_from_slice(&body[range]);
+        return write_all(stream, head, timeout).await;
+    }
+    res.map_err(IoFail::Io)
+}
+
+/// The two parts of a [`write_head_and_range`] as one owned iovec array: what is left of
+/// `head`, then of `body[range]`, after `written` bytes.
+struct HeadAndRange {
+    head: Vec<u8>,
+    body: Vec<u8>,
+    range: Range<usize>,
+    written: usize,
+    /// Boxed: the kernel reads it at submission, after this value has moved into the op.
+    iov: Box<[libc::iovec; 2]>,
+    count: usize,
+}
+
+impl HeadAndRange {
+    fn new(head: Vec<u8>, body: Vec<u8>, range: Range<usize>) -> Self {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut parts = HeadAndRange {
+            head,
+            body,
+            range,
+            written: 0,
+            iov: Box::new([empty, empty]),
+            count: 0,
+        };
+        parts.advance(0);
+        parts
+    }
+
+    /// Counts `n` more bytes written and points the iovecs at the rest; true when none is
+    /// left.
+    fn advance(&mut self, n: usize) -> bool {
+        self.written += n;
+        let head_left = &self.head[self.written.min(self.head.len())..];
+        let body = &self.body[self.range.clone()];
+        let body_left = &body[self.written.saturating_sub(self.head.len()).min(body.len())..];
+        self.count = 0;
+        for part in [head_left, body_left] {
+            if !part.is_empty() {
+                self.iov[self.count] = libc::iovec {
+                    iov_base: part.as_ptr() as *mut libc::c_void,
+                    iov_len: part.len(),
+                };
+                self.count += 1;
+            }
+        }
+        self.count == 0
+    }
+}
+
+// SAFETY: `iov` is boxed (it does not move with the value) and its first `count` entries
+// point into `head` and `body`, which the value owns and does not touch while it is lent.
+unsafe impl IoVecBuf for HeadAndRange {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.count
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,5 +716,130 @@ mod tests {
                 "the request is kept for a replay"
             );
         });
+    }
+
+    /// A writer without vectored writes (as an HTTP/2 stream is one), over a real stream.
+    struct NoWritev(TcpStream);
+
+    impl AsyncWriteRent for NoWritev {
+        fn write<T: IoBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+            self.0.write(buf)
+        }
+
+        fn writev<T: IoVecBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+            std::future::ready((Err(io::Error::from(io::ErrorKind::Unsupported)), buf))
+        }
+
+        fn flush(&mut self) -> impl Future<Output = io::Result<()>> {
+            self.0.flush()
+        }
+
+        fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> {
+            self.0.shutdown()
+        }
+    }
+
+    /// Writes `head` and `body[range]` through a connection whose peer starts reading late
+    /// and slowly (small socket buffers both sides: many partial vectored writes), and
+    /// returns what the peer received.
+    async fn head_and_range_through_a_slow_reader(
+        listener: &TcpListener,
+        head: &[u8],
+        body: &[u8],
+        range: Range<usize>,
+        vectored: bool,
+    ) -> Vec<u8> {
+        let addr = listener.local_addr().unwrap();
+        let std_stream = std::net::TcpStream::connect(addr).unwrap();
+        socket2::SockRef::from(&std_stream)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        std_stream.set_nonblocking(true).unwrap();
+        let stream = TcpStream::from_std(std_stream).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&peer)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let want = head.len() + range.len();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 1500];
+            while got.len() < want {
+                let n = peer.read(&mut chunk).unwrap();
+                assert!(n > 0, "closed after {} of {want} bytes", got.len());
+                got.extend_from_slice(&chunk[..n]);
+            }
+            got
+        });
+        let mut head_buf = head.to_vec();
+        let mut body_buf = body.to_vec();
+        let res = if vectored {
+            let mut s = stream;
+            write_head_and_range(
+                &mut s,
+                &mut head_buf,
+                &mut body_buf,
+                range,
+                Duration::from_secs(10),
+            )
+            .await
+        } else {
+            let mut s = NoWritev(stream);
+            write_head_and_range(
+                &mut s,
+                &mut head_buf,
+                &mut body_buf,
+                range,
+                Duration::from_secs(10),
+            )
+            .await
+        };
+        assert!(res.is_ok(), "{res:?}");
+        assert_eq!(body_buf, body, "the body buffer comes back as it was");
+        assert!(head_buf.starts_with(head), "the head buffer comes back");
+        reader.join().unwrap()
+    }
+
+    /// Every case of [`head_and_range_arrive_whole_and_in_order_through_partial_writes`], on
+    /// the runtime it runs in.
+    async fn head_and_range_cases(listener: &TcpListener) {
+        let head: Vec<u8> = (0..1000u32).map(|i| b'A' + (i % 26) as u8).collect();
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let large = 100..body.len() - 5;
+        let small = 10..10 + VECTORED_MIN - 1;
+        for range in [large, small] {
+            let mut expected = head.clone();
+            expected.extend_from_slice(&body[range.clone()]);
+            for vectored in [true, false] {
+                let got = head_and_range_through_a_slow_reader(
+                    listener,
+                    &head,
+                    &body,
+                    range.clone(),
+                    vectored,
+                )
+                .await;
+                assert!(
+                    got == expected,
+                    "vectored {vectored}, {range:?}: bytes differ"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn head_and_range_arrive_whole_and_in_order_through_partial_writes() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(head_and_range_cases(&listener));
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(head_and_range_cases(&listener));
     }
 }

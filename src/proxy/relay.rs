@@ -12,7 +12,7 @@ use super::{Conn, LARGE_BODY_BUF, STREAM_BUF};
 use crate::balance::PeerId;
 use crate::control::Outcome;
 use crate::http::{rewrite_response, BodyKind, HttpError, Version};
-use crate::io::{read_more, write_all, write_range, IoFail, Transport};
+use crate::io::{read_more, write_all, write_head_and_range, write_range, IoFail, Transport};
 use crate::upstream::UpstreamGroup;
 
 impl<C: Transport + 'static> Conn<'_, C> {
@@ -89,11 +89,16 @@ impl<C: Transport + 'static> Conn<'_, C> {
         if rhead_len + taken < self.ubuf.len() {
             reuse_upstream = false; // the upstream sent more than its response
         }
+        // The body bytes that came with the head go out from `ubuf` where they are as they
+        // came (not copied behind the head: `write_head_and_range`).
+        let mut first = rhead_len..rhead_len;
         if dechunk {
             for r in &ranges {
                 self.out
                     .extend_from_slice(&self.ubuf[rhead_len + r.start..rhead_len + r.end]);
             }
+        } else if rbody.strip().is_empty() {
+            first.end += taken;
         } else {
             rbody.copy_taken(&self.ubuf[rhead_len..], taken, &mut self.out);
         }
@@ -101,12 +106,18 @@ impl<C: Transport + 'static> Conn<'_, C> {
         let logging = self.logging();
         if logging {
             self.log.status = self.resp.status;
-            self.log.body_bytes = (self.out.len() - head_out) as u64;
+            self.log.body_bytes = (self.out.len() - head_out + first.len()) as u64;
         }
-        if !self.out.is_empty()
-            && write_all(&mut self.io, &mut self.out, client_idle)
-                .await
-                .is_err()
+        if (!self.out.is_empty() || !first.is_empty())
+            && write_head_and_range(
+                &mut self.io,
+                &mut self.out,
+                &mut self.ubuf,
+                first,
+                client_idle,
+            )
+            .await
+            .is_err()
         {
             return TryResult::Broken { fault: None };
         }
