@@ -176,6 +176,49 @@ fn h2c_can_be_turned_off_and_the_preface_is_then_a_bad_http1_request() {
 }
 
 #[test]
+fn a_cleartext_listener_with_http1_false_takes_only_the_preface() {
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let toml = ProxyConfig::with_backends(&[&a]).toml().replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [{ address = \"127.0.0.1:0\", http1 = false }, \"127.0.0.2:0\"]",
+        1,
+    );
+    assert!(toml.contains("http1 = false"), "{toml}");
+    let proxy = Proxy::start(&toml);
+    let addrs = proxy.server().listen_addrs();
+    let (h2_only, both) = (addrs[0], addrs[1]);
+    run(async {
+        let mut send = connect(h2_only).await;
+        let (parts, body, _) = roundtrip(&mut send, get("/"), b"").await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, b"a");
+    });
+    // HTTP/1.1 there is a connection error: no answer, and a clean close (a FIN after the
+    // lingering read, not a reset) however much the client sent.
+    let mut s = StdTcpStream::connect(h2_only).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n".to_vec();
+    request.resize(request.len() + 200_000, b'x');
+    s.write_all(&request).unwrap();
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    assert!(end.is_ok(), "closed with {end:?} after {got:?}");
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert_eq!(
+        a.request_count(),
+        1,
+        "only the HTTP/2 request reached the backend"
+    );
+    // The other listener still speaks both.
+    let mut c = Client::connect(both);
+    assert_eq!(
+        c.roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+    proxy.shutdown();
+}
+
+#[test]
 fn upgrade_to_h2c_is_refused_and_the_request_answered_as_http1() {
     let a = Backend::with_handler("a", |r| {
         Reply::ok(format!("upgrade={}", r.header("upgrade").unwrap_or("-")))

@@ -344,8 +344,16 @@ fn an_h2_client_over_tls_with_alpn_h2_gets_the_backends_bytes() {
     let cfg = client_config(&ca, &[b"h2"]);
     let t = tls_connect(proxy.addr, &cfg, "localhost");
     assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, body) = h2_get(t);
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(body, b"app-over-h2-tls");
+    proxy.shutdown();
+}
+
+/// A GET of `/` as HTTP/2 over `t` (bridged to the tokio h2 client): status and body.
+fn h2_get(t: Tls) -> (http::StatusCode, Vec<u8>) {
     let local = tls_bridge(t);
-    let (status, body) = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime")
@@ -370,9 +378,37 @@ fn an_h2_client_over_tls_with_alpn_h2_gets_the_backends_bytes() {
                 data.extend_from_slice(&chunk);
             }
             (parts.status, data)
-        });
-    assert_eq!(status, http::StatusCode::OK);
-    assert_eq!(body, b"app-over-h2-tls");
+        })
+}
+
+#[test]
+fn a_listener_with_http1_false_speaks_h2_to_every_client_that_connects() {
+    let backend = Backend::start("app-h2-only");
+    let ca = Ca::new("test ca");
+    let files = ca.leaf(&["localhost"]).write();
+    let toml = tls_proxy_toml(&single(&files), 1, "", &[&backend]).replacen(
+        "tls = {",
+        "http1 = false, tls = {",
+        1,
+    );
+    assert!(toml.contains("http1 = false"), "{toml}");
+    let proxy = Proxy::start(&toml);
+    let both = client_config(&ca, &[b"http/1.1", b"h2"]);
+    let t = tls_connect(proxy.addr, &both, "localhost");
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(h2_get(t), (http::StatusCode::OK, b"app-h2-only".to_vec()));
+    // A client naming no protocol is taken to speak the only one there is.
+    let none = client_config(&ca, &[]);
+    let t = tls_connect(proxy.addr, &none, "localhost");
+    assert_eq!(t.conn.alpn_protocol(), None);
+    assert_eq!(h2_get(t), (http::StatusCode::OK, b"app-h2-only".to_vec()));
+    // One that insists on HTTP/1.1 has no protocol in common with the listener.
+    let h1 = client_config(&ca, &[b"http/1.1"]);
+    assert!(
+        try_tls_connect(proxy.addr, &h1, "localhost").is_err(),
+        "http/1.1 only must be refused"
+    );
+    assert_eq!(backend.request_count(), 2);
     proxy.shutdown();
 }
 

@@ -91,6 +91,9 @@ pub struct ServerConfig {
     /// The listeners of `listen` with `h2 = false` (HTTP/1.1 only), by their address as
     /// configured.
     pub h2_off: Vec<SocketAddr>,
+    /// The listeners of `listen` with `http1 = false` (HTTP/2 only), by their address as
+    /// configured.
+    pub http1_off: Vec<SocketAddr>,
     /// How many shards to run: `auto` = one per allowed CPU. Default `auto`.
     pub workers: Workers,
     /// CPUs to pin shards to, from `cpus = "0-3,8"` or `numa_node = N`; `None` = the

@@ -71,6 +71,14 @@ impl ListenFile {
             ListenFile::Table(t) => t.h2 != Some(false),
         }
     }
+
+    /// Whether the entry allows HTTP/1.1 (`http1`, default true).
+    pub fn http1(&self) -> bool {
+        match self {
+            ListenFile::Address(_) => true,
+            ListenFile::Table(t) => t.http1 != Some(false),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for ListenFile {
@@ -111,6 +119,11 @@ pub(crate) struct ListenTableFile {
     /// `h2 = false`: no HTTP/2 on this listener (TLS: ALPN offers only `http/1.1`;
     /// cleartext: no prior-knowledge h2c). Default true.
     pub h2: Option<bool>,
+    /// `http1 = false`: HTTP/2 only on this listener (TLS: ALPN offers only `h2`, and a
+    /// client that names no protocol speaks h2 too; cleartext: every connection is
+    /// prior-knowledge h2c, and bytes other than the preface are a PROTOCOL_ERROR). Default
+    /// true.
+    pub http1: Option<bool>,
 }
 
 /// ServerTlsFile is a listener's `tls = { … }`: one certificate (`cert` + `key`) or several
@@ -140,7 +153,12 @@ pub(crate) struct CertFile {
 
 /// Checks one listener's `tls` table (at `key`, e.g. `server.listen[1].tls`) and builds its
 /// rustls configuration.
-pub(crate) fn server_tls(key: &str, f: &ServerTlsFile, h2: bool) -> Result<ServerTls, KeyError> {
+pub(crate) fn server_tls(
+    key: &str,
+    f: &ServerTlsFile,
+    h2: bool,
+    http1: bool,
+) -> Result<ServerTls, KeyError> {
     let entries: Vec<(String, &str, &str, Option<&Vec<String>>)> =
         match (&f.cert, &f.key, &f.certificates) {
             (Some(cert), Some(key_file), None) => {
@@ -221,8 +239,12 @@ pub(crate) fn server_tls(key: &str, f: &ServerTlsFile, h2: bool) -> Result<Serve
         .map_err(|e| (key.to_string(), format!("TLS setup: {e}")))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    // `h2 = false` on the listener: HTTP/1.1 only.
-    let alpn = if h2 { SERVER_ALPN } else { &SERVER_ALPN[1..] };
+    // `h2 = false` on the listener: HTTP/1.1 only; `http1 = false`: h2 only.
+    let alpn = match (h2, http1) {
+        (false, _) => &SERVER_ALPN[1..],
+        (true, false) => &SERVER_ALPN[..1],
+        (true, true) => SERVER_ALPN,
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.ticketer = crate::tls::ticketer().map_err(|r| (key.to_string(), r))?;
     Ok(ServerTls {
@@ -343,6 +365,7 @@ pub(crate) fn listeners(
                     &format!("server.listen[{i}].tls"),
                     tls,
                     entry.h2(),
+                    entry.http1(),
                 )?),
             ));
         }

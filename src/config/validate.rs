@@ -129,6 +129,34 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
             .collect(),
         None => Vec::new(),
     };
+    let h2 = super::h2::h2(f.h2.as_ref()).map_err(|(k, r)| cx.err(k, r))?;
+    let mut http1_off = Vec::new();
+    for (i, (entry, addr)) in f
+        .listen
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .zip(&listen)
+        .enumerate()
+    {
+        if entry.http1() {
+            continue;
+        }
+        if !entry.h2() {
+            return Err(cx.err(
+                format!("server.listen[{i}]"),
+                "`h2 = false` and `http1 = false` leave the listener nothing to serve",
+            ));
+        }
+        if entry.tls().is_none() && !h2.h2c {
+            return Err(cx.err(
+                format!("server.listen[{i}].http1"),
+                "a cleartext listener without HTTP/1.1 serves prior-knowledge h2c only, and \
+                 `[server] h2.h2c` is false",
+            ));
+        }
+        http1_off.push(*addr);
+    }
 
     let workers = match f.workers.unwrap_or(WorkersFile::Auto) {
         WorkersFile::Auto => Workers::Auto,
@@ -252,6 +280,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         listen,
         tls,
         h2_off,
+        http1_off,
         workers,
         cpus,
         admin,
@@ -265,7 +294,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         uring_entries,
         observation_queue: super::health::observation_queue(f.observation_queue)
             .map_err(|(k, r)| cx.err(k, r))?,
-        h2: super::h2::h2(f.h2.as_ref()).map_err(|(k, r)| cx.err(k, r))?,
+        h2,
         uring_taskrun: match f.uring_taskrun {
             None | Some(UringTaskrunFile::Defer) => UringTaskrun::Defer,
             Some(UringTaskrunFile::Coop) => UringTaskrun::Coop,
@@ -1327,6 +1356,32 @@ upstream = "static"
         let again = load(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(again.describe(), c.describe(), "{text}");
         assert_eq!(again.to_toml(), text);
+    }
+
+    #[test]
+    fn an_http2_only_listener_needs_http2_and_on_cleartext_h2c() {
+        let c = load(
+            "[server]\nlisten = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\", http1 = false }]\n\
+             [[upstream]]\nname = \"a\"\npeers = [\"127.0.0.1:8001\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.http1_off,
+            vec!["127.0.0.1:2".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(c.server.h2_off.is_empty());
+        expect_err(
+            "[server]\nlisten = [{ address = \"127.0.0.1:2\", http1 = false, h2 = false }]\n\
+             [[upstream]]\nname = \"a\"\npeers = [\"127.0.0.1:8001\"]\n",
+            "server.listen[0]",
+            "leave the listener nothing to serve",
+        );
+        expect_err(
+            "[server]\nlisten = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\", http1 = false }]\n\
+             h2 = { h2c = false }\n[[upstream]]\nname = \"a\"\npeers = [\"127.0.0.1:8001\"]\n",
+            "server.listen[1].http1",
+            "`[server] h2.h2c` is false",
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Conn, Head, CLIENT_BUF};
+use super::{Conn, Head, ShardCtx, CLIENT_BUF};
+use crate::config::Limits;
 use crate::http::{parse_request, write_error_response, BodyKind, HttpError, ParseStatus};
 use crate::io::{read_more, read_warm, write_all, IoFail, Transport, Warm};
 
@@ -126,27 +127,9 @@ impl<C: Transport + 'static> Conn<'_, C> {
     /// discarded. Closing with unread bytes instead would make the kernel send a reset, which
     /// destroys the answer not yet read by the client. Shutdown cuts the wait short.
     pub(super) async fn lingering_close(&mut self) {
-        let limits = self.live.config.limits;
-        if !self.io.shutdown_write() {
-            return;
-        }
-        let end = Instant::now() + limits.lingering_time;
-        let mut discarded = 0u64;
-        self.rbuf.clear();
         self.rpos = 0;
-        while discarded <= limits.lingering_max_bytes {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.ctx.is_shutting_down() {
-                break;
-            }
-            let wait = left.min(limits.lingering_timeout);
-            let cancel = Some(self.ctx.cancel_handle());
-            match read_more(&mut self.io, &mut self.rbuf, wait, cancel, CLIENT_BUF).await {
-                Ok(n) if n > 0 => discarded += n as u64,
-                _ => break,
-            }
-            self.rbuf.clear();
-        }
+        let limits = &self.live.config.limits;
+        linger(self.ctx, &mut self.io, &mut self.rbuf, limits).await;
     }
 
     /// Answers 404 (no route). The request body, if any, was not read: close unless it has none.
@@ -156,6 +139,34 @@ impl<C: Transport + 'static> Conn<'_, C> {
             self.rpos = self.head.head_len;
         }
         self.reply_error(&HttpError::NotFound, keep).await
+    }
+}
+
+/// The lingering close of [`Conn::lingering_close`] on any connection, discarding through
+/// `buf` (left empty).
+pub(super) async fn linger<T: Transport>(
+    ctx: &ShardCtx,
+    io: &mut T,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+) {
+    buf.clear();
+    if !io.shutdown_write() {
+        return;
+    }
+    let end = Instant::now() + limits.lingering_time;
+    let mut discarded = 0u64;
+    while discarded <= limits.lingering_max_bytes {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() || ctx.is_shutting_down() {
+            break;
+        }
+        let wait = left.min(limits.lingering_timeout);
+        match read_more(io, buf, wait, Some(ctx.cancel_handle()), CLIENT_BUF).await {
+            Ok(n) if n > 0 => discarded += n as u64,
+            _ => break,
+        }
+        buf.clear();
     }
 }
 

@@ -524,6 +524,13 @@ fn spawn_conn(guard: ConnGuard, stream: TcpStream, addr: SocketAddr, local: Sock
                 tls::serve_tls(&guard.0.ctx, config, stream, addr, timeout).await;
             });
         }
+        None if live.config.server.http1_off.contains(&local) => {
+            // HTTP/2 only: the preface, or a close; no HTTP/1.1 parse.
+            drop(live);
+            monoio::spawn(async move {
+                proxy::h2::serve_prior_knowledge(&guard, stream, addr).await;
+            });
+        }
         None if live.config.server.h2_off.contains(&local) => {
             drop(live);
             monoio::spawn(proxy::serve(guard, crate::io::Http1Only(stream), addr));

@@ -19,6 +19,7 @@ pub(super) async fn serve_tls(
     timeout: Duration,
 ) {
     let h2 = config.alpn_protocols.iter().any(|p| p == b"h2");
+    let http1 = config.alpn_protocols.iter().any(|p| p == b"http/1.1");
     let tls = match accept(config, stream, timeout).await {
         Ok(tls) => tls,
         Err(failed) => {
@@ -36,9 +37,15 @@ pub(super) async fn serve_tls(
             return;
         }
     };
-    match tls.alpn() {
-        // `h2` goes to the HTTP/2 server (the TLS stream under the h2 codec through its
-        // owned-buffer adapter); `http/1.1` or no ALPN runs the HTTP/1.1 request loop.
+    // `h2` goes to the HTTP/2 server (the TLS stream under the h2 codec through its
+    // owned-buffer adapter); `http/1.1` or no ALPN runs the HTTP/1.1 request loop, except on
+    // a listener with `http1 = false` (ALPN offers `h2` alone), where a client that named no
+    // protocol speaks h2 as well.
+    let alpn = match tls.alpn() {
+        None if !http1 => Some(&b"h2"[..]),
+        alpn => alpn,
+    };
+    match alpn {
         Some(b"h2") => {
             Box::pin(proxy::h2::serve_connection(
                 ctx,

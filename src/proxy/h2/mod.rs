@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -64,6 +64,40 @@ pub(crate) fn poll_stream<C: crate::io::Transport + 'static>(io: C) -> Box<dyn P
 pub(crate) fn is_preface(buf: &[u8]) -> bool {
     let n = buf.len().min(PREFACE.len());
     n >= 14 && buf[..n] == PREFACE[..n]
+}
+
+/// Serves a connection of a cleartext listener with `http1 = false`: prior-knowledge h2c
+/// only. Bytes that are not the connection preface are a connection error (RFC 9113 §3.4;
+/// the GOAWAY may be left out, the peer does not speak HTTP/2): the connection is closed the
+/// lingering way, so that the close is a FIN, not a reset, however much the client sent.
+pub(crate) async fn serve_prior_knowledge<C: crate::io::Transport + 'static>(
+    ctx: &ShardCtx,
+    mut io: C,
+    addr: SocketAddr,
+) {
+    let live = ctx.live();
+    let deadline = Instant::now() + live.config.timeouts.request_header;
+    let limits = live.config.limits;
+    drop(live);
+    let mut buf = Vec::new();
+    loop {
+        let n = buf.len().min(PREFACE.len());
+        if buf[..n] != PREFACE[..n] {
+            tracing::debug!(client = %addr, "not the HTTP/2 preface on an HTTP/2-only listener");
+            super::client::linger(ctx, &mut io, &mut buf, &limits).await;
+            return;
+        }
+        if n == PREFACE.len() {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let cancel = Some(ctx.cancel_handle());
+        match crate::io::read_more(&mut io, &mut buf, left, cancel, PREFACE.len()).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+    Box::pin(serve_connection(ctx, poll_stream(io), buf, addr)).await;
 }
 
 /// What woke the connection's driver.
