@@ -169,6 +169,7 @@ pub fn run(args: &FaultsArgs) -> Result<()> {
         backends: &addrs,
         dir: scratch.path().join("ringlb"),
         ringlb_extra: RINGLB_UPSTREAM,
+        ringlb_server: "",
         ringlb_log_level: "info",
         upgrade: false,
         ringlb_admin: "",

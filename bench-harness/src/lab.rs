@@ -116,6 +116,7 @@ impl<'a> Lab<'a> {
             backends,
             dir: self.scratch.path().join(kind.name()),
             ringlb_extra,
+            ringlb_server: &self.setup.ringlb_server,
             ringlb_log_level: "warn",
             upgrade: false,
             ringlb_admin: "",

@@ -76,6 +76,7 @@ pub fn run(args: &LimitsArgs) -> Result<()> {
         load_cpu: args.setup.load_cpu,
         body_bytes: args.setup.body_bytes,
         ringlb_upstream: String::new(),
+        ringlb_server: String::new(),
         keep_tmp: args.setup.keep_tmp,
     };
     let lab = Lab::new(&setup)?;

@@ -64,6 +64,8 @@ pub struct ProxySpec<'a> {
     /// Lines appended to ringlb's `[[upstream]]` (e.g. `circuit_breaker = { … }`); `""` for
     /// the like-for-like setup of `compare`.
     pub ringlb_extra: &'a str,
+    /// Lines added to ringlb's `[server]` table (`--ringlb-server`).
+    pub ringlb_server: &'a str,
     /// ringlb's `--log-level` (`warn` for `compare`: no per-event logging).
     pub ringlb_log_level: &'a str,
     /// ringlb's `[server] admin` address; `""` (no admin endpoint) for `compare` and `faults`.
@@ -537,6 +539,7 @@ pub fn ringlb_config_text(spec: &ProxySpec<'_>, algorithm: &str, peers: &str) ->
          workers = 1\n\
          cpus = \"{cpu}\"\n\
          admin = \"{admin}\"\n\
+         {server}\
          \n\
          [[upstream]]\n\
          name = \"bench\"\n\
@@ -547,6 +550,10 @@ pub fn ringlb_config_text(spec: &ProxySpec<'_>, algorithm: &str, peers: &str) ->
          {extra}",
         cpu = spec.cpu,
         admin = spec.ringlb_admin,
+        server = match spec.ringlb_server {
+            "" => String::new(),
+            lines => format!("{lines}\n"),
+        },
         extra = spec.ringlb_extra,
     )
 }
@@ -783,6 +790,7 @@ mod tests {
             backends: &BACKENDS,
             dir: PathBuf::from("/tmp/x"),
             ringlb_extra: "",
+            ringlb_server: "",
             ringlb_log_level: "warn",
             ringlb_admin: "",
             tls: None,

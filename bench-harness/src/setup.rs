@@ -47,6 +47,11 @@ pub struct SetupArgs {
     #[arg(long, default_value = "", value_name = "TOML")]
     pub ringlb_upstream: String,
 
+    /// Lines added to ringlb's `[server]` table (e.g. `splice = true`), to measure a server
+    /// setting the same way.
+    #[arg(long, default_value = "", value_name = "TOML")]
+    pub ringlb_server: String,
+
     /// Keep the scratch directory (generated configs, proxy logs) instead of deleting it.
     #[arg(long)]
     pub keep_tmp: bool,
@@ -230,6 +235,7 @@ pub fn ringlb_only(
         load_cpu,
         body_bytes,
         ringlb_upstream: String::new(),
+        ringlb_server: String::new(),
         keep_tmp,
     };
     let tools = setup.resolve_tools()?;

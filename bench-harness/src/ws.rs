@@ -77,6 +77,7 @@ pub fn run(args: &WsArgs) -> Result<()> {
             backends: &addrs,
             dir: scratch.path().join(kind.name()),
             ringlb_extra: "",
+            ringlb_server: "",
             ringlb_log_level: "warn",
             max_conns: 0,
             h2: false,
