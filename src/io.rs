@@ -47,6 +47,19 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + 
         std::future::ready(Ok(()))
     }
 
+    /// The socket bytes may be spliced to or from ([`splice_some`]) with no layer between:
+    /// plain TCP only. Default none.
+    fn splice_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// Waits until a write would not wait (room in the send buffer, or an error), for
+    /// writes outside the ring ([`splice_some`]). Only meaningful where
+    /// [`Transport::splice_fd`] is; the default says "writable" at once.
+    fn wait_writable(&mut self) -> impl Future<Output = io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+
     /// Whether the bytes travel inside TLS (`X-Forwarded-Proto: https` for a client). Default
     /// false.
     fn is_tls(&self) -> bool {
@@ -114,6 +127,15 @@ impl Transport for TcpStream {
     fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
         // Not relaxed: on the epoll driver a stale readiness is re-checked with poll(2).
         TcpStream::readable(self, false)
+    }
+
+    fn splice_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.as_raw_fd())
+    }
+
+    fn wait_writable(&mut self) -> impl Future<Output = io::Result<()>> {
+        TcpStream::writable(self, false)
     }
 
     fn rest_tcp(self, rest: impl FnOnce(TcpStream) -> Result<(), TcpStream>) -> Result<(), Self> {
@@ -263,6 +285,14 @@ impl<T: Transport> Transport for Http1Only<T> {
 
     fn upgrade_only(&self) -> bool {
         self.0.upgrade_only()
+    }
+
+    fn splice_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.0.splice_fd()
+    }
+
+    fn wait_writable(&mut self) -> impl Future<Output = io::Result<()>> {
+        self.0.wait_writable()
     }
 }
 
@@ -550,6 +580,106 @@ pub async fn write_range<S: AsyncWriteRent>(
             res.map(|_| ()).map_err(IoFail::Io)
         }
         Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// Pipe is a kernel pipe that bytes move through from one socket to another without being
+/// copied to user space ([`splice_some`] in, then out). Both ends are non-blocking; dropping it
+/// closes them (and frees whatever was still in it).
+pub struct Pipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+    /// Bytes it holds at most (`F_SETPIPE_SZ`, when the kernel granted it, else its default).
+    capacity: usize,
+}
+
+impl Pipe {
+    /// A pipe of (up to) `capacity` bytes: the kernel may grant less (`pipe-max-size`, or a
+    /// user past `pipe-user-pages-soft`), which only means more, smaller splices.
+    pub fn new(capacity: usize) -> io::Result<Pipe> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is an array of two ints, as pipe2(2) writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut pipe = Pipe {
+            read,
+            write,
+            capacity: 64 * 1024,
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor this value owns; no memory is passed.
+        let got = unsafe {
+            libc::fcntl(
+                pipe.write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                capacity as libc::c_int,
+            )
+        };
+        if got > 0 {
+            pipe.capacity = got as usize;
+        } else {
+            // SAFETY: as above.
+            let now = unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+            if now > 0 {
+                pipe.capacity = now as usize;
+            }
+        }
+        Ok(pipe)
+    }
+
+    /// Bytes it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Its read end (what [`splice_some`] takes bytes out from).
+    pub fn read_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.read.as_raw_fd()
+    }
+
+    /// Its write end (what [`splice_some`] puts bytes in through).
+    pub fn write_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.write.as_raw_fd()
+    }
+}
+
+/// One non-blocking splice(2) of up to `len` bytes from `from` to `to` (one of them a pipe):
+/// how many moved (`Ok(0)`: `from` is at end of stream), or `WouldBlock` when `from` has
+/// nothing or `to` has no room. `more`: more bytes follow at once (`SPLICE_F_MORE`, the
+/// `MSG_MORE` of a socket written to). Not on the ring: io_uring runs every splice in a
+/// worker thread, blocking; this is one system call after the ring said the socket is ready.
+pub fn splice_some(
+    from: std::os::fd::RawFd,
+    to: std::os::fd::RawFd,
+    len: usize,
+    more: bool,
+) -> io::Result<usize> {
+    let mut flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
+    if more {
+        flags |= libc::SPLICE_F_MORE;
+    }
+    // SAFETY: splice(2) between two descriptors the caller holds open; null offsets (both
+    // are a socket or a pipe); no memory is passed.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

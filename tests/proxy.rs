@@ -154,6 +154,103 @@ fn ten_mib_response_arrives_intact() {
     assert_eq!(sha256_hex(&r.body), want);
 }
 
+/// A proxy in front of `b` with `[server] splice = <on>` and an admin endpoint.
+fn splicing_proxy(b: &Backend, on: bool) -> Proxy {
+    let toml = ProxyConfig::with_backends(&[b])
+        .toml()
+        .replacen("[server]\n", &format!("[server]\nsplice = {on}\n"), 1)
+        .replacen("admin = \"\"", "admin = \"127.0.0.1:0\"", 1);
+    assert!(toml.contains("splice = "), "{toml}");
+    Proxy::start(&toml)
+}
+
+/// `ringlb_upstream_spliced_bytes_total` of the only upstream, from the admin endpoint.
+fn spliced_bytes(proxy: &Proxy) -> f64 {
+    let admin = proxy.server().admin_addr().expect("admin endpoint");
+    let r = Client::connect(admin).roundtrip(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let text = r.body_str();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ringlb_upstream_spliced_bytes_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            ref other => panic!("not a counter: {other:?}"),
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{text}");
+    found[0]
+}
+
+#[test]
+fn spliced_bodies_arrive_intact_on_a_reused_upstream_connection() {
+    let data = pattern_bytes(1 << 20);
+    let want = sha256_hex(&data);
+    let b = Backend::with_handler("a", move |r| match r.path() {
+        "/small" => Reply::ok("tiny"),
+        _ => Reply::ok(data.clone()),
+    });
+    let proxy = splicing_proxy(&b, true);
+    let mut c = proxy.client();
+    for path in ["/big", "/small", "/big"] {
+        let r = c.roundtrip(&get(path));
+        assert_eq!(r.status, 200);
+        if path == "/small" {
+            assert_eq!(r.body, b"tiny");
+        } else {
+            assert_eq!(r.body.len(), 1 << 20);
+            assert_eq!(sha256_hex(&r.body), want);
+        }
+    }
+    // Every response read exactly its body: one upstream connection served them all.
+    assert_eq!(b.request_count(), 3);
+    assert_eq!(b.accepts(), 1, "the upstream connection was reused");
+    // All but what came with each head went through the pipe.
+    let spliced = spliced_bytes(&proxy);
+    assert!(
+        spliced >= (2 * ((1 << 20) - (64 << 10))) as f64 && spliced <= (2 << 20) as f64,
+        "{spliced}"
+    );
+    // Off (the default), nothing is.
+    let plain = splicing_proxy(&b, false);
+    let r = plain.client().roundtrip(&get("/big"));
+    assert_eq!(sha256_hex(&r.body), want);
+    assert_eq!(spliced_bytes(&plain), 0.0);
+}
+
+#[test]
+fn a_spliced_body_the_upstream_cuts_short_ends_the_client_connection() {
+    let data = pattern_bytes(1 << 20);
+    let mut raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 2 << 20).into_bytes();
+    raw.extend_from_slice(&data);
+    let b = Backend::with_handler("a", move |_| Reply::raw(raw.clone()).close());
+    let proxy = splicing_proxy(&b, true);
+    let mut c = proxy.client();
+    c.send(&get("/cut"));
+    let mut got = Vec::new();
+    use std::io::Read;
+    let end = c.stream().read_to_end(&mut got);
+    assert!(end.is_ok(), "{end:?}");
+    let start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..start])
+    );
+    assert_eq!(
+        got.len() - start,
+        1 << 20,
+        "the bytes the upstream sent, then the close"
+    );
+    assert_eq!(&got[start..], &data[..]);
+    assert!(
+        spliced_bytes(&proxy) > 0.0,
+        "the body went through the pipe"
+    );
+}
+
 #[test]
 fn one_mib_upload_arrives_intact() {
     let data = pattern_bytes(1 << 20);

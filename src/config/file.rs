@@ -78,6 +78,8 @@ pub(crate) struct ServerFile {
     pub tcp: Option<super::protect::TcpFile>,
     /// `h2 = { … }`: HTTP/2 towards clients (keys in `h2.rs`).
     pub h2: Option<super::h2::H2File>,
+    /// `splice = true`: large response bodies move between plain TCP sockets through a pipe.
+    pub splice: Option<bool>,
 }
 
 /// WorkersFile is `workers = "auto"` or `workers = N` as written (N is range-checked later).

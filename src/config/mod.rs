@@ -125,6 +125,10 @@ pub struct ServerConfig {
     pub tcp: TcpOptions,
     /// The `h2` table: HTTP/2 towards clients (h2c, SETTINGS, abuse limits).
     pub h2: H2Config,
+    /// `splice = true`: the rest of a response body of more than 64 KiB after its head's read
+    /// moves from a plain TCP upstream to a plain TCP client through a pipe (splice(2)), not
+    /// through a buffer: no copy into ringlb or out of it. Default false.
+    pub splice: bool,
 }
 
 /// UringTaskrun is when the kernel runs the completion work ("task work") of a shard's ring.
@@ -854,7 +858,7 @@ upstream = "static"
             "ringlb.toml: key `server.foo`: unknown field `foo`, expected one of `listen`, \
              `workers`, `cpus`, `numa_node`, `admin`, `admin_token`, `shutdown_timeout_ms`, `backlog`, \
              `driver`, `max_connections`, `uring_entries`, `uring_taskrun`, \
-             `observation_queue`, `tcp`, `h2` (line 2)"
+             `observation_queue`, `tcp`, `h2`, `splice` (line 2)"
         );
         let e = Config::from_toml_str(
             "[[upstream]]\nname = \"a\"\npeers = [{ address = \"10.0.0.1\" }]\n",

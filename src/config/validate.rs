@@ -295,6 +295,7 @@ fn server(cx: &Cx<'_>, f: &ServerFile, host: &HostCpus) -> Result<ServerConfig, 
         observation_queue: super::health::observation_queue(f.observation_queue)
             .map_err(|(k, r)| cx.err(k, r))?,
         h2,
+        splice: f.splice.unwrap_or(false),
         uring_taskrun: match f.uring_taskrun {
             None | Some(UringTaskrunFile::Defer) => UringTaskrun::Defer,
             Some(UringTaskrunFile::Coop) => UringTaskrun::Coop,

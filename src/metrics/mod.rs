@@ -149,6 +149,9 @@ pub struct UpstreamMetrics {
     pub tunnel_bytes_upstream: Counter,
     /// Tunnel bytes copied from the upstream to clients (`direction="downstream"`).
     pub tunnel_bytes_downstream: Counter,
+    /// Response body bytes moved from the upstream to clients through a pipe (`[server]
+    /// splice = true`), never copied into ringlb.
+    pub spliced_bytes: Counter,
     /// Requests waiting in the upstream's queue now.
     pub queue_length: Gauge,
     /// How long requests waited in the queue before a peer took them.

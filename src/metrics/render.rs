@@ -478,6 +478,19 @@ fn render_upstreams(registry: &Registry, peers: &[PeerSum], out: &mut String) {
         sample(out, name, &labels, Some(("direction", "downstream")), down);
     }
 
+    let name = "ringlb_upstream_spliced_bytes_total";
+    header(
+        out,
+        name,
+        "Response body bytes moved from the upstream's peers to clients through a pipe \
+         ([server] splice = true), not copied through ringlb.",
+        "counter",
+    );
+    for u in &registry.upstreams {
+        let v = sum(u, |m| m.spliced_bytes.get());
+        sample(out, name, &[("upstream", &u.name)], None, v);
+    }
+
     let name = "ringlb_upstream_peers";
     header(out, name, "The upstream's peers by health state.", "gauge");
     for u in &registry.upstreams {
@@ -948,7 +961,7 @@ mod tests {
                 assert_eq!(family, current, "sample outside its family: {line}");
             }
         }
-        assert_eq!(seen.len(), 44, "{seen:?}");
+        assert_eq!(seen.len(), 45, "{seen:?}");
     }
 
     /// Two shard threads write a known sequence; the scrape, read back by a real Prometheus
@@ -979,6 +992,7 @@ mod tests {
                         let api = &h.upstreams[0];
                         api.metrics.requests.inc();
                         api.metrics.retry_budget_exhausted.inc();
+                        api.metrics.spliced_bytes.add(4096);
                         let p1 = &api.peers[0];
                         p1.requests.inc();
                         p1.count_response(200);
@@ -1123,6 +1137,13 @@ mod tests {
         );
         assert_eq!(
             value(
+                "ringlb_upstream_spliced_bytes_total",
+                &[("upstream", "api")]
+            ),
+            Value::Counter(3.0 * 4096.0)
+        );
+        assert_eq!(
+            value(
                 "ringlb_upstream_peers",
                 &[("upstream", "api"), ("state", "unknown")]
             ),
@@ -1166,6 +1187,6 @@ mod tests {
             Value::Counter(0.0)
         );
         // Every family has its HELP text.
-        assert_eq!(scrape.docs.len(), 44);
+        assert_eq!(scrape.docs.len(), 45);
     }
 }

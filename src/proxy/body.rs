@@ -64,6 +64,11 @@ impl BodyProgress {
         self.streaming
     }
 
+    /// The bytes a `Content-Length` body still expects; `None` for other bodies.
+    pub fn length_left(&self) -> Option<u64> {
+        matches!(self.kind, BodyKind::Length(_)).then_some(self.remaining)
+    }
+
     /// The ranges of the data given to the last [`BodyProgress::advance`] that are not
     /// forwarded (non-canonical chunk framing; see [`copy_without`]). Usually empty.
     pub fn strip(&self) -> &[Range<usize>] {

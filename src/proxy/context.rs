@@ -175,7 +175,17 @@ pub(crate) struct ShardCtx {
     awake: Cell<usize>,
     /// This shard's HTTP/2 connections to upstream peers (`protocol = "h2c"`).
     pub h2_upstreams: super::h2::H2Upstreams,
+    /// Empty pipes for spliced response bodies, kept between responses (at most
+    /// [`PIPES_KEPT`]; an empty pipe holds no pages).
+    pipes: RefCell<Vec<crate::io::Pipe>>,
 }
+
+/// Bytes a splice pipe holds (`F_SETPIPE_SZ`): a large body's bytes move 256 KiB per pair of
+/// splices, as its buffered relay reads and writes.
+pub(crate) const SPLICE_PIPE: usize = super::LARGE_BODY_BUF;
+
+/// Empty pipes a shard keeps for the next spliced bodies.
+const PIPES_KEPT: usize = 16;
 
 /// Connections that may wait warm (with a read and its buffer in flight) at once per shard;
 /// beyond that a waiting connection parks at once. This bounds the buffers an idle flood of
@@ -224,6 +234,24 @@ impl ShardCtx {
             spares: RefCell::new(Vec::new()),
             awake: Cell::new(0),
             h2_upstreams: Default::default(),
+            pipes: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// An empty pipe for a spliced body: a kept one, or a new one (`None` when the process is
+    /// out of descriptors: the body is then relayed through a buffer).
+    pub(super) fn take_pipe(&self) -> Option<crate::io::Pipe> {
+        if let Some(p) = self.pipes.borrow_mut().pop() {
+            return Some(p);
+        }
+        crate::io::Pipe::new(SPLICE_PIPE).ok()
+    }
+
+    /// Keeps `pipe`, which must be empty, for the next spliced body.
+    pub(super) fn put_pipe(&self, pipe: crate::io::Pipe) {
+        let mut pipes = self.pipes.borrow_mut();
+        if pipes.len() < PIPES_KEPT {
+            pipes.push(pipe);
         }
     }
 

@@ -3,7 +3,9 @@
 //! upstream connection to the pool when it can carry another request.
 
 use std::any::Any;
-use std::time::Instant;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use super::body::BodyProgress;
 use super::exchange::{Held, TryResult};
@@ -12,7 +14,10 @@ use super::{Conn, LARGE_BODY_BUF, STREAM_BUF};
 use crate::balance::PeerId;
 use crate::control::Outcome;
 use crate::http::{rewrite_response, BodyKind, HttpError, Version};
-use crate::io::{read_more, write_all, write_head_and_range, write_range, IoFail, Transport};
+use crate::io::{
+    read_more, splice_some, write_all, write_head_and_range, write_range, IoFail, Pipe, Transport,
+};
+use crate::metrics::{PeerMetrics, UpstreamMetrics};
 use crate::upstream::UpstreamGroup;
 
 impl<C: Transport + 'static> Conn<'_, C> {
@@ -122,6 +127,29 @@ impl<C: Transport + 'static> Conn<'_, C> {
             return TryResult::Broken { fault: None };
         }
 
+        // With `[server] splice = true`, the rest of a large `Content-Length` body between
+        // two plain TCP sockets moves through a pipe, never copied to user space
+        // (`splice_body`).
+        let splice = match rbody.length_left() {
+            Some(left) if !dechunk && left > SPLICE_MIN && self.live.config.server.splice => {
+                match (self.io.splice_fd(), up.splice_fd()) {
+                    (Some(client), Some(upstream)) => Some((SpliceFds { client, upstream }, left)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(((fds, left), pipe)) = splice.and_then(|s| Some((s, self.ctx.take_pipe()?))) {
+            let meters = (pm, &*group.metrics);
+            let upstream_read = t.upstream_read;
+            match self
+                .splice_body(&mut up, fds, pipe, left, upstream_read, meters)
+                .await
+            {
+                Ok(()) => rbody = BodyProgress::new(BodyKind::None, None),
+                Err(broken) => return broken,
+            }
+        }
         // The rest of the body streams through `ubuf`.
         if !rbody.done() {
             // A body known to be large streams through a larger buffer: a quarter of the
@@ -202,4 +230,91 @@ impl<C: Transport + 'static> Conn<'_, C> {
         }
         TryResult::Relayed { keep_client }
     }
+
+    /// Moves the last `left` bytes of a response body from the upstream to the client
+    /// through `pipe` (splice(2), non-blocking, after the ring said the socket is ready): the
+    /// kernel hands the received pages on to the client's socket, with no copy into ringlb
+    /// and none out of it. The pipe goes back to the shard when it ends empty. Each wait for
+    /// the upstream is cut by `upstream_read`, each for the client by `client_idle_ms`.
+    async fn splice_body(
+        &mut self,
+        up: &mut UpstreamIo,
+        fds: SpliceFds,
+        pipe: Pipe,
+        mut left: u64,
+        upstream_read: Duration,
+        (pm, um): (&PeerMetrics, &UpstreamMetrics),
+    ) -> Result<(), TryResult> {
+        let client_idle = self.live.config.timeouts.client_idle;
+        let logging = self.logging();
+        let cap = pipe.capacity();
+        let mut in_pipe = 0usize;
+        let upstream_failed = |fault| TryResult::Broken { fault: Some(fault) };
+        loop {
+            let mut moved = false;
+            if left > 0 && in_pipe < cap {
+                let want = ((cap - in_pipe) as u64).min(left) as usize;
+                match splice_some(fds.upstream, pipe.write_fd(), want, false) {
+                    Ok(0) => return Err(upstream_failed(Outcome::Reset)),
+                    Ok(n) => {
+                        in_pipe += n;
+                        left -= n as u64;
+                        pm.bytes_received.add(n as u64);
+                        moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(upstream_failed(Outcome::Reset)),
+                }
+            }
+            if in_pipe > 0 {
+                match splice_some(pipe.read_fd(), fds.client, in_pipe, left > 0) {
+                    Ok(n) if n > 0 => {
+                        in_pipe -= n;
+                        um.spliced_bytes.add(n as u64);
+                        if logging {
+                            self.log.body_bytes += n as u64;
+                        }
+                        moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    _ => return Err(TryResult::Broken { fault: None }),
+                }
+            }
+            if left == 0 && in_pipe == 0 {
+                self.ctx.put_pipe(pipe);
+                return Ok(());
+            }
+            if moved {
+                continue;
+            }
+            // Nothing moved: bytes in the pipe wait for room at the client, an empty pipe
+            // for the upstream's next bytes.
+            if in_pipe > 0 {
+                match monoio::time::timeout(client_idle, self.io.wait_writable()).await {
+                    Ok(Ok(())) => {}
+                    _ => return Err(TryResult::Broken { fault: None }),
+                }
+            } else {
+                match monoio::time::timeout(upstream_read, up.wait_readable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(upstream_failed(Outcome::Reset)),
+                    Err(_) => return Err(upstream_failed(Outcome::Timeout)),
+                }
+            }
+        }
+    }
 }
+
+/// The two sockets of a spliced body.
+#[derive(Clone, Copy)]
+struct SpliceFds {
+    /// The client's (written to).
+    client: RawFd,
+    /// The upstream's (read from).
+    upstream: RawFd,
+}
+
+/// Bodies with more than this many bytes left after the head's read are spliced (when both
+/// sides are plain TCP): below it a pipe's two extra system calls cost more than the copies
+/// they save.
+const SPLICE_MIN: u64 = STREAM_BUF as u64;

@@ -82,4 +82,11 @@ impl Transport for Connection {
     fn is_tls(&self) -> bool {
         matches!(self, Connection::Tls(_))
     }
+
+    fn splice_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Connection::Plain(s) => s.splice_fd(),
+            Connection::Tls(_) => None,
+        }
+    }
 }

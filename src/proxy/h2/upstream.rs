@@ -812,4 +812,11 @@ impl Transport for UpstreamIo {
             UpstreamIo::H2(c) => c.wait_readable().await,
         }
     }
+
+    fn splice_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            UpstreamIo::H1(c) => c.splice_fd(),
+            UpstreamIo::H2(_) => None,
+        }
+    }
 }
