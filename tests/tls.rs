@@ -1246,7 +1246,7 @@ fn websocket_over_h2_over_tls_echoes_and_half_closes() {
     let files = ca.leaf(&["localhost"]).write();
     let toml = format!(
         "[server]\nlisten = [{{ address = \"127.0.0.1:0\", tls = {{ {} }} }}]\n\
-         workers = 1\nshutdown_timeout_ms = 2000\n\
+         workers = 1\nadmin = \"\"\nshutdown_timeout_ms = 2000\n\
          [[upstream]]\nname = \"app\"\npeers = [{{ address = \"{}\" }}]\n",
         single(&files),
         ws.addr
