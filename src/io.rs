@@ -904,26 +904,12 @@ mod tests {
         });
         let mut head_buf = head.to_vec();
         let mut body_buf = body.to_vec();
+        let (head_out, body_out) = (&mut head_buf, &mut body_buf);
+        let wait = Duration::from_secs(10);
         let res = if vectored {
-            let mut s = stream;
-            write_head_and_range(
-                &mut s,
-                &mut head_buf,
-                &mut body_buf,
-                range,
-                Duration::from_secs(10),
-            )
-            .await
+            write_head_and_range(&mut { stream }, head_out, body_out, range, wait).await
         } else {
-            let mut s = NoWritev(stream);
-            write_head_and_range(
-                &mut s,
-                &mut head_buf,
-                &mut body_buf,
-                range,
-                Duration::from_secs(10),
-            )
-            .await
+            write_head_and_range(&mut NoWritev(stream), head_out, body_out, range, wait).await
         };
         assert!(res.is_ok(), "{res:?}");
         assert_eq!(body_buf, body, "the body buffer comes back as it was");

@@ -167,21 +167,12 @@ fn splicing_proxy(b: &Backend, on: bool) -> Proxy {
 /// `ringlb_upstream_spliced_bytes_total` of the only upstream, from the admin endpoint.
 fn spliced_bytes(proxy: &Proxy) -> f64 {
     let admin = proxy.server().admin_addr().expect("admin endpoint");
-    let r = Client::connect(admin).roundtrip(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n");
-    assert_eq!(r.status, 200);
-    let text = r.body_str();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-    let found: Vec<f64> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == "ringlb_upstream_spliced_bytes_total")
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) => v,
-            ref other => panic!("not a counter: {other:?}"),
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "{text}");
-    found[0]
+    let labels = [("upstream", "app")];
+    metric_sample(
+        &scrape_metrics(admin),
+        "ringlb_upstream_spliced_bytes_total",
+        &labels,
+    )
 }
 
 #[test]

@@ -10,7 +10,6 @@ mod common;
 
 use base64::Engine as _;
 use common::*;
-use prometheus_parse::{Scrape, Value};
 use sha1::{Digest, Sha1};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -556,31 +555,6 @@ fn shutdown_ends_an_open_tunnel_within_the_shutdown_timeout() {
     );
 }
 
-fn scrape(admin: SocketAddr) -> Scrape {
-    let r = Client::connect(admin).roundtrip(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n");
-    assert_eq!(r.status, 200);
-    let text = r.body_str();
-    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
-}
-
-fn sample(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = s
-        .samples
-        .iter()
-        .filter(|x| {
-            x.metric == metric
-                && x.labels.len() == labels.len()
-                && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
-        })
-        .map(|x| match x.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            ref other => panic!("{metric}: {other:?}"),
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "{metric} {labels:?}");
-    found[0]
-}
-
 #[test]
 fn tunnel_metrics_and_in_flight_count() {
     let b = WsBackend::start();
@@ -602,11 +576,14 @@ fn tunnel_metrics_and_in_flight_count() {
         assert_eq!(got.len(), n);
         down += wire;
     }
-    let s = scrape(admin);
-    assert_eq!(sample(&s, "ringlb_tunnels_active", &app), 1.0);
-    assert_eq!(sample(&s, "ringlb_tunnels_total", &app), 1.0);
+    let s = scrape_metrics(admin);
+    assert_eq!(metric_sample(&s, "ringlb_tunnels_active", &app), 1.0);
+    assert_eq!(metric_sample(&s, "ringlb_tunnels_total", &app), 1.0);
     // The tunnel holds its peer in flight (least_connections sees it).
-    assert_eq!(sample(&s, "ringlb_peer_active_requests", &peer_labels), 1.0);
+    assert_eq!(
+        metric_sample(&s, "ringlb_peer_active_requests", &peer_labels),
+        1.0
+    );
 
     c.s.shutdown(Shutdown::Write).unwrap();
     let (_, bye, wire) = c.recv().unwrap();
@@ -616,17 +593,20 @@ fn tunnel_metrics_and_in_flight_count() {
     drop(c);
     let deadline = Instant::now() + Duration::from_secs(5);
     let s = loop {
-        let s = scrape(admin);
-        if sample(&s, "ringlb_tunnels_active", &app) == 0.0 || Instant::now() > deadline {
+        let s = scrape_metrics(admin);
+        if metric_sample(&s, "ringlb_tunnels_active", &app) == 0.0 || Instant::now() > deadline {
             break s;
         }
         thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(sample(&s, "ringlb_tunnels_active", &app), 0.0);
-    assert_eq!(sample(&s, "ringlb_tunnels_total", &app), 1.0);
-    assert_eq!(sample(&s, "ringlb_peer_active_requests", &peer_labels), 0.0);
+    assert_eq!(metric_sample(&s, "ringlb_tunnels_active", &app), 0.0);
+    assert_eq!(metric_sample(&s, "ringlb_tunnels_total", &app), 1.0);
+    assert_eq!(
+        metric_sample(&s, "ringlb_peer_active_requests", &peer_labels),
+        0.0
+    );
     let bytes = |dir| {
-        sample(
+        metric_sample(
             &s,
             "ringlb_tunnel_bytes_total",
             &[("upstream", "app"), ("direction", dir)],
@@ -636,7 +616,7 @@ fn tunnel_metrics_and_in_flight_count() {
     assert_eq!(bytes("downstream"), down as f64);
     // The 101 counts as a response.
     assert_eq!(
-        sample(&s, "ringlb_downstream_responses_total", &[("code", "101")]),
+        metric_sample(&s, "ringlb_downstream_responses_total", &[("code", "101")]),
         1.0
     );
 }

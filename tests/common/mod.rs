@@ -12,6 +12,8 @@
 //! - [`certs`]: test TLS material ([`Ca`], [`Leaf`]) and [`TlsBackend`], an HTTPS origin that
 //!   reports the SNI it received.
 //! - [`dns`]: [`DnsServer`], a real DNS server answering from a zone the test sets.
+//! - [`metrics`]: the admin endpoint's `/metrics` through a real Prometheus parser
+//!   ([`scrape_metrics`], [`metric_sample`]).
 //!
 //! Every item is re-exported here, so a test file says `mod common; use common::*;`.
 //!
@@ -31,6 +33,8 @@ pub mod dns;
 #[allow(dead_code)]
 pub mod faults;
 #[allow(dead_code)]
+pub mod metrics;
+#[allow(dead_code)]
 pub mod pattern;
 #[allow(dead_code)]
 pub mod proxy;
@@ -41,7 +45,9 @@ pub mod ws;
 
 // A re-export a test file does not use is not an error either.
 #[allow(unused_imports)]
-pub use {backend::*, certs::*, dns::*, faults::*, pattern::*, proxy::*, wire::*, ws::*};
+pub use {
+    backend::*, certs::*, dns::*, faults::*, metrics::*, pattern::*, proxy::*, wire::*, ws::*,
+};
 
 /// IO_TIMEOUT bounds every single socket read and write of the test side.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
