@@ -19,31 +19,15 @@ fn scrape(admin: SocketAddr) -> Scrape {
         .unwrap_or_else(|e| panic!("not Prometheus text ({e}):\n{text}"))
 }
 
-/// The one sample of `metric` with exactly `labels`.
-fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Value {
-    let found: Vec<&Value> = s
-        .samples
-        .iter()
-        .filter(|x| {
-            x.metric == metric
-                && x.labels.len() == labels.len()
-                && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
-        })
-        .map(|x| &x.value)
-        .collect();
-    assert_eq!(found.len(), 1, "{metric} {labels:?}: {found:?}");
-    found[0].clone()
-}
-
 fn counter(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    match value(s, metric, labels) {
+    match metric_value(s, metric, labels) {
         Value::Counter(v) | Value::Untyped(v) => v,
         other => panic!("{metric} {labels:?} is not a counter: {other:?}"),
     }
 }
 
 fn gauge(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    match value(s, metric, labels) {
+    match metric_value(s, metric, labels) {
         Value::Gauge(v) | Value::Untyped(v) => v,
         other => panic!("{metric} {labels:?} is not a gauge: {other:?}"),
     }
@@ -58,7 +42,7 @@ fn plus<'a>(base: &[(&'a str, &'a str)], k: &'a str, v: &'a str) -> Vec<(&'a str
 
 /// The `_count` of a histogram.
 fn histogram_count(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    match value(s, metric, labels) {
+    match metric_value(s, metric, labels) {
         Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
         other => panic!("{metric} {labels:?} is not a histogram: {other:?}"),
     }

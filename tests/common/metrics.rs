@@ -14,10 +14,9 @@ pub fn scrape_metrics(admin: SocketAddr) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
 }
 
-/// The value of the one sample of `metric` with exactly `labels` (panics unless there is
-/// exactly one).
-pub fn metric_sample(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = s
+/// The one sample of `metric` with exactly `labels` (panics unless there is exactly one).
+pub fn metric_value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Value {
+    let found: Vec<&Value> = s
         .samples
         .iter()
         .filter(|x| {
@@ -25,11 +24,17 @@ pub fn metric_sample(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
                 && x.labels.len() == labels.len()
                 && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
         })
-        .map(|x| match x.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            ref other => panic!("{metric}: {other:?}"),
-        })
+        .map(|x| &x.value)
         .collect();
-    assert_eq!(found.len(), 1, "{metric} {labels:?}");
-    found[0]
+    assert_eq!(found.len(), 1, "{metric} {labels:?}: {found:?}");
+    found[0].clone()
+}
+
+/// The number of the one sample of `metric` with exactly `labels` (a counter, gauge or
+/// untyped sample).
+pub fn metric_sample(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    match metric_value(s, metric, labels) {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+        other => panic!("{metric}: {other:?}"),
+    }
 }
