@@ -1375,6 +1375,56 @@ fn a_connection_without_streams_for_client_idle_is_closed_with_goaway() {
     });
 }
 
+#[test]
+fn an_idle_connection_is_closed_while_other_connections_come_and_go() {
+    // Connections opening and closing on the shard must not wake the HTTP/2 connections (a
+    // wake restarted their idle wait, so under churn an idle one never closed, and every
+    // close cost a wake of every open HTTP/2 connection).
+    let a = Backend::with_handler("a", |_| Reply::ok("a"));
+    let proxy = ProxyConfig::with_backends(&[&a])
+        .timeout("client_idle_ms", 300)
+        .start();
+    let addr = proxy.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut served = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut c = StdTcpStream::connect(addr).expect("connect");
+                c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+                c.write_all(b"GET /churn HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                    .expect("send");
+                let mut resp = Vec::new();
+                c.read_to_end(&mut resp).expect("read to the close");
+                assert!(resp.starts_with(b"HTTP/1.1 200"), "churn request answered");
+                served += 1;
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            served
+        })
+    };
+    run(async {
+        let (_send, conn) = connect_watched(addr, h2::client::Builder::new()).await;
+        let started = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(3), conn)
+            .await
+            .expect("the idle connection is closed although other connections come and go");
+        assert!(ended.is_ok());
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "closed before client_idle_ms: {:?}",
+            started.elapsed()
+        );
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served = churn.join().expect("churn thread");
+    assert!(
+        served >= 5,
+        "connections came and went meanwhile ({served})"
+    );
+}
+
 // --- WebSocket over HTTP/2 (RFC 8441 extended CONNECT) ---
 
 /// Waits until the proxy's SETTINGS allowing extended CONNECT reached the client.

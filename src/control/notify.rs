@@ -6,13 +6,74 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+/// Waiters is the wakers of the tasks waiting on one notification, one slot per wait: a
+/// wait registers (or refreshes) its waker in its own slot in O(1) and gives the slot back
+/// when it is dropped, so any number of waits cost nothing per poll beyond their own, and a
+/// wait that stops leaves nothing behind.
+#[derive(Default)]
+struct Waiters {
+    /// The waiting tasks' wakers by slot; `None` is a free slot.
+    slots: RefCell<Vec<Option<Waker>>>,
+    /// Free slots.
+    free: RefCell<Vec<usize>>,
+}
+
+impl Waiters {
+    /// Registers `waker` for the wait whose slot is `slot` (taking a slot on its first poll).
+    fn register(&self, slot: &mut Option<usize>, waker: &Waker) {
+        let mut slots = self.slots.borrow_mut();
+        match *slot {
+            Some(i) => match &mut slots[i] {
+                Some(w) if w.will_wake(waker) => {}
+                s => *s = Some(waker.clone()),
+            },
+            None => {
+                let i = match self.free.borrow_mut().pop() {
+                    Some(i) => {
+                        slots[i] = Some(waker.clone());
+                        i
+                    }
+                    None => {
+                        slots.push(Some(waker.clone()));
+                        slots.len() - 1
+                    }
+                };
+                *slot = Some(i);
+            }
+        }
+    }
+
+    /// Gives back a wait's slot (a wait that ended without the notification).
+    fn release(&self, slot: usize) {
+        if let Some(s) = self.slots.borrow_mut().get_mut(slot) {
+            *s = None;
+            self.free.borrow_mut().push(slot);
+        }
+    }
+
+    /// Wakes every registered wait and frees every slot.
+    fn wake_all(&self) {
+        let slots = std::mem::take(&mut *self.slots.borrow_mut());
+        self.free.borrow_mut().clear();
+        for w in slots.into_iter().flatten() {
+            w.wake();
+        }
+    }
+
+    /// Waits currently registered (for tests).
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.slots.borrow().iter().filter(|s| s.is_some()).count()
+    }
+}
+
 /// Notify wakes every task waiting on it when [`Notify::notify_all`] is called.
 #[derive(Default)]
 pub struct Notify {
     /// Bumped by every notification; a waiter is done once it differs from what it saw.
     epoch: Cell<u64>,
-    /// Tasks waiting for the next notification.
-    waiters: RefCell<Vec<Waker>>,
+    /// The waits for the next notification.
+    waiters: Waiters,
 }
 
 impl Notify {
@@ -21,16 +82,14 @@ impl Notify {
         Notified {
             notify: self,
             epoch: self.epoch.get(),
+            slot: None,
         }
     }
 
     /// Wakes every waiting task.
     pub fn notify_all(&self) {
         self.epoch.set(self.epoch.get().wrapping_add(1));
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for w in waiters {
-            w.wake();
-        }
+        self.waiters.wake_all();
     }
 }
 
@@ -40,36 +99,45 @@ pub struct Notified<'a> {
     notify: &'a Notify,
     /// Its epoch when the wait began.
     epoch: u64,
+    /// This wait's slot among the waiters, once registered.
+    slot: Option<usize>,
 }
 
 impl Future for Notified<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.notify.epoch.get() != self.epoch {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let notify = self.notify;
+        if notify.epoch.get() != self.epoch {
+            self.slot = None;
             return Poll::Ready(());
         }
-        let mut waiters = self.notify.waiters.borrow_mut();
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
-        }
+        notify.waiters.register(&mut self.slot, cx.waker());
         Poll::Pending
+    }
+}
+
+impl Drop for Notified<'_> {
+    fn drop(&mut self) {
+        // After a notification the slots were freed already (and may be someone else's now).
+        if let Some(i) = self.slot {
+            if self.notify.epoch.get() == self.epoch {
+                self.notify.waiters.release(i);
+            }
+        }
     }
 }
 
 /// Signal is a one-shot notification many tasks may wait on, each in a slot it gives back
 /// when its wait ends or is dropped: a waiter that stops waiting (a parked connection that
 /// became readable) leaves nothing behind, so any number of waits over a long life cost
-/// nothing until the signal fires. (A [`Notify`] waiter stays listed until the next
-/// notification, which suits a few loops but not one wait per idle connection.)
+/// nothing until the signal fires.
 #[derive(Default)]
 pub struct Signal {
     /// Set by [`Signal::fire`].
     fired: Cell<bool>,
-    /// The waiting tasks' wakers by slot; `None` is a free slot.
-    slots: RefCell<Vec<Option<Waker>>>,
-    /// Free slots.
-    free: RefCell<Vec<usize>>,
+    /// The waits not ended yet.
+    waiters: Waiters,
 }
 
 impl Signal {
@@ -78,11 +146,7 @@ impl Signal {
         if self.fired.replace(true) {
             return;
         }
-        let slots = std::mem::take(&mut *self.slots.borrow_mut());
-        self.free.borrow_mut().clear();
-        for w in slots.into_iter().flatten() {
-            w.wake();
-        }
+        self.waiters.wake_all();
     }
 
     /// A future that completes once the signal fired.
@@ -91,12 +155,6 @@ impl Signal {
             signal: self,
             slot: None,
         }
-    }
-
-    /// Waits currently registered (for tests).
-    #[cfg(test)]
-    fn waiting(&self) -> usize {
-        self.slots.borrow().iter().filter(|s| s.is_some()).count()
     }
 }
 
@@ -117,26 +175,7 @@ impl Future for SignalWait<'_> {
             self.slot = None;
             return Poll::Ready(());
         }
-        let mut slots = signal.slots.borrow_mut();
-        match self.slot {
-            Some(i) => match &mut slots[i] {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            },
-            None => {
-                let i = match signal.free.borrow_mut().pop() {
-                    Some(i) => {
-                        slots[i] = Some(cx.waker().clone());
-                        i
-                    }
-                    None => {
-                        slots.push(Some(cx.waker().clone()));
-                        slots.len() - 1
-                    }
-                };
-                self.slot = Some(i);
-            }
-        }
+        signal.waiters.register(&mut self.slot, cx.waker());
         Poll::Pending
     }
 }
@@ -147,10 +186,7 @@ impl Drop for SignalWait<'_> {
         if self.signal.fired.get() {
             return;
         }
-        if let Some(slot) = self.signal.slots.borrow_mut().get_mut(i) {
-            *slot = None;
-            self.signal.free.borrow_mut().push(i);
-        }
+        self.signal.waiters.release(i);
     }
 }
 
@@ -180,18 +216,53 @@ mod tests {
             assert!(w.as_mut().poll(&mut cx).is_pending());
             drop(w);
         }
-        assert_eq!(signal.waiting(), 0);
-        assert!(signal.slots.borrow().len() <= 1, "slots are reused");
+        assert_eq!(signal.waiters.waiting(), 0);
+        assert!(signal.waiters.slots.borrow().len() <= 1, "slots are reused");
         let mut a = Box::pin(signal.wait());
         let mut b = Box::pin(signal.wait());
         assert!(a.as_mut().poll(&mut cx).is_pending());
         assert!(b.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(signal.waiting(), 2);
+        assert_eq!(signal.waiters.waiting(), 2);
         signal.fire();
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         assert!(a.as_mut().poll(&mut cx).is_ready());
         assert!(b.as_mut().poll(&mut cx).is_ready());
         // A wait begun after the signal fired ends at once.
         assert!(Box::pin(signal.wait()).as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn notify_waits_take_one_slot_each_and_give_it_back() {
+        let notify = Notify::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Waits polled again and again, then dropped, leave nothing listed.
+        for _ in 0..1000 {
+            let mut w = Box::pin(notify.notified());
+            for _ in 0..3 {
+                assert!(w.as_mut().poll(&mut cx).is_pending());
+            }
+            drop(w);
+        }
+        assert_eq!(notify.waiters.waiting(), 0);
+        assert!(notify.waiters.slots.borrow().len() <= 1, "slots are reused");
+        let mut a = Box::pin(notify.notified());
+        let mut b = Box::pin(notify.notified());
+        assert!(a.as_mut().poll(&mut cx).is_pending());
+        assert!(b.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(notify.waiters.waiting(), 2);
+        notify.notify_all();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        assert!(a.as_mut().poll(&mut cx).is_ready());
+        // A wait of the next epoch takes a slot; dropping `b` (of the old epoch, its slot
+        // freed by the notification) must not free it.
+        let mut c = Box::pin(notify.notified());
+        assert!(c.as_mut().poll(&mut cx).is_pending());
+        drop(b);
+        assert_eq!(notify.waiters.waiting(), 1);
+        notify.notify_all();
+        assert_eq!(count.0.load(Ordering::Relaxed), 3);
+        assert!(c.as_mut().poll(&mut cx).is_ready());
     }
 }

@@ -149,6 +149,11 @@ pub(crate) struct ShardCtx {
     /// Notified when shutdown begins, when a reload was applied, and by the shard when a
     /// connection closes or an accept loop ends.
     changed: Notify,
+    /// Notified when shutdown begins and when a reload was applied, and only then: what the
+    /// HTTP/2 connections wait on. (Not `changed`: every connection that closes notifies
+    /// that, and waking every open HTTP/2 connection for each one made connection churn
+    /// cost in proportion to the HTTP/2 connections open.)
+    reconfigured: Notify,
     /// Cancels every accept and idle keep-alive read at shutdown.
     canceller: RefCell<Canceller>,
     /// Reports request outcomes to the control thread (passive health), never blocking.
@@ -225,6 +230,7 @@ impl ShardCtx {
             control,
             shutting_down: Cell::new(false),
             changed: Notify::default(),
+            reconfigured: Notify::default(),
             canceller: RefCell::new(Canceller::new()),
             health,
             tunnels_ending: Cell::new(false),
@@ -298,6 +304,7 @@ impl ShardCtx {
         *self.live.borrow_mut() = Rc::new(next);
         // HTTP/2 connections wait on this to send GOAWAY (their settings are per connection).
         self.changed.notify_all();
+        self.reconfigured.notify_all();
     }
 
     fn begin_shutdown(&self) {
@@ -313,6 +320,7 @@ impl ShardCtx {
         self.shutdown.fire();
         self.parking.close();
         self.changed.notify_all();
+        self.reconfigured.notify_all();
     }
 
     /// Completes once shutdown began (at once if it has).
@@ -388,6 +396,12 @@ impl ShardCtx {
     /// connection closes or an accept loop ends).
     pub fn changed(&self) -> &Notify {
         &self.changed
+    }
+
+    /// Notified when shutdown begins and when a reload was applied (not when connections
+    /// come and go): for waits that only care about those, such as an HTTP/2 connection's.
+    pub fn reconfigured(&self) -> &Notify {
+        &self.reconfigured
     }
 }
 

@@ -195,7 +195,7 @@ pub(crate) async fn serve_connection(
             });
             monoio::select! {
                 ev = drive => ev,
-                _ = ctx.changed().notified() => Event::Changed,
+                _ = ctx.reconfigured().notified() => Event::Changed,
                 _ = sleep_if(!closing, idle) => Event::Idle,
             }
         };
