@@ -27,6 +27,7 @@ mod client;
 mod context;
 mod exchange;
 pub(crate) mod h2;
+mod lazy_timer;
 mod log;
 mod park;
 mod picker;

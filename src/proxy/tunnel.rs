@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncWriteRentExt, Canceller};
 
 use super::exchange::{Held, TryResult};
+use super::lazy_timer::LazyTimer;
 use super::Conn;
 use crate::balance::PeerId;
 use crate::control::Outcome;
@@ -274,7 +275,7 @@ struct Park<'a> {
 /// Copies one direction until end of stream (relayed as a half-close: true) or an error
 /// (false). Each read takes at most [`TUNNEL_BUF`] bytes ([`TUNNEL_BULK_BUF`] while reads
 /// keep filling that); `counters` count them, `last` is
-/// when a byte last moved either way, `total` (if given) sums what was written. A direction
+/// when bytes were last written either way, `total` (if given) sums what was written. A direction
 /// quiet for `park.after` parks: it frees its buffer and waits for readiness (module docs).
 async fn pump<R, W>(
     mut from: ReadHalf<'_, R>,
@@ -292,6 +293,11 @@ where
     let mut canceller = Canceller::new();
     // How much the next read takes: TUNNEL_BUF, or TUNNEL_BULK_BUF in a bulk transfer.
     let mut size = TUNNEL_BUF;
+    // When this direction last had something to do (its last write, or a wake from parking):
+    // the clock is read once per message, and the cold timer is one timer for the
+    // direction's life, moved along lazily.
+    let mut mark = Instant::now();
+    let mut cold = LazyTimer::new(mark + park.after);
     loop {
         if buf.capacity() < size {
             buf.clear();
@@ -313,8 +319,8 @@ where
         } else {
             // A woken direction reads warm too: readiness can be spurious (then it parks
             // again after `park.after` instead of holding a buffer in a read).
-            let cold = monoio::time::sleep(park.after);
-            match read_warm(&mut from, buf, size, cold, &mut canceller).await {
+            cold.set(mark + park.after);
+            match read_warm(&mut from, buf, size, cold.wait(), &mut canceller).await {
                 Ok(Warm::Read(n)) => Ok(n),
                 Ok(Warm::Cold) => {
                     // Quiet: give the buffer up and wait for readiness holding none.
@@ -324,6 +330,7 @@ where
                     if from.wait_readable().await.is_err() {
                         return false;
                     }
+                    mark = Instant::now();
                     continue;
                 }
                 Err(e) => Err(e),
@@ -335,7 +342,6 @@ where
                 return to.shutdown_write();
             }
             Ok(n) => {
-                last.set(Instant::now());
                 for c in counters {
                     c.add(n as u64);
                 }
@@ -354,7 +360,8 @@ where
         if res.is_err() {
             return false;
         }
-        last.set(Instant::now());
+        mark = Instant::now();
+        last.set(mark);
         if let Some(t) = total {
             t.set(t.get() + n as u64);
         }
