@@ -138,6 +138,11 @@ where
                 let awake = boxed_in_place(|| serve_awake(&shard, io, addr, first, woken)).await;
                 match awake {
                     Awake::Closed => return,
+                    Awake::H2 { io, replay } => {
+                        let conn = h2::serve_connection(&shard, h2::poll_stream(io), replay, addr);
+                        Box::pin(conn).await;
+                        return;
+                    }
                     Awake::Parked {
                         io: parked,
                         until,
@@ -199,6 +204,14 @@ impl Rest for &ShardCtx {}
 enum Awake<C> {
     /// The connection is closed (or to be dropped).
     Closed,
+    /// The connection opened with the HTTP/2 preface (prior knowledge): the caller serves it
+    /// as HTTP/2 with `replay`, the bytes read so far, first.
+    H2 {
+        /// The transport, handed back.
+        io: C,
+        /// What was read from it already (the preface, and maybe more).
+        replay: Vec<u8>,
+    },
     /// Nothing arrived within the park time: the connection waits for readiness until
     /// `until`, then closes quietly.
     Parked {
@@ -269,12 +282,13 @@ async fn serve_awake<C: Transport + 'static>(
             {
                 // Prior-knowledge HTTP/2 (RFC 9113 §3.3): the first bytes are the connection
                 // preface, which never parses as HTTP/1.1, so the check costs HTTP/1.1
-                // nothing.
-                let rbuf = std::mem::take(&mut conn.rbuf);
+                // nothing. The connection is served from the caller, once this (large)
+                // future is gone: not inside it, where it would stay allocated for the
+                // HTTP/2 connection's whole life.
+                let replay = std::mem::take(&mut conn.rbuf);
                 let (io, spare) = conn.into_parts();
                 ctx.put_spare(spare);
-                Box::pin(h2::serve_connection(ctx, h2::poll_stream(io), rbuf, addr)).await;
-                return Awake::Closed;
+                return Awake::H2 { io, replay };
             }
             Err(err) => {
                 let started = Instant::now();
