@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::lazy_timer::LazyTimer;
 use super::{Conn, Head, ShardCtx, CLIENT_BUF};
 use crate::config::Limits;
 use crate::http::{parse_request, write_error_response, BodyKind, HttpError, ParseStatus};
@@ -48,10 +49,12 @@ impl<C: Transport + 'static> Conn<'_, C> {
             if ctx.is_shutting_down() {
                 return Ok(Head::Close);
             }
-            let until = deadline.unwrap_or_else(|| Instant::now() + timeouts.client_idle);
+            // (One clock read for the whole wait.)
+            let now = Instant::now();
+            let until = deadline.unwrap_or(now + timeouts.client_idle);
             if std::mem::take(&mut self.woken) {
                 // Readiness woke a parked connection: the bytes (or the close) are there.
-                let wait = until.saturating_duration_since(Instant::now());
+                let wait = until.saturating_duration_since(now);
                 match read_more(&mut self.io, &mut self.rbuf, wait, None, CLIENT_BUF).await {
                     Ok(0) | Err(_) => return Ok(Head::Close),
                     Ok(_) => continue,
@@ -60,16 +63,24 @@ impl<C: Transport + 'static> Conn<'_, C> {
             let warm = if ctx.may_wait_warm() {
                 timeouts
                     .client_park
-                    .min(until.saturating_duration_since(Instant::now()))
+                    .min(until.saturating_duration_since(now))
             } else {
                 Duration::ZERO
             };
             if warm.is_zero() {
                 return Ok(Head::Park(until));
             }
+            let cold_at = now + warm;
+            let timer = match &mut self.cold {
+                Some(t) => {
+                    t.set(cold_at);
+                    t
+                }
+                None => self.cold.insert(LazyTimer::new(cold_at)),
+            };
             let cold = async {
                 monoio::select! {
-                    _ = monoio::time::sleep(warm) => {},
+                    _ = timer.wait() => {},
                     _ = ctx.shutdown_wait() => {},
                 }
             };

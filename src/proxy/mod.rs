@@ -410,6 +410,7 @@ impl<'a, C: Transport + 'static> Conn<'a, C> {
             log: spare.log,
             canceller: spare.canceller,
             woken: false,
+            cold: None,
         }
     }
 
@@ -476,6 +477,9 @@ struct Conn<'a, C> {
     canceller: Canceller,
     /// The connection just woke from parking (it is readable): read, don't wait warm.
     woken: bool,
+    /// When the keep-alive wait parks (`client_park` after it began): one timer for the
+    /// awake stretch, moved along lazily, instead of one per request.
+    cold: Option<lazy_timer::LazyTimer>,
 }
 
 impl<C: Transport + 'static> Conn<'_, C> {
